@@ -1,0 +1,465 @@
+//! Multi-head attention with separate q/k/v/o projections, GQA/MQA, explicit head_dim, a
+//! configurable scale, optional logit soft-capping, masks and an explicit KV cache.
+//!
+//! Axis letters: `B` batch, `L` query length, `S` key length, `H` query heads, `K` key/value
+//! heads (`H % K == 0`; query head `h` reads key/value head `h / (H / K)`), `D` head_dim,
+//! `C` model width.
+
+use crate::kv_cache::LayerKvCache;
+use crate::rope::{RopeTables, apply_rotary};
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::softmax;
+
+/// Configuration of an [`Attention`] block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionConfig {
+    /// Model width `C` (input and output of the block).
+    pub hidden_size: usize,
+    /// Query heads `H`.
+    pub num_heads: usize,
+    /// Key/value heads `K` (1 = MQA, `H` = MHA).
+    pub num_kv_heads: usize,
+    /// Per-head width `D` (its own config key, not necessarily `C / H`).
+    pub head_dim: usize,
+    /// Bias on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Multiplier of `q·k`; `None` means `head_dim^-0.5`.
+    pub scale: Option<f64>,
+    /// Soft-cap `cap * tanh(x / cap)` of the attention logits.
+    pub softcap: Option<f64>,
+}
+
+impl AttentionConfig {
+    /// Standard multi-head attention of `num_heads` heads of `hidden_size / num_heads`, with biases.
+    pub fn mha(hidden_size: usize, num_heads: usize) -> Self {
+        Self {
+            hidden_size,
+            num_heads,
+            num_kv_heads: num_heads,
+            head_dim: hidden_size / num_heads.max(1),
+            qkv_bias: true,
+            o_bias: true,
+            scale: None,
+            softcap: None,
+        }
+    }
+
+    /// Checks the head arithmetic.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::NnError::Config(m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
+            return bad(format!(
+                "attention needs num_heads, num_key_value_heads and head_dim > 0 (got {}, {}, {})",
+                self.num_heads, self.num_kv_heads, self.head_dim
+            ));
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the block with randomly initialised projections.
+    pub fn init(&self, device: &Device) -> Attention {
+        let (c, h, k, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
+        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        Attention {
+            q_proj: lin(c, h * d, self.qkv_bias),
+            k_proj: lin(c, k * d, self.qkv_bias),
+            v_proj: lin(c, k * d, self.qkv_bias),
+            o_proj: lin(h * d, c, self.o_bias),
+            num_heads: h,
+            num_kv_heads: k,
+            head_dim: d,
+            scale: self.scale.unwrap_or((d as f64).powf(-0.5)),
+            softcap: self.softcap,
+        }
+    }
+}
+
+/// Multi-head attention. Checkpoints that call the output projection `out_proj` (SigLIP, CLIP)
+/// map it to `o_proj` in their key table.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `C -> H*D`.
+    pub q_proj: Linear,
+    /// `C -> K*D`.
+    pub k_proj: Linear,
+    /// `C -> K*D`.
+    pub v_proj: Linear,
+    /// `H*D -> C`.
+    pub o_proj: Linear,
+    /// `H`.
+    pub num_heads: usize,
+    /// `K`.
+    pub num_kv_heads: usize,
+    /// `D`.
+    pub head_dim: usize,
+    /// Multiplier of `q·k`.
+    pub scale: f64,
+    /// Soft-cap of the logits.
+    pub softcap: Option<f64>,
+}
+
+impl Attention {
+    /// Self-attention over `x`.
+    ///
+    /// With `cache`, the new keys/values are written at the cache's current length and the
+    /// queries attend over everything cached so far (`S` = cached + `L`); `mask` must then be
+    /// built for `S` keys.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, L, C]`; `rope`: tables `[B, L, D]`; `mask`: `bool[B, 1, L, S]` (true = masked)
+    /// - output: `[B, L, C]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RopeTables>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut LayerKvCache>,
+    ) -> Tensor<3> {
+        let [b, l, _] = x.dims();
+        let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let split = |t: Tensor<3>, heads| t.reshape([b, l, heads, d]).swap_dims(1, 2);
+        let mut q = split(self.q_proj.forward(x.clone()), h); // (B, H, L, D)
+        let mut key = split(self.k_proj.forward(x.clone()), k); // (B, K, L, D)
+        let value = split(self.v_proj.forward(x), k); // (B, K, L, D)
+        if let Some(tables) = rope {
+            q = apply_rotary(q, tables);
+            key = apply_rotary(key, tables);
+        }
+        let (key, value) = match cache {
+            Some(cache) => cache.append(key, value),
+            None => (key, value),
+        };
+        let out = scaled_dot_product_attention(q, key, value, mask, self.scale, self.softcap);
+        let out = out.swap_dims(1, 2).reshape([b, l, h * d]); // (B, L, H*D)
+        self.o_proj.forward(out)
+    }
+}
+
+/// `softmax(softcap(q·kᵀ·scale) + mask)·v`, with grouped key/value heads.
+///
+/// The logits and the softmax are computed in f32 whatever the input dtype (as transformers'
+/// eager attention upcasts the softmax), then cast back.
+///
+/// # Shapes
+/// - `q`: `[B, H, L, D]`; `k`, `v`: `[B, K, S, D]`; `mask`: `bool[B or 1, 1, L, S]` (true = masked)
+/// - output: `[B, H, L, D]`
+pub fn scaled_dot_product_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<4> {
+    let [b, h, l, d] = q.dims();
+    let [_, kh, s, _] = k.dims();
+    let group = h / kh;
+    // Fold the query heads that share a key/value head into the query axis: no copy of K or V.
+    let q = q.reshape([b, kh, group * l, d]); // (B, K, G*L, D)
+    let mut scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale; // (B, K, G*L, S)
+    if let Some(cap) = softcap {
+        scores = (scores / cap).tanh() * cap;
+    }
+    let mut scores = scores.reshape([b, h, l, s]); // (B, H, L, S)
+    if let Some(mask) = mask {
+        let mask = mask.clone().expand([b, h, l, s]);
+        scores = scores.mask_fill(mask, f32::MIN);
+    }
+    let probs = softmax(scores, 3).cast(v.dtype()).reshape([b, kh, group * l, s]);
+    probs.matmul(v).reshape([b, h, l, d])
+}
+
+/// Which keys each query may see. Query `i` of `L` sits at absolute position `S - L + i` (the
+/// queries are the last `L` of the `S` keys, as in cached decoding).
+///
+/// ```text
+/// causal, S = L = 4       prefix-LM, prefix 2      sliding window 2 (causal)
+///   k 0 1 2 3               k 0 1 2 3                k 0 1 2 3
+/// q0  x . . .             q0  x x . .              q0  x . . .
+/// q1  x x . .             q1  x x . .              q1  x x . .
+/// q2  x x x .             q2  x x x .              q2  . x x .
+/// q3  x x x x             q3  x x x x              q3  . . x x
+/// ```
+/// (`x` = visible.) Key padding hides keys per batch row; the rules combine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaskSpec {
+    /// Hide keys after the query's position.
+    pub causal: bool,
+    /// Per batch row: keys before this length are visible to every query (prefix-LM). Only
+    /// meaningful with `causal`.
+    pub prefix_len: Option<Vec<usize>>,
+    /// Hide keys `window` or more positions before the query (`q - k >= window`).
+    pub sliding_window: Option<usize>,
+    /// Per batch row, per key: `true` where the key is a real token, `false` for padding.
+    pub key_valid: Option<Vec<Vec<bool>>>,
+}
+
+impl MaskSpec {
+    /// No masking (bidirectional, no padding).
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Causal masking.
+    pub fn causal() -> Self {
+        Self {
+            causal: true,
+            ..Self::default()
+        }
+    }
+    /// Prefix-LM: bidirectional over the first `prefix_len[b]` keys, causal after.
+    pub fn prefix_lm(prefix_len: Vec<usize>) -> Self {
+        Self {
+            causal: true,
+            prefix_len: Some(prefix_len),
+            ..Self::default()
+        }
+    }
+    /// Adds a sliding window.
+    pub fn with_sliding_window(mut self, window: usize) -> Self {
+        self.sliding_window = Some(window);
+        self
+    }
+    /// Adds key padding (`[B][S]`, `true` = real token).
+    pub fn with_key_valid(mut self, valid: Vec<Vec<bool>>) -> Self {
+        self.key_valid = Some(valid);
+        self
+    }
+
+    /// Whether key `j` is hidden from the query at absolute position `qp` in row `b`.
+    pub fn is_masked(&self, b: usize, qp: usize, j: usize) -> bool {
+        if let Some(valid) = &self.key_valid
+            && !valid[b][j]
+        {
+            return true;
+        }
+        if self.causal && j > qp {
+            let in_prefix = self.prefix_len.as_ref().is_some_and(|p| j < p[b]);
+            if !in_prefix {
+                return true;
+            }
+        }
+        if let Some(w) = self.sliding_window
+            && qp >= j + w
+        {
+            return true;
+        }
+        false
+    }
+
+    /// The boolean mask for `batch` rows, `q_len` queries and `k_len` keys, or `None` when
+    /// nothing is hidden by construction.
+    ///
+    /// # Shapes
+    /// - output: `bool[B, 1, L, S]`, true = masked
+    pub fn build(
+        &self,
+        batch: usize,
+        q_len: usize,
+        k_len: usize,
+        device: &Device,
+    ) -> Option<Tensor<4, Bool>> {
+        if *self == Self::none() {
+            return None;
+        }
+        assert!(q_len <= k_len, "more queries ({q_len}) than keys ({k_len})");
+        let offset = k_len - q_len;
+        let mut data = Vec::with_capacity(batch * q_len * k_len);
+        for b in 0..batch {
+            for i in 0..q_len {
+                for j in 0..k_len {
+                    data.push(self.is_masked(b, offset + i, j));
+                }
+            }
+        }
+        Some(Tensor::from_data(
+            TensorData::new(data, [batch, 1, q_len, k_len]),
+            device,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCache;
+    use crate::rope::RotaryEmbedding;
+    use crate::testing::{assert_close, assert_slices_close, device, tensor_from, to_vec};
+
+    fn seq(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect()
+    }
+
+    /// Naive attention over plain slices: q `[B,H,L,D]`, k/v `[B,K,S,D]`.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize, usize, usize, usize),
+        scale: f32,
+        softcap: Option<f32>,
+        spec: &MaskSpec,
+    ) -> Vec<f32> {
+        let (b, h, kh, l, s, d) = dims;
+        let mut out = vec![0f32; b * h * l * d];
+        for bi in 0..b {
+            for hi in 0..h {
+                let ki = hi / (h / kh);
+                for i in 0..l {
+                    let qrow = &q[((bi * h + hi) * l + i) * d..][..d];
+                    let mut logits: Vec<f32> = (0..s)
+                        .map(|j| {
+                            let krow = &k[((bi * kh + ki) * s + j) * d..][..d];
+                            let mut x = qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * scale;
+                            if let Some(c) = softcap {
+                                x = c * (x / c).tanh();
+                            }
+                            x
+                        })
+                        .collect();
+                    for (j, x) in logits.iter_mut().enumerate() {
+                        if spec.is_masked(bi, s - l + i, j) {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = logits.iter().map(|x| (x - m).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    for (j, p) in e.iter().enumerate() {
+                        let vrow = &v[((bi * kh + ki) * s + j) * d..][..d];
+                        for c in 0..d {
+                            out[((bi * h + hi) * l + i) * d + c] += p / z * vrow[c];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(spec: MaskSpec, h: usize, kh: usize, l: usize, s: usize, softcap: Option<f32>) {
+        let dev = device();
+        let (b, d) = (2, 4);
+        let (q, k, v) = (
+            seq(b * h * l * d, 1),
+            seq(b * kh * s * d, 2),
+            seq(b * kh * s * d, 3),
+        );
+        let scale = 0.37;
+        let mask = spec.build(b, l, s, &dev);
+        let out = scaled_dot_product_attention(
+            tensor_from(&q, [b, h, l, d], &dev),
+            tensor_from(&k, [b, kh, s, d], &dev),
+            tensor_from(&v, [b, kh, s, d], &dev),
+            mask.as_ref(),
+            scale as f64,
+            softcap.map(f64::from),
+        );
+        let expect = naive(&q, &k, &v, (b, h, kh, l, s, d), scale, softcap, &spec);
+        assert_close(out, &expect, 1e-5, &format!("{spec:?} h={h} kh={kh}"));
+    }
+
+    #[test]
+    fn every_mask_kind_matches_naive_reference() {
+        check(MaskSpec::none(), 4, 4, 5, 5, None);
+        check(MaskSpec::causal(), 4, 2, 5, 5, None);
+        check(MaskSpec::causal(), 4, 1, 2, 6, Some(1.5)); // queries at the end (cached decode)
+        check(
+            MaskSpec::none().with_key_valid(vec![vec![true; 5], vec![false, false, true, true, true]]),
+            2,
+            2,
+            5,
+            5,
+            None,
+        );
+        check(MaskSpec::prefix_lm(vec![3, 1]), 4, 2, 6, 6, None);
+        check(MaskSpec::causal().with_sliding_window(2), 2, 1, 6, 6, Some(0.8));
+        check(
+            MaskSpec::prefix_lm(vec![4, 2])
+                .with_key_valid(vec![vec![true; 6], vec![false, true, true, true, true, true]]),
+            4,
+            4,
+            6,
+            6,
+            None,
+        );
+    }
+
+    #[test]
+    fn mask_kinds_draw_as_documented() {
+        let draw = |spec: &MaskSpec| -> Vec<String> {
+            (0..4)
+                .map(|q| {
+                    (0..4)
+                        .map(|k| if spec.is_masked(0, q, k) { '.' } else { 'x' })
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(draw(&MaskSpec::causal()), ["x...", "xx..", "xxx.", "xxxx"]);
+        assert_eq!(
+            draw(&MaskSpec::prefix_lm(vec![2])),
+            ["xx..", "xx..", "xxx.", "xxxx"]
+        );
+        assert_eq!(
+            draw(&MaskSpec::causal().with_sliding_window(2)),
+            ["x...", "xx..", ".xx.", "..xx"]
+        );
+    }
+
+    #[test]
+    fn cached_incremental_decoding_equals_full_attention() {
+        let dev = device();
+        let cfg = AttentionConfig {
+            hidden_size: 12,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            qkv_bias: false,
+            o_bias: false,
+            scale: Some(0.3),
+            softcap: Some(2.0),
+        };
+        let attn = cfg.init(&dev);
+        let (b, l, prompt) = (2, 7, 4);
+        let x = tensor_from(&seq(b * l * 12, 5), [b, l, 12], &dev);
+        // Full pass with a prefix-LM mask over the prompt.
+        let spec = MaskSpec::prefix_lm(vec![prompt, prompt - 1]).with_sliding_window(3);
+        let positions = |from: usize, to: usize| vec![(from as i64..to as i64).collect::<Vec<_>>(); b];
+        let rope = RotaryEmbedding::new(4, 100.0);
+        let full_mask = spec.build(b, l, l, &dev);
+        let full = attn.forward(
+            x.clone(),
+            Some(&rope.tables(&positions(0, l), &dev)),
+            full_mask.as_ref(),
+            None,
+        );
+
+        // Prefill the prompt, then one token at a time through the cache.
+        let mut cache = KvCache::new(1, b, 2, 4, l + 2, &dev);
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for end in [prompt, prompt + 1, prompt + 2, l] {
+            let xs = x.clone().slice([0..b, start..end, 0..12]);
+            let mask = spec.build(b, end - start, end, &dev);
+            let tables = rope.tables(&positions(start, end), &dev);
+            pieces.push(attn.forward(xs, Some(&tables), mask.as_ref(), Some(cache.layer(0))));
+            start = end;
+        }
+        assert_eq!(cache.seq_len(), l);
+        let inc = Tensor::cat(pieces, 1);
+        assert_slices_close(&to_vec(inc), &to_vec(full), 1e-5, "cached vs full");
+    }
+}

@@ -1,0 +1,38 @@
+//! # zoo-nn: the shared blocks of vlm-zoo
+//!
+//! Every model family in vlm-zoo is composed of these backend-generic Burn modules (tensors are
+//! `Tensor<D>` on a runtime `Device`, so one module runs on ndarray, Flex or CUDA):
+//!
+//! - [`norm`]: one [`Norm`] chosen by a config field — LayerNorm, RMSNorm, Gemma's RMSNorm, BatchNorm;
+//! - [`attention`]: q/k/v/o attention with GQA/MQA, explicit head_dim, scale, soft-capping and
+//!   [`MaskSpec`] masks (none, causal, padding, prefix-LM, sliding window);
+//! - [`kv_cache`]: an explicit preallocated [`KvCache`];
+//! - [`rope`]: rotate-half rotary embeddings with explicit positions;
+//! - [`mlp`]: `fc1-act-fc2` and gated GeGLU;
+//! - [`embed`]: conv patch embedding and learned positions;
+//! - [`load`]: HuggingFace checkpoint folders (single or sharded safetensors, F32/BF16/F16) into
+//!   modules, through burn-store.
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod device;
+pub mod embed;
+pub mod error;
+pub mod kv_cache;
+pub mod load;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+pub mod testing;
+
+pub use attention::{Attention, AttentionConfig, MaskSpec, scaled_dot_product_attention};
+pub use device::parse_device;
+pub use error::{NnError, Result};
+pub use kv_cache::{KvCache, LayerKvCache};
+pub use load::{Checkpoint, KeyMap, read_json};
+pub use mlp::{Activation, GatedMlp, Mlp};
+pub use norm::{GemmaRmsNorm, Norm, NormConfig, NormKind};
+pub use rope::{RopeTables, RotaryEmbedding, apply_rotary};
+
+/// Burn, re-exported so downstream crates use the same version.
+pub use burn;
