@@ -44,6 +44,19 @@ pub fn flex_device() -> Option<Device> {
     None
 }
 
+/// Turns on CubeCL's persistent caches of compiled kernels and autotune results, so a second run
+/// of the CLI does not pay NVRTC compilation and autotuning again. Call before the first CUDA
+/// tensor is made; a `cubecl.toml` found from the current directory and `CUBECL_*` variables are
+/// still honoured for everything else.
+#[cfg(feature = "cuda")]
+pub fn enable_persistent_caches() {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = true;
+    // Already set or read: keep what the application chose.
+    let _ = CubeClRuntimeConfig::try_set(config);
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(s: &str) -> std::result::Result<Device, String> {
     let index = match s.strip_prefix("cuda:") {
@@ -52,6 +65,7 @@ fn cuda_device(s: &str) -> std::result::Result<Device, String> {
             .map_err(|_| format!("'{n}' is not a GPU index"))?,
         None => 0,
     };
+    enable_persistent_caches();
     Ok(Device::cuda(index))
 }
 
