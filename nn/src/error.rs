@@ -89,6 +89,22 @@ pub enum NnError {
         /// What failed.
         reason: String,
     },
+    /// An image could not be decoded.
+    #[error("{path}: cannot read image: {reason}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// A tokenizer could not be loaded or used.
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// A configuration value is out of range or inconsistent.
     #[error("invalid config: {0}")]
     Config(String),

@@ -1,0 +1,549 @@
+//! Image preprocessing as transformers' PIL image processors do it, from
+//! `preprocessor_config.json`: convert to RGB (transparency composited onto white), resize with
+//! Pillow's exact resampling, centre-crop, rescale and normalise, channels first.
+
+use crate::error::{NnError, Result};
+use burn::prelude::*;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `size` / `crop_size` of a preprocessor config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    /// Resize to exactly `height` x `width`.
+    Exact {
+        /// Output height.
+        height: u32,
+        /// Output width.
+        width: u32,
+    },
+    /// Resize so the shorter side is `shortest_edge`, keeping the aspect ratio.
+    ShortestEdge {
+        /// The shorter side after resizing.
+        shortest_edge: u32,
+    },
+}
+
+/// Per-channel mean/std, given as one number or a list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelValues {
+    /// One value for every channel.
+    One(f32),
+    /// One per channel.
+    Each(Vec<f32>),
+}
+
+impl ChannelValues {
+    fn channel(&self, c: usize) -> f32 {
+        match self {
+            Self::One(v) => *v,
+            Self::Each(v) => v.get(c).or(v.last()).copied().unwrap_or(0.0),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> u32 {
+    3
+}
+fn inv255() -> f64 {
+    1.0 / 255.0
+}
+
+/// The subset of `preprocessor_config.json` that decides pixel values (transformers' defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PreprocessorConfig {
+    /// Resize at all.
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    /// Target size.
+    pub size: Option<SizeSpec>,
+    /// PIL resampling filter: 2 bilinear, 3 bicubic (the default).
+    #[serde(default = "bicubic")]
+    pub resample: u32,
+    /// Centre-crop after resizing.
+    #[serde(default)]
+    pub do_center_crop: bool,
+    /// Crop size.
+    pub crop_size: Option<SizeSpec>,
+    /// Multiply by `rescale_factor`.
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    /// Usually 1/255.
+    #[serde(default = "inv255")]
+    pub rescale_factor: f64,
+    /// Subtract `image_mean`, divide by `image_std`.
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    /// Per-channel mean.
+    pub image_mean: Option<ChannelValues>,
+    /// Per-channel std.
+    pub image_std: Option<ChannelValues>,
+}
+
+impl PreprocessorConfig {
+    /// Square resize to `size` x `size` with mean = std = 0.5 (SigLIP / PaliGemma defaults), used
+    /// when a checkpoint has no preprocessor_config.json.
+    pub fn square(size: u32) -> Self {
+        Self {
+            do_resize: true,
+            size: Some(SizeSpec::Exact {
+                height: size,
+                width: size,
+            }),
+            resample: 3,
+            do_center_crop: false,
+            crop_size: None,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: Some(ChannelValues::One(0.5)),
+            image_std: Some(ChannelValues::One(0.5)),
+        }
+    }
+
+    /// Reads `preprocessor_config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        crate::load::read_json(path)
+    }
+
+    /// The `(height, width)` of the processed image, when the config fixes it.
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        let exact = |s: &Option<SizeSpec>| match s {
+            Some(SizeSpec::Exact { height, width }) => Some((*height, *width)),
+            Some(SizeSpec::ShortestEdge { shortest_edge }) => Some((*shortest_edge, *shortest_edge)),
+            None => None,
+        };
+        if self.do_center_crop {
+            exact(&self.crop_size)
+        } else {
+            exact(&self.size)
+        }
+    }
+}
+
+/// Opens and decodes an image file (any format the `image` crate reads), naming the file in errors.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
+    image::load_from_memory(&bytes).map_err(|e| NnError::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Turns images into `pixel_values`.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    config: PreprocessorConfig,
+}
+
+impl ImageProcessor {
+    /// A processor for `config`.
+    pub fn new(config: PreprocessorConfig) -> Self {
+        Self { config }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &PreprocessorConfig {
+        &self.config
+    }
+
+    /// Resizes and crops an 8-bit RGB image as Pillow would: the `uint8` pixels the model sees,
+    /// before rescaling. Returns `(width, height, rgb bytes)`.
+    pub fn resize_rgb8(&self, img: &image::RgbImage) -> Result<(u32, u32, Vec<u8>)> {
+        let c = &self.config;
+        let (w, h) = img.dimensions();
+        let mut out = (w, h, img.as_raw().clone());
+        if c.do_resize {
+            let (nh, nw) = match c.size {
+                Some(SizeSpec::Exact { height, width }) => (height, width),
+                Some(SizeSpec::ShortestEdge { shortest_edge: s }) => {
+                    // transformers: short side = s, long side = int(s * long / short).
+                    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+                    let new_long = (s as f64 * long as f64 / short as f64) as u32;
+                    if w <= h { (new_long, s) } else { (s, new_long) }
+                }
+                None => {
+                    return Err(NnError::Config(
+                        "preprocessor config: do_resize without size".into(),
+                    ));
+                }
+            };
+            out = (nw, nh, resize(&out.2, w, h, nw, nh, c.resample)?);
+        }
+        if c.do_center_crop {
+            let Some(SizeSpec::Exact {
+                height: ch,
+                width: cw,
+            }) = c.crop_size
+            else {
+                return Err(NnError::Config(
+                    "preprocessor config: do_center_crop needs crop_size {height, width}".into(),
+                ));
+            };
+            out = center_crop(&out.2, out.0, out.1, cw, ch);
+        }
+        Ok(out)
+    }
+
+    /// Preprocesses one image to `float[3, H, W]` (flattened, channels first).
+    pub fn preprocess(&self, img: &image::DynamicImage) -> Result<(usize, usize, Vec<f32>)> {
+        let rgb = to_rgb(img);
+        let (w, h, bytes) = self.resize_rgb8(&rgb)?;
+        let c = &self.config;
+        let (w, h) = (w as usize, h as usize);
+        let mut out = vec![0f32; 3 * h * w];
+        let (mean, std) = (c.image_mean.clone(), c.image_std.clone());
+        for ch in 0..3 {
+            let (m, s) = (
+                mean.as_ref().map_or(0.0, |v| v.channel(ch)),
+                std.as_ref().map_or(1.0, |v| v.channel(ch)),
+            );
+            for i in 0..h * w {
+                let raw = bytes[i * 3 + ch] as f64;
+                // As numpy: rescale in f64, cast to f32, normalise in f32.
+                let mut v = if c.do_rescale {
+                    (raw * c.rescale_factor) as f32
+                } else {
+                    raw as f32
+                };
+                if c.do_normalize {
+                    v = (v - m) / s;
+                }
+                out[ch * h * w + i] = v;
+            }
+        }
+        Ok((h, w, out))
+    }
+
+    /// Opens, decodes and preprocesses image files into one batch.
+    ///
+    /// # Shapes
+    /// - output: `[N, 3, H, W]`
+    pub fn batch_from_files(&self, paths: &[PathBuf], device: &Device) -> Result<Tensor<4>> {
+        let images = paths.iter().map(|p| open_image(p)).collect::<Result<Vec<_>>>()?;
+        self.batch(&images, device)
+    }
+
+    /// Preprocesses decoded images into one batch; they must come out the same size.
+    pub fn batch(&self, images: &[image::DynamicImage], device: &Device) -> Result<Tensor<4>> {
+        let mut data = Vec::new();
+        let mut dims = None;
+        for img in images {
+            let (h, w, px) = self.preprocess(img)?;
+            if dims.is_some_and(|d| d != (h, w)) {
+                return Err(NnError::Config(format!(
+                    "images preprocess to different sizes ({h}x{w} vs {:?}): the config resizes to no fixed size",
+                    dims
+                )));
+            }
+            dims = Some((h, w));
+            data.extend(px);
+        }
+        let (h, w) = dims.ok_or_else(|| NnError::Config("no images given".into()))?;
+        Ok(Tensor::from_data(
+            TensorData::new(data, [images.len(), 3, h, w]),
+            device,
+        ))
+    }
+}
+
+fn resize(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32, resample: u32) -> Result<Vec<u8>> {
+    let filter = match resample {
+        1 => Filter::Lanczos,
+        2 => Filter::Bilinear,
+        3 => Filter::Bicubic,
+        4 => Filter::Box,
+        5 => Filter::Hamming,
+        other => {
+            return Err(NnError::Config(format!(
+                "preprocessor config: resample {other} is not supported (1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)"
+            )));
+        }
+    };
+    if nw == 0 || nh == 0 || w == 0 || h == 0 {
+        return Err(NnError::Config(format!("cannot resize {w}x{h} to {nw}x{nh}")));
+    }
+    Ok(pillow::resample(
+        rgb,
+        w as usize,
+        h as usize,
+        nw as usize,
+        nh as usize,
+        filter,
+    ))
+}
+
+/// The convolution filters of Pillow's `Image.resize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Box (support 0.5).
+    Box,
+    /// Triangle (support 1).
+    Bilinear,
+    /// Hamming window (support 1).
+    Hamming,
+    /// Cubic with a = -0.5 (support 2): Pillow's BICUBIC.
+    Bicubic,
+    /// Lanczos-3 (support 3).
+    Lanczos,
+}
+
+/// Pillow's resampling of 8-bit images (`Resample.c`), reproduced exactly: per-output-pixel
+/// filter weights normalised to sum 1, turned into 22-bit fixed point, a horizontal pass then a
+/// vertical pass, each rounding and clipping to 8 bits. (fast_image_resize follows Pillow-SIMD,
+/// whose 16-bit coefficients differ from Pillow's by one or two levels on ~18% of pixels of our
+/// fixtures; transformers' PIL processors run upstream Pillow.)
+pub mod pillow {
+    use super::Filter;
+
+    const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+    impl Filter {
+        fn support(self) -> f64 {
+            match self {
+                Filter::Box => 0.5,
+                Filter::Bilinear | Filter::Hamming => 1.0,
+                Filter::Bicubic => 2.0,
+                Filter::Lanczos => 3.0,
+            }
+        }
+
+        fn weight(self, x: f64) -> f64 {
+            let sinc = |x: f64| {
+                if x == 0.0 {
+                    1.0
+                } else {
+                    let x = x * std::f64::consts::PI;
+                    x.sin() / x
+                }
+            };
+            match self {
+                Filter::Box => {
+                    if x > -0.5 && x <= 0.5 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+                Filter::Bilinear => {
+                    let x = x.abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                }
+                Filter::Hamming => {
+                    let x = x.abs();
+                    if x == 0.0 {
+                        1.0
+                    } else if x >= 1.0 {
+                        0.0
+                    } else {
+                        let x = x * std::f64::consts::PI;
+                        x.sin() / x * (0.54 + 0.46 * x.cos())
+                    }
+                }
+                Filter::Bicubic => {
+                    let a = -0.5;
+                    let x = x.abs();
+                    if x < 1.0 {
+                        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+                    } else if x < 2.0 {
+                        (((x - 5.0) * x + 8.0) * x - 4.0) * a
+                    } else {
+                        0.0
+                    }
+                }
+                Filter::Lanczos => {
+                    if (-3.0..3.0).contains(&x) {
+                        sinc(x) * sinc(x / 3.0)
+                    } else {
+                        0.0
+                    }
+                }
+            }
+        }
+    }
+
+    /// For each output index: first input index, number of taps, and fixed-point weights.
+    struct Coeffs {
+        bounds: Vec<(usize, usize)>,
+        ksize: usize,
+        weights: Vec<i32>,
+    }
+
+    fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filter.support() * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * ksize];
+        let mut k = vec![0f64; ksize];
+        for xx in 0..out_size {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C casts truncate toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
+            let mut ww = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(xmax) {
+                let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+                *kx = w;
+                ww += w;
+            }
+            for (x, kx) in k.iter().enumerate().take(xmax) {
+                let v = if ww != 0.0 { kx / ww } else { *kx };
+                let fixed = v * (1u32 << PRECISION_BITS) as f64;
+                weights[xx * ksize + x] = if v < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
+            }
+            bounds.push((xmin, xmax));
+        }
+        Coeffs {
+            bounds,
+            ksize,
+            weights,
+        }
+    }
+
+    fn clip8(v: i32) -> u8 {
+        if v >= (1 << PRECISION_BITS << 8) {
+            255
+        } else if v <= 0 {
+            0
+        } else {
+            (v >> PRECISION_BITS) as u8
+        }
+    }
+
+    /// Resizes packed RGB (`w * h * 3` bytes) to `nw x nh` as Pillow's `Image.resize` does.
+    pub fn resample(rgb: &[u8], w: usize, h: usize, nw: usize, nh: usize, filter: Filter) -> Vec<u8> {
+        const CH: usize = 3;
+        let round = 1i32 << (PRECISION_BITS - 1);
+        let horiz = coeffs(w, nw, filter);
+        let vert = coeffs(h, nh, filter);
+        let need_h = nw != w;
+        let need_v = nh != h;
+        // Rows of the input the vertical pass reads.
+        let first = vert.bounds[0].0;
+        let last = vert.bounds[nh - 1].0 + vert.bounds[nh - 1].1;
+        let (mut img, mut iw, mut row0) = (rgb.to_vec(), w, 0usize);
+        if need_h {
+            let rows = last - first;
+            let mut out = vec![0u8; nw * rows * CH];
+            for y in 0..rows {
+                let src = &rgb[(y + first) * w * CH..(y + first + 1) * w * CH];
+                for (xx, &(xmin, xmax)) in horiz.bounds.iter().enumerate() {
+                    let k = &horiz.weights[xx * horiz.ksize..][..xmax];
+                    for c in 0..CH {
+                        let mut ss = round;
+                        for (x, &kx) in k.iter().enumerate() {
+                            ss += src[(x + xmin) * CH + c] as i32 * kx;
+                        }
+                        out[(y * nw + xx) * CH + c] = clip8(ss);
+                    }
+                }
+            }
+            img = out;
+            iw = nw;
+            row0 = first;
+        }
+        if need_v {
+            let mut out = vec![0u8; nw * nh * CH];
+            for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
+                let k = &vert.weights[yy * vert.ksize..][..ymax];
+                let ymin = ymin - row0;
+                for x in 0..iw * CH {
+                    let mut ss = round;
+                    for (y, &ky) in k.iter().enumerate() {
+                        ss += img[(y + ymin) * iw * CH + x] as i32 * ky;
+                    }
+                    out[yy * nw * CH + x] = clip8(ss);
+                }
+            }
+            img = out;
+        }
+        img
+    }
+}
+
+/// RGB as transformers' `convert_to_rgb` makes it: images with transparency are composited onto
+/// an opaque white background with Pillow's `alpha_composite` integer arithmetic; grey is
+/// replicated to three channels.
+pub fn to_rgb(img: &image::DynamicImage) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = image::RgbImage::new(w, h);
+    let div255 = |v: u32| ((v >> 8) + v) >> 8;
+    for (src, dst) in rgba.pixels().zip(out.pixels_mut()) {
+        let a = src[3] as u32;
+        for c in 0..3 {
+            dst[c] = if a == 0 {
+                255
+            } else {
+                // Over white: coef1 = a*128, coef2 = (255-a)*128 (7 bits of extra precision).
+                let t = src[c] as u32 * a * 128 + 255 * (255 - a) * 128;
+                (div255(t + (0x80 << 7)) >> 7) as u8
+            };
+        }
+    }
+    out
+}
+
+/// transformers' centre crop: top = (h - ch) / 2, left = (w - cw) / 2 (floor); padding with zeros
+/// where the image is smaller than the crop.
+fn center_crop(rgb: &[u8], w: u32, h: u32, cw: u32, ch: u32) -> (u32, u32, Vec<u8>) {
+    let top = (h as i64 - ch as i64).div_euclid(2);
+    let left = (w as i64 - cw as i64).div_euclid(2);
+    let mut out = vec![0u8; (cw * ch * 3) as usize];
+    for y in 0..ch as i64 {
+        for x in 0..cw as i64 {
+            let (sy, sx) = (y + top, x + left);
+            if sy >= 0 && sx >= 0 && sy < h as i64 && sx < w as i64 {
+                let s = ((sy as u32 * w + sx as u32) * 3) as usize;
+                let d = ((y as u32 * cw + x as u32) * 3) as usize;
+                out[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
+            }
+        }
+    }
+    (cw, ch, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_edge_and_crop() {
+        let img = image::RgbImage::from_fn(40, 20, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let cfg: PreprocessorConfig = serde_json::from_str(
+            r#"{"size": {"shortest_edge": 10}, "do_center_crop": true, "crop_size": {"height": 10, "width": 10}}"#,
+        )
+        .unwrap();
+        let p = ImageProcessor::new(cfg);
+        let (w, h, px) = p.resize_rgb8(&img).unwrap();
+        assert_eq!((w, h, px.len()), (10, 10, 300));
+        let (h, w, v) = p.preprocess(&image::DynamicImage::ImageRgb8(img)).unwrap();
+        assert_eq!((h, w, v.len()), (10, 10, 300));
+        // No normalisation configured: values are pixels / 255, third channel constant 7/255.
+        assert!((v[200] - 7.0 / 255.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn corrupt_image_names_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.png");
+        std::fs::write(&path, b"\x89PNG not really").unwrap();
+        let e = open_image(&path).unwrap_err().to_string();
+        assert!(e.contains("broken.png"), "{e}");
+    }
+}

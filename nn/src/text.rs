@@ -1,0 +1,197 @@
+//! Tokenisation from a checkpoint's `tokenizer.json` (the `tokenizers` crate, the same library
+//! transformers' fast tokenizers run), with padding and truncation as transformers applies them.
+
+use crate::error::{NnError, Result};
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// How a batch of texts is padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// Every row padded (and truncated) to this length (SigLIP: `max_position_embeddings`).
+    MaxLength(usize),
+    /// Rows padded to the longest row, truncated at this length (CLIP).
+    Longest(usize),
+}
+
+/// A batch of token ids with its padding mask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// `[B][L]` token ids, padded on the right.
+    pub ids: Vec<Vec<u32>>,
+    /// `[B][L]`, `true` for real tokens.
+    pub mask: Vec<Vec<bool>>,
+}
+
+/// A checkpoint's tokenizer.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+    path: PathBuf,
+    pad_id: Option<u32>,
+    canonicalize: bool,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
+fn token_string(v: &serde_json::Value) -> Option<String> {
+    v.as_str()
+        .map(str::to_string)
+        .or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` (and `tokenizer_config.json` when present) from a checkpoint folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(NnError::MissingFile {
+                dir: dir.to_path_buf(),
+                what: "tokenizer".into(),
+                expected: "tokenizer.json".into(),
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| NnError::Tokenizer {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = if config_path.is_file() {
+            crate::load::read_json(&config_path)?
+        } else {
+            serde_json::Value::Null
+        };
+        let pad_id = config
+            .get("pad_token")
+            .and_then(token_string)
+            .and_then(|t| tokenizer.token_to_id(&t))
+            .or_else(|| tokenizer.get_padding().map(|p| p.pad_id));
+        // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
+        let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
+            && config
+                .get("do_lower_case")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+        Ok(Self {
+            tokenizer,
+            path,
+            pad_id,
+            canonicalize,
+        })
+    }
+
+    /// The tokenizer.json path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pad token id, if the tokenizer defines one.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    /// The id of a token string.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Errors when the tokenizer can produce ids the model has no embedding for.
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        let n = self.tokenizer.get_vocab_size(true);
+        if n > vocab_size {
+            return Err(NnError::Tokenizer {
+                path: self.path.clone(),
+                reason: format!("{n} tokens, but the model's vocab_size is {vocab_size}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, text: &str) -> String {
+        if self.canonicalize {
+            text.to_lowercase()
+                .chars()
+                .filter(|c| !c.is_ascii_punctuation())
+                .collect()
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Encodes texts with the tokenizer's special tokens, truncated and padded.
+    pub fn encode(&self, texts: &[String], padding: Padding) -> Result<Encoded> {
+        let max_len = match padding {
+            Padding::MaxLength(n) | Padding::Longest(n) => n,
+        };
+        let mut tok = self.tokenizer.clone();
+        tok.with_padding(None);
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| NnError::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut ids = Vec::with_capacity(texts.len());
+        for text in texts {
+            let enc = tok
+                .encode(self.prepare(text), true)
+                .map_err(|e| NnError::Tokenizer {
+                    path: self.path.clone(),
+                    reason: format!("encoding {text:?}: {e}"),
+                })?;
+            ids.push(enc.get_ids().to_vec());
+        }
+        let width = match padding {
+            Padding::MaxLength(n) => n,
+            Padding::Longest(_) => ids.iter().map(Vec::len).max().unwrap_or(0),
+        };
+        let needs_pad = ids.iter().any(|r| r.len() < width);
+        let pad = match (needs_pad, self.pad_id) {
+            (false, _) => 0,
+            (true, Some(p)) => p,
+            (true, None) => {
+                return Err(NnError::Tokenizer {
+                    path: self.path.clone(),
+                    reason: "texts need padding but the tokenizer defines no pad token".into(),
+                });
+            }
+        };
+        let mask = ids
+            .iter()
+            .map(|r| (0..width).map(|i| i < r.len()).collect())
+            .collect();
+        let ids = ids
+            .into_iter()
+            .map(|mut r| {
+                r.resize(width, pad);
+                r
+            })
+            .collect();
+        Ok(Encoded { ids, mask })
+    }
+
+    /// Decodes ids to text, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| NnError::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
