@@ -16,3 +16,4 @@ pub use zoo_paligemma as paligemma;
 pub use zoo_siglip as siglip;
 
 pub mod inspect;
+pub mod zero_shot;

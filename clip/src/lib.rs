@@ -1,1 +1,15 @@
-//! placeholder
+//! # zoo-clip: CLIP
+//!
+//! Both CLIP towers from HuggingFace checkpoints — the vision tower (class token, bias-free
+//! patch conv, `pre_layrnorm`, pooled `post_layernorm(class token)`, `visual_projection`) and the
+//! causal text tower pooled at the end-of-text token (`text_projection`) — with softmax
+//! image-text scores equal to transformers'.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod load;
+pub mod model;
+
+pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use load::load_clip;
+pub use model::{ClipModel, ClipOutput, ClipTextTransformer, ClipVisionTransformer};

@@ -10,6 +10,7 @@
 //! - [`rope`]: rotate-half rotary embeddings with explicit positions;
 //! - [`mlp`]: `fc1-act-fc2` and gated GeGLU;
 //! - [`embed`]: conv patch embedding and learned positions;
+//! - [`encoder`]: the pre-norm encoder layer ViT/SigLIP and CLIP share;
 //! - [`image`] / [`text`]: preprocessing as transformers' PIL image processors and fast
 //!   tokenizers do it;
 //! - [`load`]: HuggingFace checkpoint folders (single or sharded safetensors, F32/BF16/F16) into
@@ -19,24 +20,28 @@
 pub mod attention;
 pub mod device;
 pub mod embed;
+pub mod encoder;
 pub mod error;
 pub mod image;
 pub mod kv_cache;
 pub mod load;
 pub mod mlp;
 pub mod norm;
+pub mod ops;
 pub mod rope;
 pub mod testing;
 pub mod text;
 
 pub use attention::{Attention, AttentionConfig, MaskSpec, scaled_dot_product_attention};
 pub use device::parse_device;
+pub use encoder::{Encoder, EncoderConfig, EncoderLayer};
 pub use error::{NnError, Result};
 pub use image::{ImageProcessor, PreprocessorConfig, open_image};
 pub use kv_cache::{KvCache, LayerKvCache};
-pub use load::{Checkpoint, KeyMap, read_json};
+pub use load::{Checkpoint, KeyMap, model_type, read_json};
 pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{GemmaRmsNorm, Norm, NormConfig, NormKind};
+pub use ops::l2_normalize;
 pub use rope::{RopeTables, RotaryEmbedding, apply_rotary};
 pub use text::{Encoded, Padding, TextTokenizer};
 

@@ -18,9 +18,10 @@
 
 use crate::error::{NnError, Result};
 use burn::tensor::DType;
+use burn::tensor::{Shape, TensorData};
 use burn_store::{
-    ApplyError, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-    SafetensorsStore,
+    ApplyError, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext, ModuleSnapshot,
+    PyTorchToBurnAdapter, SafetensorsStore,
 };
 use regex::Regex;
 use serde::de::DeserializeOwned;
@@ -40,6 +41,18 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The `model_type` of a checkpoint folder's config.json.
+pub fn model_type(dir: &Path) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        model_type: Option<String>,
+    }
+    let path = dir.join("config.json");
+    let head: Head = read_json(&path)?;
+    head.model_type
+        .ok_or_else(|| NnError::Config(format!("{}: no model_type", path.display())))
 }
 
 /// What a safetensors header says about one tensor.
@@ -140,6 +153,31 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
     Ok(out)
 }
 
+/// PyTorch scalar parameters (shape `[]`, e.g. CLIP's `logit_scale`) become `[1]` tensors, as a
+/// Burn module holds them.
+#[derive(Debug, Clone)]
+struct ScalarAsVector;
+
+impl ModuleAdapter for ScalarAsVector {
+    fn adapt(
+        &self,
+        tensor: burn_store::burn_pack::Tensor,
+        _ctx: ModuleContext<'_>,
+    ) -> burn_store::burn_pack::Tensor {
+        if tensor.shape.num_dims() != 0 {
+            return tensor;
+        }
+        let (name, dtype) = (tensor.name.clone(), tensor.dtype);
+        burn_store::bridge::map_data(tensor, name, dtype, Shape::new([1]), move |data: TensorData| {
+            TensorData::from_bytes_vec(data.as_bytes().to_vec(), [1], dtype)
+        })
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
 /// How checkpoint keys become module paths, and which differences are expected.
 #[derive(Debug, Clone, Default)]
 pub struct KeyMap {
@@ -159,6 +197,14 @@ impl KeyMap {
     pub fn rename(mut self, from: &str, to: &str) -> Self {
         self.renames.push((from.to_string(), to.to_string()));
         self
+    }
+
+    /// Strips a literal prefix (e.g. `vision_tower.`) from checkpoint keys.
+    pub fn strip_prefix(self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        self.rename(&format!("^{}", regex::escape(prefix)), "")
     }
 
     /// Module paths matching this regex may be absent from the checkpoint (they keep their
@@ -321,7 +367,9 @@ impl Checkpoint {
         let mut module_paths = BTreeSet::new();
         let mut unused = BTreeSet::new();
         for file in &self.files {
-            let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype));
+            let adapter = PyTorchToBurnAdapter
+                .chain(ScalarAsVector)
+                .chain(FloatCastAdapter::to(dtype));
             let mut store = SafetensorsStore::from_file(file)
                 .remap(KeyRemapper::from_compiled_patterns(renames.clone()))
                 .with_from_adapter(adapter)

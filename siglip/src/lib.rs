@@ -13,4 +13,4 @@ pub mod model;
 
 pub use config::{SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use load::{load_siglip, load_siglip_vision};
-pub use model::{SiglipModel, SiglipOutput, SiglipTextTransformer, SiglipVisionTransformer, l2_normalize};
+pub use model::{SiglipModel, SiglipOutput, SiglipTextTransformer, SiglipVisionTransformer};

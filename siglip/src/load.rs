@@ -16,40 +16,14 @@ use crate::model::{SiglipModel, SiglipVisionTransformer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::path::Path;
-use zoo_nn::{Checkpoint, KeyMap, NnError, Result};
+use zoo_nn::{Checkpoint, KeyMap, NnError, Result, model_type};
 
 /// The SigLIP key table, with `prefix` (e.g. `vision_tower.`) stripped from checkpoint keys.
 pub fn key_map(prefix: &str) -> KeyMap {
-    let mut keys = KeyMap::new();
-    if !prefix.is_empty() {
-        keys = keys.rename(&format!("^{}", regex_escape(prefix)), "");
-    }
-    keys.rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.")
+    KeyMap::new()
+        .strip_prefix(prefix)
+        .rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.")
         .allow_unused(r"\.position_ids$")
-}
-
-/// Escapes regex metacharacters in a literal prefix.
-pub fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
-/// `model_type` of a config.json.
-pub fn model_type(dir: &Path) -> Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        model_type: Option<String>,
-    }
-    let head: Head = zoo_nn::read_json(&dir.join("config.json"))?;
-    head.model_type
-        .ok_or_else(|| NnError::Config(format!("{}: config.json has no model_type", dir.display())))
 }
 
 /// Loads a `SiglipModel` folder (config.json + weights) as `dtype`.

@@ -10,7 +10,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
-use zoo_nn::{Attention, AttentionConfig, Mlp, Norm, NormConfig, NormKind, scaled_dot_product_attention};
+use zoo_nn::{
+    Encoder, EncoderConfig, Mlp, Norm, NormConfig, NormKind, l2_normalize, scaled_dot_product_attention,
+};
 
 /// Patch embedding (conv with bias) + learned positions.
 #[derive(Module, Debug)]
@@ -29,62 +31,6 @@ impl SiglipVisionEmbeddings {
             embed_patches(&self.patch_embedding, pixels),
             &self.position_embedding,
         )
-    }
-}
-
-/// Pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
-#[derive(Module, Debug)]
-pub struct SiglipEncoderLayer {
-    /// Norm before attention.
-    pub layer_norm1: Norm,
-    /// Self-attention.
-    pub self_attn: Attention,
-    /// Norm before the MLP.
-    pub layer_norm2: Norm,
-    /// `fc1 -> act -> fc2`.
-    pub mlp: Mlp,
-}
-
-impl SiglipEncoderLayer {
-    fn new(
-        c: usize,
-        heads: usize,
-        inter: usize,
-        act: zoo_nn::Activation,
-        norm: NormConfig,
-        device: &Device,
-    ) -> Self {
-        Self {
-            layer_norm1: norm.init(device),
-            self_attn: AttentionConfig::mha(c, heads).init(device),
-            layer_norm2: norm.init(device),
-            mlp: Mlp::init(c, inter, act, device),
-        }
-    }
-
-    /// # Shapes
-    /// - `x`: `[B, T, C]`; `mask`: `bool[B, 1, T, T]`; output `[B, T, C]`
-    pub fn forward(&self, x: Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.layer_norm1.forward(x), None, mask, None);
-        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
-    }
-}
-
-/// A stack of encoder layers.
-#[derive(Module, Debug)]
-pub struct SiglipEncoder {
-    /// The layers, in order.
-    pub layers: Vec<SiglipEncoderLayer>,
-}
-
-impl SiglipEncoder {
-    /// # Shapes
-    /// - `x`: `[B, T, C]`; output `[B, T, C]`
-    pub fn forward(&self, x: Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
-        self.layers.iter().fold(x, |x, layer| layer.forward(x, mask))
     }
 }
 
@@ -179,7 +125,7 @@ pub struct SiglipVisionTransformer {
     /// Patches + positions.
     pub embeddings: SiglipVisionEmbeddings,
     /// Transformer layers.
-    pub encoder: SiglipEncoder,
+    pub encoder: Encoder,
     /// Final norm.
     pub post_layernorm: Norm,
     /// MAP head (`vision_use_head`).
@@ -200,20 +146,15 @@ impl SiglipVisionTransformer {
                 patch_embedding: patch_embedding(config.num_channels, c, config.patch_size, true, device),
                 position_embedding: position_embedding(config.num_patches(), c, device),
             },
-            encoder: SiglipEncoder {
-                layers: (0..config.num_hidden_layers)
-                    .map(|_| {
-                        SiglipEncoderLayer::new(
-                            c,
-                            config.num_attention_heads,
-                            config.intermediate_size,
-                            config.hidden_act,
-                            n,
-                            device,
-                        )
-                    })
-                    .collect(),
-            },
+            encoder: EncoderConfig {
+                hidden: c,
+                heads: config.num_attention_heads,
+                intermediate: config.intermediate_size,
+                layers: config.num_hidden_layers,
+                act: config.hidden_act,
+                norm: n,
+            }
+            .init(device),
             post_layernorm: n.init(device),
             head: config
                 .vision_use_head
@@ -262,7 +203,7 @@ pub struct SiglipTextTransformer {
     /// Tokens + positions.
     pub embeddings: SiglipTextEmbeddings,
     /// Transformer layers.
-    pub encoder: SiglipEncoder,
+    pub encoder: Encoder,
     /// Final norm.
     pub final_layer_norm: Norm,
     /// `C -> P` on the last position.
@@ -279,20 +220,15 @@ impl SiglipTextTransformer {
                 token_embedding: EmbeddingConfig::new(config.vocab_size, c).init(device),
                 position_embedding: EmbeddingConfig::new(config.max_position_embeddings, c).init(device),
             },
-            encoder: SiglipEncoder {
-                layers: (0..config.num_hidden_layers)
-                    .map(|_| {
-                        SiglipEncoderLayer::new(
-                            c,
-                            config.num_attention_heads,
-                            config.intermediate_size,
-                            config.hidden_act,
-                            n,
-                            device,
-                        )
-                    })
-                    .collect(),
-            },
+            encoder: EncoderConfig {
+                hidden: c,
+                heads: config.num_attention_heads,
+                intermediate: config.intermediate_size,
+                layers: config.num_hidden_layers,
+                act: config.hidden_act,
+                norm: n,
+            }
+            .init(device),
             final_layer_norm: n.init(device),
             head: LinearConfig::new(c, config.projection_size()).init(device),
         }
@@ -343,12 +279,6 @@ pub struct SiglipModel {
     pub logit_scale: Param<Tensor<1>>,
     /// `[1]`, bias (init -10).
     pub logit_bias: Param<Tensor<1>>,
-}
-
-/// `x / ||x||` along the last dim.
-pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().square().sum_dim(1).sqrt();
-    x / norm
 }
 
 impl SiglipModel {

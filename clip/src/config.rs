@@ -1,0 +1,161 @@
+//! CLIP configs: serde mirrors of transformers' `CLIPTextConfig`, `CLIPVisionConfig` and
+//! `CLIPConfig` (transformers' defaults, unknown keys ignored), plus the vlm-zoo `norm` field.
+
+use serde::{Deserialize, Serialize};
+use zoo_nn::{Activation, NnError, NormKind, Result};
+
+macro_rules! default_fns {
+    ($($name:ident: $ty:ty = $val:expr;)*) => { $(fn $name() -> $ty { $val })* };
+}
+default_fns! {
+    d49408: usize = 49408; d512: usize = 512; d2048: usize = 2048; d12: usize = 12; d8: usize = 8;
+    d77: usize = 77; eps5: f64 = 1e-5; d768: usize = 768; d3072: usize = 3072; d3: usize = 3;
+    d224: usize = 224; d32: usize = 32; quick: Activation = Activation::QuickGelu;
+    pad1: Option<u32> = Some(1); bos: Option<u32> = Some(49406); eos: Option<u32> = Some(49407);
+    scale_init: f64 = 2.6592;
+}
+
+/// The text tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipTextConfig {
+    /// Vocabulary size.
+    #[serde(default = "d49408")]
+    pub vocab_size: usize,
+    /// Width.
+    #[serde(default = "d512")]
+    pub hidden_size: usize,
+    /// MLP width.
+    #[serde(default = "d2048")]
+    pub intermediate_size: usize,
+    /// Layers.
+    #[serde(default = "d12")]
+    pub num_hidden_layers: usize,
+    /// Heads.
+    #[serde(default = "d8")]
+    pub num_attention_heads: usize,
+    /// Context length.
+    #[serde(default = "d77")]
+    pub max_position_embeddings: usize,
+    /// MLP activation (`quick_gelu` for OpenAI's checkpoints).
+    #[serde(default = "quick")]
+    pub hidden_act: Activation,
+    /// Norm epsilon.
+    #[serde(default = "eps5")]
+    pub layer_norm_eps: f64,
+    /// Pad token.
+    #[serde(default = "pad1")]
+    pub pad_token_id: Option<u32>,
+    /// Begin-of-text token.
+    #[serde(default = "bos")]
+    pub bos_token_id: Option<u32>,
+    /// End-of-text token; the text is pooled at its first occurrence (legacy configs with 2
+    /// pool at the largest id instead).
+    #[serde(default = "eos")]
+    pub eos_token_id: Option<u32>,
+    /// vlm-zoo: which normalisation the blocks use.
+    #[serde(default)]
+    pub norm: NormKind,
+}
+
+/// The vision tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipVisionConfig {
+    /// Width.
+    #[serde(default = "d768")]
+    pub hidden_size: usize,
+    /// MLP width.
+    #[serde(default = "d3072")]
+    pub intermediate_size: usize,
+    /// Layers.
+    #[serde(default = "d12")]
+    pub num_hidden_layers: usize,
+    /// Heads.
+    #[serde(default = "d12")]
+    pub num_attention_heads: usize,
+    /// Input channels.
+    #[serde(default = "d3")]
+    pub num_channels: usize,
+    /// Input side in pixels.
+    #[serde(default = "d224")]
+    pub image_size: usize,
+    /// Patch side in pixels.
+    #[serde(default = "d32")]
+    pub patch_size: usize,
+    /// MLP activation.
+    #[serde(default = "quick")]
+    pub hidden_act: Activation,
+    /// Norm epsilon.
+    #[serde(default = "eps5")]
+    pub layer_norm_eps: f64,
+    /// vlm-zoo: which normalisation the blocks use.
+    #[serde(default)]
+    pub norm: NormKind,
+}
+
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl ClipVisionConfig {
+    /// Patch tokens per image (the class token comes on top).
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+/// `CLIPConfig`: both towers and the shared projection width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    /// Text tower.
+    #[serde(default)]
+    pub text_config: ClipTextConfig,
+    /// Vision tower.
+    #[serde(default)]
+    pub vision_config: ClipVisionConfig,
+    /// Width of both embeddings.
+    #[serde(default = "d512")]
+    pub projection_dim: usize,
+    /// Initial `logit_scale` (ln(1/0.07)).
+    #[serde(default = "scale_init")]
+    pub logit_scale_init_value: f64,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl ClipConfig {
+    /// Checks the arithmetic the model relies on.
+    pub fn validate(&self) -> Result<()> {
+        let v = &self.vision_config;
+        let t = &self.text_config;
+        let bad = |m: String| Err(NnError::Config(m));
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+            return bad(format!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        for (what, c, h) in [
+            ("vision", v.hidden_size, v.num_attention_heads),
+            ("text", t.hidden_size, t.num_attention_heads),
+        ] {
+            if h == 0 || !c.is_multiple_of(h) {
+                return bad(format!(
+                    "{what} hidden_size {c} is not a multiple of num_attention_heads {h}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! The `vlm-zoo` command line on the committed fixtures.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use zoo_nn::testing::{PARITY_TOL, Reference, assert_slices_close};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn vlm_zoo(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn zero_shot_json(model: &Path, name: &str) {
+    let dir = fixtures();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("reference.json")).unwrap())
+            .unwrap();
+    let mut args = vec![
+        "zero-shot".to_string(),
+        "--model".into(),
+        model.display().to_string(),
+        "--json".into(),
+    ];
+    for img in meta["images"].as_array().unwrap() {
+        args.push("--image".into());
+        args.push(
+            dir.join("images")
+                .join(img.as_str().unwrap())
+                .display()
+                .to_string(),
+        );
+    }
+    for t in meta["texts"].as_array().unwrap() {
+        args.push("--text".into());
+        args.push(t.as_str().unwrap().into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = vlm_zoo(&args);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let flat = |k: &str| -> Vec<f32> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect()
+    };
+    let r = Reference::read(&dir.join(name).join("reference.safetensors"));
+    for key in ["image_embeds", "text_embeds", "logits_per_image", "probs"] {
+        assert_slices_close(&flat(key), &r.f32(key), PARITY_TOL, &format!("cli {name} {key}"));
+    }
+}
+
+#[test]
+fn zero_shot_json_equals_transformers() {
+    let dir = fixtures();
+    for name in ["siglip-a", "siglip-b", "clip-a", "clip-b"] {
+        zero_shot_json(&dir.join(name), name);
+    }
+}
+
+#[test]
+fn zero_shot_falls_back_to_config_image_size_and_says_so() {
+    // siglip-a's preprocessor is SigLIP's default (mean = std = 0.5), so the fallback must agree.
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("siglip-a")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap() != "preprocessor_config.json" {
+            std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    zero_shot_json(tmp.path(), "siglip-a");
+    let img = fixtures().join("images/rgb_64x48.png");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert!(ok && stderr.contains("no preprocessor_config.json"), "{stderr}");
+}
+
+#[test]
+fn zero_shot_table_is_readable() {
+    let f = fixtures();
+    let (ok, stdout, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        f.join("clip-a").to_str().unwrap(),
+        "--image",
+        f.join("images/rgb_64x48.png").to_str().unwrap(),
+        "--text",
+        "a red circle",
+        "--text",
+        "a blue square",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("softmax") && stdout.contains("a red circle") && stdout.contains("rgb_64x48.png"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let f = fixtures();
+    let img = f.join("images/rgb_64x48.png");
+    let img = img.to_str().unwrap();
+    let not_image = f.join("siglip-a/config.json");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--model".into(),
+                f.join("siglip-a").display().to_string(),
+                "--image".into(),
+                "missing.png".into(),
+                "--text".into(),
+                "a".into(),
+            ],
+            "missing.png",
+        ),
+        (
+            vec![
+                "--model".into(),
+                f.join("siglip-a").display().to_string(),
+                "--image".into(),
+                not_image.display().to_string(),
+                "--text".into(),
+                "a".into(),
+            ],
+            "cannot read image",
+        ),
+        (
+            vec![
+                "--model".into(),
+                f.join("siglip-vision-nohead").display().to_string(),
+                "--image".into(),
+                img.into(),
+                "--text".into(),
+                "a".into(),
+            ],
+            "siglip_vision_model",
+        ),
+        (
+            vec![
+                "--model".into(),
+                "/no/such/model".into(),
+                "--image".into(),
+                img.into(),
+                "--text".into(),
+                "a".into(),
+            ],
+            "/no/such/model",
+        ),
+        (
+            vec![
+                "--model".into(),
+                f.join("clip-a").display().to_string(),
+                "--image".into(),
+                img.into(),
+                "--text".into(),
+                "a".into(),
+                "--device".into(),
+                "tpu".into(),
+            ],
+            "tpu",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["zero-shot"];
+        all.extend(args.iter().map(String::as_str));
+        let (ok, _, stderr) = vlm_zoo(&all);
+        assert!(!ok, "{all:?} should fail");
+        assert!(
+            stderr.contains(needle) && stderr.trim().lines().count() == 1,
+            "{all:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // No texts: clap refuses before anything runs.
+    let (ok, _, stderr) = vlm_zoo(&["zero-shot", "--model", "x", "--image", img]);
+    assert!(!ok && stderr.contains("--text"), "{stderr}");
+}
+
+#[test]
+fn tokenizer_that_does_not_fit_the_vocabulary_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("clip-a")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    // clip-b's tokenizer has 420 tokens; clip-a's model 400.
+    std::fs::copy(
+        fixtures().join("clip-b/tokenizer.json"),
+        tmp.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert!(
+        !ok && stderr.contains("tokenizer.json") && stderr.contains("vocab_size is 400"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn inspect_reads_headers() {
+    let (ok, stdout, stderr) = vlm_zoo(&[
+        "inspect",
+        "--model",
+        fixtures().join("clip-b").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["model_type"], "clip");
+    assert!(v["parameters"].as_u64().unwrap() > 10_000);
+}
