@@ -279,7 +279,85 @@ def siglip_and_clip():
         projection_dim=16, images=imgs[2:], texts=texts[1:], legacy_eos=True)
 
 
-FAMILIES = {"siglip": siglip_and_clip, "clip": siglip_and_clip}
+def gemma_tokenizer(vocab_size):
+    """A Gemma-style tokenizer: <pad>=0 <eos>=1 <bos>=2 <unk>=3, BPE with byte fallback-free
+    byte-level pieces, and a post-processor that prepends <bos>."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CAPTIONS * 4 + ["héllo wörld ✓ 日本"], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return tok
+
+
+GEMMA_PROMPTS = ["a photo of a red circle", "two green triangles", "the cat sat on the mat and"]
+
+
+def greedy_margin(model, ids, steps):
+    """Generates greedily and returns (new ids, smallest top-1 minus top-2 logit gap)."""
+    out = model.generate(ids, max_new_tokens=steps, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    gaps = [float((l.topk(2).values[0, 0] - l.topk(2).values[0, 1])) for l in out.logits]
+    return out.sequences[0, ids.shape[1]:].tolist(), min(gaps)
+
+
+def gemma_fixture(name, kind, config, seeds, steps=8):
+    """Tiny Gemma / Gemma 2 causal LM; the first seed whose greedy steps all have a clear margin."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GemmaConfig, GemmaForCausalLM
+    cfg_cls, model_cls = (GemmaConfig, GemmaForCausalLM) if kind == "gemma" else (Gemma2Config, Gemma2ForCausalLM)
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = gemma_tokenizer(config["vocab_size"])
+    fast = save_tokenizer(tok, out, dict(pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"))
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = model_cls(cfg_cls(**config, pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
+        randomise(model, seed)
+        gens, margins = [], []
+        for prompt in GEMMA_PROMPTS:
+            ids = fast(prompt, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                g, m = greedy_margin(model, ids, steps)
+            gens.append(g)
+            margins.append(m)
+        if min(margins) > 0.02:
+            break
+    else:
+        raise SystemExit(f"{name}: no seed gave clear greedy margins")
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(out)
+    ref, meta = {}, {"prompts": GEMMA_PROMPTS, "seed": seed, "min_margin": min(margins), "generated": gens}
+    for i, prompt in enumerate(GEMMA_PROMPTS):
+        ids = fast(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            o = model(input_ids=ids, output_hidden_states=True)
+        ref[f"input_ids_{i}"] = ids.to(torch.int64)
+        ref[f"logits_{i}"] = o.logits[0]
+        ref[f"hidden_{i}"] = o.hidden_states[-1][0]
+        ref[f"generated_{i}"] = torch.tensor(gens[i], dtype=torch.int64)
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(meta, indent=1))
+
+
+def gemma():
+    gemma_fixture("gemma-mqa", "gemma", dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, rope_theta=10000.0, max_position_embeddings=64), seeds=range(10, 40))
+    gemma_fixture("gemma-gqa", "gemma", dict(
+        vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, rope_theta=500.0, rms_norm_eps=1e-5, max_position_embeddings=48),
+        seeds=range(40, 70))
+    gemma_fixture("gemma2-a", "gemma2", dict(
+        vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=20, sliding_window=4,
+        attn_logit_softcapping=5.0, final_logit_softcapping=8.0, rope_theta=10000.0,
+        max_position_embeddings=64), seeds=range(70, 100))
+
+
+FAMILIES = {"siglip": siglip_and_clip, "clip": siglip_and_clip, "gemma": gemma}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

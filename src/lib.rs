@@ -15,5 +15,6 @@ pub use zoo_nn as nn;
 pub use zoo_paligemma as paligemma;
 pub use zoo_siglip as siglip;
 
+pub mod generate;
 pub mod inspect;
 pub mod zero_shot;

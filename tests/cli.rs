@@ -238,3 +238,83 @@ fn inspect_reads_headers() {
     assert_eq!(v["model_type"], "clip");
     assert!(v["parameters"].as_u64().unwrap() > 10_000);
 }
+
+#[test]
+fn generate_json_equals_transformers_greedy_ids() {
+    let dir = fixtures().join("gemma-gqa");
+    let r = Reference::read(&dir.join("reference.safetensors"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let prompt = meta["prompts"][1].as_str().unwrap();
+    // The fixture generated without stopping at eos; the CLI stops there, so compare the prefix.
+    let (ok, stdout, stderr) = vlm_zoo(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let ids: Vec<i64> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    let want = r.i64("generated_1");
+    let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
+    assert_eq!(ids, want[..cut]);
+    assert_eq!(v["model_type"], "gemma");
+    let prompt_ids: Vec<i64> = v["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    assert_eq!(prompt_ids, r.i64("input_ids_1"));
+    // Streaming prints the same text.
+    let (ok, streamed, _) = vlm_zoo(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(ok);
+    assert_eq!(streamed.trim_end_matches('\n'), v["text"].as_str().unwrap());
+}
+
+#[test]
+fn generate_refuses_bad_input() {
+    let f = fixtures();
+    let g = f.join("gemma-mqa");
+    let g = g.to_str().unwrap();
+    let img = f.join("images/rgb_64x48.png");
+    for (args, needle) in [
+        (
+            vec!["--prompt", "hi", "--image", img.to_str().unwrap()],
+            "text-only",
+        ),
+        (vec!["--prompt", ""], "empty prompt"),
+        (vec!["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (vec!["--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (vec!["--prompt", "hi", "--top-p", "1.5"], "top_p"),
+    ] {
+        let mut all = vec!["generate", "--model", g];
+        all.extend(args);
+        let (ok, _, stderr) = vlm_zoo(&all);
+        assert!(
+            !ok && stderr.contains(needle) && stderr.trim().lines().count() == 1,
+            "{all:?}: {stderr}"
+        );
+    }
+    let long = "word ".repeat(200);
+    let (ok, _, stderr) = vlm_zoo(&["generate", "--model", g, "--prompt", &long]);
+    assert!(!ok && stderr.contains("does not fit the context"), "{stderr}");
+}

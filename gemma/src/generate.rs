@@ -1,0 +1,513 @@
+//! Text generation: prefill then one token per step through a preallocated KV cache; greedy or
+//! sampled (temperature, top-k, top-p, repetition penalty, seed); stops on end-of-sequence ids
+//! or `max_new_tokens`; several prompts at once with left padding and per-row masks, giving the
+//! same tokens as one prompt at a time.
+
+use crate::model::GemmaForCausalLM;
+use burn::prelude::*;
+use burn::tensor::DType;
+use zoo_nn::{KvCache, MaskSpec, NnError, Result};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// `None` or 0: greedy. Otherwise logits are divided by it and a token is drawn.
+    pub temperature: Option<f64>,
+    /// Keep the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches `p`, in `(0, 1]`.
+    pub top_p: Option<f64>,
+    /// transformers' repetition penalty (> 0; 1 = none) over prompt and generated tokens.
+    pub repetition_penalty: Option<f64>,
+    /// Seed of the sampler: the same seed gives the same output.
+    pub seed: u64,
+    /// Most tokens to generate (> 0).
+    pub max_new_tokens: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: None,
+            seed: 0,
+            max_new_tokens: 32,
+        }
+    }
+}
+
+impl Sampling {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(NnError::Config(m.to_string()));
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1");
+        }
+        if self
+            .temperature
+            .is_some_and(|t| t.is_nan() || t < 0.0 || !t.is_finite())
+        {
+            return bad("temperature must be a finite number >= 0");
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return bad("top_p must be in (0, 1]");
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1");
+        }
+        if self
+            .repetition_penalty
+            .is_some_and(|r| r.is_nan() || r <= 0.0 || !r.is_finite())
+        {
+            return bad("repetition_penalty must be a finite number > 0");
+        }
+        Ok(())
+    }
+
+    fn greedy(&self) -> bool {
+        self.temperature.is_none_or(|t| t == 0.0)
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-sequence token was produced (it is not part of the output).
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxNewTokens,
+}
+
+/// One row's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// Generated ids, end-of-sequence excluded.
+    pub token_ids: Vec<u32>,
+    /// Why generation stopped.
+    pub stop_reason: StopReason,
+}
+
+/// A small deterministic generator (SplitMix64) for sampling.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Chooses the next token from one row of logits.
+pub fn choose(logits: &mut [f32], history: &[u32], sampling: &Sampling, rng: &mut Rng) -> u32 {
+    if let Some(r) = sampling.repetition_penalty.filter(|&r| r != 1.0) {
+        let mut seen = history.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for &t in &seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l / r as f32 } else { *l * r as f32 };
+            }
+        }
+    }
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+                if x > bv { (i, x) } else { (bi, bv) }
+            })
+            .0
+    };
+    if sampling.greedy() {
+        return argmax(logits) as u32;
+    }
+    let t = sampling.temperature.unwrap_or(1.0) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let keep = sampling.top_k.unwrap_or(order.len()).min(order.len());
+    order.truncate(keep);
+    let max = logits[order[0]] / t;
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] / t - max) as f64).exp())
+        .collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
+    if let Some(p) = sampling.top_p {
+        let mut cum = 0.0;
+        let mut n = 0;
+        for &q in &probs {
+            cum += q;
+            n += 1;
+            if cum >= p {
+                break;
+            }
+        }
+        probs.truncate(n.max(1));
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= z);
+    }
+    let u = rng.next_f64();
+    let mut cum = 0.0;
+    for (k, &q) in probs.iter().enumerate() {
+        cum += q;
+        if u < cum {
+            return order[k] as u32;
+        }
+    }
+    order[probs.len() - 1] as u32
+}
+
+/// What a model needs to offer generation: a prefill over the whole (left-padded) prompt and a
+/// step over one new token per row, both returning the last position's logits `[B, V]`.
+pub trait Decoder {
+    /// Runs the prompt. `prompt` rows are left-padded to one length; `valid` marks real tokens.
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2>;
+    /// Runs one token per row at `positions`; `valid` covers every cached key plus the new one.
+    fn step(&self, tokens: &[u32], positions: &[i64], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2>;
+    /// A cache for `batch` rows of up to `max_len` positions.
+    fn cache(&self, batch: usize, max_len: usize) -> KvCache;
+    /// Context length.
+    fn max_len(&self) -> usize;
+}
+
+/// Generates for every prompt; `on_token(row, id)` sees each new token as it is chosen (end of
+/// sequence excluded).
+pub fn generate<D: Decoder>(
+    model: &D,
+    prompts: &[Vec<u32>],
+    eos: &[u32],
+    sampling: &Sampling,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generated>> {
+    sampling.validate()?;
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(NnError::Config("empty prompt: nothing to condition on".into()));
+    }
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if width >= model.max_len() {
+        return Err(NnError::Config(format!(
+            "prompt of {width} tokens does not fit the context of {} tokens",
+            model.max_len()
+        )));
+    }
+    let total = (width + sampling.max_new_tokens).min(model.max_len());
+    let b = prompts.len();
+    // Left padding: real tokens at the end of each row.
+    let mut valid: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| (0..width).map(|i| i >= width - p.len()).collect())
+        .collect();
+    let padded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            std::iter::repeat_n(0, width - p.len())
+                .chain(p.iter().copied())
+                .collect()
+        })
+        .collect();
+    let mut cache = model.cache(b, total);
+    let mut logits = model.prefill(&padded, &valid, &mut cache);
+    let mut history: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<Option<Generated>> = vec![None; b];
+    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut rngs: Vec<Rng> = (0..b)
+        .map(|i| Rng::new(sampling.seed.wrapping_add(i as u64)))
+        .collect();
+    let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+    for step in 0..sampling.max_new_tokens {
+        let rows = host_rows(logits);
+        let mut tokens = vec![0u32; b];
+        for (i, mut row) in rows.into_iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let t = choose(&mut row, &history[i], sampling, &mut rngs[i]);
+            tokens[i] = t;
+            if eos.contains(&t) {
+                out[i] = Some(Generated {
+                    token_ids: std::mem::take(&mut generated[i]),
+                    stop_reason: StopReason::Eos,
+                });
+            } else {
+                generated[i].push(t);
+                history[i].push(t);
+                on_token(i, t);
+            }
+        }
+        let last = step + 1 == sampling.max_new_tokens || width + step + 1 >= total;
+        if out.iter().all(Option::is_some) || last {
+            break;
+        }
+        for (v, done) in valid.iter_mut().zip(&out) {
+            v.push(done.is_none());
+        }
+        logits = model.step(&tokens, &next_pos, &valid, &mut cache);
+        next_pos.iter_mut().for_each(|p| *p += 1);
+    }
+    Ok(out
+        .into_iter()
+        .zip(generated)
+        .map(|(o, g)| {
+            o.unwrap_or(Generated {
+                token_ids: g,
+                stop_reason: StopReason::MaxNewTokens,
+            })
+        })
+        .collect())
+}
+
+fn host_rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
+    let [_, v] = logits.dims();
+    let data = logits
+        .cast(DType::F32)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    data.chunks(v.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+/// Left-padding positions: each row counts from 0 at its first real token.
+pub fn row_positions(valid: &[Vec<bool>]) -> Vec<Vec<i64>> {
+    valid
+        .iter()
+        .map(|row| {
+            let pad = row.iter().take_while(|v| !**v).count() as i64;
+            (0..row.len() as i64).map(|i| (i - pad).max(0)).collect()
+        })
+        .collect()
+}
+
+fn ids_tensor(ids: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
+    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [b, l]), device)
+}
+
+/// A Gemma model with the context length it may use.
+#[derive(Debug)]
+pub struct GemmaDecoder<'a> {
+    /// The model.
+    pub model: &'a GemmaForCausalLM,
+    /// Context length (`max_position_embeddings`).
+    pub max_len: usize,
+    /// Device.
+    pub device: Device,
+}
+
+impl GemmaDecoder<'_> {
+    fn last_logits(&self, h: Tensor<3>) -> Tensor<2> {
+        let [b, l, c] = h.dims();
+        self.model
+            .logits(h.slice([0..b, l - 1..l, 0..c]))
+            .reshape([b as i32, -1])
+    }
+}
+
+impl Decoder for GemmaDecoder<'_> {
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2> {
+        let x = self.model.embed(ids_tensor(prompt, &self.device));
+        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
+        let h = self
+            .model
+            .forward_embeds(x, &row_positions(valid), &mask, Some(cache));
+        self.last_logits(h)
+    }
+
+    fn step(&self, tokens: &[u32], positions: &[i64], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2> {
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let x = self.model.embed(ids_tensor(&ids, &self.device));
+        let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p]).collect();
+        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
+        let h = self.model.forward_embeds(x, &pos, &mask, Some(cache));
+        self.last_logits(h)
+    }
+
+    fn cache(&self, batch: usize, max_len: usize) -> KvCache {
+        self.model.new_cache(batch, max_len, &self.device)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
+
+/// Incremental detokenisation for streaming: emits only complete text, holding back a piece
+/// that ends inside a multi-byte character until the next token completes it.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    /// Adds a token; returns the new text that is ready to print.
+    pub fn push(&mut self, id: u32, decode: impl Fn(&[u32]) -> Option<String>) -> String {
+        self.ids.push(id);
+        let Some(text) = decode(&self.ids) else {
+            return String::new();
+        };
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            return String::new();
+        }
+        let new = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        new
+    }
+
+    /// At the end of generation: whatever is still held back (undecodable bytes included).
+    pub fn finish(&mut self, decode: impl Fn(&[u32]) -> Option<String>) -> String {
+        let text = decode(&self.ids).unwrap_or_default();
+        let rest = if text.len() > self.emitted && text.is_char_boundary(self.emitted) {
+            text[self.emitted..].to_string()
+        } else {
+            String::new()
+        };
+        self.emitted = text.len();
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_values_are_checked() {
+        for (s, needle) in [
+            (
+                Sampling {
+                    max_new_tokens: 0,
+                    ..Default::default()
+                },
+                "max_new_tokens",
+            ),
+            (
+                Sampling {
+                    temperature: Some(-1.0),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                Sampling {
+                    top_p: Some(1.5),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                Sampling {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                Sampling {
+                    top_k: Some(0),
+                    ..Default::default()
+                },
+                "top_k",
+            ),
+            (
+                Sampling {
+                    repetition_penalty: Some(0.0),
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+        ] {
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn choose_greedy_penalty_topk_topp() {
+        let s = Sampling::default();
+        let mut rng = Rng::new(1);
+        assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
+        // A penalty of 4 on token 1 (2.0 -> 0.5) makes token 2 the argmax.
+        let s = Sampling {
+            repetition_penalty: Some(4.0),
+            ..Default::default()
+        };
+        assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[1], &s, &mut rng), 2);
+        // top_k = 1 at any temperature is greedy.
+        let s = Sampling {
+            temperature: Some(5.0),
+            top_k: Some(1),
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
+        }
+        // A tiny top_p keeps only the most likely token.
+        let s = Sampling {
+            temperature: Some(1.0),
+            top_p: Some(0.01),
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
+        }
+        // Sampling follows the distribution: token 1 is drawn most often.
+        let s = Sampling {
+            temperature: Some(1.0),
+            ..Default::default()
+        };
+        let mut counts = [0; 3];
+        for _ in 0..2000 {
+            counts[choose(&mut [0.0, 2.0, 1.0], &[], &s, &mut rng) as usize] += 1;
+        }
+        assert!(counts[1] > counts[2] && counts[2] > counts[0], "{counts:?}");
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let s = Sampling {
+            temperature: Some(1.0),
+            ..Default::default()
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50)
+                .map(|_| choose(&mut [0.0, 0.5, 1.0, 0.2], &[], &s, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn stream_holds_back_split_characters() {
+        // Byte-level pieces: "é" is two bytes, decodable only once both arrive.
+        let pieces: Vec<&[u8]> = vec![b"h", &[0xC3], &[0xA9], b"!"];
+        let decode = |ids: &[u32]| {
+            let bytes: Vec<u8> = ids.iter().flat_map(|&i| pieces[i as usize].to_vec()).collect();
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let mut s = TextStream::default();
+        let out: Vec<String> = (0..4).map(|i| s.push(i, decode)).collect();
+        assert_eq!(out, ["h", "", "é", "!"]);
+    }
+
+    #[test]
+    fn left_padding_positions_start_at_each_rows_first_token() {
+        let valid = vec![vec![false, false, true, true], vec![true; 4]];
+        assert_eq!(row_positions(&valid), vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]);
+    }
+}

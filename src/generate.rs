@@ -1,0 +1,126 @@
+//! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use std::path::{Path, PathBuf};
+use zoo_gemma::{GemmaDecoder, Sampling, StopReason, TextStream, generate};
+use zoo_nn::{NnError, Result, TextTokenizer, model_type};
+
+/// One prompt's result, as `--json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationOutput {
+    /// `gemma`, `gemma2` or `paligemma`.
+    pub model_type: String,
+    /// The ids the model was conditioned on.
+    pub prompt_token_ids: Vec<u32>,
+    /// Generated ids, end of sequence excluded.
+    pub token_ids: Vec<u32>,
+    /// The generated text.
+    pub text: String,
+    /// `eos` or `max_new_tokens`.
+    pub stop_reason: StopReason,
+}
+
+/// End-of-sequence ids: generation_config.json's, else config.json's.
+pub fn eos_ids(dir: &Path, fallback: &[u32]) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if path.is_file() {
+        let v: serde_json::Value = zoo_nn::read_json(&path)?;
+        match &v["eos_token_id"] {
+            serde_json::Value::Number(n) => {
+                return Ok(n.as_u64().map(|i| vec![i as u32]).unwrap_or_default());
+            }
+            serde_json::Value::Array(a) => {
+                return Ok(a.iter().filter_map(|x| x.as_u64()).map(|i| i as u32).collect());
+            }
+            _ => {}
+        }
+    }
+    Ok(fallback.to_vec())
+}
+
+/// Generates for every prompt with a text-only Gemma model; `on_text(row, piece)` receives the
+/// text as it is produced.
+pub fn generate_text(
+    dir: &Path,
+    prompts: &[String],
+    images: &[PathBuf],
+    sampling: &Sampling,
+    device: &Device,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<GenerationOutput>> {
+    let kind = model_type(dir)?;
+    match kind.as_str() {
+        "gemma" | "gemma2" => {}
+        "paligemma" => {
+            return Err(NnError::Config(format!(
+                "{}: PaliGemma generation is not available in this build yet",
+                dir.display()
+            )));
+        }
+        other => {
+            return Err(NnError::Config(format!(
+                "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
+                dir.display()
+            )));
+        }
+    }
+    if !images.is_empty() {
+        return Err(NnError::Config(format!(
+            "{}: --image given, but {kind} is a text-only model",
+            dir.display()
+        )));
+    }
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(NnError::Config(
+            "empty prompt: give some text with --prompt".into(),
+        ));
+    }
+    sampling.validate()?;
+    let tok = TextTokenizer::from_dir(dir)?;
+    let (model, config) = zoo_gemma::load_gemma(dir, DType::F32, device)?;
+    tok.check_vocab(config.vocab_size)?;
+    let eos = eos_ids(dir, &config.eos_token_id)?;
+    let mut ids = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let enc = tok
+            .inner()
+            .encode(p.as_str(), true)
+            .map_err(|e| NnError::Tokenizer {
+                path: tok.path().to_path_buf(),
+                reason: format!("encoding {p:?}: {e}"),
+            })?;
+        ids.push(enc.get_ids().to_vec());
+    }
+    let decoder = GemmaDecoder {
+        model: &model,
+        max_len: config.max_position_embeddings,
+        device: device.clone(),
+    };
+    let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
+    let decode = |ids: &[u32]| tok.decode(ids).ok();
+    let out = generate(&decoder, &ids, &eos, sampling, |row, id| {
+        let piece = streams[row].push(id, decode);
+        if !piece.is_empty() {
+            on_text(row, &piece);
+        }
+    })?;
+    for (row, stream) in streams.iter_mut().enumerate() {
+        let rest = stream.finish(decode);
+        if !rest.is_empty() {
+            on_text(row, &rest);
+        }
+    }
+    out.into_iter()
+        .zip(ids)
+        .map(|(g, prompt_token_ids)| {
+            Ok(GenerationOutput {
+                model_type: kind.clone(),
+                text: tok.decode(&g.token_ids)?,
+                prompt_token_ids,
+                token_ids: g.token_ids,
+                stop_reason: g.stop_reason,
+            })
+        })
+        .collect()
+}
