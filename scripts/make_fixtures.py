@@ -357,7 +357,139 @@ def gemma():
         max_position_embeddings=64), seeds=range(70, 100))
 
 
-FAMILIES = {"siglip": siglip_and_clip, "clip": siglip_and_clip, "gemma": gemma}
+def paligemma_tokenizer(image_last):
+    """gemma_tokenizer plus <image> and the 1024 <locNNNN> + 128 <segNNN> tokens of PaliGemma's
+    processor. PaliGemma 1 places <image> first (inside the vocabulary); PaliGemma 2 checkpoints put
+    the image token at `vocab_size`, so with `image_last` it comes after the loc/seg tokens."""
+    from tokenizers import AddedToken
+    tok = gemma_tokenizer(300)
+    extra = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+    image = AddedToken("<image>", normalized=False, special=True)
+    if not image_last:
+        tok.add_special_tokens([image])
+    tok.add_tokens(extra)
+    if image_last:
+        tok.add_special_tokens([image])
+    return tok
+
+
+PG_PROMPTS = [("rgb_64x48.png", "caption en"), ("rgb_23x37.png", "detect circle ; square")]
+
+
+def paligemma_fixture(name, seed_range, text, image_last, vision=None, steps=6, variants=False):
+    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              PreTrainedTokenizerFast)
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    vision = vision or dict(image_size=28, patch_size=7, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, vision_use_head=False, layer_norm_eps=1e-6)
+    n_img = (vision["image_size"] // vision["patch_size"]) ** 2
+    tok = paligemma_tokenizer(image_last)
+    image_id = tok.token_to_id("<image>")
+    vocab = image_id if image_last else tok.get_vocab_size() + 7
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+    improc = SiglipImageProcessorPil(size={"height": vision["image_size"], "width": vision["image_size"]},
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3, image_seq_length=n_img)
+    proc = PaliGemmaProcessor(image_processor=improc, tokenizer=fast)
+    proc.save_pretrained(out)
+    images = [Image.open(IMAGES / f) for f, _ in PG_PROMPTS]
+    inputs = [proc(images=img, text=p, return_tensors="pt") for img, (_, p) in zip(images, PG_PROMPTS)]
+    for seed in seed_range:
+        torch.manual_seed(seed)
+        cfg = PaliGemmaConfig(vision_config=vision, text_config=dict(text, vocab_size=vocab, pad_token_id=0,
+                                                                      eos_token_id=1, bos_token_id=2),
+                              image_token_index=image_id, projection_dim=text["hidden_size"],
+                              hidden_size=text["hidden_size"], vocab_size=vocab)
+        model = PaliGemmaForConditionalGeneration(cfg).eval()
+        randomise(model, seed)
+        gens, margins = [], []
+        for x in inputs:
+            with torch.no_grad():
+                g = model.generate(**x, max_new_tokens=steps, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
+            gens.append(g.sequences[0, x["input_ids"].shape[1]:].tolist())
+            margins.append(min(float(l.topk(2).values[0, 0] - l.topk(2).values[0, 1]) for l in g.logits))
+        if min(margins) > 0.02:
+            break
+    else:
+        raise SystemExit(f"{name}: no seed gave clear greedy margins")
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(out)
+    ref = {}
+    for i, x in enumerate(inputs):
+        with torch.no_grad():
+            o = model(**x)
+        ref[f"pixel_values_{i}"] = x["pixel_values"][0]
+        ref[f"input_ids_{i}"] = x["input_ids"][0].to(torch.int64)
+        ref[f"token_type_ids_{i}"] = x["token_type_ids"][0].to(torch.int64)
+        ref[f"logits_{i}"] = o.logits[0]
+        ref[f"generated_{i}"] = torch.tensor(gens[i], dtype=torch.int64)
+    # Prefix + suffix (training layout): token_type_ids 1 on the suffix and its <eos>.
+    xs = proc(images=images[0], text=PG_PROMPTS[0][1], suffix="a red circle", return_tensors="pt")
+    with torch.no_grad():
+        o = model(**{k: v for k, v in xs.items() if k != "labels"})
+    ref["suffix_input_ids"] = xs["input_ids"][0].to(torch.int64)
+    ref["suffix_token_type_ids"] = xs["token_type_ids"][0].to(torch.int64)
+    ref["suffix_logits"] = o.logits[0]
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"prompts": [p for _, p in PG_PROMPTS], "images": [f for f, _ in PG_PROMPTS], "seed": seed,
+         "min_margin": min(margins), "generated": gens, "suffix": "a red circle"}, indent=1))
+    if variants:
+        paligemma_variants(out)
+
+
+def paligemma_variants(src):
+    """The same weights in the hub layout, sharded (vision_tower.vision_model.*, language_model.model.*),
+    and as a BF16 copy in the `model.`-prefixed layout (model.vision_tower.*, model.language_model.*)."""
+    from safetensors.torch import load_file as load_st
+    tensors = load_st(src / "model.safetensors")
+    side = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "preprocessor_config.json", "processor_config.json", "special_tokens_map.json"]
+    hub = src.parent / (src.name + "-hub-sharded")
+    bf16 = src.parent / (src.name + "-bf16")
+    for d in (hub, bf16):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        for f in side:
+            if (src / f).exists():
+                shutil.copy(src / f, d / f)
+
+    # Fresh 5.x saves: vision_tower.*, multi_modal_projector.*, language_model.model.*.
+    def hub_key(k):  # the hub layout of the original checkpoints
+        return "vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k
+
+    def model_key(k):  # the `model.`-prefixed layout of PaliGemmaModel-based saves
+        if k.startswith("language_model.model."):
+            return "model.language_model." + k[len("language_model.model."):]
+        return "model." + k
+    renamed = {hub_key(k): v.clone() for k, v in tensors.items()}
+    keys = sorted(renamed)
+    half = len(keys) // 2
+    weight_map = {}
+    for i, part in enumerate([keys[:half], keys[half:]]):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: renamed[k] for k in part}, hub / fname, metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    (hub / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    save_file({model_key(k): v.to(torch.bfloat16) for k, v in tensors.items()}, bf16 / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def paligemma():
+    paligemma_fixture("paligemma-a", range(200, 240), text=dict(
+        model_type="gemma", hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64), image_last=False, variants=True)
+    paligemma_fixture("paligemma2-a", range(240, 280), text=dict(
+        model_type="gemma2", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+        attn_logit_softcapping=6.0, final_logit_softcapping=10.0, max_position_embeddings=64), image_last=True)
+
+
+FAMILIES = {"siglip": siglip_and_clip, "clip": siglip_and_clip, "gemma": gemma, "paligemma": paligemma}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

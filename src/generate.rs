@@ -19,6 +19,9 @@ pub struct GenerationOutput {
     pub text: String,
     /// `eos` or `max_new_tokens`.
     pub stop_reason: StopReason,
+    /// For `detect ...` prompts: boxes parsed from `<locYYYY>` tokens, in pixels of the input image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<zoo_paligemma::Detection>>,
 }
 
 /// End-of-sequence ids: generation_config.json's, else config.json's.
@@ -52,12 +55,7 @@ pub fn generate_text(
     let kind = model_type(dir)?;
     match kind.as_str() {
         "gemma" | "gemma2" => {}
-        "paligemma" => {
-            return Err(NnError::Config(format!(
-                "{}: PaliGemma generation is not available in this build yet",
-                dir.display()
-            )));
-        }
+        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, device, on_text),
         other => {
             return Err(NnError::Config(format!(
                 "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
@@ -120,6 +118,89 @@ pub fn generate_text(
                 prompt_token_ids,
                 token_ids: g.token_ids,
                 stop_reason: g.stop_reason,
+                detections: None,
+            })
+        })
+        .collect()
+}
+
+/// PaliGemma: one image per prompt (a single image serves every prompt), generated as one batch.
+fn generate_paligemma(
+    dir: &Path,
+    prompts: &[String],
+    images: &[PathBuf],
+    sampling: &Sampling,
+    device: &Device,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<GenerationOutput>> {
+    if images.is_empty() {
+        return Err(NnError::Config(format!(
+            "{}: PaliGemma needs an --image for each --prompt",
+            dir.display()
+        )));
+    }
+    if images.len() != 1 && images.len() != prompts.len() {
+        return Err(NnError::Config(format!(
+            "{} images for {} prompts: give one image per prompt (or one for all)",
+            images.len(),
+            prompts.len()
+        )));
+    }
+    sampling.validate()?;
+    let config = zoo_paligemma::load::read_config(dir)?;
+    let proc = zoo_paligemma::PaliGemmaProcessor::from_dir(dir, &config)?;
+    for note in &proc.notes {
+        eprintln!("note: {note}");
+    }
+    let paths: Vec<PathBuf> = (0..prompts.len())
+        .map(|i| images[i.min(images.len() - 1)].clone())
+        .collect();
+    let decoded: Vec<image::DynamicImage> = paths
+        .iter()
+        .map(|p| zoo_nn::open_image(p))
+        .collect::<Result<_>>()?;
+    let pixels = proc.images.batch(&decoded, device)?;
+    let ids = prompts
+        .iter()
+        .map(|p| proc.prompt_ids(p))
+        .collect::<Result<Vec<_>>>()?;
+    let (model, _) = zoo_paligemma::load_paligemma(dir, DType::F32, device)?;
+    let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
+    let decoder = zoo_paligemma::PaliGemmaDecoder {
+        image_features: model.image_features(pixels),
+        model: &model,
+        max_len: config.text_config.max_position_embeddings,
+        device: device.clone(),
+    };
+    let tok = &proc.tokenizer;
+    let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
+    let decode = |ids: &[u32]| tok.decode(ids).ok();
+    let out = generate(&decoder, &ids, &eos, sampling, |row, id| {
+        let piece = streams[row].push(id, decode);
+        if !piece.is_empty() {
+            on_text(row, &piece);
+        }
+    })?;
+    for (row, stream) in streams.iter_mut().enumerate() {
+        let rest = stream.finish(decode);
+        if !rest.is_empty() {
+            on_text(row, &rest);
+        }
+    }
+    out.into_iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(i, (g, prompt_token_ids))| {
+            let text = tok.decode(&g.token_ids)?;
+            let detections = zoo_paligemma::is_detect_prompt(&prompts[i])
+                .then(|| zoo_paligemma::parse_detections(&text, decoded[i].width(), decoded[i].height()));
+            Ok(GenerationOutput {
+                model_type: "paligemma".into(),
+                text,
+                prompt_token_ids,
+                token_ids: g.token_ids,
+                stop_reason: g.stop_reason,
+                detections,
             })
         })
         .collect()

@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Generate text with a Gemma / Gemma 2 checkpoint (streams to stdout).
+    /// Generate text with a Gemma / Gemma 2 checkpoint, or with PaliGemma from --image + --prompt (streams to stdout).
     Generate {
         /// The checkpoint folder.
         #[arg(long)]

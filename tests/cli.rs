@@ -318,3 +318,125 @@ fn generate_refuses_bad_input() {
     let (ok, _, stderr) = vlm_zoo(&["generate", "--model", g, "--prompt", &long]);
     assert!(!ok && stderr.contains("does not fit the context"), "{stderr}");
 }
+
+#[test]
+fn paligemma_batch_json_equals_transformers_greedy_ids() {
+    let f = fixtures();
+    for name in ["paligemma-a", "paligemma2-a", "paligemma-a-hub-sharded"] {
+        let reference = if name.ends_with("sharded") {
+            "paligemma-a"
+        } else {
+            name
+        };
+        let r = Reference::read(&f.join(reference).join("reference.safetensors"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.join(reference).join("reference.json")).unwrap())
+                .unwrap();
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            f.join(name).display().to_string(),
+            "--json".into(),
+        ];
+        for i in 0..2 {
+            args.extend([
+                "--image".into(),
+                f.join("images")
+                    .join(meta["images"][i].as_str().unwrap())
+                    .display()
+                    .to_string(),
+            ]);
+            args.extend([
+                "--prompt".into(),
+                meta["prompts"][i].as_str().unwrap().to_string(),
+            ]);
+        }
+        args.extend(["--max-new-tokens".into(), "6".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = vlm_zoo(&args);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        for i in 0..2 {
+            let ids: Vec<i64> = v[i]["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            let want = r.i64(&format!("generated_{i}"));
+            let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
+            assert_eq!(ids, want[..cut], "{name} row {i}");
+            let prompt: Vec<i64> = v[i]["prompt_token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            assert_eq!(prompt, r.i64(&format!("input_ids_{i}")));
+        }
+        assert!(
+            v[0].get("detections").is_none() && v[1]["detections"].is_array(),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn paligemma_refuses_missing_or_unreadable_images() {
+    let f = fixtures();
+    let m = f.join("paligemma-a");
+    let m = m.to_str().unwrap();
+    let (ok, _, stderr) = vlm_zoo(&["generate", "--model", m, "--prompt", "caption en"]);
+    assert!(!ok && stderr.contains("needs an --image"), "{stderr}");
+    let cfg = f.join("paligemma-a/config.json");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "caption en",
+        "--image",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("cannot read image") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    let img = f.join("images/rgb_64x48.png");
+    let img = img.to_str().unwrap();
+    let (ok, _, stderr) = vlm_zoo(&[
+        "generate", "--model", m, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--image", img,
+        "--image", img,
+    ]);
+    assert!(!ok && stderr.contains("2 images for 3 prompts"), "{stderr}");
+    let long = "word ".repeat(100);
+    let (ok, _, stderr) = vlm_zoo(&["generate", "--model", m, "--prompt", &long, "--image", img]);
+    assert!(!ok && stderr.contains("does not fit the context"), "{stderr}");
+}
+
+#[test]
+fn truncated_shard_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("paligemma-a-hub-sharded");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let shard = tmp.path().join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt",
+        "caption en",
+        "--image",
+        img.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("model-00002-of-00002.safetensors") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}

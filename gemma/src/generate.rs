@@ -174,9 +174,16 @@ pub fn choose(logits: &mut [f32], history: &[u32], sampling: &Sampling, rng: &mu
 /// step over one new token per row, both returning the last position's logits `[B, V]`.
 pub trait Decoder {
     /// Runs the prompt. `prompt` rows are left-padded to one length; `valid` marks real tokens.
-    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2>;
-    /// Runs one token per row at `positions`; `valid` covers every cached key plus the new one.
-    fn step(&self, tokens: &[u32], positions: &[i64], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2>;
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>>;
+    /// Runs one token per row at `positions` (0-indexed counts of real tokens before it);
+    /// `valid` covers every cached key plus the new one.
+    fn step(
+        &self,
+        tokens: &[u32],
+        positions: &[i64],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>>;
     /// A cache for `batch` rows of up to `max_len` positions.
     fn cache(&self, batch: usize, max_len: usize) -> KvCache;
     /// Context length.
@@ -219,7 +226,7 @@ pub fn generate<D: Decoder>(
         })
         .collect();
     let mut cache = model.cache(b, total);
-    let mut logits = model.prefill(&padded, &valid, &mut cache);
+    let mut logits = model.prefill(&padded, &valid, &mut cache)?;
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Option<Generated>> = vec![None; b];
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -254,7 +261,7 @@ pub fn generate<D: Decoder>(
         for (v, done) in valid.iter_mut().zip(&out) {
             v.push(done.is_none());
         }
-        logits = model.step(&tokens, &next_pos, &valid, &mut cache);
+        logits = model.step(&tokens, &next_pos, &valid, &mut cache)?;
         next_pos.iter_mut().for_each(|p| *p += 1);
     }
     Ok(out
@@ -317,22 +324,28 @@ impl GemmaDecoder<'_> {
 }
 
 impl Decoder for GemmaDecoder<'_> {
-    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2> {
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
         let x = self.model.embed(ids_tensor(prompt, &self.device));
         let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
         let h = self
             .model
             .forward_embeds(x, &row_positions(valid), &mask, Some(cache));
-        self.last_logits(h)
+        Ok(self.last_logits(h))
     }
 
-    fn step(&self, tokens: &[u32], positions: &[i64], valid: &[Vec<bool>], cache: &mut KvCache) -> Tensor<2> {
+    fn step(
+        &self,
+        tokens: &[u32],
+        positions: &[i64],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
         let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         let x = self.model.embed(ids_tensor(&ids, &self.device));
         let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p]).collect();
         let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
         let h = self.model.forward_embeds(x, &pos, &mask, Some(cache));
-        self.last_logits(h)
+        Ok(self.last_logits(h))
     }
 
     fn cache(&self, batch: usize, max_len: usize) -> KvCache {

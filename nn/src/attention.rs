@@ -195,8 +195,8 @@ pub fn scaled_dot_product_attention(
 pub struct MaskSpec {
     /// Hide keys after the query's position.
     pub causal: bool,
-    /// Per batch row: keys before this length are visible to every query (prefix-LM). Only
-    /// meaningful with `causal`.
+    /// Per batch row: the first `prefix_len[b]` positions form a bidirectional block (prefix-LM):
+    /// prefix queries see every prefix key. Only meaningful with `causal`.
     pub prefix_len: Option<Vec<usize>>,
     /// Hide keys `window` or more positions before the query (`q - k >= window`).
     pub sliding_window: Option<usize>,
@@ -236,17 +236,21 @@ impl MaskSpec {
     }
 
     /// Whether key `j` is hidden from the query at absolute position `qp` in row `b`.
+    ///
+    /// As transformers composes its masks: padding hides a key outright; a query and key that
+    /// are both in the row's prefix always see each other (the prefix block is bidirectional,
+    /// whatever the window); otherwise the causal and sliding-window rules apply.
     pub fn is_masked(&self, b: usize, qp: usize, j: usize) -> bool {
         if let Some(valid) = &self.key_valid
             && !valid[b][j]
         {
             return true;
         }
+        if self.prefix_len.as_ref().is_some_and(|p| qp < p[b] && j < p[b]) {
+            return false;
+        }
         if self.causal && j > qp {
-            let in_prefix = self.prefix_len.as_ref().is_some_and(|p| j < p[b]);
-            if !in_prefix {
-                return true;
-            }
+            return true;
         }
         if let Some(w) = self.sliding_window
             && qp >= j + w

@@ -1,1 +1,21 @@
-//! placeholder
+//! # zoo-paligemma: PaliGemma 1 and 2
+//!
+//! SigLIP's ViT (no head) + `multi_modal_projector` + a Gemma 1 or Gemma 2 decoder, composed from
+//! the siglip and gemma crates; every checkpoint layout (hub, fresh 5.x saves, `model.`-prefixed,
+//! sharded, BF16); the processor's prompt layout; prefix-LM generation with the vision tower run
+//! once per image; detection boxes parsed from `<locYYYY>` tokens.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod decoder;
+pub mod detect;
+pub mod load;
+pub mod model;
+pub mod processor;
+
+pub use config::PaliGemmaConfig;
+pub use decoder::PaliGemmaDecoder;
+pub use detect::{Detection, is_detect_prompt, parse_detections};
+pub use load::load_paligemma;
+pub use model::PaliGemmaForConditionalGeneration;
+pub use processor::PaliGemmaProcessor;

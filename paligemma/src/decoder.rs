@@ -1,0 +1,66 @@
+//! PaliGemma as a [`Decoder`] for [`zoo_gemma::generate`]: image features computed once, then the
+//! left-padded prefix (image + prompt, bidirectional) and one token per step.
+
+use crate::model::PaliGemmaForConditionalGeneration;
+use burn::prelude::*;
+use zoo_gemma::Decoder;
+use zoo_gemma::generate::row_positions;
+use zoo_nn::{KvCache, MaskSpec, Result};
+
+/// A batch of images ready for generation.
+#[derive(Debug)]
+pub struct PaliGemmaDecoder<'a> {
+    /// The model.
+    pub model: &'a PaliGemmaForConditionalGeneration,
+    /// `[B, N, C]`: projected features of each row's image.
+    pub image_features: Tensor<3>,
+    /// Context length.
+    pub max_len: usize,
+    /// Device.
+    pub device: Device,
+}
+
+impl PaliGemmaDecoder<'_> {
+    fn last_logits(&self, logits: Tensor<3>) -> Tensor<2> {
+        let [b, l, v] = logits.dims();
+        logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v])
+    }
+}
+
+impl Decoder for PaliGemmaDecoder<'_> {
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
+        let x = self
+            .model
+            .embed_inputs(prompt, Some(&self.image_features), &self.device)?;
+        // The whole prompt is the bidirectional prefix; positions are 1-indexed.
+        let positions: Vec<Vec<i64>> = row_positions(valid)
+            .into_iter()
+            .map(|r| r.into_iter().map(|p| p + 1).collect())
+            .collect();
+        let prefix = valid.iter().map(Vec::len).collect();
+        let mask = MaskSpec::prefix_lm(prefix).with_key_valid(valid.to_vec());
+        Ok(self.last_logits(self.model.forward_embeds(x, &positions, &mask, Some(cache))))
+    }
+
+    fn step(
+        &self,
+        tokens: &[u32],
+        positions: &[i64],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let x = self.model.embed_inputs(&ids, None, &self.device)?;
+        let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p + 1]).collect();
+        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
+        Ok(self.last_logits(self.model.forward_embeds(x, &pos, &mask, Some(cache))))
+    }
+
+    fn cache(&self, batch: usize, max_len: usize) -> KvCache {
+        self.model.language_model.new_cache(batch, max_len, &self.device)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
