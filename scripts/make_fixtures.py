@@ -489,7 +489,31 @@ def paligemma():
         attn_logit_softcapping=6.0, final_logit_softcapping=10.0, max_position_embeddings=64), image_last=True)
 
 
-FAMILIES = {"siglip": siglip_and_clip, "clip": siglip_and_clip, "gemma": gemma, "paligemma": paligemma}
+def grad_fixture(name):
+    """Loss and the gradient of every parameter after one backward pass of the contrastive loss,
+    for the first 4 image-text pairs of an existing SigLIP/CLIP fixture."""
+    from safetensors.torch import load_file as load_st
+    from transformers import AutoModel
+    d = FIX / name
+    model = AutoModel.from_pretrained(d).train()
+    r = load_st(d / "reference.safetensors")
+    kwargs = dict(pixel_values=r["pixel_values"][:4], input_ids=r["input_ids"][:4], return_loss=True)
+    if "attention_mask" in r:
+        kwargs["attention_mask"] = r["attention_mask"][:4]
+    out = model(**kwargs)
+    out.loss.backward()
+    grads = {f"grad.{k}": p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads["loss"] = out.loss.detach().reshape(1)
+    save_file(grads, d / "grads.safetensors")
+
+
+def siglip_and_clip_all():
+    siglip_and_clip()
+    for name in ["siglip-a", "clip-a"]:
+        grad_fixture(name)
+
+
+FAMILIES = {"siglip": siglip_and_clip_all, "clip": siglip_and_clip_all, "gemma": gemma, "paligemma": paligemma}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -13,6 +13,7 @@
 //! - [`encoder`]: the pre-norm encoder layer ViT/SigLIP and CLIP share;
 //! - [`image`] / [`text`]: preprocessing as transformers' PIL image processors and fast
 //!   tokenizers do it;
+//! - [`loss`]: CLIP (softmax) and SigLIP (sigmoid, also chunked) contrastive losses;
 //! - [`load`]: HuggingFace checkpoint folders (single or sharded safetensors, F32/BF16/F16) into
 //!   modules, through burn-store.
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod error;
 pub mod image;
 pub mod kv_cache;
 pub mod load;
+pub mod loss;
 pub mod mlp;
 pub mod norm;
 pub mod ops;

@@ -20,8 +20,8 @@ use crate::error::{NnError, Result};
 use burn::tensor::DType;
 use burn::tensor::{Shape, TensorData};
 use burn_store::{
-    ApplyError, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext, ModuleSnapshot,
-    PyTorchToBurnAdapter, SafetensorsStore,
+    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
 };
 use regex::Regex;
 use serde::de::DeserializeOwned;
@@ -176,6 +176,66 @@ impl ModuleAdapter for ScalarAsVector {
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
         Box::new(self.clone())
     }
+}
+
+/// The reverse of [`ScalarAsVector`] for saving: `[1]` tensors at the listed paths become `[]`.
+#[derive(Debug, Clone)]
+struct VectorAsScalar(Vec<Regex>);
+
+impl ModuleAdapter for VectorAsScalar {
+    fn adapt(
+        &self,
+        tensor: burn_store::burn_pack::Tensor,
+        _ctx: ModuleContext<'_>,
+    ) -> burn_store::burn_pack::Tensor {
+        if tensor.shape.num_dims() != 1
+            || tensor.shape[0] != 1
+            || !self.0.iter().any(|r| r.is_match(&tensor.name))
+        {
+            return tensor;
+        }
+        let (name, dtype) = (tensor.name.clone(), tensor.dtype);
+        burn_store::bridge::map_data(
+            tensor,
+            name,
+            dtype,
+            Shape::new([0usize; 0]),
+            move |data: TensorData| TensorData::from_bytes_vec(data.as_bytes().to_vec(), [0usize; 0], dtype),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// Writes a module as an HF-layout safetensors file, atomically (a scratch file renamed into
+/// place, so a failed save leaves any previous file intact): Burn's `[in, out]` Linear weights
+/// and norm `gamma`/`beta` go back to PyTorch's layout and names, `renames` (regex, replacement)
+/// turn module paths into checkpoint keys, and `[1]` parameters whose path matches a `scalars`
+/// regex are written as PyTorch scalars.
+pub fn save_safetensors<M: ModuleSnapshot>(
+    module: &M,
+    path: &Path,
+    renames: &[(&str, &str)],
+    scalars: &[&str],
+) -> Result<()> {
+    let compile = |p: &str| Regex::new(p).map_err(|e| NnError::Config(format!("save pattern '{p}': {e}")));
+    let scalars = scalars.iter().map(|p| compile(p)).collect::<Result<Vec<_>>>()?;
+    let renames = renames
+        .iter()
+        .map(|(f, t)| compile(f).map(|r| (r, t.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter.chain(VectorAsScalar(scalars)))
+        .remap(KeyRemapper::from_compiled_patterns(renames))
+        .skip_enum_variants(true)
+        .overwrite(true)
+        .metadata("format", "pt");
+    module.save_into(&mut store).map_err(|e| NnError::Load {
+        path: path.to_path_buf(),
+        reason: format!("saving: {e}"),
+    })
 }
 
 /// How checkpoint keys become module paths, and which differences are expected.

@@ -93,6 +93,11 @@ impl Reference {
         Self { tensors }
     }
 
+    /// Every tensor name.
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
     /// Whether the reference holds `name`.
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs on a machine with an NVIDIA GPU and no Rust toolchain: the CLI built beforehand with
+#   cargo build --release --features cuda --config 'patch.crates-io.cubecl-llvm.path="cuda-offline/cubecl-llvm"'
+#   strip target/release/vlm-zoo && mkdir -p .gpu && gzip -c target/release/vlm-zoo > .gpu/vlm-zoo.gz
+# and carried as .gpu/ next to tests/fixtures. Checks every CLI path on --device cuda against the
+# same binary on --device cpu (embeddings/logits within tolerance, generated ids exactly), and
+# times a cold and a warm start (CubeCL's persistent kernel/autotune caches).
+set -uo pipefail
+export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+BIN=/tmp/vlm-zoo
+gunzip -c .gpu/vlm-zoo.gz > "$BIN" && chmod +x "$BIN"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+F=tests/fixtures
+I=$F/images
+fail=0
+
+run() { # name, args...
+  local name=$1; shift
+  for dev in cpu cuda; do
+    local t0=$(date +%s.%N)
+    if ! "$BIN" "$@" --json --device "$dev" > "$OUT/$name.$dev.json" 2> "$OUT/$name.$dev.err"; then
+      echo "FAIL $name on $dev: $(tail -1 "$OUT/$name.$dev.err")"; fail=1
+    fi
+    echo "$name $dev $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a "$OUT/times.txt"
+  done
+}
+
+run siglip zero-shot --model $F/siglip-a --image $I/rgb_64x48.png --image $I/grey_40x40.png --text "a photo of a red circle" --text "a blue square on a white background"
+run clip zero-shot --model $F/clip-a --image $I/rgb_64x48.png --image $I/rgba_50x30.png --text "a photo of a red circle" --text "two green triangles, side by side!"
+run gemma2 generate --model $F/gemma2-a --prompt "a photo of a red circle" --prompt "two green triangles" --max-new-tokens 8
+run paligemma generate --model $F/paligemma-a --image $I/rgb_64x48.png --prompt "caption en" --image $I/rgb_23x37.png --prompt "detect circle ; square" --max-new-tokens 6
+run paligemma2 generate --model $F/paligemma2-a --image $I/rgb_64x48.png --prompt "caption en" --max-new-tokens 6
+
+python3 - "$OUT" <<'PY' || fail=1
+import json, sys
+out = sys.argv[1]
+bad = 0
+def flat(v):
+    return [x for r in v for x in (r if isinstance(r, list) else [r])]
+for name in ["siglip", "clip"]:
+    a, b = (json.load(open(f"{out}/{name}.{d}.json")) for d in ("cpu", "cuda"))
+    for k in ["image_embeds", "text_embeds", "logits_per_image", "probs"]:
+        diff = max(abs(x - y) - 1e-4 * (1 + abs(x)) for x, y in zip(flat(a[k]), flat(b[k])))
+        print(f"{name} {k}: cuda vs cpu excess over 1e-4+1e-4|ref| = {diff:.2e}")
+        bad |= diff > 0
+for name in ["gemma2", "paligemma", "paligemma2"]:
+    a, b = (json.load(open(f"{out}/{name}.{d}.json")) for d in ("cpu", "cuda"))
+    a, b = (x if isinstance(x, list) else [x] for x in (a, b))
+    same = [x["token_ids"] == y["token_ids"] for x, y in zip(a, b)]
+    print(f"{name}: generated ids equal on cuda and cpu: {same}")
+    bad |= not all(same)
+sys.exit(bad)
+PY
+[ $? -eq 0 ] || fail=1
+
+# Cold vs warm start: the second run reuses compiled kernels and autotune results.
+for i in 1 2; do
+  t0=$(date +%s.%N)
+  "$BIN" generate --model $F/paligemma-a --image $I/rgb_64x48.png --prompt "caption en" --max-new-tokens 6 --device cuda > /dev/null 2>&1
+  echo "paligemma start $i: $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a "$OUT/times.txt"
+done
+echo "gpu-check: $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+exit $fail

@@ -1,0 +1,102 @@
+//! Gradient parity with PyTorch: for a tiny SigLIP and a tiny CLIP, the loss and the gradient of
+//! every parameter after one backward pass (scripts/make_fixtures.py, `grads.safetensors`).
+#![allow(clippy::unwrap_used)]
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::DType;
+use std::path::Path;
+use zoo_nn::testing::{PARITY_TOL, Reference, assert_slices_close, device, to_vec};
+
+/// Replaces every float parameter by its gradient (zeros where none).
+struct ToGrads<'a>(&'a GradientsParams);
+
+impl ModuleMapper for ToGrads<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = param.id;
+        let value = param.val();
+        let grad = self.0.get::<D>(id).unwrap_or_else(|| value.zeros_like());
+        Param::initialized(id, grad)
+    }
+}
+
+fn compare(dir: &Path, grads_file: &Path, loss: Tensor<1>) {
+    let r = Reference::read(&dir.join("grads.safetensors"));
+    let ours = Reference::read(grads_file);
+    assert_slices_close(&to_vec(loss), &r.f32("loss"), PARITY_TOL, "loss");
+    let mut n = 0;
+    let mut worst = 0f32;
+    for key in r.names() {
+        let Some(name) = key.strip_prefix("grad.") else {
+            continue;
+        };
+        let (want, got) = (r.f32(&key), ours.f32(name));
+        let (_, max_diff) = zoo_nn::testing::max_excess(&got, &want, 0.0, 0.0);
+        worst = worst.max(max_diff);
+        assert_slices_close(&got, &want, PARITY_TOL, &format!("grad {name}"));
+        n += 1;
+    }
+    println!(
+        "{}: {n} parameter gradients within tolerance, max |diff| {worst:.3e}",
+        dir.display()
+    );
+    assert!(n > 20);
+}
+
+#[test]
+fn siglip_gradients_match_pytorch() {
+    let dev = device().autodiff();
+    let dir = zoo_nn::testing::fixture("siglip-a");
+    let (model, _) = vlm_zoo::siglip::load_siglip(&dir, DType::F32, &dev).unwrap();
+    let r = Reference::read(&dir.join("reference.safetensors"));
+    let pixels = r.tensor::<4>("pixel_values", &dev).slice([0..4]);
+    let ids = r.int_tensor::<2>("input_ids", &dev).slice([0..4]);
+    let img = zoo_nn::l2_normalize(model.image_features(pixels));
+    let txt = zoo_nn::l2_normalize(model.text_features(ids));
+    let loss = zoo_nn::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grad_model = model.valid().map(&mut ToGrads(&grads));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("grads.safetensors");
+    zoo_nn::load::save_safetensors(
+        &grad_model,
+        &file,
+        &[(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")],
+        &[],
+    )
+    .unwrap();
+    compare(&dir, &file, loss.inner());
+}
+
+#[test]
+fn clip_gradients_match_pytorch() {
+    let dev = device().autodiff();
+    let dir = zoo_nn::testing::fixture("clip-a");
+    let (model, _) = vlm_zoo::clip::load_clip(&dir, DType::F32, &dev).unwrap();
+    let r = Reference::read(&dir.join("reference.safetensors"));
+    let pixels = r.tensor::<4>("pixel_values", &dev).slice([0..4]);
+    let ids: Vec<Vec<u32>> = r.rows("input_ids")[..4]
+        .iter()
+        .map(|row| row.iter().map(|&v| v as u32).collect())
+        .collect();
+    let mask: Vec<Vec<bool>> = r.rows("attention_mask")[..4]
+        .iter()
+        .map(|row| row.iter().map(|&v| v != 0).collect())
+        .collect();
+    let img = zoo_nn::l2_normalize(model.image_features(pixels));
+    let txt = zoo_nn::l2_normalize(model.text_features(&ids, &mask, &dev));
+    let loss = zoo_nn::loss::clip_loss(img, txt, model.logit_scale.val());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grad_model = model.valid().map(&mut ToGrads(&grads));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("grads.safetensors");
+    zoo_nn::load::save_safetensors(
+        &grad_model,
+        &file,
+        &[(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")],
+        &["^logit_scale$"],
+    )
+    .unwrap();
+    compare(&dir, &file, loss.inner());
+}
