@@ -50,8 +50,8 @@ fn siglip_gradients_match_pytorch() {
     let dir = zoo_nn::testing::fixture("siglip-a");
     let (model, _) = vlm_zoo::siglip::load_siglip(&dir, DType::F32, &dev).unwrap();
     let r = Reference::read(&dir.join("reference.safetensors"));
-    let pixels = r.tensor::<4>("pixel_values", &dev).slice([0..4]);
-    let ids = r.int_tensor::<2>("input_ids", &dev).slice([0..4]);
+    let pixels = r.tensor::<4>("pixel_values", &dev).narrow(0, 0, 4);
+    let ids = r.int_tensor::<2>("input_ids", &dev).narrow(0, 0, 4);
     let img = zoo_nn::l2_normalize(model.image_features(pixels));
     let txt = zoo_nn::l2_normalize(model.text_features(ids));
     let loss = zoo_nn::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val());
@@ -75,7 +75,7 @@ fn clip_gradients_match_pytorch() {
     let dir = zoo_nn::testing::fixture("clip-a");
     let (model, _) = vlm_zoo::clip::load_clip(&dir, DType::F32, &dev).unwrap();
     let r = Reference::read(&dir.join("reference.safetensors"));
-    let pixels = r.tensor::<4>("pixel_values", &dev).slice([0..4]);
+    let pixels = r.tensor::<4>("pixel_values", &dev).narrow(0, 0, 4);
     let ids: Vec<Vec<u32>> = r.rows("input_ids")[..4]
         .iter()
         .map(|row| row.iter().map(|&v| v as u32).collect())
