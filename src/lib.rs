@@ -17,4 +17,6 @@ pub use zoo_siglip as siglip;
 
 pub mod generate;
 pub mod inspect;
+pub mod synthetic;
+pub mod train;
 pub mod zero_shot;

@@ -68,6 +68,93 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Train a CLIP or SigLIP on image-text pairs (CSV/JSONL file or a folder of images + .txt).
+    Train {
+        /// siglip or clip.
+        #[arg(long, value_enum)]
+        arch: vlm_zoo::train::models::Arch,
+        /// CSV or JSONL (`image`, `caption`) or a folder of images with same-named .txt captions.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder: the HF-format model, checkpoints, losses.csv, metrics.csv, metrics.png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Model size when training from scratch.
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: vlm_zoo::train::models::Preset,
+        /// Norm of every block from scratch: layer, rms, rms_gemma or batch.
+        #[arg(long, default_value = "layer")]
+        norm: String,
+        /// Fine-tune from this HF SigLIP/CLIP folder.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Use this tokenizer.json (from scratch); without it one is trained on the captions.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Train a BPE tokenizer on the captions (the default when no tokenizer is given).
+        #[arg(long)]
+        train_tokenizer: bool,
+        /// Vocabulary of a trained tokenizer.
+        #[arg(long, default_value_t = 512)]
+        vocab_size: usize,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Pairs per step.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Peak learning rate (warm-up, then cosine).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 1e-4)]
+        weight_decay: f64,
+        /// Warm-up steps.
+        #[arg(long, default_value_t = 20)]
+        warmup_steps: usize,
+        /// Clip the gradient norm (0: off).
+        #[arg(long, default_value_t = 1.0)]
+        grad_clip: f32,
+        /// Batches per optimiser step.
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
+        /// SigLIP: score texts in blocks of this many (memory O(chunk x N)).
+        #[arg(long)]
+        chunk_size: Option<usize>,
+        /// Held-out fraction for recall@k.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Checkpoint every N steps.
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: usize,
+        /// Continue from the latest checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Missing/corrupt images and empty captions are errors instead of skipped.
+        #[arg(long)]
+        strict: bool,
+        /// Random-resized-crop with this minimal area fraction.
+        #[arg(long)]
+        random_crop: Option<f64>,
+        /// Random horizontal flips.
+        #[arg(long)]
+        flip: bool,
+        /// Data loading threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Class names (one per line) for zero-shot accuracy on the held-out split.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Stop after this many steps.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// cpu only for now.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Summarise a HuggingFace checkpoint folder (config and safetensors headers; no weights are read).
     Inspect {
         /// The checkpoint folder.
@@ -168,6 +255,98 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{p}\n  -> {}", o.text);
                 }
             }
+        }
+        Command::Train {
+            arch,
+            data,
+            out,
+            preset,
+            norm,
+            init,
+            tokenizer,
+            train_tokenizer,
+            vocab_size,
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            warmup_steps,
+            grad_clip,
+            grad_accum,
+            chunk_size,
+            val_fraction,
+            seed,
+            checkpoint_every,
+            resume,
+            strict,
+            random_crop,
+            flip,
+            workers,
+            labels,
+            max_steps,
+            device,
+        } => {
+            if device != "cpu" {
+                anyhow::bail!("training runs on --device cpu in this version (got '{device}')");
+            }
+            let args = vlm_zoo::train::TrainArgs {
+                arch,
+                data,
+                out,
+                preset,
+                norm: norm.parse()?,
+                init,
+                tokenizer,
+                train_tokenizer,
+                vocab_size,
+                epochs,
+                batch_size,
+                lr,
+                weight_decay,
+                warmup_steps,
+                grad_clip: (grad_clip > 0.0).then_some(grad_clip),
+                grad_accum: grad_accum.max(1),
+                chunk_size,
+                val_fraction,
+                seed,
+                checkpoint_every,
+                resume,
+                strict,
+                augment: vlm_zoo::train::data::Augment {
+                    crop_min_scale: random_crop,
+                    flip,
+                },
+                workers,
+                labels,
+                max_steps,
+                progress: true,
+            };
+            let report = vlm_zoo::train::train(&args)?;
+            if report.skipped_images + report.skipped_captions > 0 {
+                eprintln!(
+                    "note: skipped {} rows with missing/corrupt images and {} with empty captions",
+                    report.skipped_images, report.skipped_captions
+                );
+            }
+            for (e, r) in report.recall.iter().enumerate() {
+                println!(
+                    "epoch {:>3}  held-out recall i2t R@1 {:.3} R@5 {:.3}  t2i R@1 {:.3} R@5 {:.3}",
+                    e + 1,
+                    r.i2t[0],
+                    r.i2t[1],
+                    r.t2i[0],
+                    r.t2i[1]
+                );
+            }
+            if let Some(acc) = report.zero_shot_accuracy {
+                println!("zero-shot accuracy {acc:.3}");
+            }
+            println!(
+                "{} steps, final loss {:.4}; model written to {}",
+                report.steps,
+                report.losses.last().copied().unwrap_or(f64::NAN),
+                report.export.display()
+            );
         }
         Command::Inspect { model, json } => {
             let s = vlm_zoo::inspect::inspect(&model)?;

@@ -4,11 +4,11 @@
 
 use crate::error::{NnError, Result};
 use burn::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// `size` / `crop_size` of a preprocessor config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SizeSpec {
     /// Resize to exactly `height` x `width`.
@@ -26,7 +26,7 @@ pub enum SizeSpec {
 }
 
 /// Per-channel mean/std, given as one number or a list.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ChannelValues {
     /// One value for every channel.
@@ -55,7 +55,7 @@ fn inv255() -> f64 {
 }
 
 /// The subset of `preprocessor_config.json` that decides pixel values (transformers' defaults).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessorConfig {
     /// Resize at all.
     #[serde(default = "yes")]

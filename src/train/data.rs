@@ -1,0 +1,314 @@
+//! Image-text pairs for contrastive training: CSV / JSONL files (`image` relative to the file,
+//! `caption`) or a folder of images with same-named `.txt` captions; a seeded held-out split;
+//! decoding, augmentation and preprocessing in worker threads ahead of the training step.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use zoo_gemma::generate::Rng;
+use zoo_nn::{ImageProcessor, NnError, Result};
+
+/// One example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    /// Image file.
+    pub image: PathBuf,
+    /// Caption.
+    pub caption: String,
+}
+
+/// What loading a dataset skipped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Skipped {
+    /// Rows whose image is missing or cannot be decoded.
+    pub bad_images: Vec<String>,
+    /// Rows with an empty caption.
+    pub empty_captions: usize,
+}
+
+/// Splits a CSV line into fields (double quotes, `""` escapes).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Reads pairs from a CSV or JSONL file or a folder. Images are checked to decode; rows that do
+/// not are skipped and counted (or, with `strict`, an error naming the row).
+pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
+    let mut pairs = Vec::new();
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| NnError::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x != "txt"))
+            .collect();
+        entries.sort();
+        for image in entries {
+            let txt = image.with_extension("txt");
+            if txt.is_file() {
+                let caption = std::fs::read_to_string(&txt).map_err(|e| NnError::io(&txt, e))?;
+                pairs.push(Pair {
+                    image,
+                    caption: caption.trim().to_string(),
+                });
+            }
+        }
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
+        if is_jsonl {
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                    NnError::Config(format!("{}:{}: invalid JSON: {e}", path.display(), i + 1))
+                })?;
+                let (Some(image), Some(caption)) = (v["image"].as_str(), v["caption"].as_str()) else {
+                    return Err(NnError::Config(format!(
+                        "{}:{}: each line needs string fields \"image\" and \"caption\"",
+                        path.display(),
+                        i + 1
+                    )));
+                };
+                pairs.push(Pair {
+                    image: base.join(image),
+                    caption: caption.to_string(),
+                });
+            }
+        } else {
+            let mut lines = text.lines();
+            let header = csv_fields(lines.next().unwrap_or_default());
+            let col = |name: &str| header.iter().position(|h| h.trim() == name);
+            let (Some(ic), Some(cc)) = (col("image"), col("caption")) else {
+                return Err(NnError::Config(format!(
+                    "{}: the CSV header must have columns \"image\" and \"caption\" (found {header:?})",
+                    path.display()
+                )));
+            };
+            for line in lines.filter(|l| !l.trim().is_empty()) {
+                let f = csv_fields(line);
+                if let (Some(image), Some(caption)) = (f.get(ic), f.get(cc)) {
+                    pairs.push(Pair {
+                        image: base.join(image.trim()),
+                        caption: caption.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let mut skipped = Skipped::default();
+    let mut kept = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        if p.caption.trim().is_empty() {
+            if strict {
+                return Err(NnError::Config(format!(
+                    "{}: empty caption (--strict)",
+                    p.image.display()
+                )));
+            }
+            skipped.empty_captions += 1;
+            continue;
+        }
+        match image::ImageReader::open(&p.image)
+            .and_then(|r| r.with_guessed_format())
+            .map(|r| r.into_dimensions())
+        {
+            Ok(Ok(_)) => kept.push(p),
+            _ if strict => {
+                return Err(NnError::Image {
+                    path: p.image.clone(),
+                    reason: "missing or not a readable image (--strict)".into(),
+                });
+            }
+            _ => skipped.bad_images.push(p.image.display().to_string()),
+        }
+    }
+    if kept.is_empty() {
+        return Err(NnError::Config(format!(
+            "{}: no usable image-caption pairs",
+            path.display()
+        )));
+    }
+    Ok((kept, skipped))
+}
+
+/// A seeded split: `(train, held_out)` with `fraction` of the pairs held out (at least one when
+/// `fraction > 0` and there are two or more pairs).
+pub fn split(mut pairs: Vec<Pair>, fraction: f64, seed: u64) -> (Vec<Pair>, Vec<Pair>) {
+    shuffle(&mut pairs, &mut Rng::new(seed ^ 0x5EED));
+    let n = ((pairs.len() as f64 * fraction).round() as usize).min(pairs.len().saturating_sub(1));
+    let n = if fraction > 0.0 && pairs.len() > 1 {
+        n.max(1)
+    } else {
+        n
+    };
+    let held = pairs.split_off(pairs.len() - n);
+    (pairs, held)
+}
+
+/// Fisher-Yates with the project's seeded generator.
+pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = (rng.next_f64() * (i + 1) as f64) as usize;
+        v.swap(i, j.min(i));
+    }
+}
+
+/// Augmentations applied before preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Augment {
+    /// Random-resized-crop: keep a random box of this minimal area fraction (aspect 3/4..4/3).
+    pub crop_min_scale: Option<f64>,
+    /// Horizontal flip with probability 0.5 (off by default: captions may say left/right).
+    pub flip: bool,
+}
+
+/// Decodes, augments (deterministically per `(seed, epoch, index)`) and preprocesses one image.
+pub fn load_image(path: &Path, proc: &ImageProcessor, aug: Augment, seed: u64) -> Result<Vec<f32>> {
+    let mut img = zoo_nn::open_image(path)?;
+    let mut rng = Rng::new(seed);
+    if let Some(min_scale) = aug.crop_min_scale {
+        let (w, h) = (img.width() as f64, img.height() as f64);
+        let area = w * h * (min_scale + (1.0 - min_scale) * rng.next_f64());
+        let (lo, hi) = (0.75f64.ln(), (4.0f64 / 3.0).ln());
+        let ratio = (lo + (hi - lo) * rng.next_f64()).exp();
+        let cw = (area * ratio).sqrt().clamp(1.0, w);
+        let ch = (area / ratio).sqrt().clamp(1.0, h);
+        let x = ((w - cw) * rng.next_f64()) as u32;
+        let y = ((h - ch) * rng.next_f64()) as u32;
+        img = img.crop_imm(x, y, cw as u32, ch as u32);
+    }
+    if aug.flip && rng.next_f64() < 0.5 {
+        img = img.fliph();
+    }
+    Ok(proc.preprocess(&img)?.2)
+}
+
+/// A prepared batch: pixel values `[B * 3 * H * W]` and the captions.
+#[derive(Debug)]
+pub struct Batch {
+    /// Position of this batch in the epoch.
+    pub index: usize,
+    /// Flattened `[B, 3, H, W]`.
+    pub pixels: Vec<f32>,
+    /// Captions, in order.
+    pub captions: Vec<String>,
+}
+
+/// Yields the batches of one epoch, prepared by `workers` threads while training runs.
+/// Batches come out in order; the first `skip` batches are not prepared (resuming mid-epoch).
+pub fn epoch_batches(
+    pairs: &[Pair],
+    batch_size: usize,
+    order_seed: u64,
+    aug: Augment,
+    proc: &ImageProcessor,
+    workers: usize,
+    skip: usize,
+) -> mpsc::Receiver<Result<Batch>> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    shuffle(&mut order, &mut Rng::new(order_seed));
+    let batches: Vec<Vec<usize>> = order
+        .chunks(batch_size)
+        .filter(|c| c.len() == batch_size)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let (tx, rx) = mpsc::sync_channel(workers.max(1) * 2);
+    let pairs = pairs.to_vec();
+    let proc = proc.clone();
+    std::thread::spawn(move || {
+        // Each worker prepares batches k, k + workers, ...; a small reorder buffer keeps order.
+        let workers = workers.max(1);
+        let (wtx, wrx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
+        let total = batches.len();
+        let batches = std::sync::Arc::new(batches);
+        let pairs = std::sync::Arc::new(pairs);
+        for w in 0..workers {
+            let (wtx, batches, pairs, proc) = (wtx.clone(), batches.clone(), pairs.clone(), proc.clone());
+            std::thread::spawn(move || {
+                for b in (skip + w..total).step_by(workers) {
+                    let mut pixels = Vec::new();
+                    let mut captions = Vec::new();
+                    let mut err = None;
+                    for &i in &batches[b] {
+                        match load_image(
+                            &pairs[i].image,
+                            &proc,
+                            aug,
+                            order_seed.wrapping_mul(31).wrapping_add(i as u64),
+                        ) {
+                            Ok(px) => pixels.extend(px),
+                            Err(e) => err = Some(e),
+                        }
+                        captions.push(pairs[i].caption.clone());
+                    }
+                    let item = match err {
+                        Some(e) => Err(e),
+                        None => Ok(Batch {
+                            index: b,
+                            pixels,
+                            captions,
+                        }),
+                    };
+                    if wtx.send((b, item)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(wtx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = skip;
+        for (b, item) in wrx {
+            pending.insert(b, item);
+            while let Some(item) = pending.remove(&next) {
+                if tx.send(item).is_err() {
+                    return;
+                }
+                next += 1;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes() {
+        assert_eq!(
+            csv_fields(r#"a.png,"a ""red"", round circle""#),
+            vec!["a.png", r#"a "red", round circle"#]
+        );
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let pairs: Vec<Pair> = (0..20)
+            .map(|i| Pair {
+                image: format!("{i}.png").into(),
+                caption: i.to_string(),
+            })
+            .collect();
+        let (a, b) = split(pairs.clone(), 0.2, 1);
+        let (a2, b2) = split(pairs, 0.2, 1);
+        assert_eq!((a.len(), b.len()), (16, 4));
+        assert_eq!((a.clone(), b.clone()), (a2, b2));
+        assert!(b.iter().all(|p| !a.contains(p)));
+    }
+}

@@ -1,0 +1,487 @@
+//! `vlm-zoo train`: CLIP or SigLIP on your own image-text pairs, from scratch or from an HF
+//! checkpoint, ending in an HF-format folder that vlm-zoo and transformers both load.
+
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod models;
+pub mod plot;
+pub mod tokenizer;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use checkpoint::TrainState;
+use data::{Augment, Pair};
+use models::{Arch, ModelConfig, Preset, Towers};
+use std::path::{Path, PathBuf};
+use zoo_nn::image::{ChannelValues, SizeSpec};
+use zoo_nn::{
+    Encoded, ImageProcessor, NnError, NormKind, Padding, PreprocessorConfig, Result, TextTokenizer,
+};
+
+/// Everything `vlm-zoo train` takes.
+#[derive(Debug, Clone)]
+pub struct TrainArgs {
+    /// siglip or clip.
+    pub arch: Arch,
+    /// CSV / JSONL file or folder of images with .txt captions.
+    pub data: PathBuf,
+    /// Output folder (HF export + checkpoints + metrics).
+    pub out: PathBuf,
+    /// Size when training from scratch.
+    pub preset: Preset,
+    /// Norm of every block when training from scratch.
+    pub norm: NormKind,
+    /// Start from this HF folder (fine-tuning).
+    pub init: Option<PathBuf>,
+    /// A tokenizer.json to use (from scratch).
+    pub tokenizer: Option<PathBuf>,
+    /// Train a BPE tokenizer on the captions (from scratch, when no tokenizer is given).
+    pub train_tokenizer: bool,
+    /// Vocabulary of a trained tokenizer.
+    pub vocab_size: usize,
+    /// Passes over the training pairs.
+    pub epochs: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up steps before the cosine decay.
+    pub warmup_steps: usize,
+    /// Clip the gradient norm.
+    pub grad_clip: Option<f32>,
+    /// Batches per optimiser step.
+    pub grad_accum: usize,
+    /// SigLIP: score texts in blocks of this many.
+    pub chunk_size: Option<usize>,
+    /// Held-out fraction for evaluation.
+    pub val_fraction: f64,
+    /// Seed of initialisation, split, order and augmentation.
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Continue from the latest checkpoint in `out`.
+    pub resume: bool,
+    /// Bad rows are errors instead of being skipped.
+    pub strict: bool,
+    /// Random-resized-crop / flip.
+    pub augment: Augment,
+    /// Data loading threads.
+    pub workers: usize,
+    /// A labels file (one class per line) for zero-shot accuracy on the held-out split.
+    pub labels: Option<PathBuf>,
+    /// Stop after this many steps (for smoke runs).
+    pub max_steps: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        Self {
+            arch: Arch::Siglip,
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            preset: Preset::Tiny,
+            norm: NormKind::Layer,
+            init: None,
+            tokenizer: None,
+            train_tokenizer: false,
+            vocab_size: 512,
+            epochs: 10,
+            batch_size: 32,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            warmup_steps: 20,
+            grad_clip: Some(1.0),
+            grad_accum: 1,
+            chunk_size: None,
+            val_fraction: 0.1,
+            seed: 0,
+            checkpoint_every: 100,
+            resume: false,
+            strict: false,
+            augment: Augment::default(),
+            workers: 2,
+            labels: None,
+            max_steps: None,
+            progress: true,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    /// Optimiser steps taken in total.
+    pub steps: usize,
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Held-out recall after each epoch.
+    pub recall: Vec<eval::Recall>,
+    /// Zero-shot accuracy after the last epoch (with a labels file).
+    pub zero_shot_accuracy: Option<f64>,
+    /// Rows skipped while loading.
+    pub skipped_images: usize,
+    /// Rows with empty captions skipped.
+    pub skipped_captions: usize,
+    /// The HF folder written.
+    pub export: PathBuf,
+}
+
+/// Warm-up then cosine decay to 10% of the peak.
+pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+}
+
+fn preprocessor(config: &ModelConfig, init: Option<&Path>) -> Result<PreprocessorConfig> {
+    if let Some(p) = init
+        .map(|d| d.join("preprocessor_config.json"))
+        .filter(|p| p.is_file())
+    {
+        return PreprocessorConfig::from_file(&p);
+    }
+    let s = config.image_size() as u32;
+    Ok(match config {
+        ModelConfig::Siglip(_) => PreprocessorConfig::square(s),
+        ModelConfig::Clip(_) => {
+            let mut c = PreprocessorConfig::square(s);
+            c.size = Some(SizeSpec::ShortestEdge { shortest_edge: s });
+            c.do_center_crop = true;
+            c.crop_size = Some(SizeSpec::Exact { height: s, width: s });
+            c.image_mean = Some(ChannelValues::Each(vec![0.481_454_66, 0.457_827_5, 0.408_210_73]));
+            c.image_std = Some(ChannelValues::Each(vec![0.268_629_54, 0.261_302_6, 0.275_777_1]));
+            c
+        }
+    })
+}
+
+fn encode(tok: &TextTokenizer, config: &ModelConfig, captions: &[String]) -> Result<Encoded> {
+    match config {
+        ModelConfig::Siglip(_) => tok.encode(captions, Padding::MaxLength(config.text_len())),
+        ModelConfig::Clip(_) => tok.encode(captions, Padding::Longest(config.text_len())),
+    }
+}
+
+/// Embeds pairs in batches without gradients (evaluation).
+fn embed_all(
+    model: &Towers,
+    pairs: &[Pair],
+    proc: &ImageProcessor,
+    tok: &TextTokenizer,
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<(Tensor<2>, Tensor<2>)> {
+    let (mut imgs, mut txts) = (Vec::new(), Vec::new());
+    for chunk in pairs.chunks(64) {
+        let paths: Vec<PathBuf> = chunk.iter().map(|p| p.image.clone()).collect();
+        let pixels = proc.batch_from_files(&paths, device)?;
+        let captions: Vec<String> = chunk.iter().map(|p| p.caption.clone()).collect();
+        let (i, t) = model.embed(pixels, &encode(tok, config, &captions)?, device);
+        imgs.push(i);
+        txts.push(t);
+    }
+    Ok((Tensor::cat(imgs, 0), Tensor::cat(txts, 0)))
+}
+
+/// Writes the HF folder: config.json, model.safetensors, tokenizer files, preprocessor_config.json.
+fn export(
+    out: &Path,
+    model: &Towers,
+    config: &ModelConfig,
+    proc: &PreprocessorConfig,
+    tok_dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| NnError::io(out, e))?;
+    model.save_hf(&out.join("model.safetensors"))?;
+    let json = serde_json::to_vec_pretty(&config.to_hf_json()).map_err(|e| NnError::Config(e.to_string()))?;
+    checkpoint::write_atomic(&out.join("config.json"), &json)?;
+    let pre = serde_json::to_vec_pretty(proc).map_err(|e| NnError::Config(e.to_string()))?;
+    checkpoint::write_atomic(&out.join("preprocessor_config.json"), &pre)?;
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let src = tok_dir.join(f);
+        if src.is_file() && tok_dir != out {
+            let bytes = std::fs::read(&src).map_err(|e| NnError::io(&src, e))?;
+            checkpoint::write_atomic(&out.join(f), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs training; see [`TrainArgs`].
+pub fn train(args: &TrainArgs) -> Result<TrainReport> {
+    if args.batch_size < 2 {
+        return Err(NnError::Config(
+            "--batch-size must be at least 2 for a contrastive loss".into(),
+        ));
+    }
+    let (pairs, skipped) = data::load_pairs(&args.data, args.strict)?;
+    let (train_pairs, held_out) = data::split(pairs, args.val_fraction, args.seed);
+    if train_pairs.len() < args.batch_size {
+        return Err(NnError::Config(format!(
+            "--batch-size {} is larger than the {} training pairs",
+            args.batch_size,
+            train_pairs.len()
+        )));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
+    let device = zoo_nn::device::default_cpu()
+        .ok_or_else(|| NnError::Device("cpu".into(), "no CPU backend".into()))?
+        .autodiff();
+    device.seed(args.seed);
+
+    // Tokenizer and model.
+    let tok_dir = match (&args.init, &args.tokenizer) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(file)) => {
+            let dst = args.out.join("tokenizer.json");
+            if file != &dst {
+                std::fs::copy(file, &dst).map_err(|e| NnError::io(file, e))?;
+            }
+            args.out.clone()
+        }
+        (None, None) => {
+            if !args.out.join("tokenizer.json").is_file() || !args.resume {
+                let captions: Vec<String> = train_pairs.iter().map(|p| p.caption.clone()).collect();
+                tokenizer::train_tokenizer(&captions, args.vocab_size, args.arch, &args.out)?;
+            }
+            args.out.clone()
+        }
+    };
+    let tok = TextTokenizer::from_dir(&tok_dir)?;
+    let (mut model, config) = match &args.init {
+        Some(dir) => Towers::load(dir, &device)?,
+        None => {
+            let vocab = tok.inner().get_vocab_size(true);
+            let specials = tokenizer::specials(args.arch);
+            let id = |t: &str| tok.token_to_id(t).unwrap_or(0);
+            let (pad, eos) = match args.arch {
+                Arch::Siglip => (id(specials[0]), id(specials[1])),
+                Arch::Clip => (id(specials[0]), id(specials[0])),
+            };
+            let config = ModelConfig::preset(args.arch, args.preset, vocab, pad, eos, args.norm);
+            (Towers::new(&config, &device), config)
+        }
+    };
+    tok.check_vocab(config.vocab_size())?;
+    let pre = preprocessor(&config, args.init.as_deref())?;
+    let proc = ImageProcessor::new(pre.clone());
+
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(args.weight_decay as f32)
+        .with_grad_clipping(
+            args.grad_clip
+                .map(burn::grad_clipping::GradientClippingConfig::Norm),
+        )
+        .init();
+    let mut state = TrainState::default();
+    if args.resume
+        && let Some(dir) = checkpoint::latest(&args.out)?
+    {
+        let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
+        model.load_from(&mut store).map_err(|e| NnError::Load {
+            path: dir.join("model.bpk"),
+            reason: e.to_string(),
+        })?;
+        optim = optim.load(dir.join("optim.bpk")).map_err(|e| NnError::Load {
+            path: dir.join("optim.bpk"),
+            reason: e.to_string(),
+        })?;
+        state = zoo_nn::read_json(&dir.join("state.json"))?;
+    }
+
+    let per_epoch = train_pairs.len() / args.batch_size;
+    let total_steps = (per_epoch * args.epochs).div_ceil(args.grad_accum).max(1);
+    let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let bar = args.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  eta {eta}  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(state.step as u64);
+        bar
+    });
+    let mut metrics = String::from("epoch,step,loss,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10\n");
+    let mut recalls = Vec::new();
+    let mut accum = GradientsAccumulator::new();
+    let mut in_accum = 0;
+    let save_ckpt = |model: &Towers, optim: &burn::optim::ModuleOptimizer, state: &TrainState| {
+        checkpoint::save(&args.out, state, |dir| {
+            let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
+            model.save_into(&mut store).map_err(|e| NnError::Load {
+                path: dir.join("model.bpk"),
+                reason: e.to_string(),
+            })?;
+            optim.save(dir.join("optim.bpk")).map_err(|e| NnError::Load {
+                path: dir.join("optim.bpk"),
+                reason: e.to_string(),
+            })
+        })
+    };
+
+    while state.epoch < args.epochs && state.step < total_steps {
+        let order_seed = args.seed.wrapping_add(1000 * state.epoch as u64 + 1);
+        let batches = data::epoch_batches(
+            &train_pairs,
+            args.batch_size,
+            order_seed,
+            args.augment,
+            &proc,
+            args.workers,
+            state.batch_in_epoch,
+        );
+        for batch in batches {
+            let batch = batch?;
+            let n = batch.captions.len();
+            let s = config.image_size();
+            let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &device);
+            let text = encode(&tok, &config, &batch.captions)?;
+            let (img, txt) = model.embed(pixels, &text, &device);
+            let loss = model.loss(img, txt, args.chunk_size) / args.grad_accum as f64;
+            let value = zoo_nn::testing::to_vec(loss.clone().inner())[0] as f64 * args.grad_accum as f64;
+            if !value.is_finite() {
+                return Err(NnError::Config(format!(
+                    "loss became {value} at step {} (epoch {}); stopping. The last good checkpoint is in {}",
+                    state.step,
+                    state.epoch,
+                    checkpoint::root(&args.out).display()
+                )));
+            }
+            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            in_accum += 1;
+            state.batch_in_epoch = batch.index + 1;
+            if in_accum < args.grad_accum {
+                continue;
+            }
+            in_accum = 0;
+            let lr = learning_rate(state.step, total_steps, args.warmup_steps, args.lr);
+            model = optim.step(lr, model, accum.grads()).clamp_temperature();
+            state.step += 1;
+            state.losses.push(value);
+            if let Some(bar) = &bar {
+                bar.set_position(state.step as u64);
+                bar.set_message(format!("loss {value:.4}  lr {lr:.2e}"));
+            }
+            if state.step % args.checkpoint_every.max(1) == 0 {
+                save_ckpt(&model, &optim, &state)?;
+            }
+            if state.step >= total_steps {
+                break;
+            }
+        }
+        if state.step < total_steps || state.batch_in_epoch >= per_epoch {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+        }
+        if !held_out.is_empty() {
+            let valid = model.valid();
+            let (img, txt) = embed_all(&valid, &held_out, &proc, &tok, &config, &device.clone().inner())?;
+            let r = eval::recall(img, txt);
+            recalls.push(r);
+            metrics.push_str(&format!(
+                "{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
+                state.epoch,
+                state.step,
+                state.losses.last().copied().unwrap_or(f64::NAN),
+                r.i2t[0],
+                r.i2t[1],
+                r.i2t[2],
+                r.t2i[0],
+                r.t2i[1],
+                r.t2i[2]
+            ));
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    save_ckpt(&model, &optim, &state)?;
+    let losses_csv: String = state
+        .losses
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{},{l:.9}\n", i + 1))
+        .collect();
+    checkpoint::write_atomic(
+        &args.out.join("losses.csv"),
+        format!("step,loss\n{losses_csv}").as_bytes(),
+    )?;
+    checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
+    plot::plot(
+        &args.out.join("metrics.png"),
+        &state.losses,
+        &recalls.iter().map(|r| r.i2t[0]).collect::<Vec<_>>(),
+    )?;
+
+    let valid = model.valid();
+    export(&args.out, &valid, &config, &pre, &tok_dir)?;
+    let zero_shot_accuracy = match &args.labels {
+        Some(path) if !held_out.is_empty() => Some(zero_shot(
+            &valid,
+            &held_out,
+            path,
+            &proc,
+            &tok,
+            &config,
+            &device.clone().inner(),
+        )?),
+        _ => None,
+    };
+    Ok(TrainReport {
+        steps: state.step,
+        losses: state.losses,
+        recall: recalls,
+        zero_shot_accuracy,
+        skipped_images: skipped.bad_images.len(),
+        skipped_captions: skipped.empty_captions,
+        export: args.out.clone(),
+    })
+}
+
+fn zero_shot(
+    model: &Towers,
+    pairs: &[Pair],
+    labels: &Path,
+    proc: &ImageProcessor,
+    tok: &TextTokenizer,
+    config: &ModelConfig,
+    device: &Device,
+) -> Result<f64> {
+    let text = std::fs::read_to_string(labels).map_err(|e| NnError::io(labels, e))?;
+    let classes: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if classes.is_empty() {
+        return Err(NnError::Config(format!("{}: no class names", labels.display())));
+    }
+    let labelled: Vec<(Pair, usize)> = pairs
+        .iter()
+        .filter_map(|p| {
+            classes
+                .iter()
+                .position(|c| p.caption.to_lowercase().contains(&c.to_lowercase()))
+                .map(|k| (p.clone(), k))
+        })
+        .collect();
+    let paths: Vec<PathBuf> = labelled.iter().map(|(p, _)| p.image.clone()).collect();
+    if paths.is_empty() {
+        return Ok(0.0);
+    }
+    let pixels = proc.batch_from_files(&paths, device)?;
+    let (img, cls) = model.embed(pixels, &encode(tok, config, &classes)?, device);
+    // embed() pairs rows; the class texts form their own batch here.
+    let labels: Vec<usize> = labelled.iter().map(|(_, k)| *k).collect();
+    Ok(eval::zero_shot_accuracy(img, cls, &labels))
+}

@@ -1,0 +1,217 @@
+//! The two contrastive architectures behind one interface: presets, embeddings, loss and the
+//! HF-format export.
+
+use burn::module::Module;
+use burn::prelude::*;
+use serde_json::json;
+use std::path::Path;
+use zoo_clip::{ClipConfig, ClipModel};
+use zoo_nn::{Encoded, NnError, NormKind, Result};
+use zoo_siglip::{SiglipConfig, SiglipModel};
+
+/// Which model is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Sigmoid loss, learnable temperature and bias.
+    Siglip,
+    /// Softmax (InfoNCE) loss, learnable temperature.
+    Clip,
+}
+
+/// Model sizes for training from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// 32 px images, width 64, 2 layers per tower: trains on a CPU in minutes.
+    Tiny,
+    /// 64 px images, width 192, 6 layers per tower.
+    Small,
+    /// The B/16 shape at 224 px.
+    Base,
+}
+
+/// Either architecture's config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// SigLIP.
+    Siglip(SiglipConfig),
+    /// CLIP.
+    Clip(ClipConfig),
+}
+
+impl ModelConfig {
+    /// A preset of `arch` for a vocabulary of `vocab` tokens, with `norm` in every block.
+    pub fn preset(arch: Arch, preset: Preset, vocab: usize, pad: u32, eos: u32, norm: NormKind) -> Self {
+        let (image, patch, width, layers, heads, text_len) = match preset {
+            Preset::Tiny => (32, 8, 64, 2, 4, 16),
+            Preset::Small => (64, 8, 192, 6, 6, 32),
+            Preset::Base => (224, 16, 768, 12, 12, 64),
+        };
+        let tower = json!({"hidden_size": width, "intermediate_size": width * 4, "num_hidden_layers": layers,
+                           "num_attention_heads": heads, "norm": norm});
+        let mut vision = tower.clone();
+        vision["image_size"] = json!(image);
+        vision["patch_size"] = json!(patch);
+        let mut text = tower;
+        text["vocab_size"] = json!(vocab);
+        text["max_position_embeddings"] = json!(text_len);
+        text["pad_token_id"] = json!(pad);
+        text["eos_token_id"] = json!(eos);
+        match arch {
+            Arch::Siglip => {
+                vision["vision_use_head"] = json!(true);
+                Self::Siglip(
+                    serde_json::from_value(json!({"text_config": text, "vision_config": vision}))
+                        .expect("preset"),
+                )
+            }
+            Arch::Clip => Self::Clip(
+                serde_json::from_value(
+                    json!({"text_config": text, "vision_config": vision, "projection_dim": width}),
+                )
+                .expect("preset"),
+            ),
+        }
+    }
+
+    /// Input side in pixels.
+    pub fn image_size(&self) -> usize {
+        match self {
+            Self::Siglip(c) => c.vision_config.image_size,
+            Self::Clip(c) => c.vision_config.image_size,
+        }
+    }
+
+    /// Text context length.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Self::Siglip(c) => c.text_config.max_position_embeddings,
+            Self::Clip(c) => c.text_config.max_position_embeddings,
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Siglip(c) => c.text_config.vocab_size,
+            Self::Clip(c) => c.text_config.vocab_size,
+        }
+    }
+
+    /// config.json as transformers writes it (plus vlm-zoo's `norm`, which transformers ignores).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        match self {
+            Self::Siglip(c) => {
+                let mut v = serde_json::to_value(c).expect("serializable");
+                v["model_type"] = json!("siglip");
+                v["architectures"] = json!(["SiglipModel"]);
+                v["text_config"]["model_type"] = json!("siglip_text_model");
+                v["vision_config"]["model_type"] = json!("siglip_vision_model");
+                v
+            }
+            Self::Clip(c) => {
+                let mut v = json!({"text_config": c.text_config, "vision_config": c.vision_config,
+                                   "projection_dim": c.projection_dim, "logit_scale_init_value": c.logit_scale_init_value});
+                v["model_type"] = json!("clip");
+                v["architectures"] = json!(["CLIPModel"]);
+                v["text_config"]["model_type"] = json!("clip_text_model");
+                v["vision_config"]["model_type"] = json!("clip_vision_model");
+                v
+            }
+        }
+    }
+}
+
+/// Either model (one lives per run, so the size difference of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Towers {
+    /// SigLIP.
+    Siglip(SiglipModel),
+    /// CLIP.
+    Clip(ClipModel),
+}
+
+impl Towers {
+    /// A randomly initialised model.
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        match config {
+            ModelConfig::Siglip(c) => Self::Siglip(SiglipModel::new(c, device)),
+            ModelConfig::Clip(c) => Self::Clip(ClipModel::new(c, device)),
+        }
+    }
+
+    /// Loads an HF SigLIP or CLIP folder (fine-tuning), returning its config too.
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, ModelConfig)> {
+        match zoo_nn::model_type(dir)?.as_str() {
+            "siglip" => {
+                let (m, c) = zoo_siglip::load_siglip(dir, burn::tensor::DType::F32, device)?;
+                Ok((Self::Siglip(m), ModelConfig::Siglip(c)))
+            }
+            "clip" => {
+                let (m, c) = zoo_clip::load_clip(dir, burn::tensor::DType::F32, device)?;
+                Ok((Self::Clip(m), ModelConfig::Clip(c)))
+            }
+            other => Err(NnError::Config(format!(
+                "{}: --init needs a siglip or clip checkpoint, found model_type '{other}'",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// L2-normalised image and text embeddings.
+    pub fn embed(&self, pixels: Tensor<4>, text: &Encoded, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let (img, txt) = match self {
+            Self::Siglip(m) => {
+                let (b, l) = (text.ids.len(), text.ids.first().map_or(0, Vec::len));
+                let flat: Vec<i64> = text.ids.iter().flatten().map(|&t| t as i64).collect();
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), device);
+                (m.image_features(pixels), m.text_features(ids))
+            }
+            Self::Clip(m) => (
+                m.image_features(pixels),
+                m.text_features(&text.ids, &text.mask, device),
+            ),
+        };
+        (zoo_nn::l2_normalize(img), zoo_nn::l2_normalize(txt))
+    }
+
+    /// The contrastive loss of a batch of pairs (`chunk`: SigLIP's blockwise form).
+    pub fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
+        match self {
+            Self::Siglip(m) => match chunk {
+                Some(c) => {
+                    zoo_nn::loss::siglip_loss_chunked(img, txt, m.logit_scale.val(), m.logit_bias.val(), c, 0)
+                }
+                None => zoo_nn::loss::siglip_loss(img, txt, m.logit_scale.val(), m.logit_bias.val()),
+            },
+            Self::Clip(m) => zoo_nn::loss::clip_loss(img, txt, m.logit_scale.val()),
+        }
+    }
+
+    /// Clamps the temperature to `[0, ln 100]`, as CLIP and SigLIP do after each step.
+    pub fn clamp_temperature(self) -> Self {
+        let clamp =
+            |p: burn::module::Param<Tensor<1>>| p.map(|t| t.clamp(0.0, 100f64.ln()).detach().require_grad());
+        match self {
+            Self::Siglip(mut m) => {
+                m.logit_scale = clamp(m.logit_scale);
+                Self::Siglip(m)
+            }
+            Self::Clip(mut m) => {
+                m.logit_scale = clamp(m.logit_scale);
+                Self::Clip(m)
+            }
+        }
+    }
+
+    /// Writes `model.safetensors` with transformers' key names and layouts.
+    pub fn save_hf(&self, path: &Path) -> Result<()> {
+        let renames = [(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")];
+        match self {
+            Self::Siglip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &[]),
+            Self::Clip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &["^logit_scale$"]),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `--train-tokenizer`: a byte-level BPE tokenizer trained on the captions with the `tokenizers`
+//! crate, saved as tokenizer.json (the file transformers' fast tokenizers read).
+
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::normalizers::utils::Lowercase;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, TokenizerBuilder};
+use zoo_nn::{NnError, Result};
+
+use super::models::Arch;
+
+/// Special tokens of the trained tokenizer: `(pad, eos, [bos])`.
+pub fn specials(arch: Arch) -> Vec<&'static str> {
+    match arch {
+        Arch::Siglip => vec!["<pad>", "</s>", "<unk>"],
+        Arch::Clip => vec!["<|endoftext|>", "<|startoftext|>"],
+    }
+}
+
+/// Trains a BPE tokenizer of up to `vocab_size` tokens on `captions` and writes `tokenizer.json`
+/// and `tokenizer_config.json` into `dir`. SigLIP texts end with `</s>` (pad `<pad>`); CLIP texts
+/// are wrapped in `<|startoftext|> ... <|endoftext|>` (pad = end of text).
+pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: &Path) -> Result<()> {
+    let err = |e: String| NnError::Tokenizer {
+        path: dir.join("tokenizer.json"),
+        reason: e,
+    };
+    let special: Vec<AddedToken> = specials(arch)
+        .into_iter()
+        .map(|t| AddedToken::from(t, true))
+        .collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(1)
+        .show_progress(false)
+        .special_tokens(special)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let post = match arch {
+        Arch::Siglip => TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .and_then(|b| {
+                b.special_tokens(vec![("</s>", 1)])
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| err(e.to_string()))?,
+        Arch::Clip => TemplateProcessing::builder()
+            .try_single("<|startoftext|> $A <|endoftext|>")
+            .and_then(|b| {
+                b.special_tokens(vec![("<|startoftext|>", 1), ("<|endoftext|>", 0)])
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| err(e.to_string()))?,
+    };
+    let mut tok = TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_normalizer(Some(Lowercase))
+        .with_pre_tokenizer(Some(ByteLevel::default()))
+        .with_post_processor(Some(post))
+        .with_decoder(Some(ByteLevelDecoder::default()))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    tok.train(&mut trainer, captions.iter())
+        .map_err(|e| err(e.to_string()))?;
+    let path = dir.join("tokenizer.json");
+    tok.save(&path, false).map_err(|e| err(e.to_string()))?;
+    let config = match arch {
+        Arch::Siglip => serde_json::json!({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                                           "tokenizer_class": "PreTrainedTokenizerFast"}),
+        Arch::Clip => serde_json::json!({"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                         "bos_token": "<|startoftext|>", "unk_token": "<|endoftext|>",
+                                         "tokenizer_class": "PreTrainedTokenizerFast"}),
+    };
+    super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+}
