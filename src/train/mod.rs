@@ -236,6 +236,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let device = zoo_nn::device::default_cpu()
         .ok_or_else(|| NnError::Device("cpu".into(), "no CPU backend".into()))?
         .autodiff();
+    // Seeding and initialisation under one lock: the device's generator is process-wide, so two
+    // runs in one process must not interleave their draws.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let init_guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(args.seed);
 
     // Tokenizer and model.
@@ -271,6 +275,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             (Towers::new(&config, &device), config)
         }
     };
+    drop(init_guard);
     tok.check_vocab(config.vocab_size())?;
     let pre = preprocessor(&config, args.init.as_deref())?;
     let proc = ImageProcessor::new(pre.clone());

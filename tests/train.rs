@@ -1,0 +1,193 @@
+//! Contrastive training end to end: resume after a kill reproduces the loss sequence, bad data
+//! gets clear errors, the export is transformers' layout.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use vlm_zoo::train::{TrainArgs, models::Arch};
+
+fn args(data: &Path, out: &Path, arch: Arch) -> TrainArgs {
+    TrainArgs {
+        arch,
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs: 2,
+        batch_size: 16,
+        lr: 2e-3,
+        warmup_steps: 3,
+        checkpoint_every: 3,
+        vocab_size: 300,
+        progress: false,
+        ..Default::default()
+    }
+}
+
+fn read_losses(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("losses.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_loss_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 200, 32, 3).unwrap();
+    // An uninterrupted run, and the same run killed once a checkpoint past step 6 exists, then
+    // resumed: each in its own process, as users run them.
+    let full = tmp.path().join("full");
+    let out = tmp.path().join("killed");
+    let cli = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"));
+        c.args([
+            "train",
+            "--arch",
+            "clip",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.002",
+            "--warmup-steps",
+            "3",
+            "--checkpoint-every",
+            "3",
+            "--vocab-size",
+            "300",
+        ]);
+        c.args(extra);
+        c
+    };
+    let done = cli(&full, &[]).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(read_losses(&full).len() >= 20);
+    let mut child = cli(&out, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap_or_default();
+        if latest.trim() >= "step-00000006" || std::time::Instant::now() > deadline {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let killed_at = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    println!("killed after checkpoint {killed_at}");
+    let status = cli(&out, &["--resume"]).output().unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(read_losses(&out), read_losses(&full), "resumed loss sequence");
+}
+
+#[test]
+fn siglip_trains_with_chunked_loss_and_exports_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 120, 32, 4).unwrap();
+    let out = tmp.path().join("out");
+    let mut a = args(&data, &out, Arch::Siglip);
+    a.chunk_size = Some(5);
+    a.norm = zoo_nn::NormKind::Rms;
+    let labels = tmp.path().join("labels.txt");
+    std::fs::write(&labels, "circle\nsquare\ntriangle\ncross\n").unwrap();
+    a.labels = Some(labels);
+    let report = vlm_zoo::train::train(&a).unwrap();
+    assert!(report.losses.iter().all(|l| l.is_finite()));
+    assert!(report.zero_shot_accuracy.is_some());
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "metrics.csv",
+        "metrics.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The export loads back through the HF loader with the RMS norm it was trained with.
+    let dev = zoo_nn::testing::device();
+    let (_, config) = vlm_zoo::siglip::load_siglip(&out, burn::tensor::DType::F32, &dev).unwrap();
+    assert_eq!(config.vision_config.norm, zoo_nn::NormKind::Rms);
+}
+
+#[test]
+fn export_is_transformers_layout() {
+    // Loading an HF checkpoint and exporting it again gives the same keys, shapes and values.
+    for name in ["siglip-a", "clip-a"] {
+        let dir = zoo_nn::testing::fixture(name);
+        let dev = zoo_nn::testing::device();
+        let (model, _) = vlm_zoo::train::models::Towers::load(&dir, &dev).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("model.safetensors");
+        model.save_hf(&file).unwrap();
+        let ours = zoo_nn::load::read_safetensors_header(&file).unwrap();
+        let theirs = zoo_nn::load::read_safetensors_header(&dir.join("model.safetensors")).unwrap();
+        let shapes = |m: &std::collections::BTreeMap<String, zoo_nn::load::TensorInfo>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.shape.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shapes(&ours), shapes(&theirs), "{name}: keys and shapes");
+        let a = zoo_nn::testing::Reference::read(&file);
+        let b = zoo_nn::testing::Reference::read(&dir.join("model.safetensors"));
+        for k in b.names() {
+            assert_eq!(a.f32(&k), b.f32(&k), "{name}: {k}");
+        }
+    }
+}
+
+#[test]
+fn bad_data_gets_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 5).unwrap();
+    let out = tmp.path().join("out");
+    // A CSV without the needed columns.
+    let csv = tmp.path().join("data/pairs.csv");
+    std::fs::write(&csv, "file,text\nimg00000.png,a cat\n").unwrap();
+    let e = vlm_zoo::train::train(&args(&csv, &out, Arch::Clip))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pairs.csv") && e.contains("\"image\" and \"caption\""),
+        "{e}"
+    );
+    // A batch larger than the data.
+    let mut a = args(&data, &out, Arch::Clip);
+    a.batch_size = 64;
+    let e = vlm_zoo::train::train(&a).unwrap_err().to_string();
+    assert!(e.contains("--batch-size 64"), "{e}");
+    // Missing and corrupt images are skipped and counted, or refused with --strict.
+    let csv = tmp.path().join("data/mixed.csv");
+    let mut rows = String::from("image,caption\n");
+    for i in 0..36 {
+        rows.push_str(&format!("img{i:05}.png,\"a shape, number {i}\"\n"));
+    }
+    rows.push_str("missing.png,a ghost\ncaptions.jsonl,not an image\nimg00001.png,\n");
+    std::fs::write(&csv, rows).unwrap();
+    let (pairs, skipped) = vlm_zoo::train::data::load_pairs(&csv, false).unwrap();
+    assert_eq!(
+        (pairs.len(), skipped.bad_images.len(), skipped.empty_captions),
+        (36, 2, 1)
+    );
+    let e = vlm_zoo::train::data::load_pairs(&csv, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.png") || e.contains("empty caption"), "{e}");
+}
