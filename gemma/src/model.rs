@@ -6,7 +6,7 @@
 
 use crate::config::{GemmaConfig, LayerType};
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use zoo_nn::{
     Attention, AttentionConfig, GatedMlp, KvCache, MaskSpec, Norm, NormConfig, RopeTables, RotaryEmbedding,
@@ -122,7 +122,10 @@ impl GemmaForCausalLM {
             .collect();
         Self {
             model: GemmaModel {
-                embed_tokens: EmbeddingConfig::new(config.vocab_size, c).init(device),
+                // transformers' init (std 0.02): the embedding is also the output head.
+                embed_tokens: EmbeddingConfig::new(config.vocab_size, c)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                    .init(device),
                 layers,
                 norm: norm.init(device),
             },

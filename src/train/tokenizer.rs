@@ -78,3 +78,38 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
     };
     super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
 }
+
+/// A decoder-side tokenizer for composed VLMs: byte-level BPE with `<pad>`=0, `<eos>`=1,
+/// `<bos>`=2, `<unk>`=3, `<image>`=4 and no post-processor (the processor inserts `<bos>`).
+pub fn train_decoder_tokenizer(texts: &[String], vocab_size: usize, dir: &Path) -> Result<()> {
+    let err = |e: String| NnError::Tokenizer {
+        path: dir.join("tokenizer.json"),
+        reason: e,
+    };
+    let special: Vec<AddedToken> = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+        .into_iter()
+        .map(|t| AddedToken::from(t, true))
+        .collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(1)
+        .show_progress(false)
+        .special_tokens(special)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut tok = TokenizerBuilder::<BPE, Lowercase, ByteLevel, TemplateProcessing, ByteLevelDecoder>::new()
+        .with_model(BPE::default())
+        .with_normalizer(Some(Lowercase))
+        .with_pre_tokenizer(Some(ByteLevel::default()))
+        .with_post_processor(None)
+        .with_decoder(Some(ByteLevelDecoder::default()))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| err(e.to_string()))?;
+    tok.save(dir.join("tokenizer.json"), false)
+        .map_err(|e| err(e.to_string()))?;
+    let config = serde_json::json!({"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
+                                    "tokenizer_class": "PreTrainedTokenizerFast"});
+    super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+}

@@ -1,0 +1,323 @@
+//! Compose your own vision-language model from the zoo's parts: a vision tower (SigLIP's ViT or
+//! CLIP's, any size, any [`NormKind`]), a projector (Linear or a 2-layer MLP) and a Gemma 1/2
+//! decoder, wired as PaliGemma is (image tokens + prefix-LM attention). PaliGemma itself is one
+//! configuration: SigLIP tower, linear projector, Gemma.
+//!
+//! Field names follow PaliGemma's checkpoint keys, so a composition of PaliGemma's shape saves
+//! as an HF PaliGemma folder.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use zoo_clip::{ClipVisionConfig, ClipVisionTransformer};
+use zoo_gemma::generate::row_positions;
+use zoo_gemma::{Decoder, GemmaConfig, GemmaForCausalLM};
+use zoo_nn::{Activation, KvCache, MaskSpec, NnError, Result};
+use zoo_siglip::{SiglipVisionConfig, SiglipVisionTransformer};
+
+/// Which vision tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum VisionConfig {
+    /// SigLIP's ViT (all patch tokens, after `post_layernorm`).
+    Siglip(SiglipVisionConfig),
+    /// CLIP's vision transformer (class + patch tokens of the last layer).
+    Clip(ClipVisionConfig),
+}
+
+/// Which projector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectorKind {
+    /// One Linear with bias (PaliGemma's).
+    #[default]
+    Linear,
+    /// Linear -> GELU (tanh) -> Linear.
+    Mlp,
+}
+
+/// One serde file describes a composition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VlmConfig {
+    /// The vision tower.
+    pub vision: VisionConfig,
+    /// The projector.
+    #[serde(default)]
+    pub projector: ProjectorKind,
+    /// The decoder (`model_type` gemma or gemma2), as config.json spells it.
+    pub text: serde_json::Value,
+    /// `<image>` id.
+    pub image_token_index: u32,
+}
+
+impl VlmConfig {
+    /// The resolved decoder config.
+    pub fn text_config(&self) -> Result<GemmaConfig> {
+        GemmaConfig::from_value(self.text.clone())
+    }
+
+    /// Vision width and image tokens per image.
+    pub fn vision_dims(&self) -> (usize, usize) {
+        match &self.vision {
+            VisionConfig::Siglip(c) => (c.hidden_size, c.num_patches()),
+            VisionConfig::Clip(c) => (c.hidden_size, c.num_patches() + 1),
+        }
+    }
+
+    /// Input side in pixels.
+    pub fn image_size(&self) -> usize {
+        match &self.vision {
+            VisionConfig::Siglip(c) => c.image_size,
+            VisionConfig::Clip(c) => c.image_size,
+        }
+    }
+}
+
+/// The vision tower.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum VisionTower {
+    /// SigLIP.
+    Siglip(SiglipVisionTransformer),
+    /// CLIP.
+    Clip(ClipVisionTransformer),
+}
+
+/// The projector (`multi_modal_projector`).
+#[derive(Module, Debug)]
+pub struct Projector {
+    /// First (or only) Linear.
+    pub linear: Linear,
+    /// Second Linear of the MLP form.
+    pub linear_2: Option<Linear>,
+}
+
+/// A composed vision-language model.
+#[derive(Module, Debug)]
+pub struct Vlm {
+    /// Vision tower.
+    pub vision_tower: VisionTower,
+    /// Projector to the decoder's width.
+    pub multi_modal_projector: Projector,
+    /// The decoder.
+    pub language_model: GemmaForCausalLM,
+    /// `<image>` id.
+    pub image_token_index: u32,
+    /// Decoder vocabulary.
+    pub vocab_size: usize,
+}
+
+impl Vlm {
+    /// A randomly initialised composition.
+    pub fn new(config: &VlmConfig, device: &Device) -> Result<Self> {
+        let text = config.text_config()?;
+        let (vw, _) = config.vision_dims();
+        let tower = match &config.vision {
+            VisionConfig::Siglip(c) => VisionTower::Siglip(SiglipVisionTransformer::new(c, device)),
+            VisionConfig::Clip(c) => VisionTower::Clip(ClipVisionTransformer::new(c, device)),
+        };
+        let c = text.hidden_size;
+        let projector = match config.projector {
+            ProjectorKind::Linear => Projector {
+                linear: LinearConfig::new(vw, c).init(device),
+                linear_2: None,
+            },
+            ProjectorKind::Mlp => Projector {
+                linear: LinearConfig::new(vw, c).init(device),
+                linear_2: Some(LinearConfig::new(c, c).init(device)),
+            },
+        };
+        Ok(Self {
+            vision_tower: tower,
+            multi_modal_projector: projector,
+            language_model: GemmaForCausalLM::new(&text, device),
+            image_token_index: config.image_token_index,
+            vocab_size: text.vocab_size,
+        })
+    }
+
+    /// The composition PaliGemma is, from a PaliGemma model.
+    pub fn from_paligemma(m: zoo_paligemma::PaliGemmaForConditionalGeneration) -> Self {
+        Self {
+            vision_tower: VisionTower::Siglip(m.vision_tower),
+            multi_modal_projector: Projector {
+                linear: m.multi_modal_projector.linear,
+                linear_2: None,
+            },
+            language_model: m.language_model,
+            image_token_index: m.image_token_index,
+            vocab_size: m.vocab_size,
+        }
+    }
+
+    /// Projected image features.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[B, 3, H, W]`; output `[B, N, C]`
+    pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let h = match &self.vision_tower {
+            VisionTower::Siglip(t) => t.forward(pixels).last_hidden_state,
+            VisionTower::Clip(t) => t.forward(pixels).last_hidden_state,
+        };
+        let p = &self.multi_modal_projector;
+        let x = p.linear.forward(h);
+        match &p.linear_2 {
+            Some(l2) => l2.forward(Activation::GeluTanh.forward(x)),
+            None => x,
+        }
+    }
+
+    /// Scaled text embeddings with the image features placed (unscaled) at the `<image>` ids.
+    pub fn embed_inputs(
+        &self,
+        ids: &[Vec<u32>],
+        features: Option<&Tensor<3>>,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let image = self.image_token_index;
+        let oov = image as usize >= self.vocab_size;
+        let flat: Vec<i64> = ids
+            .iter()
+            .flatten()
+            .map(|&t| if oov && t == image { 0 } else { t as i64 })
+            .collect();
+        let text = self
+            .language_model
+            .embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
+        let Some(features) = features else { return Ok(text) };
+        let [_, n, c] = features.dims();
+        let mut gather = Vec::with_capacity(b * l);
+        let mut is_image = Vec::with_capacity(b * l);
+        for (row, r) in ids.iter().enumerate() {
+            let mut k = 0i64;
+            for &t in r {
+                is_image.push(t == image);
+                gather.push(if t == image { k } else { 0 });
+                k += (t == image) as i64;
+            }
+            if k as usize != n {
+                return Err(NnError::Config(format!(
+                    "row {row} has {k} <image> tokens but the image gives {n} features"
+                )));
+            }
+        }
+        let index = Tensor::<3, Int>::from_data(TensorData::new(gather, [b, l, 1]), device).expand([b, l, c]);
+        let mask =
+            Tensor::<3, Bool>::from_data(TensorData::new(is_image, [b, l, 1]), device).expand([b, l, c]);
+        Ok(text.mask_where(mask, features.clone().gather(1, index)))
+    }
+
+    /// Logits of every position for image + tokens, prefix-LM over the first `prefix[b]` tokens.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[B, 3, H, W]`; `ids`: `[B][L]`; output `[B, L, V]`
+    pub fn forward(&self, pixels: Tensor<4>, ids: &[Vec<u32>], prefix: Vec<usize>) -> Result<Tensor<3>> {
+        let device = pixels.device();
+        let features = self.image_features(pixels);
+        let x = self.embed_inputs(ids, Some(&features), &device)?;
+        let positions: Vec<Vec<i64>> = ids.iter().map(|r| (1..=r.len() as i64).collect()).collect();
+        let h = self
+            .language_model
+            .forward_embeds(x, &positions, &MaskSpec::prefix_lm(prefix), None);
+        Ok(self.language_model.logits(h))
+    }
+
+    /// Next-token cross-entropy on the suffix only (labels masked on image and prompt, as
+    /// PaliGemma fine-tuning does): position `t` predicts token `t + 1` for `t + 1 >= prefix`.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[B, 3, H, W]`; `ids`: `[B][L]` (same length; pad after the suffix with
+    ///   `valid = false` via `suffix_len`); output `[1]`
+    pub fn suffix_loss(
+        &self,
+        pixels: Tensor<4>,
+        ids: &[Vec<u32>],
+        prefix: &[usize],
+        suffix_len: &[usize],
+    ) -> Result<Tensor<1>> {
+        let device = pixels.device();
+        let logits = self.forward(pixels, ids, prefix.to_vec())?;
+        let [b, l, v] = logits.dims();
+        let logp = burn::tensor::activation::log_softmax(logits.slice([0..b, 0..l - 1, 0..v]), 2);
+        let mut targets = Vec::with_capacity(b * (l - 1));
+        let mut weights = Vec::with_capacity(b * (l - 1));
+        let mut count = 0usize;
+        for (row, r) in ids.iter().enumerate() {
+            for t in 0..l - 1 {
+                let next = t + 1;
+                let on = next >= prefix[row] && next < prefix[row] + suffix_len[row];
+                targets.push(r[next] as i64);
+                weights.push(if on { 1.0f32 } else { 0.0 });
+                count += on as usize;
+            }
+        }
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, l - 1, 1]), &device);
+        let picked = logp.gather(2, targets).reshape([b, l - 1]);
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [b, l - 1]), &device);
+        Ok(-(picked * weights).sum() / count.max(1) as f64)
+    }
+}
+
+/// A batch of images ready for generation with a [`Vlm`].
+#[derive(Debug)]
+pub struct VlmDecoder<'a> {
+    /// The model.
+    pub model: &'a Vlm,
+    /// `[B, N, C]`.
+    pub image_features: Tensor<3>,
+    /// Context length.
+    pub max_len: usize,
+    /// Device.
+    pub device: Device,
+}
+
+impl Decoder for VlmDecoder<'_> {
+    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
+        let x = self
+            .model
+            .embed_inputs(prompt, Some(&self.image_features), &self.device)?;
+        let positions: Vec<Vec<i64>> = row_positions(valid)
+            .into_iter()
+            .map(|r| r.into_iter().map(|p| p + 1).collect())
+            .collect();
+        let mask = MaskSpec::prefix_lm(valid.iter().map(Vec::len).collect()).with_key_valid(valid.to_vec());
+        let h = self
+            .model
+            .language_model
+            .forward_embeds(x, &positions, &mask, Some(cache));
+        Ok(last(self.model.language_model.logits(h)))
+    }
+
+    fn step(
+        &self,
+        tokens: &[u32],
+        positions: &[i64],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor<2>> {
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let x = self.model.embed_inputs(&ids, None, &self.device)?;
+        let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p + 1]).collect();
+        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
+        let h = self
+            .model
+            .language_model
+            .forward_embeds(x, &pos, &mask, Some(cache));
+        Ok(last(self.model.language_model.logits(h)))
+    }
+
+    fn cache(&self, batch: usize, max_len: usize) -> KvCache {
+        self.model.language_model.new_cache(batch, max_len, &self.device)
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
+
+fn last(logits: Tensor<3>) -> Tensor<2> {
+    let [b, l, v] = logits.dims();
+    logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v])
+}
