@@ -167,7 +167,7 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         test_images: usize,
         /// Epochs.
-        #[arg(long, default_value_t = 14)]
+        #[arg(long, default_value_t = 20)]
         epochs: usize,
         /// Norm of every block: layer, rms, rms_gemma or batch.
         #[arg(long, default_value = "layer")]

@@ -440,3 +440,23 @@ fn truncated_shard_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_in_a_reduced_setting_saves_a_paligemma_folder_that_generate_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let (ok, stdout, stderr) = vlm_zoo(&[
+        "demo", "--out", out.to_str().unwrap(), "--train-images", "128", "--test-images", "8", "--epochs", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("held-out exact-caption accuracy"), "{stdout}");
+    assert!(out.join("captions.png").is_file());
+    let img = out.join("data/test/img00000.png");
+    let (ok, stdout, stderr) = vlm_zoo(&[
+        "generate", "--model", out.join("model").to_str().unwrap(), "--image", img.to_str().unwrap(),
+        "--prompt", "caption en", "--max-new-tokens", "4", "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["model_type"], "paligemma");
+}
