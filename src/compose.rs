@@ -315,6 +315,10 @@ impl Decoder for VlmDecoder<'_> {
     fn max_len(&self) -> usize {
         self.max_len
     }
+
+    fn vocab_limit(&self) -> usize {
+        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
+    }
 }
 
 fn last(logits: Tensor<3>) -> Tensor<2> {

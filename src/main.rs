@@ -173,6 +173,21 @@ enum Command {
         #[arg(long, default_value = "layer")]
         norm: String,
     },
+    /// Measure load time, peak memory, prefill time and decode tokens/s of a Gemma or PaliGemma folder (JSON).
+    Bench {
+        /// The checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text tokens in the prompt.
+        #[arg(long, default_value_t = 64)]
+        prompt_len: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// cpu, ndarray, flex, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Summarise a HuggingFace checkpoint folder (config and safetensors headers; no weights are read).
     Inspect {
         /// The checkpoint folder.
@@ -397,6 +412,11 @@ fn run(cli: Cli) -> Result<()> {
                 r.model_dir.display(),
                 args.out.join("captions.png").display()
             );
+        }
+        Command::Bench { model, prompt_len, new_tokens, device } => {
+            let device = vlm_zoo::nn::parse_device(&device)?;
+            let r = vlm_zoo::bench::bench(&model, prompt_len, new_tokens, &device)?;
+            println!("{}", serde_json::to_string(&r)?);
         }
         Command::Inspect { model, json } => {
             let s = vlm_zoo::inspect::inspect(&model)?;

@@ -188,6 +188,8 @@ pub trait Decoder {
     fn cache(&self, batch: usize, max_len: usize) -> KvCache;
     /// Context length.
     fn max_len(&self) -> usize;
+    /// Ids a prompt may hold (`vocab_size`, or one more when an image token sits there).
+    fn vocab_limit(&self) -> usize;
 }
 
 /// Generates for every prompt; `on_token(row, id)` sees each new token as it is chosen (end of
@@ -204,6 +206,12 @@ pub fn generate<D: Decoder>(
         return Err(NnError::Config("empty prompt: nothing to condition on".into()));
     }
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= model.vocab_limit()) {
+        return Err(NnError::Config(format!(
+            "token id {bad} is outside the model's vocabulary of {} ids",
+            model.vocab_limit()
+        )));
+    }
     if width >= model.max_len() {
         return Err(NnError::Config(format!(
             "prompt of {width} tokens does not fit the context of {} tokens",
@@ -354,6 +362,10 @@ impl Decoder for GemmaDecoder<'_> {
 
     fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    fn vocab_limit(&self) -> usize {
+        self.model.model.embed_tokens.weight.dims()[0]
     }
 }
 

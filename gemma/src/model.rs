@@ -210,7 +210,14 @@ impl GemmaForCausalLM {
     pub fn logits(&self, h: Tensor<3>) -> Tensor<3> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(h),
-            None => h.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
+            None => {
+                // [V, C] @ [C, B*L]: the embedding matrix is used as stored (no transposed copy
+                // of the largest weight on every decode step).
+                let [b, l, c] = h.dims();
+                let w = self.model.embed_tokens.weight.val();
+                let v = w.dims()[0];
+                w.matmul(h.reshape([b * l, c]).transpose()).transpose().reshape([b, l, v])
+            }
         };
         match self.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,

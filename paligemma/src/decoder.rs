@@ -63,4 +63,8 @@ impl Decoder for PaliGemmaDecoder<'_> {
     fn max_len(&self) -> usize {
         self.max_len
     }
+
+    fn vocab_limit(&self) -> usize {
+        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
+    }
 }
