@@ -34,6 +34,7 @@ if cfg.model_type == "paligemma":
     s = cfg.vision_config.image_size
     kw.update(pixel_values=torch.zeros(1, 3, s, s), token_type_ids=torch.zeros_like(ids))
 with torch.no_grad():
+    model.generate(**kw, max_new_tokens=1, min_new_tokens=1)  # warm-up (first-call allocations)
     t = time.perf_counter()
     model.generate(**kw, max_new_tokens=1, min_new_tokens=1)
     prefill = time.perf_counter() - t

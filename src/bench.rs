@@ -37,12 +37,41 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result<(f64, f64)> {
-    // Prefill alone, then prefill + decode; the difference is the decode time.
+    // A warm-up prefill (first-call allocations), the prefill alone, then prefill + decode; the
+    // difference is the decode time.
+    generate(
+        decoder,
+        std::slice::from_ref(&prompt),
+        &[],
+        &Sampling {
+            max_new_tokens: 1,
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
     let t = Instant::now();
-    generate(decoder, std::slice::from_ref(&prompt), &[], &Sampling { max_new_tokens: 1, ..Default::default() }, |_, _| {})?;
+    generate(
+        decoder,
+        std::slice::from_ref(&prompt),
+        &[],
+        &Sampling {
+            max_new_tokens: 1,
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    generate(decoder, &[prompt], &[], &Sampling { max_new_tokens: new_tokens + 1, ..Default::default() }, |_, _| {})?;
+    generate(
+        decoder,
+        &[prompt],
+        &[],
+        &Sampling {
+            max_new_tokens: new_tokens + 1,
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
     let total = t.elapsed().as_secs_f64();
     Ok((prefill, new_tokens as f64 / (total - prefill).max(1e-9)))
 }
@@ -50,13 +79,21 @@ fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result
 /// Benchmarks `dir` with a prompt of `prompt_len` text tokens and `new_tokens` decode steps.
 pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) -> Result<BenchReport> {
     let kind = zoo_nn::model_type(dir)?;
-    let text = |vocab: usize| -> Vec<u32> { (0..prompt_len as u32).map(|i| 10 + (i * 7919) % (vocab as u32 - 10)).collect() };
+    let text = |vocab: usize| -> Vec<u32> {
+        (0..prompt_len as u32)
+            .map(|i| 10 + (i * 7919) % (vocab as u32 - 10))
+            .collect()
+    };
     let t = Instant::now();
     let (prompt_tokens, prefill_s, decode_tok_s, load_s) = match kind.as_str() {
         "gemma" | "gemma2" => {
             let (model, config) = zoo_gemma::load_gemma(dir, DType::F32, device)?;
             let load_s = t.elapsed().as_secs_f64();
-            let decoder = GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: device.clone() };
+            let decoder = GemmaDecoder {
+                model: &model,
+                max_len: config.max_position_embeddings,
+                device: device.clone(),
+            };
             let mut prompt = vec![2];
             prompt.extend(text(config.vocab_size));
             let n = prompt.len();
@@ -69,7 +106,12 @@ pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) 
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
             prompt.push(2);
-            prompt.extend(text(config.text_config.vocab_size.min(config.image_token_index as usize)));
+            prompt.extend(text(
+                config
+                    .text_config
+                    .vocab_size
+                    .min(config.image_token_index as usize),
+            ));
             let n = prompt.len();
             let pixels = Tensor::<4>::zeros([1, 3, s, s], device);
             let t = Instant::now();
@@ -85,7 +127,19 @@ pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) 
             let (p, d) = timed(&decoder, prompt, new_tokens)?;
             (n, p + vision_s, d, load_s)
         }
-        other => return Err(NnError::Config(format!("bench: model_type '{other}' (expected gemma, gemma2 or paligemma)"))),
+        other => {
+            return Err(NnError::Config(format!(
+                "bench: model_type '{other}' (expected gemma, gemma2 or paligemma)"
+            )));
+        }
     };
-    Ok(BenchReport { model_type: kind, load_s, prompt_tokens, prefill_s, decode_tokens: new_tokens, decode_tok_s, peak_rss_mib: peak_rss_mib() })
+    Ok(BenchReport {
+        model_type: kind,
+        load_s,
+        prompt_tokens,
+        prefill_s,
+        decode_tokens: new_tokens,
+        decode_tok_s,
+        peak_rss_mib: peak_rss_mib(),
+    })
 }

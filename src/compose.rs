@@ -317,7 +317,9 @@ impl Decoder for VlmDecoder<'_> {
     }
 
     fn vocab_limit(&self) -> usize {
-        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
+        self.model
+            .vocab_size
+            .max(self.model.image_token_index as usize + 1)
     }
 }
 

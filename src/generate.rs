@@ -205,3 +205,43 @@ fn generate_paligemma(
         })
         .collect()
 }
+
+/// Draws detection boxes and labels on the image and writes it to `out`.
+pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], out: &Path) -> Result<()> {
+    let mut img = zoo_nn::open_image(image)?.to_rgb8();
+    let (w, h) = img.dimensions();
+    let colours = [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+    ];
+    for (i, d) in detections.iter().enumerate() {
+        let c = image::Rgb(colours[i % colours.len()]);
+        let [x1, y1, x2, y2] = d.bbox.map(|v| v.max(0.0) as u32);
+        let (x2, y2) = (x2.min(w.saturating_sub(1)), y2.min(h.saturating_sub(1)));
+        for t in 0..2u32 {
+            for x in x1..=x2 {
+                for y in [y1 + t, y2.saturating_sub(t)] {
+                    if y < h {
+                        img.put_pixel(x, y, c);
+                    }
+                }
+            }
+            for y in y1..=y2 {
+                for x in [x1 + t, x2.saturating_sub(t)] {
+                    if x < w {
+                        img.put_pixel(x, y, c);
+                    }
+                }
+            }
+        }
+        let scale = (w / 200).clamp(1, 4);
+        crate::font::draw_text(&mut img, x1 + 3, y1 + 3, &d.label, scale, c.0);
+    }
+    img.save(out).map_err(|e| NnError::Image {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

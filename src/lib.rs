@@ -20,6 +20,7 @@ pub mod compose;
 pub mod demo;
 pub mod font;
 pub mod generate;
+pub mod hub;
 pub mod inspect;
 pub mod synthetic;
 pub mod train;

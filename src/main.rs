@@ -64,6 +64,9 @@ enum Command {
         /// Print one JSON object per prompt (an array for several) instead of streaming text.
         #[arg(long)]
         json: bool,
+        /// PaliGemma `detect` prompts: write the image with its boxes here (OUT-N.png for several pairs).
+        #[arg(long)]
+        draw: Option<PathBuf>,
         /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -217,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => {
             let device = vlm_zoo::nn::parse_device(&device)?;
+            let model = vlm_zoo::hub::resolve_model(&model)?;
             let out = vlm_zoo::zero_shot::zero_shot(&model, &images, &texts, &device)?;
             for note in &out.notes {
                 eprintln!("note: {note}");
@@ -249,9 +253,11 @@ fn run(cli: Cli) -> Result<()> {
             repeat_penalty,
             seed,
             json,
+            draw,
             device,
         } => {
             let device = vlm_zoo::nn::parse_device(&device)?;
+            let model = vlm_zoo::hub::resolve_model(&model)?;
             let sampling = vlm_zoo::gemma::Sampling {
                 temperature,
                 top_k,
@@ -274,6 +280,21 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 },
             )?;
+            if let Some(draw) = &draw {
+                for (i, o) in out.iter().enumerate() {
+                    let Some(dets) = &o.detections else { continue };
+                    let path = if out.len() == 1 {
+                        draw.clone()
+                    } else {
+                        let stem = draw
+                            .file_stem()
+                            .map_or("draw".into(), |s| s.to_string_lossy().into_owned());
+                        draw.with_file_name(format!("{stem}-{i}.png"))
+                    };
+                    vlm_zoo::generate::draw_detections(&images[i.min(images.len() - 1)], dets, &path)?;
+                    eprintln!("note: wrote {}", path.display());
+                }
+            }
             if json {
                 let v = if out.len() == 1 {
                     serde_json::to_value(&out[0])?
@@ -413,13 +434,23 @@ fn run(cli: Cli) -> Result<()> {
                 args.out.join("captions.png").display()
             );
         }
-        Command::Bench { model, prompt_len, new_tokens, device } => {
+        Command::Bench {
+            model,
+            prompt_len,
+            new_tokens,
+            device,
+        } => {
             let device = vlm_zoo::nn::parse_device(&device)?;
-            let r = vlm_zoo::bench::bench(&model, prompt_len, new_tokens, &device)?;
+            let r = vlm_zoo::bench::bench(
+                &vlm_zoo::hub::resolve_model(&model)?,
+                prompt_len,
+                new_tokens,
+                &device,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Command::Inspect { model, json } => {
-            let s = vlm_zoo::inspect::inspect(&model)?;
+            let s = vlm_zoo::inspect::inspect(&vlm_zoo::hub::resolve_model(&model)?)?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {

@@ -446,17 +446,62 @@ fn demo_in_a_reduced_setting_saves_a_paligemma_folder_that_generate_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let (ok, stdout, stderr) = vlm_zoo(&[
-        "demo", "--out", out.to_str().unwrap(), "--train-images", "128", "--test-images", "8", "--epochs", "1",
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--train-images",
+        "128",
+        "--test-images",
+        "8",
+        "--epochs",
+        "1",
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("held-out exact-caption accuracy"), "{stdout}");
     assert!(out.join("captions.png").is_file());
     let img = out.join("data/test/img00000.png");
     let (ok, stdout, stderr) = vlm_zoo(&[
-        "generate", "--model", out.join("model").to_str().unwrap(), "--image", img.to_str().unwrap(),
-        "--prompt", "caption en", "--max-new-tokens", "4", "--json",
+        "generate",
+        "--model",
+        out.join("model").to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--prompt",
+        "caption en",
+        "--max-new-tokens",
+        "4",
+        "--json",
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["model_type"], "paligemma");
+}
+
+#[test]
+fn detections_are_drawn() {
+    let img = fixtures().join("images/rgb_300x200.png");
+    let out = tempfile::tempdir().unwrap();
+    let png = out.path().join("boxes.png");
+    let dets = vec![zoo_paligemma::Detection {
+        label: "circle".into(),
+        bbox: [10.0, 20.0, 120.0, 150.0],
+    }];
+    vlm_zoo::generate::draw_detections(&img, &dets, &png).unwrap();
+    let drawn = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), (300, 200));
+    assert_eq!(drawn.get_pixel(10, 60).0, [230, 25, 75], "box edge");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "generate",
+        "--model",
+        fixtures().join("paligemma-a").to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--prompt",
+        "detect circle",
+        "--max-new-tokens",
+        "4",
+        "--draw",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok && stderr.contains("boxes.png"), "{stderr}");
 }

@@ -206,7 +206,11 @@ pub fn generate<D: Decoder>(
         return Err(NnError::Config("empty prompt: nothing to condition on".into()));
     }
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= model.vocab_limit()) {
+    if let Some(bad) = prompts
+        .iter()
+        .flatten()
+        .find(|&&t| t as usize >= model.vocab_limit())
+    {
         return Err(NnError::Config(format!(
             "token id {bad} is outside the model's vocabulary of {} ids",
             model.vocab_limit()

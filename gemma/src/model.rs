@@ -216,7 +216,9 @@ impl GemmaForCausalLM {
                 let [b, l, c] = h.dims();
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
-                w.matmul(h.reshape([b * l, c]).transpose()).transpose().reshape([b, l, v])
+                w.matmul(h.reshape([b * l, c]).transpose())
+                    .transpose()
+                    .reshape([b, l, v])
             }
         };
         match self.final_logit_softcapping {

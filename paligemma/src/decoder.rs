@@ -65,6 +65,8 @@ impl Decoder for PaliGemmaDecoder<'_> {
     }
 
     fn vocab_limit(&self) -> usize {
-        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
+        self.model
+            .vocab_size
+            .max(self.model.image_token_index as usize + 1)
     }
 }
