@@ -33,14 +33,21 @@ kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, e
 if cfg.model_type == "paligemma":
     s = cfg.vision_config.image_size
     kw.update(pixel_values=torch.zeros(1, 3, s, s), token_type_ids=torch.zeros_like(ids))
+stamps = []
+
+
+class Stamp:  # a logits processor runs once per generated token: it timestamps each
+    def __call__(self, input_ids, scores):
+        stamps.append(time.perf_counter())
+        return scores
+
+
 with torch.no_grad():
     model.generate(**kw, max_new_tokens=1, min_new_tokens=1)  # warm-up (first-call allocations)
     t = time.perf_counter()
-    model.generate(**kw, max_new_tokens=1, min_new_tokens=1)
-    prefill = time.perf_counter() - t
-    t = time.perf_counter()
-    model.generate(**kw, max_new_tokens=new + 1, min_new_tokens=new + 1)
-    total = time.perf_counter() - t
+    model.generate(**kw, max_new_tokens=new + 1, min_new_tokens=new + 1, logits_processor=[Stamp()])
+    prefill = stamps[0] - t
+    total = stamps[-1] - t
 print(json.dumps({"model_type": cfg.model_type, "load_s": load_s, "prompt_tokens": ids.shape[1], "prefill_s": prefill,
                   "decode_tokens": new, "decode_tok_s": new / (total - prefill),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -37,43 +37,16 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result<(f64, f64)> {
-    // A warm-up prefill (first-call allocations), the prefill alone, then prefill + decode; the
-    // difference is the decode time.
-    generate(
-        decoder,
-        std::slice::from_ref(&prompt),
-        &[],
-        &Sampling {
-            max_new_tokens: 1,
-            ..Default::default()
-        },
-        |_, _| {},
-    )?;
+    // A warm-up prefill (first-call allocations), then one run timestamping every token as it is
+    // chosen: the first stamp ends the prefill, the rest measure decoding.
+    generate(decoder, std::slice::from_ref(&prompt), &[], &Sampling { max_new_tokens: 1, ..Default::default() }, |_, _| {})?;
     let t = Instant::now();
-    generate(
-        decoder,
-        std::slice::from_ref(&prompt),
-        &[],
-        &Sampling {
-            max_new_tokens: 1,
-            ..Default::default()
-        },
-        |_, _| {},
-    )?;
-    let prefill = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    generate(
-        decoder,
-        &[prompt],
-        &[],
-        &Sampling {
-            max_new_tokens: new_tokens + 1,
-            ..Default::default()
-        },
-        |_, _| {},
-    )?;
-    let total = t.elapsed().as_secs_f64();
-    Ok((prefill, new_tokens as f64 / (total - prefill).max(1e-9)))
+    let mut stamps = Vec::new();
+    generate(decoder, &[prompt], &[], &Sampling { max_new_tokens: new_tokens + 1, ..Default::default() }, |_, _| {
+        stamps.push(t.elapsed().as_secs_f64())
+    })?;
+    let (first, last) = (stamps.first().copied().unwrap_or(0.0), stamps.last().copied().unwrap_or(0.0));
+    Ok((first, new_tokens as f64 / (last - first).max(1e-9)))
 }
 
 /// Benchmarks `dir` with a prompt of `prompt_len` text tokens and `new_tokens` decode steps.
