@@ -8,11 +8,7 @@ use vlm_zoo::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
 use zoo_gemma::{Sampling, generate};
 
 fn main() -> anyhow::Result<()> {
-    let steps = if std::env::args().any(|a| a == "--quick") {
-        3
-    } else {
-        200
-    };
+    let steps = [200, 3][std::env::args().any(|a| a == "--quick") as usize];
     let dir = tempfile::tempdir()?;
     let data = vlm_zoo::synthetic::write_dataset(dir.path(), 64, 32, 1)?;
     let (pairs, _) = vlm_zoo::train::data::load_pairs(&data, true)?;
@@ -41,31 +37,9 @@ fn main() -> anyhow::Result<()> {
         let batch = &pairs[(step * 16) % 48..(step * 16) % 48 + 16];
         let paths: Vec<_> = batch.iter().map(|p| p.image.clone()).collect();
         let pixels = proc.batch_from_files(&paths, &device)?;
-        let suffix: Vec<Vec<u32>> = batch
-            .iter()
-            .map(|p| {
-                [
-                    tok.inner().encode(p.caption.as_str(), false).unwrap().get_ids(),
-                    &[1],
-                ]
-                .concat()
-            })
-            .collect();
-        let width = prompt.len() + suffix.iter().map(Vec::len).max().unwrap_or(0);
-        let ids: Vec<Vec<u32>> = suffix
-            .iter()
-            .map(|s| {
-                let mut r = [prompt.clone(), s.clone()].concat();
-                r.resize(width, 0);
-                r
-            })
-            .collect();
-        let loss = model.suffix_loss(
-            pixels,
-            &ids,
-            &vec![prompt.len(); 16],
-            &suffix.iter().map(Vec::len).collect::<Vec<_>>(),
-        )?;
+        let captions: Vec<String> = batch.iter().map(|p| p.caption.clone()).collect();
+        let (ids, prefix, suffix_len) = vlm_zoo::compose::caption_batch(&tok, &prompt, &captions, 1)?;
+        let loss = model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?;
         println!("step {step:>3}  loss {:.4}", loss.clone().into_scalar::<f32>());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(2e-3, model, grads);
@@ -73,26 +47,10 @@ fn main() -> anyhow::Result<()> {
     let model = model.valid();
     let cpu = device.inner();
     let pixels = proc.batch_from_files(&[pairs[0].image.clone()], &cpu)?;
-    let decoder = VlmDecoder {
-        image_features: model.image_features(pixels),
-        model: &model,
-        max_len: 64,
-        device: cpu,
-    };
-    let out = generate(
-        &decoder,
-        &[prompt],
-        &[1],
-        &Sampling {
-            max_new_tokens: 12,
-            ..Default::default()
-        },
-        |_, _| {},
-    )?;
-    println!(
-        "caption: {:?}  (truth: {:?})",
-        tok.decode(&out[0].token_ids)?,
-        pairs[0].caption
-    );
+    let (image_features, sampling) =
+        (model.image_features(pixels), Sampling { max_new_tokens: 12, ..Default::default() });
+    let decoder = VlmDecoder { image_features, model: &model, max_len: 64, device: cpu };
+    let out = generate(&decoder, &[prompt], &[1], &sampling, |_, _| {})?;
+    println!("caption: {:?}  (truth: {:?})", tok.decode(&out[0].token_ids)?, pairs[0].caption);
     Ok(())
 }

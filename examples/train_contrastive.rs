@@ -25,12 +25,7 @@ fn main() -> anyhow::Result<()> {
     let held_out = (n as f64 * 0.1).round();
     println!("chance R@1 = {:.3}", 1.0 / held_out);
     for (e, r) in report.recall.iter().enumerate() {
-        println!(
-            "epoch {:>2}: image->text R@1 {:.3}  R@5 {:.3}",
-            e + 1,
-            r.i2t[0],
-            r.i2t[1]
-        );
+        println!("epoch {:>2}: image->text R@1 {:.3}  R@5 {:.3}", e + 1, r.i2t[0], r.i2t[1]);
     }
     Ok(())
 }

@@ -39,12 +39,22 @@ pub fn peak_rss_mib() -> f64 {
 fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result<(f64, f64)> {
     // A warm-up prefill (first-call allocations), then one run timestamping every token as it is
     // chosen: the first stamp ends the prefill, the rest measure decoding.
-    generate(decoder, std::slice::from_ref(&prompt), &[], &Sampling { max_new_tokens: 1, ..Default::default() }, |_, _| {})?;
+    generate(
+        decoder,
+        std::slice::from_ref(&prompt),
+        &[],
+        &Sampling { max_new_tokens: 1, ..Default::default() },
+        |_, _| {},
+    )?;
     let t = Instant::now();
     let mut stamps = Vec::new();
-    generate(decoder, &[prompt], &[], &Sampling { max_new_tokens: new_tokens + 1, ..Default::default() }, |_, _| {
-        stamps.push(t.elapsed().as_secs_f64())
-    })?;
+    generate(
+        decoder,
+        &[prompt],
+        &[],
+        &Sampling { max_new_tokens: new_tokens + 1, ..Default::default() },
+        |_, _| stamps.push(t.elapsed().as_secs_f64()),
+    )?;
     let (first, last) = (stamps.first().copied().unwrap_or(0.0), stamps.last().copied().unwrap_or(0.0));
     Ok((first, new_tokens as f64 / (last - first).max(1e-9)))
 }
@@ -53,9 +63,7 @@ fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result
 pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) -> Result<BenchReport> {
     let kind = zoo_nn::model_type(dir)?;
     let text = |vocab: usize| -> Vec<u32> {
-        (0..prompt_len as u32)
-            .map(|i| 10 + (i * 7919) % (vocab as u32 - 10))
-            .collect()
+        (0..prompt_len as u32).map(|i| 10 + (i * 7919) % (vocab as u32 - 10)).collect()
     };
     let t = Instant::now();
     let (prompt_tokens, prefill_s, decode_tok_s, load_s) = match kind.as_str() {
@@ -79,12 +87,7 @@ pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) 
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
             prompt.push(2);
-            prompt.extend(text(
-                config
-                    .text_config
-                    .vocab_size
-                    .min(config.image_token_index as usize),
-            ));
+            prompt.extend(text(config.text_config.vocab_size.min(config.image_token_index as usize)));
             let n = prompt.len();
             let pixels = Tensor::<4>::zeros([1, 3, s, s], device);
             let t = Instant::now();

@@ -119,10 +119,9 @@ impl Vlm {
         };
         let c = text.hidden_size;
         let projector = match config.projector {
-            ProjectorKind::Linear => Projector {
-                linear: LinearConfig::new(vw, c).init(device),
-                linear_2: None,
-            },
+            ProjectorKind::Linear => {
+                Projector { linear: LinearConfig::new(vw, c).init(device), linear_2: None }
+            }
             ProjectorKind::Mlp => Projector {
                 linear: LinearConfig::new(vw, c).init(device),
                 linear_2: Some(LinearConfig::new(c, c).init(device)),
@@ -141,10 +140,7 @@ impl Vlm {
     pub fn from_paligemma(m: zoo_paligemma::PaliGemmaForConditionalGeneration) -> Self {
         Self {
             vision_tower: VisionTower::Siglip(m.vision_tower),
-            multi_modal_projector: Projector {
-                linear: m.multi_modal_projector.linear,
-                linear_2: None,
-            },
+            multi_modal_projector: Projector { linear: m.multi_modal_projector.linear, linear_2: None },
             language_model: m.language_model,
             image_token_index: m.image_token_index,
             vocab_size: m.vocab_size,
@@ -178,14 +174,9 @@ impl Vlm {
         let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
         let image = self.image_token_index;
         let oov = image as usize >= self.vocab_size;
-        let flat: Vec<i64> = ids
-            .iter()
-            .flatten()
-            .map(|&t| if oov && t == image { 0 } else { t as i64 })
-            .collect();
-        let text = self
-            .language_model
-            .embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
+        let flat: Vec<i64> =
+            ids.iter().flatten().map(|&t| if oov && t == image { 0 } else { t as i64 }).collect();
+        let text = self.language_model.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
         let Some(features) = features else { return Ok(text) };
         let [_, n, c] = features.dims();
         let mut gather = Vec::with_capacity(b * l);
@@ -218,9 +209,7 @@ impl Vlm {
         let features = self.image_features(pixels);
         let x = self.embed_inputs(ids, Some(&features), &device)?;
         let positions: Vec<Vec<i64>> = ids.iter().map(|r| (1..=r.len() as i64).collect()).collect();
-        let h = self
-            .language_model
-            .forward_embeds(x, &positions, &MaskSpec::prefix_lm(prefix), None);
+        let h = self.language_model.forward_embeds(x, &positions, &MaskSpec::prefix_lm(prefix), None);
         Ok(self.language_model.logits(h))
     }
 
@@ -260,6 +249,39 @@ impl Vlm {
     }
 }
 
+/// `(ids, prefix lengths, suffix lengths)`, the inputs of [`Vlm::suffix_loss`].
+pub type CaptionBatch = (Vec<Vec<u32>>, Vec<usize>, Vec<usize>);
+
+/// Token rows for captioning training: `prompt` then each caption's tokens and `eos`, padded
+/// with 0 to one length.
+pub fn caption_batch(
+    tok: &zoo_nn::TextTokenizer,
+    prompt: &[u32],
+    captions: &[String],
+    eos: u32,
+) -> Result<CaptionBatch> {
+    let mut suffixes = Vec::with_capacity(captions.len());
+    for c in captions {
+        let enc = tok.inner().encode(c.as_str(), false).map_err(|e| NnError::Tokenizer {
+            path: tok.path().to_path_buf(),
+            reason: format!("encoding {c:?}: {e}"),
+        })?;
+        let mut s = enc.get_ids().to_vec();
+        s.push(eos);
+        suffixes.push(s);
+    }
+    let width = prompt.len() + suffixes.iter().map(Vec::len).max().unwrap_or(0);
+    let ids = suffixes
+        .iter()
+        .map(|s| {
+            let mut r = [prompt, s.as_slice()].concat();
+            r.resize(width, 0);
+            r
+        })
+        .collect();
+    Ok((ids, vec![prompt.len(); captions.len()], suffixes.iter().map(Vec::len).collect()))
+}
+
 /// A batch of images ready for generation with a [`Vlm`].
 #[derive(Debug)]
 pub struct VlmDecoder<'a> {
@@ -275,18 +297,11 @@ pub struct VlmDecoder<'a> {
 
 impl Decoder for VlmDecoder<'_> {
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
-        let x = self
-            .model
-            .embed_inputs(prompt, Some(&self.image_features), &self.device)?;
-        let positions: Vec<Vec<i64>> = row_positions(valid)
-            .into_iter()
-            .map(|r| r.into_iter().map(|p| p + 1).collect())
-            .collect();
+        let x = self.model.embed_inputs(prompt, Some(&self.image_features), &self.device)?;
+        let positions: Vec<Vec<i64>> =
+            row_positions(valid).into_iter().map(|r| r.into_iter().map(|p| p + 1).collect()).collect();
         let mask = MaskSpec::prefix_lm(valid.iter().map(Vec::len).collect()).with_key_valid(valid.to_vec());
-        let h = self
-            .model
-            .language_model
-            .forward_embeds(x, &positions, &mask, Some(cache));
+        let h = self.model.language_model.forward_embeds(x, &positions, &mask, Some(cache));
         Ok(last(self.model.language_model.logits(h)))
     }
 
@@ -301,10 +316,7 @@ impl Decoder for VlmDecoder<'_> {
         let x = self.model.embed_inputs(&ids, None, &self.device)?;
         let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p + 1]).collect();
         let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        let h = self
-            .model
-            .language_model
-            .forward_embeds(x, &pos, &mask, Some(cache));
+        let h = self.model.language_model.forward_embeds(x, &pos, &mask, Some(cache));
         Ok(last(self.model.language_model.logits(h)))
     }
 
@@ -317,9 +329,7 @@ impl Decoder for VlmDecoder<'_> {
     }
 
     fn vocab_limit(&self) -> usize {
-        self.model
-            .vocab_size
-            .max(self.model.image_token_index as usize + 1)
+        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
     }
 }
 

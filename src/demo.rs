@@ -76,10 +76,7 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tok
         .inner()
         .encode(text, false)
-        .map_err(|e| NnError::Tokenizer {
-            path: tok.path().to_path_buf(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| NnError::Tokenizer { path: tok.path().to_path_buf(), reason: e.to_string() })?
         .get_ids()
         .to_vec())
 }
@@ -110,9 +107,7 @@ pub fn save_paligemma(
         return Err(NnError::Config("only a SigLIP tower saves as PaliGemma".into()));
     };
     if model.multi_modal_projector.linear_2.is_some() {
-        return Err(NnError::Config(
-            "only a linear projector saves as PaliGemma".into(),
-        ));
+        return Err(NnError::Config("only a linear projector saves as PaliGemma".into()));
     }
     std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
     let text = config.text_config()?;
@@ -131,10 +126,7 @@ pub fn save_paligemma(
     zoo_nn::load::save_safetensors(
         model,
         &dir.join("model.safetensors"),
-        &[(
-            r"^(vision_tower\..*)\.self_attn\.o_proj\.",
-            "$1.self_attn.out_proj.",
-        )],
+        &[(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")],
         &[],
     )?;
     let pre = serde_json::to_vec_pretty(pre).map_err(|e| NnError::Config(e.to_string()))?;
@@ -144,35 +136,20 @@ pub fn save_paligemma(
         checkpoint::write_atomic(&dir.join(f), &bytes)?;
     }
     let generation = serde_json::json!({"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0});
-    checkpoint::write_atomic(
-        &dir.join("generation_config.json"),
-        generation.to_string().as_bytes(),
-    )
+    checkpoint::write_atomic(&dir.join("generation_config.json"), generation.to_string().as_bytes())
 }
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<DemoReport> {
     let out = &args.out;
-    let train_jsonl = write_dataset(
-        &out.join("data/train"),
-        args.train_images,
-        32,
-        args.seed.wrapping_add(11),
-    )?;
-    let test_jsonl = write_dataset(
-        &out.join("data/test"),
-        args.test_images,
-        32,
-        args.seed.wrapping_add(29),
-    )?;
+    let train_jsonl =
+        write_dataset(&out.join("data/train"), args.train_images, 32, args.seed.wrapping_add(11))?;
+    let test_jsonl = write_dataset(&out.join("data/test"), args.test_images, 32, args.seed.wrapping_add(29))?;
     let (train_pairs, _) = data::load_pairs(&train_jsonl, true)?;
     let (test_pairs, _) = data::load_pairs(&test_jsonl, true)?;
     let tok_dir = out.join("tokenizer");
     std::fs::create_dir_all(&tok_dir).map_err(|e| NnError::io(&tok_dir, e))?;
-    let mut texts: Vec<String> = crate::synthetic::Scene::all()
-        .iter()
-        .map(|s| s.caption())
-        .collect();
+    let mut texts: Vec<String> = crate::synthetic::Scene::all().iter().map(|s| s.caption()).collect();
     texts.push(PROMPT.into());
     crate::train::tokenizer::train_decoder_tokenizer(&texts, 320, &tok_dir)?;
     let tok = TextTokenizer::from_dir(&tok_dir)?;
@@ -213,28 +190,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
             let batch = batch?;
             let n = batch.captions.len();
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, 32, 32]), &device);
-            let suffixes: Vec<Vec<u32>> = batch
-                .captions
-                .iter()
-                .map(|c| {
-                    encode(&tok, c).map(|mut s| {
-                        s.push(1);
-                        s
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let width = prompt.len() + suffixes.iter().map(Vec::len).max().unwrap_or(0);
-            let ids: Vec<Vec<u32>> = suffixes
-                .iter()
-                .map(|s| {
-                    let mut r = prompt.clone();
-                    r.extend(s);
-                    r.resize(width, 0);
-                    r
-                })
-                .collect();
-            let prefix = vec![prompt.len(); n];
-            let suffix_len: Vec<usize> = suffixes.iter().map(Vec::len).collect();
+            let (ids, prefix, suffix_len) = crate::compose::caption_batch(&tok, &prompt, &batch.captions, 1)?;
             let loss = model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?;
             last_loss = zoo_nn::testing::to_vec(loss.clone().inner())[0] as f64;
             epoch_loss += last_loss;
@@ -272,21 +228,14 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
             &decoder,
             &prompts,
             &[1],
-            &Sampling {
-                max_new_tokens: 24,
-                ..Default::default()
-            },
+            &Sampling { max_new_tokens: 24, ..Default::default() },
             |_, _| {},
         )?;
         for g in out {
             generated.push(tok.decode(&g.token_ids)?.trim().to_string());
         }
     }
-    let correct = generated
-        .iter()
-        .zip(&test_pairs)
-        .filter(|(g, p)| **g == p.caption)
-        .count();
+    let correct = generated.iter().zip(&test_pairs).filter(|(g, p)| **g == p.caption).count();
     let accuracy = correct as f64 / test_pairs.len().max(1) as f64;
 
     let model_dir = out.join("model");
@@ -311,21 +260,12 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
 fn grid(path: &Path, pairs: &[data::Pair], generated: &[String]) -> Result<()> {
     let (cols, rows, cell_w, cell_h) = (4u32, 5u32, 300u32, 112u32);
     let mut img = image::RgbImage::from_pixel(cols * cell_w, rows * cell_h, image::Rgb([255, 255, 255]));
-    for (i, (p, g)) in pairs
-        .iter()
-        .zip(generated)
-        .take((cols * rows) as usize)
-        .enumerate()
-    {
+    for (i, (p, g)) in pairs.iter().zip(generated).take((cols * rows) as usize).enumerate() {
         let (cx, cy) = ((i as u32 % cols) * cell_w, (i as u32 / cols) * cell_h);
         let pic = zoo_nn::open_image(&p.image)?.to_rgb8();
         let pic = image::imageops::resize(&pic, 96, 96, image::imageops::FilterType::Nearest);
         image::imageops::overlay(&mut img, &pic, (cx + 4) as i64, (cy + 4) as i64);
-        let colour = if *g == p.caption {
-            [20, 140, 40]
-        } else {
-            [200, 30, 30]
-        };
+        let colour = if *g == p.caption { [20, 140, 40] } else { [200, 30, 30] };
         let words: Vec<&str> = g.split(' ').collect();
         let mut line = String::new();
         let mut y = cy + 8;
@@ -342,8 +282,5 @@ fn grid(path: &Path, pairs: &[data::Pair], generated: &[String]) -> Result<()> {
         }
         crate::font::draw_text(&mut img, cx + 106, y, &line, 3, colour);
     }
-    img.save(path).map_err(|e| NnError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    img.save(path).map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
 }

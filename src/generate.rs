@@ -70,9 +70,7 @@ pub fn generate_text(
         )));
     }
     if prompts.iter().any(|p| p.is_empty()) {
-        return Err(NnError::Config(
-            "empty prompt: give some text with --prompt".into(),
-        ));
+        return Err(NnError::Config("empty prompt: give some text with --prompt".into()));
     }
     sampling.validate()?;
     let tok = TextTokenizer::from_dir(dir)?;
@@ -81,20 +79,14 @@ pub fn generate_text(
     let eos = eos_ids(dir, &config.eos_token_id)?;
     let mut ids = Vec::with_capacity(prompts.len());
     for p in prompts {
-        let enc = tok
-            .inner()
-            .encode(p.as_str(), true)
-            .map_err(|e| NnError::Tokenizer {
-                path: tok.path().to_path_buf(),
-                reason: format!("encoding {p:?}: {e}"),
-            })?;
+        let enc = tok.inner().encode(p.as_str(), true).map_err(|e| NnError::Tokenizer {
+            path: tok.path().to_path_buf(),
+            reason: format!("encoding {p:?}: {e}"),
+        })?;
         ids.push(enc.get_ids().to_vec());
     }
-    let decoder = GemmaDecoder {
-        model: &model,
-        max_len: config.max_position_embeddings,
-        device: device.clone(),
-    };
+    let decoder =
+        GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: device.clone() };
     let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
     let decode = |ids: &[u32]| tok.decode(ids).ok();
     let out = generate(&decoder, &ids, &eos, sampling, |row, id| {
@@ -152,18 +144,11 @@ fn generate_paligemma(
     for note in &proc.notes {
         eprintln!("note: {note}");
     }
-    let paths: Vec<PathBuf> = (0..prompts.len())
-        .map(|i| images[i.min(images.len() - 1)].clone())
-        .collect();
-    let decoded: Vec<image::DynamicImage> = paths
-        .iter()
-        .map(|p| zoo_nn::open_image(p))
-        .collect::<Result<_>>()?;
+    let paths: Vec<PathBuf> = (0..prompts.len()).map(|i| images[i.min(images.len() - 1)].clone()).collect();
+    let decoded: Vec<image::DynamicImage> =
+        paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
     let pixels = proc.images.batch(&decoded, device)?;
-    let ids = prompts
-        .iter()
-        .map(|p| proc.prompt_ids(p))
-        .collect::<Result<Vec<_>>>()?;
+    let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
     let (model, _) = zoo_paligemma::load_paligemma(dir, DType::F32, device)?;
     let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
     let decoder = zoo_paligemma::PaliGemmaDecoder {
@@ -210,13 +195,7 @@ fn generate_paligemma(
 pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], out: &Path) -> Result<()> {
     let mut img = zoo_nn::open_image(image)?.to_rgb8();
     let (w, h) = img.dimensions();
-    let colours = [
-        [230, 25, 75],
-        [60, 180, 75],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-    ];
+    let colours = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]];
     for (i, d) in detections.iter().enumerate() {
         let c = image::Rgb(colours[i % colours.len()]);
         let [x1, y1, x2, y2] = d.bbox.map(|v| v.max(0.0) as u32);
@@ -240,8 +219,5 @@ pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], ou
         let scale = (w / 200).clamp(1, 4);
         crate::font::draw_text(&mut img, x1 + 3, y1 + 3, &d.label, scale, c.0);
     }
-    img.save(out).map_err(|e| NnError::Image {
-        path: out.to_path_buf(),
-        reason: e.to_string(),
-    })
+    img.save(out).map_err(|e| NnError::Image { path: out.to_path_buf(), reason: e.to_string() })
 }

@@ -38,9 +38,7 @@ pub fn resolve_model_in(model: &Path, cache: Option<PathBuf>) -> Result<PathBuf>
     let cache =
         cache.ok_or_else(|| NnError::Config("no HF cache folder (set HF_HUB_CACHE or HF_HOME)".into()))?;
     let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-    let rev = std::fs::read_to_string(repo.join("refs/main"))
-        .ok()
-        .map(|s| s.trim().to_string());
+    let rev = std::fs::read_to_string(repo.join("refs/main")).ok().map(|s| s.trim().to_string());
     let snapshot = match rev {
         Some(r) => repo.join("snapshots").join(r),
         None => std::fs::read_dir(repo.join("snapshots"))
@@ -73,20 +71,10 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("models--acme--tiny/refs")).unwrap();
         std::fs::write(tmp.path().join("models--acme--tiny/refs/main"), "abc123").unwrap();
         let cache = Some(tmp.path().to_path_buf());
-        assert_eq!(
-            resolve_model_in(Path::new("acme/tiny"), cache.clone()).unwrap(),
-            snap
-        );
-        let e = resolve_model_in(Path::new("acme/absent"), cache)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("acme/absent") && e.contains("not in the HF cache"),
-            "{e}"
-        );
-        let e = resolve_model_in(Path::new("./no/such/dir"), None)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(resolve_model_in(Path::new("acme/tiny"), cache.clone()).unwrap(), snap);
+        let e = resolve_model_in(Path::new("acme/absent"), cache).unwrap_err().to_string();
+        assert!(e.contains("acme/absent") && e.contains("not in the HF cache"), "{e}");
+        let e = resolve_model_in(Path::new("./no/such/dir"), None).unwrap_err().to_string();
         assert!(e.contains("no/such/dir"), "{e}");
     }
 }

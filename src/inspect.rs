@@ -24,11 +24,8 @@ pub struct Summary {
 pub fn inspect(dir: &std::path::Path) -> Result<Summary> {
     let ckpt = Checkpoint::open(dir)?;
     let config: Option<serde_json::Value> = ckpt.read_json("config.json").ok();
-    let model_type = config
-        .as_ref()
-        .and_then(|c| c.get("model_type"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    let model_type =
+        config.as_ref().and_then(|c| c.get("model_type")).and_then(|v| v.as_str()).map(str::to_string);
     let mut dtypes = BTreeMap::new();
     let mut prefixes = BTreeMap::new();
     let mut parameters = 0u64;
@@ -36,11 +33,7 @@ pub fn inspect(dir: &std::path::Path) -> Result<Summary> {
         let n: u64 = info.shape.iter().map(|&d| d as u64).product();
         parameters += n;
         *dtypes.entry(info.dtype.clone()).or_default() += n;
-        let prefix: Vec<&str> = key
-            .split('.')
-            .take_while(|s| s.parse::<usize>().is_err())
-            .take(3)
-            .collect();
+        let prefix: Vec<&str> = key.split('.').take_while(|s| s.parse::<usize>().is_err()).take(3).collect();
         *prefixes.entry(prefix.join(".")).or_default() += n;
     }
     Ok(Summary {
@@ -48,10 +41,7 @@ pub fn inspect(dir: &std::path::Path) -> Result<Summary> {
         files: ckpt
             .files()
             .iter()
-            .map(|f| {
-                f.file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned())
-            })
+            .map(|f| f.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
             .collect(),
         tensors: ckpt.tensors().len(),
         parameters,

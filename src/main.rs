@@ -212,13 +212,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::ZeroShot {
-            model,
-            images,
-            texts,
-            json,
-            device,
-        } => {
+        Command::ZeroShot { model, images, texts, json, device } => {
             let device = vlm_zoo::nn::parse_device(&device)?;
             let model = vlm_zoo::hub::resolve_model(&model)?;
             let out = vlm_zoo::zero_shot::zero_shot(&model, &images, &texts, &device)?;
@@ -228,11 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&out)?);
             } else {
-                let kind = if out.model_type == "siglip" {
-                    "sigmoid"
-                } else {
-                    "softmax over texts"
-                };
+                let kind = if out.model_type == "siglip" { "sigmoid" } else { "softmax over texts" };
                 println!("{} ({kind} probabilities)", out.model_type);
                 for (image, probs) in images.iter().zip(&out.probs) {
                     println!("{}", image.display());
@@ -286,9 +276,8 @@ fn run(cli: Cli) -> Result<()> {
                     let path = if out.len() == 1 {
                         draw.clone()
                     } else {
-                        let stem = draw
-                            .file_stem()
-                            .map_or("draw".into(), |s| s.to_string_lossy().into_owned());
+                        let stem =
+                            draw.file_stem().map_or("draw".into(), |s| s.to_string_lossy().into_owned());
                         draw.with_file_name(format!("{stem}-{i}.png"))
                     };
                     vlm_zoo::generate::draw_detections(&images[i.min(images.len() - 1)], dets, &path)?;
@@ -296,11 +285,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             if json {
-                let v = if out.len() == 1 {
-                    serde_json::to_value(&out[0])?
-                } else {
-                    serde_json::to_value(&out)?
-                };
+                let v =
+                    if out.len() == 1 { serde_json::to_value(&out[0])? } else { serde_json::to_value(&out)? };
                 println!("{v}");
             } else if stream {
                 println!();
@@ -366,10 +352,7 @@ fn run(cli: Cli) -> Result<()> {
                 checkpoint_every,
                 resume,
                 strict,
-                augment: vlm_zoo::train::data::Augment {
-                    crop_min_scale: random_crop,
-                    flip,
-                },
+                augment: vlm_zoo::train::data::Augment { crop_min_scale: random_crop, flip },
                 workers,
                 labels,
                 max_steps,
@@ -402,13 +385,7 @@ fn run(cli: Cli) -> Result<()> {
                 report.export.display()
             );
         }
-        Command::Demo {
-            out,
-            train_images,
-            test_images,
-            epochs,
-            norm,
-        } => {
+        Command::Demo { out, train_images, test_images, epochs, norm } => {
             let args = vlm_zoo::demo::DemoArgs {
                 out,
                 train_images,
@@ -428,18 +405,9 @@ fn run(cli: Cli) -> Result<()> {
                 r.train_seconds,
                 r.final_loss
             );
-            println!(
-                "model: {}  grid: {}",
-                r.model_dir.display(),
-                args.out.join("captions.png").display()
-            );
+            println!("model: {}  grid: {}", r.model_dir.display(), args.out.join("captions.png").display());
         }
-        Command::Bench {
-            model,
-            prompt_len,
-            new_tokens,
-            device,
-        } => {
+        Command::Bench { model, prompt_len, new_tokens, device } => {
             let device = vlm_zoo::nn::parse_device(&device)?;
             let r = vlm_zoo::bench::bench(
                 &vlm_zoo::hub::resolve_model(&model)?,

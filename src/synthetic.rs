@@ -39,11 +39,7 @@ impl Scene {
     /// "a red circle at the top left".
     pub fn caption(&self) -> String {
         let pos = POSITIONS[self.position].0;
-        let at = if pos == "center" {
-            "in the center".to_string()
-        } else {
-            format!("at the {pos}")
-        };
+        let at = if pos == "center" { "in the center".to_string() } else { format!("at the {pos}") };
         format!("a {} {} {at}", COLOURS[self.colour].0, SHAPES[self.shape])
     }
 
@@ -93,11 +89,7 @@ impl Scene {
         for colour in 0..COLOURS.len() {
             for shape in 0..SHAPES.len() {
                 for position in 0..POSITIONS.len() {
-                    v.push(Scene {
-                        colour,
-                        shape,
-                        position,
-                    });
+                    v.push(Scene { colour, shape, position });
                 }
             }
         }
@@ -118,10 +110,7 @@ pub fn write_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathB
         scene
             .render(size, &mut rng)
             .save(&path)
-            .map_err(|e| NnError::Image {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| NnError::Image { path: path.clone(), reason: e.to_string() })?;
         lines.push_str(&serde_json::json!({"image": name, "caption": scene.caption()}).to_string());
         lines.push('\n');
     }

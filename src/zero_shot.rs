@@ -77,38 +77,20 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
             tok.check_vocab(config.text_config.vocab_size)?;
             let proc = processor(dir, config.vision_config.image_size, false, &mut notes)?;
             let pixels = proc.batch_from_files(images, device)?;
-            let enc = tok.encode(
-                texts,
-                Padding::MaxLength(config.text_config.max_position_embeddings),
-            )?;
+            let enc = tok.encode(texts, Padding::MaxLength(config.text_config.max_position_embeddings))?;
             let input_ids = ids_tensor(&enc.ids, device);
             let out = model.forward(pixels, input_ids);
-            (
-                out.image_embeds.clone(),
-                out.text_embeds.clone(),
-                out.logits_per_image.clone(),
-                out.probs(),
-            )
+            (out.image_embeds.clone(), out.text_embeds.clone(), out.logits_per_image.clone(), out.probs())
         }
         "clip" => {
             let (model, config) = zoo_clip::load_clip(dir, DType::F32, device)?;
             tok.check_vocab(config.text_config.vocab_size)?;
             let proc = processor(dir, config.vision_config.image_size, true, &mut notes)?;
             let pixels = proc.batch_from_files(images, device)?;
-            let enc = tok.encode(
-                texts,
-                Padding::Longest(config.text_config.max_position_embeddings),
-            )?;
-            let out = model.scores(
-                model.image_features(pixels),
-                model.text_features(&enc.ids, &enc.mask, device),
-            );
-            (
-                out.image_embeds.clone(),
-                out.text_embeds.clone(),
-                out.logits_per_image.clone(),
-                out.probs(),
-            )
+            let enc = tok.encode(texts, Padding::Longest(config.text_config.max_position_embeddings))?;
+            let out =
+                model.scores(model.image_features(pixels), model.text_features(&enc.ids, &enc.mask, device));
+            (out.image_embeds.clone(), out.text_embeds.clone(), out.logits_per_image.clone(), out.probs())
         }
         _ => unreachable!("checked above"),
     };

@@ -10,10 +10,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn vlm_zoo(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo")).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -26,20 +23,11 @@ fn zero_shot_json(model: &Path, name: &str) {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("reference.json")).unwrap())
             .unwrap();
-    let mut args = vec![
-        "zero-shot".to_string(),
-        "--model".into(),
-        model.display().to_string(),
-        "--json".into(),
-    ];
+    let mut args =
+        vec!["zero-shot".to_string(), "--model".into(), model.display().to_string(), "--json".into()];
     for img in meta["images"].as_array().unwrap() {
         args.push("--image".into());
-        args.push(
-            dir.join("images")
-                .join(img.as_str().unwrap())
-                .display()
-                .to_string(),
-        );
+        args.push(dir.join("images").join(img.as_str().unwrap()).display().to_string());
     }
     for t in meta["texts"].as_array().unwrap() {
         args.push("--text".into());
@@ -185,10 +173,7 @@ fn bad_input_gets_one_line_errors() {
         all.extend(args.iter().map(String::as_str));
         let (ok, _, stderr) = vlm_zoo(&all);
         assert!(!ok, "{all:?} should fail");
-        assert!(
-            stderr.contains(needle) && stderr.trim().lines().count() == 1,
-            "{all:?}: {stderr}"
-        );
+        assert!(stderr.contains(needle) && stderr.trim().lines().count() == 1, "{all:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // No texts: clap refuses before anything runs.
@@ -204,11 +189,7 @@ fn tokenizer_that_does_not_fit_the_vocabulary_is_refused() {
         std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
     }
     // clip-b's tokenizer has 420 tokens; clip-a's model 400.
-    std::fs::copy(
-        fixtures().join("clip-b/tokenizer.json"),
-        tmp.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    std::fs::copy(fixtures().join("clip-b/tokenizer.json"), tmp.path().join("tokenizer.json")).unwrap();
     let img = fixtures().join("images/rgb_64x48.png");
     let (ok, _, stderr) = vlm_zoo(&[
         "zero-shot",
@@ -219,20 +200,13 @@ fn tokenizer_that_does_not_fit_the_vocabulary_is_refused() {
         "--text",
         "a",
     ]);
-    assert!(
-        !ok && stderr.contains("tokenizer.json") && stderr.contains("vocab_size is 400"),
-        "{stderr}"
-    );
+    assert!(!ok && stderr.contains("tokenizer.json") && stderr.contains("vocab_size is 400"), "{stderr}");
 }
 
 #[test]
 fn inspect_reads_headers() {
-    let (ok, stdout, stderr) = vlm_zoo(&[
-        "inspect",
-        "--model",
-        fixtures().join("clip-b").to_str().unwrap(),
-        "--json",
-    ]);
+    let (ok, stdout, stderr) =
+        vlm_zoo(&["inspect", "--model", fixtures().join("clip-b").to_str().unwrap(), "--json"]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["model_type"], "clip");
@@ -259,33 +233,17 @@ fn generate_json_equals_transformers_greedy_ids() {
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let ids: Vec<i64> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect();
+    let ids: Vec<i64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
     let want = r.i64("generated_1");
     let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
     assert_eq!(ids, want[..cut]);
     assert_eq!(v["model_type"], "gemma");
-    let prompt_ids: Vec<i64> = v["prompt_token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect();
+    let prompt_ids: Vec<i64> =
+        v["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
     assert_eq!(prompt_ids, r.i64("input_ids_1"));
     // Streaming prints the same text.
-    let (ok, streamed, _) = vlm_zoo(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        "8",
-    ]);
+    let (ok, streamed, _) =
+        vlm_zoo(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "8"]);
     assert!(ok);
     assert_eq!(streamed.trim_end_matches('\n'), v["text"].as_str().unwrap());
 }
@@ -297,10 +255,7 @@ fn generate_refuses_bad_input() {
     let g = g.to_str().unwrap();
     let img = f.join("images/rgb_64x48.png");
     for (args, needle) in [
-        (
-            vec!["--prompt", "hi", "--image", img.to_str().unwrap()],
-            "text-only",
-        ),
+        (vec!["--prompt", "hi", "--image", img.to_str().unwrap()], "text-only"),
         (vec!["--prompt", ""], "empty prompt"),
         (vec!["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
         (vec!["--prompt", "hi", "--temperature", "-1"], "temperature"),
@@ -309,10 +264,7 @@ fn generate_refuses_bad_input() {
         let mut all = vec!["generate", "--model", g];
         all.extend(args);
         let (ok, _, stderr) = vlm_zoo(&all);
-        assert!(
-            !ok && stderr.contains(needle) && stderr.trim().lines().count() == 1,
-            "{all:?}: {stderr}"
-        );
+        assert!(!ok && stderr.contains(needle) && stderr.trim().lines().count() == 1, "{all:?}: {stderr}");
     }
     let long = "word ".repeat(200);
     let (ok, _, stderr) = vlm_zoo(&["generate", "--model", g, "--prompt", &long]);
@@ -323,11 +275,7 @@ fn generate_refuses_bad_input() {
 fn paligemma_batch_json_equals_transformers_greedy_ids() {
     let f = fixtures();
     for name in ["paligemma-a", "paligemma2-a", "paligemma-a-hub-sharded"] {
-        let reference = if name.ends_with("sharded") {
-            "paligemma-a"
-        } else {
-            name
-        };
+        let reference = if name.ends_with("sharded") { "paligemma-a" } else { name };
         let r = Reference::read(&f.join(reference).join("reference.safetensors"));
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(f.join(reference).join("reference.json")).unwrap())
@@ -341,15 +289,9 @@ fn paligemma_batch_json_equals_transformers_greedy_ids() {
         for i in 0..2 {
             args.extend([
                 "--image".into(),
-                f.join("images")
-                    .join(meta["images"][i].as_str().unwrap())
-                    .display()
-                    .to_string(),
+                f.join("images").join(meta["images"][i].as_str().unwrap()).display().to_string(),
             ]);
-            args.extend([
-                "--prompt".into(),
-                meta["prompts"][i].as_str().unwrap().to_string(),
-            ]);
+            args.extend(["--prompt".into(), meta["prompts"][i].as_str().unwrap().to_string()]);
         }
         args.extend(["--max-new-tokens".into(), "6".into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -357,27 +299,16 @@ fn paligemma_batch_json_equals_transformers_greedy_ids() {
         assert!(ok, "{stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         for i in 0..2 {
-            let ids: Vec<i64> = v[i]["token_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect();
+            let ids: Vec<i64> =
+                v[i]["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
             let want = r.i64(&format!("generated_{i}"));
             let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
             assert_eq!(ids, want[..cut], "{name} row {i}");
-            let prompt: Vec<i64> = v[i]["prompt_token_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect();
+            let prompt: Vec<i64> =
+                v[i]["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
             assert_eq!(prompt, r.i64(&format!("input_ids_{i}")));
         }
-        assert!(
-            v[0].get("detections").is_none() && v[1]["detections"].is_array(),
-            "{v}"
-        );
+        assert!(v[0].get("detections").is_none() && v[1]["detections"].is_array(), "{v}");
     }
 }
 
@@ -389,19 +320,9 @@ fn paligemma_refuses_missing_or_unreadable_images() {
     let (ok, _, stderr) = vlm_zoo(&["generate", "--model", m, "--prompt", "caption en"]);
     assert!(!ok && stderr.contains("needs an --image"), "{stderr}");
     let cfg = f.join("paligemma-a/config.json");
-    let (ok, _, stderr) = vlm_zoo(&[
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        "caption en",
-        "--image",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(
-        !ok && stderr.contains("cannot read image") && stderr.trim().lines().count() == 1,
-        "{stderr}"
-    );
+    let (ok, _, stderr) =
+        vlm_zoo(&["generate", "--model", m, "--prompt", "caption en", "--image", cfg.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("cannot read image") && stderr.trim().lines().count() == 1, "{stderr}");
     let img = f.join("images/rgb_64x48.png");
     let img = img.to_str().unwrap();
     let (ok, _, stderr) = vlm_zoo(&[
@@ -482,10 +403,7 @@ fn detections_are_drawn() {
     let img = fixtures().join("images/rgb_300x200.png");
     let out = tempfile::tempdir().unwrap();
     let png = out.path().join("boxes.png");
-    let dets = vec![zoo_paligemma::Detection {
-        label: "circle".into(),
-        bbox: [10.0, 20.0, 120.0, 150.0],
-    }];
+    let dets = vec![zoo_paligemma::Detection { label: "circle".into(), bbox: [10.0, 20.0, 120.0, 150.0] }];
     vlm_zoo::generate::draw_detections(&img, &dets, &png).unwrap();
     let drawn = image::open(&png).unwrap().to_rgb8();
     assert_eq!(drawn.dimensions(), (300, 200));

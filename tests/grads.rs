@@ -37,10 +37,7 @@ fn compare(dir: &Path, grads_file: &Path, loss: Tensor<1>) {
         assert_slices_close(&got, &want, PARITY_TOL, &format!("grad {name}"));
         n += 1;
     }
-    println!(
-        "{}: {n} parameter gradients within tolerance, max |diff| {worst:.3e}",
-        dir.display()
-    );
+    println!("{}: {n} parameter gradients within tolerance, max |diff| {worst:.3e}", dir.display());
     assert!(n > 20);
 }
 
@@ -76,14 +73,10 @@ fn clip_gradients_match_pytorch() {
     let (model, _) = vlm_zoo::clip::load_clip(&dir, DType::F32, &dev).unwrap();
     let r = Reference::read(&dir.join("reference.safetensors"));
     let pixels = r.tensor::<4>("pixel_values", &dev).narrow(0, 0, 4);
-    let ids: Vec<Vec<u32>> = r.rows("input_ids")[..4]
-        .iter()
-        .map(|row| row.iter().map(|&v| v as u32).collect())
-        .collect();
-    let mask: Vec<Vec<bool>> = r.rows("attention_mask")[..4]
-        .iter()
-        .map(|row| row.iter().map(|&v| v != 0).collect())
-        .collect();
+    let ids: Vec<Vec<u32>> =
+        r.rows("input_ids")[..4].iter().map(|row| row.iter().map(|&v| v as u32).collect()).collect();
+    let mask: Vec<Vec<bool>> =
+        r.rows("attention_mask")[..4].iter().map(|row| row.iter().map(|&v| v != 0).collect()).collect();
     let img = zoo_nn::l2_normalize(model.image_features(pixels));
     let txt = zoo_nn::l2_normalize(model.text_features(&ids, &mask, &dev));
     let loss = zoo_nn::loss::clip_loss(img, txt, model.logit_scale.val());

@@ -23,12 +23,7 @@ fn args(data: &Path, out: &Path, arch: Arch) -> TrainArgs {
 }
 
 fn read_losses(out: &Path) -> Vec<String> {
-    std::fs::read_to_string(out.join("losses.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect()
+    std::fs::read_to_string(out.join("losses.csv")).unwrap().lines().skip(1).map(str::to_string).collect()
 }
 
 #[test]
@@ -89,11 +84,7 @@ fn killed_run_resumes_to_the_same_loss_sequence() {
     let killed_at = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
     println!("killed after checkpoint {killed_at}");
     let status = cli(&out, &["--resume"]).output().unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert_eq!(read_losses(&out), read_losses(&full), "resumed loss sequence");
 }
 
@@ -140,9 +131,7 @@ fn export_is_transformers_layout() {
         let ours = zoo_nn::load::read_safetensors_header(&file).unwrap();
         let theirs = zoo_nn::load::read_safetensors_header(&dir.join("model.safetensors")).unwrap();
         let shapes = |m: &std::collections::BTreeMap<String, zoo_nn::load::TensorInfo>| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.shape.clone()))
-                .collect::<Vec<_>>()
+            m.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect::<Vec<_>>()
         };
         assert_eq!(shapes(&ours), shapes(&theirs), "{name}: keys and shapes");
         let a = zoo_nn::testing::Reference::read(&file);
@@ -161,13 +150,8 @@ fn bad_data_gets_clear_errors() {
     // A CSV without the needed columns.
     let csv = tmp.path().join("data/pairs.csv");
     std::fs::write(&csv, "file,text\nimg00000.png,a cat\n").unwrap();
-    let e = vlm_zoo::train::train(&args(&csv, &out, Arch::Clip))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("pairs.csv") && e.contains("\"image\" and \"caption\""),
-        "{e}"
-    );
+    let e = vlm_zoo::train::train(&args(&csv, &out, Arch::Clip)).unwrap_err().to_string();
+    assert!(e.contains("pairs.csv") && e.contains("\"image\" and \"caption\""), "{e}");
     // A batch larger than the data.
     let mut a = args(&data, &out, Arch::Clip);
     a.batch_size = 64;
@@ -182,12 +166,7 @@ fn bad_data_gets_clear_errors() {
     rows.push_str("missing.png,a ghost\ncaptions.jsonl,not an image\nimg00001.png,\n");
     std::fs::write(&csv, rows).unwrap();
     let (pairs, skipped) = vlm_zoo::train::data::load_pairs(&csv, false).unwrap();
-    assert_eq!(
-        (pairs.len(), skipped.bad_images.len(), skipped.empty_captions),
-        (36, 2, 1)
-    );
-    let e = vlm_zoo::train::data::load_pairs(&csv, true)
-        .unwrap_err()
-        .to_string();
+    assert_eq!((pairs.len(), skipped.bad_images.len(), skipped.empty_captions), (36, 2, 1));
+    let e = vlm_zoo::train::data::load_pairs(&csv, true).unwrap_err().to_string();
     assert!(e.contains("missing.png") || e.contains("empty caption"), "{e}");
 }

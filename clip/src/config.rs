@@ -146,14 +146,11 @@ impl ClipConfig {
                 v.image_size, v.patch_size
             ));
         }
-        for (what, c, h) in [
-            ("vision", v.hidden_size, v.num_attention_heads),
-            ("text", t.hidden_size, t.num_attention_heads),
-        ] {
+        for (what, c, h) in
+            [("vision", v.hidden_size, v.num_attention_heads), ("text", t.hidden_size, t.num_attention_heads)]
+        {
             if h == 0 || !c.is_multiple_of(h) {
-                return bad(format!(
-                    "{what} hidden_size {c} is not a multiple of num_attention_heads {h}"
-                ));
+                return bad(format!("{what} hidden_size {c} is not a multiple of num_attention_heads {h}"));
             }
         }
         Ok(())

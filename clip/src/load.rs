@@ -18,9 +18,7 @@ use zoo_nn::{Checkpoint, KeyMap, NnError, Result, model_type};
 
 /// The CLIP key table.
 pub fn key_map() -> KeyMap {
-    KeyMap::new()
-        .rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.")
-        .allow_unused(r"\.position_ids$")
+    KeyMap::new().rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.").allow_unused(r"\.position_ids$")
 }
 
 /// Loads a `CLIPModel` folder (config.json + weights) as `dtype`.

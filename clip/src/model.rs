@@ -64,11 +64,8 @@ impl ClipVisionTransformer {
         let norm = NormConfig::new(config.norm, c, config.layer_norm_eps);
         Self {
             embeddings: ClipVisionEmbeddings {
-                class_embedding: Initializer::Normal {
-                    mean: 0.0,
-                    std: (c as f64).powf(-0.5),
-                }
-                .init([c], device),
+                class_embedding: Initializer::Normal { mean: 0.0, std: (c as f64).powf(-0.5) }
+                    .init([c], device),
                 patch_embedding: patch_embedding(config.num_channels, c, config.patch_size, false, device),
                 position_embedding: position_embedding(config.num_patches() + 1, c, device),
             },
@@ -93,10 +90,7 @@ impl ClipVisionTransformer {
         let x = self.encoder.forward(x, None);
         let [b, _, c] = x.dims();
         let class = x.clone().slice([0..b, 0..1, 0..c]).reshape([b, c]);
-        ClipVisionOutput {
-            pooler_output: self.post_layernorm.forward(class),
-            last_hidden_state: x,
-        }
+        ClipVisionOutput { pooler_output: self.post_layernorm.forward(class), last_hidden_state: x }
     }
 }
 
@@ -166,10 +160,7 @@ impl ClipTextTransformer {
                 None => {
                     row.iter()
                         .enumerate()
-                        .fold(
-                            (0, 0u32),
-                            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
-                        )
+                        .fold((0, 0u32), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
                         .0
                 }
             })
@@ -184,12 +175,8 @@ impl ClipTextTransformer {
         let input_ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), device);
         let x = self.embeddings.token_embedding.forward(input_ids);
         let x = add_positions(x, &self.embeddings.position_embedding);
-        let attn_mask = MaskSpec::causal()
-            .with_key_valid(mask.to_vec())
-            .build(b, l, l, device);
-        let x = self
-            .final_layer_norm
-            .forward(self.encoder.forward(x, attn_mask.as_ref()));
+        let attn_mask = MaskSpec::causal().with_key_valid(mask.to_vec()).build(b, l, l, device);
+        let x = self.final_layer_norm.forward(self.encoder.forward(x, attn_mask.as_ref()));
         let c = x.dims()[2];
         let rows: Vec<Tensor<2>> = self
             .pool_positions(ids)
@@ -197,10 +184,7 @@ impl ClipTextTransformer {
             .enumerate()
             .map(|(i, p)| x.clone().slice([i..i + 1, p..p + 1, 0..c]).reshape([1, c]))
             .collect();
-        ClipTextOutput {
-            pooler_output: Tensor::cat(rows, 0),
-            last_hidden_state: x,
-        }
+        ClipTextOutput { pooler_output: Tensor::cat(rows, 0), last_hidden_state: x }
     }
 }
 
@@ -259,14 +243,12 @@ impl ClipModel {
 
     /// Projected image features (before normalisation), `[B, P]`.
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
-        self.visual_projection
-            .forward(self.vision_model.forward(pixels).pooler_output)
+        self.visual_projection.forward(self.vision_model.forward(pixels).pooler_output)
     }
 
     /// Projected text features (before normalisation), `[B, P]`.
     pub fn text_features(&self, ids: &[Vec<u32>], mask: &[Vec<bool>], device: &Device) -> Tensor<2> {
-        self.text_projection
-            .forward(self.text_model.forward(ids, mask, device).pooler_output)
+        self.text_projection.forward(self.text_model.forward(ids, mask, device).pooler_output)
     }
 
     /// Scores every image against every text.

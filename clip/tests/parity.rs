@@ -18,44 +18,22 @@ fn check_clip(name: &str) {
         .iter()
         .map(|n| fixture("images").join(n.as_str().unwrap()))
         .collect();
-    let texts: Vec<String> = meta["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().into())
-        .collect();
+    let texts: Vec<String> =
+        meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect();
 
     // Shortest-edge resize + centre crop from the PNGs equal Pillow's.
     let proc =
         ImageProcessor::new(PreprocessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap());
     let pixels = proc.batch_from_files(&images, &dev).unwrap();
-    assert_close(
-        pixels.clone(),
-        &r.f32("pixel_values"),
-        1e-6,
-        &format!("{name} pixel_values"),
-    );
+    assert_close(pixels.clone(), &r.f32("pixel_values"), 1e-6, &format!("{name} pixel_values"));
 
     let (model, config) = load_clip(&dir, DType::F32, &dev).unwrap();
     let tok = TextTokenizer::from_dir(&dir).unwrap();
     tok.check_vocab(config.text_config.vocab_size).unwrap();
-    let enc = tok
-        .encode(
-            &texts,
-            Padding::Longest(config.text_config.max_position_embeddings),
-        )
-        .unwrap();
-    let ids: Vec<Vec<i64>> = enc
-        .ids
-        .iter()
-        .map(|r| r.iter().map(|&i| i as i64).collect())
-        .collect();
+    let enc = tok.encode(&texts, Padding::Longest(config.text_config.max_position_embeddings)).unwrap();
+    let ids: Vec<Vec<i64>> = enc.ids.iter().map(|r| r.iter().map(|&i| i as i64).collect()).collect();
     assert_eq!(ids, r.rows("input_ids"), "{name}: token ids");
-    let mask: Vec<Vec<i64>> = enc
-        .mask
-        .iter()
-        .map(|r| r.iter().map(|&m| m as i64).collect())
-        .collect();
+    let mask: Vec<Vec<i64>> = enc.mask.iter().map(|r| r.iter().map(|&m| m as i64).collect()).collect();
     assert_eq!(mask, r.rows("attention_mask"), "{name}: attention mask");
 
     let vision = model.vision_model.forward(pixels);
@@ -81,12 +59,7 @@ fn check_clip(name: &str) {
         PARITY_TOL,
         &format!("{name} image_embeds"),
     );
-    assert_close(
-        out.text_embeds.clone(),
-        &r.f32("text_embeds"),
-        PARITY_TOL,
-        &format!("{name} text_embeds"),
-    );
+    assert_close(out.text_embeds.clone(), &r.f32("text_embeds"), PARITY_TOL, &format!("{name} text_embeds"));
     assert_close(
         out.logits_per_image.clone(),
         &r.f32("logits_per_image"),
@@ -108,9 +81,6 @@ fn clip_b_legacy_eos_matches_transformers() {
 
 #[test]
 fn wrong_model_type_is_a_clear_error() {
-    let e = load_clip(&fixture("siglip-a"), DType::F32, &device())
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let e = load_clip(&fixture("siglip-a"), DType::F32, &device()).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("siglip") && e.contains("expected clip"), "{e}");
 }

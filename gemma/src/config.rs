@@ -152,11 +152,8 @@ impl GemmaConfig {
         }
         .unwrap_or_else(|| "gelu_pytorch_tanh".into());
         // Gemma's legacy `hidden_act: "gelu"` means the tanh approximation.
-        let hidden_activation = if act_name == "gelu" {
-            Activation::GeluTanh
-        } else {
-            Activation::from_hf(&act_name)?
-        };
+        let hidden_activation =
+            if act_name == "gelu" { Activation::GeluTanh } else { Activation::from_hf(&act_name)? };
         let layer_types = match &raw.layer_types {
             Some(types) => types
                 .iter()
@@ -167,13 +164,7 @@ impl GemmaConfig {
                 })
                 .collect::<Result<Vec<_>>>()?,
             None if g2 => (0..num_hidden_layers)
-                .map(|i| {
-                    if i % 2 == 0 {
-                        LayerType::SlidingAttention
-                    } else {
-                        LayerType::FullAttention
-                    }
-                })
+                .map(|i| if i % 2 == 0 { LayerType::SlidingAttention } else { LayerType::FullAttention })
                 .collect(),
             None => vec![LayerType::FullAttention; num_hidden_layers],
         };
@@ -200,27 +191,11 @@ impl GemmaConfig {
             eos_token_id: raw.eos_token_id.map_or(vec![1], |e| e.to_vec()),
             bos_token_id: raw.bos_token_id.or(Some(2)),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-            query_pre_attn_scalar: if g2 {
-                Some(raw.query_pre_attn_scalar.unwrap_or(256.0))
-            } else {
-                None
-            },
-            sliding_window: if g2 {
-                raw.sliding_window.or(Some(4096))
-            } else {
-                None
-            },
+            query_pre_attn_scalar: if g2 { Some(raw.query_pre_attn_scalar.unwrap_or(256.0)) } else { None },
+            sliding_window: if g2 { raw.sliding_window.or(Some(4096)) } else { None },
             layer_types,
-            final_logit_softcapping: if g2 {
-                raw.final_logit_softcapping.or(Some(30.0))
-            } else {
-                None
-            },
-            attn_logit_softcapping: if g2 {
-                raw.attn_logit_softcapping.or(Some(50.0))
-            } else {
-                None
-            },
+            final_logit_softcapping: if g2 { raw.final_logit_softcapping.or(Some(30.0)) } else { None },
+            attn_logit_softcapping: if g2 { raw.attn_logit_softcapping.or(Some(50.0)) } else { None },
             norm: raw.norm.unwrap_or(NormKind::RmsGemma),
             model_type,
         };
@@ -239,10 +214,7 @@ impl GemmaConfig {
             ));
         }
         if !self.head_dim.is_multiple_of(2) {
-            return bad(format!(
-                "head_dim {} must be even for rotary embeddings",
-                self.head_dim
-            ));
+            return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim));
         }
         if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
         {

@@ -45,10 +45,7 @@ impl Sampling {
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens must be at least 1");
         }
-        if self
-            .temperature
-            .is_some_and(|t| t.is_nan() || t < 0.0 || !t.is_finite())
-        {
+        if self.temperature.is_some_and(|t| t.is_nan() || t < 0.0 || !t.is_finite()) {
             return bad("temperature must be a finite number >= 0");
         }
         if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
@@ -57,10 +54,7 @@ impl Sampling {
         if self.top_k == Some(0) {
             return bad("top_k must be at least 1");
         }
-        if self
-            .repetition_penalty
-            .is_some_and(|r| r.is_nan() || r <= 0.0 || !r.is_finite())
-        {
+        if self.repetition_penalty.is_some_and(|r| r.is_nan() || r <= 0.0 || !r.is_finite()) {
             return bad("repetition_penalty must be a finite number > 0");
         }
         Ok(())
@@ -125,9 +119,7 @@ pub fn choose(logits: &mut [f32], history: &[u32], sampling: &Sampling, rng: &mu
     let argmax = |v: &[f32]| {
         v.iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-                if x > bv { (i, x) } else { (bi, bv) }
-            })
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
             .0
     };
     if sampling.greedy() {
@@ -139,10 +131,7 @@ pub fn choose(logits: &mut [f32], history: &[u32], sampling: &Sampling, rng: &mu
     let keep = sampling.top_k.unwrap_or(order.len()).min(order.len());
     order.truncate(keep);
     let max = logits[order[0]] / t;
-    let mut probs: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] / t - max) as f64).exp())
-        .collect();
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] / t - max) as f64).exp()).collect();
     let z: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= z);
     if let Some(p) = sampling.top_p {
@@ -206,11 +195,7 @@ pub fn generate<D: Decoder>(
         return Err(NnError::Config("empty prompt: nothing to condition on".into()));
     }
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if let Some(bad) = prompts
-        .iter()
-        .flatten()
-        .find(|&&t| t as usize >= model.vocab_limit())
-    {
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= model.vocab_limit()) {
         return Err(NnError::Config(format!(
             "token id {bad} is outside the model's vocabulary of {} ids",
             model.vocab_limit()
@@ -225,26 +210,18 @@ pub fn generate<D: Decoder>(
     let total = (width + sampling.max_new_tokens).min(model.max_len());
     let b = prompts.len();
     // Left padding: real tokens at the end of each row.
-    let mut valid: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| (0..width).map(|i| i >= width - p.len()).collect())
-        .collect();
+    let mut valid: Vec<Vec<bool>> =
+        prompts.iter().map(|p| (0..width).map(|i| i >= width - p.len()).collect()).collect();
     let padded: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| {
-            std::iter::repeat_n(0, width - p.len())
-                .chain(p.iter().copied())
-                .collect()
-        })
+        .map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()).collect())
         .collect();
     let mut cache = model.cache(b, total);
     let mut logits = model.prefill(&padded, &valid, &mut cache)?;
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Option<Generated>> = vec![None; b];
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut rngs: Vec<Rng> = (0..b)
-        .map(|i| Rng::new(sampling.seed.wrapping_add(i as u64)))
-        .collect();
+    let mut rngs: Vec<Rng> = (0..b).map(|i| Rng::new(sampling.seed.wrapping_add(i as u64))).collect();
     let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     for step in 0..sampling.max_new_tokens {
         let rows = host_rows(logits);
@@ -279,22 +256,13 @@ pub fn generate<D: Decoder>(
     Ok(out
         .into_iter()
         .zip(generated)
-        .map(|(o, g)| {
-            o.unwrap_or(Generated {
-                token_ids: g,
-                stop_reason: StopReason::MaxNewTokens,
-            })
-        })
+        .map(|(o, g)| o.unwrap_or(Generated { token_ids: g, stop_reason: StopReason::MaxNewTokens }))
         .collect())
 }
 
 fn host_rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
     let [_, v] = logits.dims();
-    let data = logits
-        .cast(DType::F32)
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
+    let data = logits.cast(DType::F32).into_data().try_into_vec::<f32>().unwrap_or_default();
     data.chunks(v.max(1)).map(<[f32]>::to_vec).collect()
 }
 
@@ -329,9 +297,7 @@ pub struct GemmaDecoder<'a> {
 impl GemmaDecoder<'_> {
     fn last_logits(&self, h: Tensor<3>) -> Tensor<2> {
         let [b, l, c] = h.dims();
-        self.model
-            .logits(h.slice([0..b, l - 1..l, 0..c]))
-            .reshape([b as i32, -1])
+        self.model.logits(h.slice([0..b, l - 1..l, 0..c])).reshape([b as i32, -1])
     }
 }
 
@@ -339,9 +305,7 @@ impl Decoder for GemmaDecoder<'_> {
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
         let x = self.model.embed(ids_tensor(prompt, &self.device));
         let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        let h = self
-            .model
-            .forward_embeds(x, &row_positions(valid), &mask, Some(cache));
+        let h = self.model.forward_embeds(x, &row_positions(valid), &mask, Some(cache));
         Ok(self.last_logits(h))
     }
 
@@ -416,48 +380,12 @@ mod tests {
     #[test]
     fn sampling_values_are_checked() {
         for (s, needle) in [
-            (
-                Sampling {
-                    max_new_tokens: 0,
-                    ..Default::default()
-                },
-                "max_new_tokens",
-            ),
-            (
-                Sampling {
-                    temperature: Some(-1.0),
-                    ..Default::default()
-                },
-                "temperature",
-            ),
-            (
-                Sampling {
-                    top_p: Some(1.5),
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                Sampling {
-                    top_p: Some(0.0),
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                Sampling {
-                    top_k: Some(0),
-                    ..Default::default()
-                },
-                "top_k",
-            ),
-            (
-                Sampling {
-                    repetition_penalty: Some(0.0),
-                    ..Default::default()
-                },
-                "repetition_penalty",
-            ),
+            (Sampling { max_new_tokens: 0, ..Default::default() }, "max_new_tokens"),
+            (Sampling { temperature: Some(-1.0), ..Default::default() }, "temperature"),
+            (Sampling { top_p: Some(1.5), ..Default::default() }, "top_p"),
+            (Sampling { top_p: Some(0.0), ..Default::default() }, "top_p"),
+            (Sampling { top_k: Some(0), ..Default::default() }, "top_k"),
+            (Sampling { repetition_penalty: Some(0.0), ..Default::default() }, "repetition_penalty"),
         ] {
             let e = s.validate().unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
@@ -470,34 +398,20 @@ mod tests {
         let mut rng = Rng::new(1);
         assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
         // A penalty of 4 on token 1 (2.0 -> 0.5) makes token 2 the argmax.
-        let s = Sampling {
-            repetition_penalty: Some(4.0),
-            ..Default::default()
-        };
+        let s = Sampling { repetition_penalty: Some(4.0), ..Default::default() };
         assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[1], &s, &mut rng), 2);
         // top_k = 1 at any temperature is greedy.
-        let s = Sampling {
-            temperature: Some(5.0),
-            top_k: Some(1),
-            ..Default::default()
-        };
+        let s = Sampling { temperature: Some(5.0), top_k: Some(1), ..Default::default() };
         for _ in 0..20 {
             assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
         }
         // A tiny top_p keeps only the most likely token.
-        let s = Sampling {
-            temperature: Some(1.0),
-            top_p: Some(0.01),
-            ..Default::default()
-        };
+        let s = Sampling { temperature: Some(1.0), top_p: Some(0.01), ..Default::default() };
         for _ in 0..20 {
             assert_eq!(choose(&mut [0.1, 2.0, 1.0], &[], &s, &mut rng), 1);
         }
         // Sampling follows the distribution: token 1 is drawn most often.
-        let s = Sampling {
-            temperature: Some(1.0),
-            ..Default::default()
-        };
+        let s = Sampling { temperature: Some(1.0), ..Default::default() };
         let mut counts = [0; 3];
         for _ in 0..2000 {
             counts[choose(&mut [0.0, 2.0, 1.0], &[], &s, &mut rng) as usize] += 1;
@@ -507,15 +421,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws() {
-        let s = Sampling {
-            temperature: Some(1.0),
-            ..Default::default()
-        };
+        let s = Sampling { temperature: Some(1.0), ..Default::default() };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..50)
-                .map(|_| choose(&mut [0.0, 0.5, 1.0, 0.2], &[], &s, &mut rng))
-                .collect::<Vec<_>>()
+            (0..50).map(|_| choose(&mut [0.0, 0.5, 1.0, 0.2], &[], &s, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

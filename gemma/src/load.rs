@@ -14,11 +14,7 @@ use zoo_nn::{Checkpoint, KeyMap, Result};
 /// The Gemma key table for checkpoint keys under `prefix` (e.g. `language_model.`).
 pub fn key_map(prefix: &str, tied: bool) -> KeyMap {
     let keys = KeyMap::new().strip_prefix(prefix);
-    if tied {
-        keys.allow_unused(r"^lm_head\.")
-    } else {
-        keys
-    }
+    if tied { keys.allow_unused(r"^lm_head\.") } else { keys }
 }
 
 /// Loads a `GemmaForCausalLM` / `Gemma2ForCausalLM` folder as `dtype`.

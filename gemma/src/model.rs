@@ -43,9 +43,7 @@ impl GemmaDecoderLayer {
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<&mut zoo_nn::LayerKvCache>,
     ) -> Tensor<3> {
-        let attn = self
-            .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), Some(rope), mask, cache);
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), Some(rope), mask, cache);
         match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
             (Some(pre), Some(post)) => {
                 let h = x + self.post_attention_layernorm.forward(attn);
@@ -129,11 +127,8 @@ impl GemmaForCausalLM {
                 layers,
                 norm: norm.init(device),
             },
-            lm_head: (!config.tie_word_embeddings).then(|| {
-                LinearConfig::new(c, config.vocab_size)
-                    .with_bias(false)
-                    .init(device)
-            }),
+            lm_head: (!config.tie_word_embeddings)
+                .then(|| LinearConfig::new(c, config.vocab_size).with_bias(false).init(device)),
             embed_scale: (c as f32).sqrt() as f64,
             final_logit_softcapping: config.final_logit_softcapping,
             sliding_window: config.sliding_window,
@@ -153,14 +148,7 @@ impl GemmaForCausalLM {
 
     /// A KV cache for `batch` rows and up to `max_len` positions.
     pub fn new_cache(&self, batch: usize, max_len: usize, device: &Device) -> KvCache {
-        KvCache::new(
-            self.model.layers.len(),
-            batch,
-            self.num_kv_heads,
-            self.head_dim,
-            max_len,
-            device,
-        )
+        KvCache::new(self.model.layers.len(), batch, self.num_kv_heads, self.head_dim, max_len, device)
     }
 
     /// Runs the decoder over input embeddings and returns the final-normed hidden states.
@@ -192,11 +180,7 @@ impl GemmaForCausalLM {
         };
         let mut x = x;
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let m = if layer.sliding {
-                sliding.as_ref()
-            } else {
-                full.as_ref()
-            };
+            let m = if layer.sliding { sliding.as_ref() } else { full.as_ref() };
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
             x = layer.forward(x, &rope, m, layer_cache);
         }
@@ -216,9 +200,7 @@ impl GemmaForCausalLM {
                 let [b, l, c] = h.dims();
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
-                w.matmul(h.reshape([b * l, c]).transpose())
-                    .transpose()
-                    .reshape([b, l, v])
+                w.matmul(h.reshape([b * l, c]).transpose()).transpose().reshape([b, l, v])
             }
         };
         match self.final_logit_softcapping {

@@ -12,12 +12,7 @@ fn prompts(name: &str) -> Vec<String> {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
             .unwrap();
-    meta["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect()
+    meta["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -30,25 +25,11 @@ fn logits_match_transformers() {
         let tok = TextTokenizer::from_dir(&dir).unwrap();
         tok.check_vocab(config.vocab_size).unwrap();
         for (i, prompt) in prompts(name).iter().enumerate() {
-            let ids = tok
-                .inner()
-                .encode(prompt.as_str(), true)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            let want: Vec<u32> = r
-                .i64(&format!("input_ids_{i}"))
-                .iter()
-                .map(|&v| v as u32)
-                .collect();
+            let ids = tok.inner().encode(prompt.as_str(), true).unwrap().get_ids().to_vec();
+            let want: Vec<u32> = r.i64(&format!("input_ids_{i}")).iter().map(|&v| v as u32).collect();
             assert_eq!(ids, want, "{name}: prompt {i} ids");
             let logits = model.forward(r.int_tensor::<2>(&format!("input_ids_{i}"), &dev));
-            assert_close(
-                logits,
-                &r.f32(&format!("logits_{i}")),
-                PARITY_TOL,
-                &format!("{name} logits {i}"),
-            );
+            assert_close(logits, &r.f32(&format!("logits_{i}")), PARITY_TOL, &format!("{name} logits {i}"));
         }
     }
 }
@@ -60,32 +41,16 @@ fn greedy_generation_matches_transformers_and_batching() {
         let dir = fixture(name);
         let r = Reference::read(&dir.join("reference.safetensors"));
         let (model, config) = load_gemma(&dir, DType::F32, &dev).unwrap();
-        let decoder = GemmaDecoder {
-            model: &model,
-            max_len: config.max_position_embeddings,
-            device: dev.clone(),
-        };
-        let sampling = Sampling {
-            max_new_tokens: 8,
-            ..Default::default()
-        };
-        let prompts: Vec<Vec<u32>> = (0..3)
-            .map(|i| {
-                r.i64(&format!("input_ids_{i}"))
-                    .iter()
-                    .map(|&v| v as u32)
-                    .collect()
-            })
-            .collect();
+        let decoder =
+            GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: dev.clone() };
+        let sampling = Sampling { max_new_tokens: 8, ..Default::default() };
+        let prompts: Vec<Vec<u32>> =
+            (0..3).map(|i| r.i64(&format!("input_ids_{i}")).iter().map(|&v| v as u32).collect()).collect();
         // Generation in the fixture ran without an eos stop.
         let mut one_by_one = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
             let out = generate(&decoder, std::slice::from_ref(p), &[], &sampling, |_, _| {}).unwrap();
-            let want: Vec<u32> = r
-                .i64(&format!("generated_{i}"))
-                .iter()
-                .map(|&v| v as u32)
-                .collect();
+            let want: Vec<u32> = r.i64(&format!("generated_{i}")).iter().map(|&v| v as u32).collect();
             assert_eq!(out[0].token_ids, want, "{name}: greedy ids of prompt {i}");
             assert_eq!(out[0].stop_reason, StopReason::MaxNewTokens);
             one_by_one.push(out[0].token_ids.clone());
@@ -127,11 +92,8 @@ fn eos_stops_generation_and_is_excluded() {
     let dir = fixture("gemma-mqa");
     let r = Reference::read(&dir.join("reference.safetensors"));
     let (model, config) = load_gemma(&dir, DType::F32, &dev).unwrap();
-    let decoder = GemmaDecoder {
-        model: &model,
-        max_len: config.max_position_embeddings,
-        device: dev.clone(),
-    };
+    let decoder =
+        GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: dev.clone() };
     let prompt: Vec<u32> = r.i64("input_ids_0").iter().map(|&v| v as u32).collect();
     let want: Vec<u32> = r.i64("generated_0").iter().map(|&v| v as u32).collect();
     // Declare the third generated token an end-of-sequence id.
@@ -141,10 +103,7 @@ fn eos_stops_generation_and_is_excluded() {
         &decoder,
         &[prompt],
         &[eos],
-        &Sampling {
-            max_new_tokens: 8,
-            ..Default::default()
-        },
+        &Sampling { max_new_tokens: 8, ..Default::default() },
         |_, _| {},
     )
     .unwrap();
@@ -157,11 +116,8 @@ fn seeded_sampling_is_reproducible_and_bad_input_is_refused() {
     let dev = device();
     let dir = fixture("gemma2-a");
     let (model, config) = load_gemma(&dir, DType::F32, &dev).unwrap();
-    let decoder = GemmaDecoder {
-        model: &model,
-        max_len: config.max_position_embeddings,
-        device: dev.clone(),
-    };
+    let decoder =
+        GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: dev.clone() };
     let s = Sampling {
         temperature: Some(1.5),
         top_k: Some(50),
@@ -173,13 +129,9 @@ fn seeded_sampling_is_reproducible_and_bad_input_is_refused() {
     let a = generate(&decoder, &[vec![2, 10, 20]], &[], &s, |_, _| {}).unwrap();
     let b = generate(&decoder, &[vec![2, 10, 20]], &[], &s, |_, _| {}).unwrap();
     assert_eq!(a, b);
-    let e = generate(&decoder, &[vec![]], &[], &s, |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let e = generate(&decoder, &[vec![]], &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("empty prompt"), "{e}");
     let long = vec![5u32; config.max_position_embeddings];
-    let e = generate(&decoder, &[long], &[], &s, |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let e = generate(&decoder, &[long], &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("does not fit the context"), "{e}");
 }

@@ -211,18 +211,11 @@ impl MaskSpec {
     }
     /// Causal masking.
     pub fn causal() -> Self {
-        Self {
-            causal: true,
-            ..Self::default()
-        }
+        Self { causal: true, ..Self::default() }
     }
     /// Prefix-LM: bidirectional over the first `prefix_len[b]` keys, causal after.
     pub fn prefix_lm(prefix_len: Vec<usize>) -> Self {
-        Self {
-            causal: true,
-            prefix_len: Some(prefix_len),
-            ..Self::default()
-        }
+        Self { causal: true, prefix_len: Some(prefix_len), ..Self::default() }
     }
     /// Adds a sliding window.
     pub fn with_sliding_window(mut self, window: usize) -> Self {
@@ -285,10 +278,7 @@ impl MaskSpec {
                 }
             }
         }
-        Some(Tensor::from_data(
-            TensorData::new(data, [batch, 1, q_len, k_len]),
-            device,
-        ))
+        Some(Tensor::from_data(TensorData::new(data, [batch, 1, q_len, k_len]), device))
     }
 }
 
@@ -300,9 +290,7 @@ mod tests {
     use crate::testing::{assert_close, assert_slices_close, device, tensor_from, to_vec};
 
     fn seq(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 40.0)
-            .collect()
+        (0..n).map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 40.0).collect()
     }
 
     /// Naive attention over plain slices: q `[B,H,L,D]`, k/v `[B,K,S,D]`.
@@ -356,11 +344,7 @@ mod tests {
     fn check(spec: MaskSpec, h: usize, kh: usize, l: usize, s: usize, softcap: Option<f32>) {
         let dev = device();
         let (b, d) = (2, 4);
-        let (q, k, v) = (
-            seq(b * h * l * d, 1),
-            seq(b * kh * s * d, 2),
-            seq(b * kh * s * d, 3),
-        );
+        let (q, k, v) = (seq(b * h * l * d, 1), seq(b * kh * s * d, 2), seq(b * kh * s * d, 3));
         let scale = 0.37;
         let mask = spec.build(b, l, s, &dev);
         let out = scaled_dot_product_attention(
@@ -405,22 +389,12 @@ mod tests {
     fn mask_kinds_draw_as_documented() {
         let draw = |spec: &MaskSpec| -> Vec<String> {
             (0..4)
-                .map(|q| {
-                    (0..4)
-                        .map(|k| if spec.is_masked(0, q, k) { '.' } else { 'x' })
-                        .collect()
-                })
+                .map(|q| (0..4).map(|k| if spec.is_masked(0, q, k) { '.' } else { 'x' }).collect())
                 .collect()
         };
         assert_eq!(draw(&MaskSpec::causal()), ["x...", "xx..", "xxx.", "xxxx"]);
-        assert_eq!(
-            draw(&MaskSpec::prefix_lm(vec![2])),
-            ["xx..", "xx..", "xxx.", "xxxx"]
-        );
-        assert_eq!(
-            draw(&MaskSpec::causal().with_sliding_window(2)),
-            ["x...", "xx..", ".xx.", "..xx"]
-        );
+        assert_eq!(draw(&MaskSpec::prefix_lm(vec![2])), ["xx..", "xx..", "xxx.", "xxxx"]);
+        assert_eq!(draw(&MaskSpec::causal().with_sliding_window(2)), ["x...", "xx..", ".xx.", "..xx"]);
     }
 
     #[test]
@@ -444,12 +418,8 @@ mod tests {
         let positions = |from: usize, to: usize| vec![(from as i64..to as i64).collect::<Vec<_>>(); b];
         let rope = RotaryEmbedding::new(4, 100.0);
         let full_mask = spec.build(b, l, l, &dev);
-        let full = attn.forward(
-            x.clone(),
-            Some(&rope.tables(&positions(0, l), &dev)),
-            full_mask.as_ref(),
-            None,
-        );
+        let full =
+            attn.forward(x.clone(), Some(&rope.tables(&positions(0, l), &dev)), full_mask.as_ref(), None);
 
         // Prefill the prompt, then one token at a time through the cache.
         let mut cache = KvCache::new(1, b, 2, 4, l + 2, &dev);

@@ -60,9 +60,7 @@ pub fn enable_persistent_caches() {
 #[cfg(feature = "cuda")]
 fn cuda_device(s: &str) -> std::result::Result<Device, String> {
     let index = match s.strip_prefix("cuda:") {
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| format!("'{n}' is not a GPU index"))?,
+        Some(n) => n.parse::<usize>().map_err(|_| format!("'{n}' is not a GPU index"))?,
         None => 0,
     };
     enable_persistent_caches();

@@ -39,10 +39,7 @@ impl EncoderLayer {
     /// # Shapes
     /// - `x`: `[B, T, C]`; `mask`: `bool[B, 1, T, T]` (true = masked); output `[B, T, C]`
     pub fn forward(&self, x: Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.layer_norm1.forward(x), None, mask, None);
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), None, mask, None);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }
@@ -77,14 +74,7 @@ impl EncoderConfig {
         Encoder {
             layers: (0..self.layers)
                 .map(|_| {
-                    EncoderLayer::new(
-                        self.hidden,
-                        self.heads,
-                        self.intermediate,
-                        self.act,
-                        self.norm,
-                        device,
-                    )
+                    EncoderLayer::new(self.hidden, self.heads, self.intermediate, self.act, self.norm, device)
                 })
                 .collect(),
         }

@@ -129,9 +129,6 @@ pub type Result<T> = std::result::Result<T, NnError>;
 impl NnError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 }

@@ -91,10 +91,7 @@ impl PreprocessorConfig {
     pub fn square(size: u32) -> Self {
         Self {
             do_resize: true,
-            size: Some(SizeSpec::Exact {
-                height: size,
-                width: size,
-            }),
+            size: Some(SizeSpec::Exact { height: size, width: size }),
             resample: 3,
             do_center_crop: false,
             crop_size: None,
@@ -118,21 +115,15 @@ impl PreprocessorConfig {
             Some(SizeSpec::ShortestEdge { shortest_edge }) => Some((*shortest_edge, *shortest_edge)),
             None => None,
         };
-        if self.do_center_crop {
-            exact(&self.crop_size)
-        } else {
-            exact(&self.size)
-        }
+        if self.do_center_crop { exact(&self.crop_size) } else { exact(&self.size) }
     }
 }
 
 /// Opens and decodes an image file (any format the `image` crate reads), naming the file in errors.
 pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
     let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    image::load_from_memory(&bytes).map_err(|e| NnError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    image::load_from_memory(&bytes)
+        .map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Turns images into `pixel_values`.
@@ -168,19 +159,13 @@ impl ImageProcessor {
                     if w <= h { (new_long, s) } else { (s, new_long) }
                 }
                 None => {
-                    return Err(NnError::Config(
-                        "preprocessor config: do_resize without size".into(),
-                    ));
+                    return Err(NnError::Config("preprocessor config: do_resize without size".into()));
                 }
             };
             out = (nw, nh, resize(&out.2, w, h, nw, nh, c.resample)?);
         }
         if c.do_center_crop {
-            let Some(SizeSpec::Exact {
-                height: ch,
-                width: cw,
-            }) = c.crop_size
-            else {
+            let Some(SizeSpec::Exact { height: ch, width: cw }) = c.crop_size else {
                 return Err(NnError::Config(
                     "preprocessor config: do_center_crop needs crop_size {height, width}".into(),
                 ));
@@ -199,18 +184,12 @@ impl ImageProcessor {
         let mut out = vec![0f32; 3 * h * w];
         let (mean, std) = (c.image_mean.clone(), c.image_std.clone());
         for ch in 0..3 {
-            let (m, s) = (
-                mean.as_ref().map_or(0.0, |v| v.channel(ch)),
-                std.as_ref().map_or(1.0, |v| v.channel(ch)),
-            );
+            let (m, s) =
+                (mean.as_ref().map_or(0.0, |v| v.channel(ch)), std.as_ref().map_or(1.0, |v| v.channel(ch)));
             for i in 0..h * w {
                 let raw = bytes[i * 3 + ch] as f64;
                 // As numpy: rescale in f64, cast to f32, normalise in f32.
-                let mut v = if c.do_rescale {
-                    (raw * c.rescale_factor) as f32
-                } else {
-                    raw as f32
-                };
+                let mut v = if c.do_rescale { (raw * c.rescale_factor) as f32 } else { raw as f32 };
                 if c.do_normalize {
                     v = (v - m) / s;
                 }
@@ -245,10 +224,7 @@ impl ImageProcessor {
             data.extend(px);
         }
         let (h, w) = dims.ok_or_else(|| NnError::Config("no images given".into()))?;
-        Ok(Tensor::from_data(
-            TensorData::new(data, [images.len(), 3, h, w]),
-            device,
-        ))
+        Ok(Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device))
     }
 }
 
@@ -268,14 +244,7 @@ fn resize(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32, resample: u32) -> Result
     if nw == 0 || nh == 0 || w == 0 || h == 0 {
         return Err(NnError::Config(format!("cannot resize {w}x{h} to {nw}x{nh}")));
     }
-    Ok(pillow::resample(
-        rgb,
-        w as usize,
-        h as usize,
-        nw as usize,
-        nh as usize,
-        filter,
-    ))
+    Ok(pillow::resample(rgb, w as usize, h as usize, nw as usize, nh as usize, filter))
 }
 
 /// The convolution filters of Pillow's `Image.resize`.
@@ -397,19 +366,11 @@ pub mod pillow {
             for (x, kx) in k.iter().enumerate().take(xmax) {
                 let v = if ww != 0.0 { kx / ww } else { *kx };
                 let fixed = v * (1u32 << PRECISION_BITS) as f64;
-                weights[xx * ksize + x] = if v < 0.0 {
-                    (fixed - 0.5) as i32
-                } else {
-                    (fixed + 0.5) as i32
-                };
+                weights[xx * ksize + x] = if v < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
             }
             bounds.push((xmin, xmax));
         }
-        Coeffs {
-            bounds,
-            ksize,
-            weights,
-        }
+        Coeffs { bounds, ksize, weights }
     }
 
     fn clip8(v: i32) -> u8 {

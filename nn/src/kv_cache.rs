@@ -41,23 +41,11 @@ impl LayerKvCache {
     pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [b, kh, l, d] = k.dims();
         let end = self.len + l;
-        assert!(
-            end <= self.max_len,
-            "KV cache overflow: {end} > max_len {}",
-            self.max_len
-        );
+        assert!(end <= self.max_len, "KV cache overflow: {end} > max_len {}", self.max_len);
         let range = [0..b, 0..kh, self.len..end, 0..d];
         // Take the buffers out so they are uniquely owned while written.
-        let keys = self
-            .keys
-            .take()
-            .expect("cache buffer")
-            .slice_assign(range.clone(), k.cast(self.dtype()));
-        let values = self
-            .values
-            .take()
-            .expect("cache buffer")
-            .slice_assign(range, v.cast(self.dtype()));
+        let keys = self.keys.take().expect("cache buffer").slice_assign(range.clone(), k.cast(self.dtype()));
+        let values = self.values.take().expect("cache buffer").slice_assign(range, v.cast(self.dtype()));
         self.len = end;
         let view = [0..b, 0..kh, 0..end, 0..d];
         let out = (keys.clone().slice(view.clone()), values.clone().slice(view));

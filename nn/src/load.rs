@@ -37,10 +37,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Reads and deserialises a JSON file, naming the file in every error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| NnError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_str(&text).map_err(|source| NnError::Json { path: path.to_path_buf(), source })
 }
 
 /// The `model_type` of a checkpoint folder's config.json.
@@ -51,8 +48,7 @@ pub fn model_type(dir: &Path) -> Result<String> {
     }
     let path = dir.join("config.json");
     let head: Head = read_json(&path)?;
-    head.model_type
-        .ok_or_else(|| NnError::Config(format!("{}: no model_type", path.display())))
+    head.model_type.ok_or_else(|| NnError::Config(format!("{}: no model_type", path.display())))
 }
 
 /// What a safetensors header says about one tensor.
@@ -80,10 +76,7 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 /// Reads and checks the header of a safetensors file: the header length fits the file, every
 /// tensor's byte range lies inside the data section and matches its shape and dtype.
 pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    let bad = |reason: String| NnError::Safetensors {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| NnError::Safetensors { path: path.to_path_buf(), reason };
     let mut file = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| NnError::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
@@ -106,10 +99,8 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
         if key == "__metadata__" {
             continue;
         }
-        let dtype = entry["dtype"]
-            .as_str()
-            .ok_or_else(|| bad(format!("tensor '{key}' has no dtype")))?
-            .to_string();
+        let dtype =
+            entry["dtype"].as_str().ok_or_else(|| bad(format!("tensor '{key}' has no dtype")))?.to_string();
         let size = dtype_size(&dtype).ok_or_else(|| NnError::Dtype {
             path: path.to_path_buf(),
             key: key.clone(),
@@ -126,9 +117,7 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
             .filter(|o: &Vec<u64>| o.len() == 2)
             .ok_or_else(|| bad(format!("tensor '{key}' has no valid data_offsets")))?;
         let (begin, end) = (offsets[0], offsets[1]);
-        let needed = shape
-            .iter()
-            .try_fold(size as u64, |acc, &d| acc.checked_mul(d as u64));
+        let needed = shape.iter().try_fold(size as u64, |acc, &d| acc.checked_mul(d as u64));
         if end < begin || end > data_len {
             return Err(bad(format!(
                 "tensor '{key}' data_offsets [{begin}, {end}] run past the {data_len} data bytes (truncated file?)"
@@ -141,14 +130,7 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
                 end - begin
             )));
         }
-        out.insert(
-            key,
-            TensorInfo {
-                file: path.to_path_buf(),
-                dtype,
-                shape,
-            },
-        );
+        out.insert(key, TensorInfo { file: path.to_path_buf(), dtype, shape });
     }
     Ok(out)
 }
@@ -195,13 +177,9 @@ impl ModuleAdapter for VectorAsScalar {
             return tensor;
         }
         let (name, dtype) = (tensor.name.clone(), tensor.dtype);
-        burn_store::bridge::map_data(
-            tensor,
-            name,
-            dtype,
-            Shape::new([0usize; 0]),
-            move |data: TensorData| TensorData::from_bytes_vec(data.as_bytes().to_vec(), [0usize; 0], dtype),
-        )
+        burn_store::bridge::map_data(tensor, name, dtype, Shape::new([0usize; 0]), move |data: TensorData| {
+            TensorData::from_bytes_vec(data.as_bytes().to_vec(), [0usize; 0], dtype)
+        })
     }
 
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
@@ -222,20 +200,17 @@ pub fn save_safetensors<M: ModuleSnapshot>(
 ) -> Result<()> {
     let compile = |p: &str| Regex::new(p).map_err(|e| NnError::Config(format!("save pattern '{p}': {e}")));
     let scalars = scalars.iter().map(|p| compile(p)).collect::<Result<Vec<_>>>()?;
-    let renames = renames
-        .iter()
-        .map(|(f, t)| compile(f).map(|r| (r, t.to_string())))
-        .collect::<Result<Vec<_>>>()?;
+    let renames =
+        renames.iter().map(|(f, t)| compile(f).map(|r| (r, t.to_string()))).collect::<Result<Vec<_>>>()?;
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter.chain(VectorAsScalar(scalars)))
         .remap(KeyRemapper::from_compiled_patterns(renames))
         .skip_enum_variants(true)
         .overwrite(true)
         .metadata("format", "pt");
-    module.save_into(&mut store).map_err(|e| NnError::Load {
-        path: path.to_path_buf(),
-        reason: format!("saving: {e}"),
-    })
+    module
+        .save_into(&mut store)
+        .map_err(|e| NnError::Load { path: path.to_path_buf(), reason: format!("saving: {e}") })
 }
 
 /// How checkpoint keys become module paths, and which differences are expected.
@@ -304,14 +279,8 @@ impl KeyMap {
         if patterns.is_empty() {
             return Ok(None);
         }
-        let joined = patterns
-            .iter()
-            .map(|p| format!("(?:{p})"))
-            .collect::<Vec<_>>()
-            .join("|");
-        Regex::new(&joined)
-            .map(Some)
-            .map_err(|e| NnError::Config(format!("key map allow-list: {e}")))
+        let joined = patterns.iter().map(|p| format!("(?:{p})")).collect::<Vec<_>>().join("|");
+        Regex::new(&joined).map(Some).map_err(|e| NnError::Config(format!("key map allow-list: {e}")))
     }
 }
 
@@ -342,10 +311,7 @@ impl Checkpoint {
             }
             let idx: Index = read_json(&index)?;
             let files: BTreeSet<String> = idx.weight_map.values().cloned().collect();
-            (
-                files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(),
-                Some(idx.weight_map),
-            )
+            (files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(), Some(idx.weight_map))
         } else if single.is_file() {
             (vec![single], None)
         } else {
@@ -427,9 +393,7 @@ impl Checkpoint {
         let mut module_paths = BTreeSet::new();
         let mut unused = BTreeSet::new();
         for file in &self.files {
-            let adapter = PyTorchToBurnAdapter
-                .chain(ScalarAsVector)
-                .chain(FloatCastAdapter::to(dtype));
+            let adapter = PyTorchToBurnAdapter.chain(ScalarAsVector).chain(FloatCastAdapter::to(dtype));
             let mut store = SafetensorsStore::from_file(file)
                 .remap(KeyRemapper::from_compiled_patterns(renames.clone()))
                 .with_from_adapter(adapter)
@@ -437,10 +401,9 @@ impl Checkpoint {
                 .allow_partial(true)
                 .validate(false)
                 .map_indices_contiguous(false);
-            let result = module.load_from(&mut store).map_err(|e| NnError::Load {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
+            let result = module
+                .load_from(&mut store)
+                .map_err(|e| NnError::Load { path: file.clone(), reason: e.to_string() })?;
             if let Some(err) = result.errors.first() {
                 return Err(self.apply_error(file, err, &origin));
             }
@@ -456,10 +419,7 @@ impl Checkpoint {
             .cloned()
             .collect();
         if !missing.is_empty() {
-            return Err(NnError::MissingKeys {
-                dir: self.dir.clone(),
-                keys: missing,
-            });
+            return Err(NnError::MissingKeys { dir: self.dir.clone(), keys: missing });
         }
         let allow_unused = KeyMap::matcher(&keys.allow_unused)?;
         let unused: Vec<String> = unused
@@ -468,10 +428,7 @@ impl Checkpoint {
             .map(|p| origin.get(&p).cloned().unwrap_or(p))
             .collect();
         if !unused.is_empty() {
-            return Err(NnError::UnusedKeys {
-                dir: self.dir.clone(),
-                keys: unused,
-            });
+            return Err(NnError::UnusedKeys { dir: self.dir.clone(), keys: unused });
         }
         Ok(())
     }
@@ -479,11 +436,7 @@ impl Checkpoint {
     fn apply_error(&self, file: &Path, err: &ApplyError, origin: &BTreeMap<String, String>) -> NnError {
         let key_of = |path: &str| origin.get(path).cloned().unwrap_or_else(|| path.to_string());
         match err {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => {
+            ApplyError::ShapeMismatch { path, expected, found } => {
                 let key = key_of(path);
                 let actual = self.tensors.get(&key).map_or(found.to_vec(), |t| t.shape.clone());
                 let mut expected = expected.to_vec();
@@ -491,27 +444,15 @@ impl Checkpoint {
                 if expected.len() == 2 && found.to_vec().iter().rev().eq(actual.iter()) {
                     expected.reverse();
                 }
-                NnError::Shape {
-                    path: file.to_path_buf(),
-                    key,
-                    expected,
-                    actual,
-                }
+                NnError::Shape { path: file.to_path_buf(), key, expected, actual }
             }
-            ApplyError::DTypeMismatch {
-                path,
-                expected,
-                found,
-            } => NnError::Dtype {
+            ApplyError::DTypeMismatch { path, expected, found } => NnError::Dtype {
                 path: file.to_path_buf(),
                 key: key_of(path),
                 expected: format!("{expected:?}"),
                 actual: format!("{found:?}"),
             },
-            other => NnError::Load {
-                path: file.to_path_buf(),
-                reason: other.to_string(),
-            },
+            other => NnError::Load { path: file.to_path_buf(), reason: other.to_string() },
         }
     }
 }
@@ -566,9 +507,7 @@ mod tests {
     }
 
     fn keymap() -> KeyMap {
-        KeyMap::new()
-            .rename(r"^model\.", "")
-            .rename(r"^lm_head\.", "head.")
+        KeyMap::new().rename(r"^model\.", "").rename(r"^lm_head\.", "head.")
     }
 
     fn encode(tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) -> Vec<u8> {
@@ -576,14 +515,8 @@ mod tests {
             .iter()
             .map(|(_, _, v)| match dtype {
                 Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Dtype::BF16 => v
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                Dtype::F16 => v
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
+                Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
                 _ => unreachable!(),
             })
             .collect();
@@ -613,9 +546,7 @@ mod tests {
             assert_slices_close(&to_vec(block.fc.weight.val()), &w, tol, "fc.weight");
             let b = get(&format!("model.layers.{l}.fc.bias"));
             assert_slices_close(&to_vec(block.fc.bias.as_ref().unwrap().val()), &b, tol, "fc.bias");
-            let Norm::Layer(ln) = &block.norm else {
-                panic!("layer norm expected")
-            };
+            let Norm::Layer(ln) = &block.norm else { panic!("layer norm expected") };
             let g = get(&format!("model.layers.{l}.norm.weight"));
             assert_slices_close(&to_vec(ln.gamma.val()), &g, tol, "norm.weight");
         }
@@ -647,10 +578,8 @@ mod tests {
         let tensors = pytorch_tensors();
         let (a, b) = tensors.split_at(5);
         let mut weight_map = BTreeMap::new();
-        for (name, part) in [
-            ("model-00001-of-00002.safetensors", a),
-            ("model-00002-of-00002.safetensors", b),
-        ] {
+        for (name, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)]
+        {
             std::fs::write(dir.path().join(name), encode(part, Dtype::BF16)).unwrap();
             for t in part {
                 weight_map.insert(t.0.clone(), name.to_string());
@@ -668,26 +597,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut tensors = pytorch_tensors();
         for l in 0..2 {
-            tensors.push((
-                format!("model.layers.{l}.norm.running_mean"),
-                vec![2],
-                vec![0.5, -0.5],
-            ));
-            tensors.push((
-                format!("model.layers.{l}.norm.running_var"),
-                vec![2],
-                vec![2.0, 3.0],
-            ));
+            tensors.push((format!("model.layers.{l}.norm.running_mean"), vec![2], vec![0.5, -0.5]));
+            tensors.push((format!("model.layers.{l}.norm.running_var"), vec![2], vec![2.0, 3.0]));
         }
         write_single(dir.path(), &tensors, Dtype::F32);
         let mut model = tiny(&dev, NormKind::Batch);
-        Checkpoint::open(dir.path())
-            .unwrap()
-            .load_into(&mut model, &keymap(), DType::F32)
-            .unwrap();
-        let Norm::Batch(bn) = &model.layers[1].norm else {
-            panic!()
-        };
+        Checkpoint::open(dir.path()).unwrap().load_into(&mut model, &keymap(), DType::F32).unwrap();
+        let Norm::Batch(bn) = &model.layers[1].norm else { panic!() };
         assert_slices_close(&to_vec(bn.running_var.value()), &[2.0, 3.0], 0.0, "running_var");
         assert_slices_close(&to_vec(bn.gamma.val()), &[0.4, 0.2], 1e-6, "bn weight");
     }
@@ -727,15 +643,9 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 3,").unwrap();
         write_single(dir.path(), &pytorch_tensors(), Dtype::F32);
         let ckpt = Checkpoint::open(dir.path()).unwrap();
-        let e = ckpt
-            .read_json::<serde_json::Value>("config.json")
-            .unwrap_err()
-            .to_string();
+        let e = ckpt.read_json::<serde_json::Value>("config.json").unwrap_err().to_string();
         assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
-        let e = ckpt
-            .read_json::<serde_json::Value>("preprocessor_config.json")
-            .unwrap_err()
-            .to_string();
+        let e = ckpt.read_json::<serde_json::Value>("preprocessor_config.json").unwrap_err().to_string();
         assert!(e.contains("preprocessor_config.json"), "{e}");
     }
 
@@ -757,10 +667,7 @@ mod tests {
         let patched = patch_header(&good, "\"shape\":[4,2]", "\"shape\":[4,3]");
         std::fs::write(dir.path().join(SINGLE_FILE), patched).unwrap();
         let e = err_of(dir.path());
-        assert!(
-            e.contains("lm_head.weight") && e.contains("needs 48 bytes"),
-            "{e}"
-        );
+        assert!(e.contains("lm_head.weight") && e.contains("needs 48 bytes"), "{e}");
         // Not a safetensors file at all.
         std::fs::write(dir.path().join(SINGLE_FILE), b"abc").unwrap();
         assert!(err_of(dir.path()).contains("too short"));
@@ -813,14 +720,8 @@ mod tests {
             .load_into(&mut model, &keys, DType::F32)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("does not use") && e.contains("model.extra.weight"),
-            "{e}"
-        );
+        assert!(e.contains("does not use") && e.contains("model.extra.weight"), "{e}");
         let keys = keys.allow_unused(r"^extra\.");
-        Checkpoint::open(dir.path())
-            .unwrap()
-            .load_into(&mut model, &keys, DType::F32)
-            .unwrap();
+        Checkpoint::open(dir.path()).unwrap().load_into(&mut model, &keys, DType::F32).unwrap();
     }
 }

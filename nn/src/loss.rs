@@ -100,9 +100,7 @@ mod tests {
     use crate::testing::{assert_close, device, tensor_from, to_vec};
 
     fn embeds(n: usize, p: usize, seed: usize) -> Vec<f32> {
-        let v: Vec<f32> = (0..n * p)
-            .map(|i| (((i + seed) * 31 % 17) as f32 - 8.0) / 7.0)
-            .collect();
+        let v: Vec<f32> = (0..n * p).map(|i| (((i + seed) * 31 % 17) as f32 - 8.0) / 7.0).collect();
         v.chunks(p)
             .flat_map(|r| {
                 let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -137,10 +137,7 @@ mod tests {
                 }),
             ),
             (Activation::Gelu, Box::new(erf_gelu)),
-            (
-                Activation::QuickGelu,
-                Box::new(|v| v / (1.0 + (-1.702 * v).exp())),
-            ),
+            (Activation::QuickGelu, Box::new(|v| v / (1.0 + (-1.702 * v).exp()))),
             (Activation::Silu, Box::new(|v| v / (1.0 + (-v).exp()))),
         ];
         for (act, f) in cases {
@@ -165,17 +162,9 @@ mod tests {
 
     #[test]
     fn hf_names_parse() {
-        assert_eq!(
-            Activation::from_hf("gelu_pytorch_tanh").unwrap(),
-            Activation::GeluTanh
-        );
+        assert_eq!(Activation::from_hf("gelu_pytorch_tanh").unwrap(), Activation::GeluTanh);
         assert_eq!(Activation::from_hf("quick_gelu").unwrap(), Activation::QuickGelu);
-        assert!(
-            Activation::from_hf("mish")
-                .unwrap_err()
-                .to_string()
-                .contains("mish")
-        );
+        assert!(Activation::from_hf("mish").unwrap_err().to_string().contains("mish"));
     }
 
     #[test]
@@ -200,9 +189,7 @@ mod tests {
             let uj = x[0] * u[j] + x[1] * u[3 + j];
             hidden[j] = gelu(gj) * uj;
         }
-        let expect: Vec<f32> = (0..2)
-            .map(|o| (0..3).map(|j| hidden[j] * dn[j * 2 + o]).sum())
-            .collect();
+        let expect: Vec<f32> = (0..2).map(|o| (0..3).map(|j| hidden[j] * dn[j * 2 + o]).sum()).collect();
         assert_close(out, &expect, 1e-5, "gated mlp");
     }
 }

@@ -37,9 +37,7 @@ impl std::str::FromStr for NormKind {
             "rms" => Ok(Self::Rms),
             "rms_gemma" => Ok(Self::RmsGemma),
             "batch" => Ok(Self::Batch),
-            _ => Err(crate::NnError::Config(format!(
-                "norm '{s}': expected layer, rms, rms_gemma or batch"
-            ))),
+            _ => Err(crate::NnError::Config(format!("norm '{s}': expected layer, rms, rms_gemma or batch"))),
         }
     }
 }
@@ -198,10 +196,7 @@ mod tests {
         let expect = rows(&data, 4, |r| {
             let m = r.iter().sum::<f32>() / 4.0;
             let v = r.iter().map(|x| (x - m).powi(2)).sum::<f32>() / 4.0;
-            r.iter()
-                .enumerate()
-                .map(|(i, x)| (x - m) / (v + 1e-5).sqrt() * w[i] + b[i])
-                .collect()
+            r.iter().enumerate().map(|(i, x)| (x - m) / (v + 1e-5).sqrt() * w[i] + b[i]).collect()
         });
         assert_close(out, &expect, 1e-5, "layer norm");
     }
@@ -229,41 +224,21 @@ mod tests {
         }
         let expect = rows(&data, 4, |r| {
             let inv = 1.0 / (ms(r) + 1e-6).sqrt();
-            r.iter()
-                .enumerate()
-                .map(|(i, x)| x * inv * (1.0 + w[i]))
-                .collect()
+            r.iter().enumerate().map(|(i, x)| x * inv * (1.0 + w[i])).collect()
         });
-        assert_close(
-            gemma.forward(tensor_from(&data, shape, &dev)),
-            &expect,
-            1e-5,
-            "gemma rms",
-        );
+        assert_close(gemma.forward(tensor_from(&data, shape, &dev)), &expect, 1e-5, "gemma rms");
     }
 
     /// Batch statistics over (batch, seq) per channel, biased variance.
     fn batch_reference(data: &[f32], c: usize, mean: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
-        data.iter()
-            .enumerate()
-            .map(|(i, x)| (x - mean[i % c]) / (var[i % c] + eps).sqrt())
-            .collect()
+        data.iter().enumerate().map(|(i, x)| (x - mean[i % c]) / (var[i % c] + eps).sqrt()).collect()
     }
 
     fn channel_stats(data: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
         let n = (data.len() / c) as f32;
-        let mean: Vec<f32> = (0..c)
-            .map(|k| data.iter().skip(k).step_by(c).sum::<f32>() / n)
-            .collect();
+        let mean: Vec<f32> = (0..c).map(|k| data.iter().skip(k).step_by(c).sum::<f32>() / n).collect();
         let var: Vec<f32> = (0..c)
-            .map(|k| {
-                data.iter()
-                    .skip(k)
-                    .step_by(c)
-                    .map(|x| (x - mean[k]).powi(2))
-                    .sum::<f32>()
-                    / n
-            })
+            .map(|k| data.iter().skip(k).step_by(c).map(|x| (x - mean[k]).powi(2)).sum::<f32>() / n)
             .collect();
         (mean, var)
     }
@@ -275,12 +250,7 @@ mod tests {
         let norm = NormConfig::new(NormKind::Batch, 4, 1e-5).init(&dev);
         let out = norm.forward(tensor_from(&data, shape, &dev));
         let (mean, var) = channel_stats(&data, 4);
-        assert_close(
-            out,
-            &batch_reference(&data, 4, &mean, &var, 1e-5),
-            1e-4,
-            "bn train",
-        );
+        assert_close(out, &batch_reference(&data, 4, &mean, &var, 1e-5), 1e-4, "bn train");
 
         // Running statistics moved by momentum 0.1 from (0, 1) towards the batch's
         // (PyTorch and Burn keep the unbiased variance there).
@@ -304,12 +274,7 @@ mod tests {
             bn.running_var = burn::module::RunningState::new(tensor_from(&var, [4], &dev));
         }
         let out = norm.forward(tensor_from(&data, shape, &dev));
-        assert_close(
-            out,
-            &batch_reference(&data, 4, &mean, &var, 1e-5),
-            1e-5,
-            "bn eval",
-        );
+        assert_close(out, &batch_reference(&data, 4, &mean, &var, 1e-5), 1e-5, "bn eval");
     }
 
     #[test]
@@ -317,12 +282,6 @@ mod tests {
         assert_eq!("rms_gemma".parse::<NormKind>().unwrap(), NormKind::RmsGemma);
         let kind: NormKind = serde_json::from_str("\"batch\"").unwrap();
         assert_eq!(kind, NormKind::Batch);
-        assert!(
-            "group"
-                .parse::<NormKind>()
-                .unwrap_err()
-                .to_string()
-                .contains("group")
-        );
+        assert!("group".parse::<NormKind>().unwrap_err().to_string().contains("group"));
     }
 }

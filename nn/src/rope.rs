@@ -28,9 +28,8 @@ impl RotaryEmbedding {
     /// Frequencies for an (even) `head_dim` and base `theta`, computed in f32 as transformers does.
     pub fn new(head_dim: usize, theta: f64) -> Self {
         let theta = theta as f32;
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv_freq =
+            (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
         Self { inv_freq, head_dim }
     }
 
@@ -93,16 +92,11 @@ mod tests {
     fn rotary_matches_direct_formula() {
         let dev = device();
         let (b, h, l, d) = (2, 3, 4, 8);
-        let data: Vec<f32> = (0..b * h * l * d)
-            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
-            .collect();
+        let data: Vec<f32> = (0..b * h * l * d).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
         let positions = vec![vec![0i64, 1, 2, 3], vec![5, 9, 17, 100]];
         let theta = 10_000f64;
         let rope = RotaryEmbedding::new(d, theta);
-        let out = apply_rotary(
-            tensor_from(&data, [b, h, l, d], &dev),
-            &rope.tables(&positions, &dev),
-        );
+        let out = apply_rotary(tensor_from(&data, [b, h, l, d], &dev), &rope.tables(&positions, &dev));
 
         // Direct formula: pair (i, i + d/2) rotated by angle pos * theta^(-2i/d).
         let mut expect = vec![0f32; data.len()];

@@ -16,10 +16,7 @@ pub fn tensor_from<const D: usize>(data: &[f32], shape: [usize; D], device: &Dev
 
 /// The elements of a float tensor as f32, row-major.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(DType::F32)
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
+    t.cast(DType::F32).into_data().try_into_vec::<f32>().expect("f32 data")
 }
 
 /// Largest `|a - b| - (atol + rtol*|b|)` over all elements, and the largest plain `|a - b|`.
@@ -49,10 +46,7 @@ pub fn assert_slices_close(actual: &[f32], expected: &[f32], tol: f32, what: &st
     assert_eq!(actual.len(), expected.len(), "{what}: length differs");
     let (excess, max_diff) = max_excess(actual, expected, tol, tol);
     println!("{what}: max |diff| = {max_diff:.3e} over {} values", actual.len());
-    assert!(
-        excess <= 0.0,
-        "{what}: max |diff| {max_diff:.3e} exceeds {tol:e} + {tol:e}*|ref|"
-    );
+    assert!(excess <= 0.0, "{what}: max |diff| {max_diff:.3e} exceeds {tol:e} + {tol:e}*|ref|");
 }
 
 /// Reference tensors written by `scripts/make_fixtures.py` (`reference.safetensors`).
@@ -74,10 +68,9 @@ impl Reference {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
                     .collect(),
-                safetensors::Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .collect(),
+                safetensors::Dtype::F64 => {
+                    data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+                }
                 safetensors::Dtype::I64 => data
                     .chunks_exact(8)
                     .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
@@ -109,9 +102,7 @@ impl Reference {
     }
 
     fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("reference has no tensor {name}"))
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference has no tensor {name}"))
     }
 
     /// Values of `name` as f32.
@@ -147,11 +138,7 @@ impl Reference {
 pub fn fixture(name: &str) -> std::path::PathBuf {
     let mut dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     while !dir.join("tests").join("fixtures").is_dir() {
-        assert!(
-            dir.pop(),
-            "no tests/fixtures above {}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        assert!(dir.pop(), "no tests/fixtures above {}", env!("CARGO_MANIFEST_DIR"));
     }
     dir.join("tests").join("fixtures").join(name)
 }

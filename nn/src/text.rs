@@ -34,18 +34,13 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer")
-            .field("path", &self.path)
-            .field("pad_id", &self.pad_id)
-            .finish()
+        f.debug_struct("TextTokenizer").field("path", &self.path).field("pad_id", &self.pad_id).finish()
     }
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
 fn token_string(v: &serde_json::Value) -> Option<String> {
-    v.as_str()
-        .map(str::to_string)
-        .or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+    v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
 }
 
 impl TextTokenizer {
@@ -59,10 +54,8 @@ impl TextTokenizer {
                 expected: "tokenizer.json".into(),
             });
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| NnError::Tokenizer {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| NnError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.is_file() {
             crate::load::read_json(&config_path)?
@@ -76,16 +69,8 @@ impl TextTokenizer {
             .or_else(|| tokenizer.get_padding().map(|p| p.pad_id));
         // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
         let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
-            && config
-                .get("do_lower_case")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true);
-        Ok(Self {
-            tokenizer,
-            path,
-            pad_id,
-            canonicalize,
-        })
+            && config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
+        Ok(Self { tokenizer, path, pad_id, canonicalize })
     }
 
     /// The tokenizer.json path.
@@ -122,10 +107,7 @@ impl TextTokenizer {
 
     fn prepare(&self, text: &str) -> String {
         if self.canonicalize {
-            text.to_lowercase()
-                .chars()
-                .filter(|c| !c.is_ascii_punctuation())
-                .collect()
+            text.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect()
         } else {
             text.to_string()
         }
@@ -144,18 +126,13 @@ impl TextTokenizer {
             stride: 0,
             direction: TruncationDirection::Right,
         }))
-        .map_err(|e| NnError::Tokenizer {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| NnError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         let mut ids = Vec::with_capacity(texts.len());
         for text in texts {
-            let enc = tok
-                .encode(self.prepare(text), true)
-                .map_err(|e| NnError::Tokenizer {
-                    path: self.path.clone(),
-                    reason: format!("encoding {text:?}: {e}"),
-                })?;
+            let enc = tok.encode(self.prepare(text), true).map_err(|e| NnError::Tokenizer {
+                path: self.path.clone(),
+                reason: format!("encoding {text:?}: {e}"),
+            })?;
             ids.push(enc.get_ids().to_vec());
         }
         let width = match padding {
@@ -173,10 +150,7 @@ impl TextTokenizer {
                 });
             }
         };
-        let mask = ids
-            .iter()
-            .map(|r| (0..width).map(|i| i < r.len()).collect())
-            .collect();
+        let mask = ids.iter().map(|r| (0..width).map(|i| i < r.len()).collect()).collect();
         let ids = ids
             .into_iter()
             .map(|mut r| {
@@ -189,9 +163,8 @@ impl TextTokenizer {
 
     /// Decodes ids to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| NnError::Tokenizer {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| NnError::Tokenizer { path: self.path.clone(), reason: e.to_string() })
     }
 }

@@ -29,14 +29,10 @@ impl PaliGemmaDecoder<'_> {
 
 impl Decoder for PaliGemmaDecoder<'_> {
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
-        let x = self
-            .model
-            .embed_inputs(prompt, Some(&self.image_features), &self.device)?;
+        let x = self.model.embed_inputs(prompt, Some(&self.image_features), &self.device)?;
         // The whole prompt is the bidirectional prefix; positions are 1-indexed.
-        let positions: Vec<Vec<i64>> = row_positions(valid)
-            .into_iter()
-            .map(|r| r.into_iter().map(|p| p + 1).collect())
-            .collect();
+        let positions: Vec<Vec<i64>> =
+            row_positions(valid).into_iter().map(|r| r.into_iter().map(|p| p + 1).collect()).collect();
         let prefix = valid.iter().map(Vec::len).collect();
         let mask = MaskSpec::prefix_lm(prefix).with_key_valid(valid.to_vec());
         Ok(self.last_logits(self.model.forward_embeds(x, &positions, &mask, Some(cache))))
@@ -65,8 +61,6 @@ impl Decoder for PaliGemmaDecoder<'_> {
     }
 
     fn vocab_limit(&self) -> usize {
-        self.model
-            .vocab_size
-            .max(self.model.image_token_index as usize + 1)
+        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
     }
 }

@@ -20,10 +20,7 @@ pub fn parse_detections(text: &str, width: u32, height: u32) -> Vec<Detection> {
         .map(|c| {
             let v = |i: usize| c[i].parse::<f32>().unwrap_or(0.0).min(1024.0) / 1024.0;
             let (w, h) = (width as f32, height as f32);
-            Detection {
-                label: c[5].trim().to_string(),
-                bbox: [v(2) * w, v(1) * h, v(4) * w, v(3) * h],
-            }
+            Detection { label: c[5].trim().to_string(), bbox: [v(2) * w, v(1) * h, v(4) * w, v(3) * h] }
         })
         .collect()
 }

@@ -34,11 +34,7 @@ pub fn key_map(tied: bool) -> KeyMap {
         .rename(r"^lm_head\.", "language_model.lm_head.")
         .rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.")
         .allow_unused(r"\.position_ids$");
-    if tied {
-        keys.allow_unused(r"^language_model\.lm_head\.")
-    } else {
-        keys
-    }
+    if tied { keys.allow_unused(r"^language_model\.lm_head\.") } else { keys }
 }
 
 /// Reads a PaliGemma folder's config.json.
@@ -57,10 +53,6 @@ pub fn load_paligemma(
     let config = read_config(dir)?;
     let ckpt = Checkpoint::open(dir)?;
     let mut model = PaliGemmaForConditionalGeneration::new(&config, device);
-    ckpt.load_into(
-        &mut model,
-        &key_map(config.text_config.tie_word_embeddings),
-        dtype,
-    )?;
+    ckpt.load_into(&mut model, &key_map(config.text_config.tie_word_embeddings), dtype)?;
     Ok((model, config))
 }

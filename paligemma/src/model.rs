@@ -55,9 +55,7 @@ impl PaliGemmaForConditionalGeneration {
     /// # Shapes
     /// - `pixels`: `[B, 3, H, W]`; output `[B, N, C]`
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
-        self.multi_modal_projector
-            .linear
-            .forward(self.vision_tower.forward(pixels).last_hidden_state)
+        self.multi_modal_projector.linear.forward(self.vision_tower.forward(pixels).last_hidden_state)
     }
 
     /// Input embeddings: scaled text embeddings, with row `b`'s `<image>` positions replaced, in
@@ -75,14 +73,9 @@ impl PaliGemmaForConditionalGeneration {
         let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
         let image = self.image_token_index;
         let oov = image as usize >= self.vocab_size;
-        let flat: Vec<i64> = ids
-            .iter()
-            .flatten()
-            .map(|&t| if oov && t == image { 0 } else { t as i64 })
-            .collect();
-        let text = self
-            .language_model
-            .embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
+        let flat: Vec<i64> =
+            ids.iter().flatten().map(|&t| if oov && t == image { 0 } else { t as i64 }).collect();
+        let text = self.language_model.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
         let Some(features) = image_features else {
             return Ok(text);
         };
@@ -141,10 +134,7 @@ impl PaliGemmaForConditionalGeneration {
         let device = pixels.device();
         let features = self.image_features(pixels);
         let x = self.embed_inputs(ids, Some(&features), &device)?;
-        let prefix = token_type_ids
-            .iter()
-            .map(|r| r.iter().take_while(|&&t| t == 0).count())
-            .collect();
+        let prefix = token_type_ids.iter().map(|r| r.iter().take_while(|&&t| t == 0).count()).collect();
         let positions: Vec<Vec<i64>> = ids.iter().map(|r| (1..=r.len() as i64).collect()).collect();
         Ok(self.forward_embeds(x, &positions, &MaskSpec::prefix_lm(prefix), None))
     }

@@ -34,10 +34,7 @@ impl PaliGemmaProcessor {
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let n = tokenizer.inner().get_vocab_size(true);
         // The image token may sit at vocab_size (PaliGemma 2), one past the embeddings.
-        let limit = config
-            .text_config
-            .vocab_size
-            .max(config.image_token_index as usize + 1);
+        let limit = config.text_config.vocab_size.max(config.image_token_index as usize + 1);
         if n > limit {
             return Err(NnError::Tokenizer {
                 path: tokenizer.path().to_path_buf(),
@@ -54,10 +51,8 @@ impl PaliGemmaProcessor {
             PreprocessorConfig::from_file(&pre)?
         } else if proc.is_file() {
             let v: serde_json::Value = zoo_nn::read_json(&proc)?;
-            serde_json::from_value(v["image_processor"].clone()).map_err(|source| NnError::Json {
-                path: proc.clone(),
-                source,
-            })?
+            serde_json::from_value(v["image_processor"].clone())
+                .map_err(|source| NnError::Json { path: proc.clone(), source })?
         } else {
             notes.push(format!(
                 "{}: no preprocessor_config.json; resizing to image_size {} with mean = std = 0.5",
@@ -66,13 +61,9 @@ impl PaliGemmaProcessor {
             ));
             PreprocessorConfig::square(config.vision_config.image_size as u32)
         };
-        let bos = tokenizer
-            .token_to_id("<bos>")
-            .or(config.text_config.bos_token_id)
-            .ok_or_else(|| NnError::Tokenizer {
-                path: tokenizer.path().to_path_buf(),
-                reason: "no <bos> token".into(),
-            })?;
+        let bos = tokenizer.token_to_id("<bos>").or(config.text_config.bos_token_id).ok_or_else(|| {
+            NnError::Tokenizer { path: tokenizer.path().to_path_buf(), reason: "no <bos> token".into() }
+        })?;
         Ok(Self {
             images: ImageProcessor::new(image_config),
             image_token: config.image_token_index,
@@ -85,14 +76,10 @@ impl PaliGemmaProcessor {
     }
 
     fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .inner()
-            .encode(text, false)
-            .map_err(|e| NnError::Tokenizer {
-                path: self.tokenizer.path().to_path_buf(),
-                reason: format!("encoding {text:?}: {e}"),
-            })?;
+        let enc = self.tokenizer.inner().encode(text, false).map_err(|e| NnError::Tokenizer {
+            path: self.tokenizer.path().to_path_buf(),
+            reason: format!("encoding {text:?}: {e}"),
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -27,11 +27,7 @@ fn check(name: &str, reference: &str, dtype: DType, tol: f32, check_greedy: bool
         let prompt = m["prompts"][i].as_str().unwrap();
         let image = fixture("images").join(m["images"][i].as_str().unwrap());
         let ids = proc.prompt_ids(prompt).unwrap();
-        assert_eq!(
-            ids,
-            u32s(r.i64(&format!("input_ids_{i}"))),
-            "{name}: prompt ids {i}"
-        );
+        assert_eq!(ids, u32s(r.i64(&format!("input_ids_{i}"))), "{name}: prompt ids {i}");
         let pixels = proc.images.batch_from_files(&[image], &dev).unwrap();
         assert_close(
             pixels.clone(),
@@ -40,15 +36,8 @@ fn check(name: &str, reference: &str, dtype: DType, tol: f32, check_greedy: bool
             &format!("{name} pixels {i}"),
         );
         let types = vec![vec![0u32; ids.len()]];
-        let logits = model
-            .forward(pixels.clone(), std::slice::from_ref(&ids), &types)
-            .unwrap();
-        assert_close(
-            logits,
-            &r.f32(&format!("logits_{i}")),
-            tol,
-            &format!("{name} prefix logits {i}"),
-        );
+        let logits = model.forward(pixels.clone(), std::slice::from_ref(&ids), &types).unwrap();
+        assert_close(logits, &r.f32(&format!("logits_{i}")), tol, &format!("{name} prefix logits {i}"));
         if check_greedy {
             let decoder = PaliGemmaDecoder {
                 model: &model,
@@ -60,18 +49,11 @@ fn check(name: &str, reference: &str, dtype: DType, tol: f32, check_greedy: bool
                 &decoder,
                 &[ids],
                 &[],
-                &Sampling {
-                    max_new_tokens: 6,
-                    ..Default::default()
-                },
+                &Sampling { max_new_tokens: 6, ..Default::default() },
                 |_, _| {},
             )
             .unwrap();
-            assert_eq!(
-                out[0].token_ids,
-                u32s(r.i64(&format!("generated_{i}"))),
-                "{name}: greedy ids {i}"
-            );
+            assert_eq!(out[0].token_ids, u32s(r.i64(&format!("generated_{i}"))), "{name}: greedy ids {i}");
         }
     }
     // Prefix + suffix: bidirectional over image + prompt, causal over "suffix <eos>".
@@ -87,12 +69,7 @@ fn check(name: &str, reference: &str, dtype: DType, tol: f32, check_greedy: bool
         .batch_from_files(&[fixture("images").join(m["images"][0].as_str().unwrap())], &dev)
         .unwrap();
     let logits = model.forward(pixels, &[ids], &[types]).unwrap();
-    assert_close(
-        logits,
-        &r.f32("suffix_logits"),
-        tol,
-        &format!("{name} prefix+suffix logits"),
-    );
+    assert_close(logits, &r.f32("suffix_logits"), tol, &format!("{name} prefix+suffix logits"));
 }
 
 #[test]
@@ -107,13 +84,7 @@ fn paligemma2_matches_transformers() {
 
 #[test]
 fn hub_layout_sharded_checkpoint_loads_the_same_model() {
-    check(
-        "paligemma-a-hub-sharded",
-        "paligemma-a",
-        DType::F32,
-        PARITY_TOL,
-        true,
-    );
+    check("paligemma-a-hub-sharded", "paligemma-a", DType::F32, PARITY_TOL, true);
 }
 
 #[test]
@@ -125,11 +96,7 @@ fn bf16_checkpoint_in_model_prefixed_layout_loads() {
     let proc = PaliGemmaProcessor::from_dir(&fixture("paligemma-a-bf16"), &config).unwrap();
     let ids = u32s(r.i64("input_ids_0"));
     let pixels = r.tensor::<3>("pixel_values_0", &dev).unsqueeze::<4>();
-    let logits = to_vec(
-        model
-            .forward(pixels, std::slice::from_ref(&ids), &[vec![0; ids.len()]])
-            .unwrap(),
-    );
+    let logits = to_vec(model.forward(pixels, std::slice::from_ref(&ids), &[vec![0; ids.len()]]).unwrap());
     let (_, max_diff) = max_excess(&logits, &r.f32("logits_0"), 0.0, 0.0);
     let scale = r.f32("logits_0").iter().fold(0f32, |m, v| m.max(v.abs()));
     println!("bf16 checkpoint: max |diff| {max_diff:.3e} vs f32 reference (max |logit| {scale:.2})");
@@ -145,10 +112,7 @@ fn batched_left_padded_generation_equals_one_at_a_time() {
         let r = Reference::read(&dir.join("reference.safetensors"));
         let (model, config) = load_paligemma(&dir, DType::F32, &dev).unwrap();
         let pixels = burn::tensor::Tensor::stack::<4>(
-            vec![
-                r.tensor::<3>("pixel_values_0", &dev),
-                r.tensor::<3>("pixel_values_1", &dev),
-            ],
+            vec![r.tensor::<3>("pixel_values_0", &dev), r.tensor::<3>("pixel_values_1", &dev)],
             0,
         );
         let prompts = vec![u32s(r.i64("input_ids_0")), u32s(r.i64("input_ids_1"))];
@@ -163,19 +127,12 @@ fn batched_left_padded_generation_equals_one_at_a_time() {
             &decoder,
             &prompts,
             &[],
-            &Sampling {
-                max_new_tokens: 6,
-                ..Default::default()
-            },
+            &Sampling { max_new_tokens: 6, ..Default::default() },
             |_, _| {},
         )
         .unwrap();
         for (i, g) in out.iter().enumerate() {
-            assert_eq!(
-                g.token_ids,
-                u32s(r.i64(&format!("generated_{i}"))),
-                "{name}: batched row {i}"
-            );
+            assert_eq!(g.token_ids, u32s(r.i64(&format!("generated_{i}"))), "{name}: batched row {i}");
         }
     }
 }

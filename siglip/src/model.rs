@@ -27,10 +27,7 @@ impl SiglipVisionEmbeddings {
     /// # Shapes
     /// - `pixels`: `[B, channels, H, W]`; output `[B, N, C]`
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        add_positions(
-            embed_patches(&self.patch_embedding, pixels),
-            &self.position_embedding,
-        )
+        add_positions(embed_patches(&self.patch_embedding, pixels), &self.position_embedding)
     }
 }
 
@@ -73,9 +70,7 @@ impl MultiheadAttention {
         let project = |x: Tensor<3>, i: usize, len: usize| {
             let wi = w.clone().slice([i * c..(i + 1) * c, 0..c]).transpose(); // (C, C) as [in, out]
             let bi = bias.clone().narrow(0, i * c, c);
-            (x.matmul(wi.unsqueeze::<3>()) + bi.unsqueeze::<3>())
-                .reshape([b, len, h, d])
-                .swap_dims(1, 2)
+            (x.matmul(wi.unsqueeze::<3>()) + bi.unsqueeze::<3>()).reshape([b, len, h, d]).swap_dims(1, 2)
         };
         let q = project(query, 0, q_len); // (B, h, Q, d)
         let k = project(kv.clone(), 1, n); // (B, h, N, d)
@@ -156,14 +151,12 @@ impl SiglipVisionTransformer {
             }
             .init(device),
             post_layernorm: n.init(device),
-            head: config
-                .vision_use_head
-                .then(|| SiglipMultiheadAttentionPoolingHead {
-                    probe: Initializer::Normal { mean: 0.0, std: 1.0 }.init([1, 1, c], device),
-                    attention: MultiheadAttention::new(c, config.num_attention_heads, device),
-                    layernorm: n.init(device),
-                    mlp: Mlp::init(c, config.intermediate_size, config.hidden_act, device),
-                }),
+            head: config.vision_use_head.then(|| SiglipMultiheadAttentionPoolingHead {
+                probe: Initializer::Normal { mean: 0.0, std: 1.0 }.init([1, 1, c], device),
+                attention: MultiheadAttention::new(c, config.num_attention_heads, device),
+                layernorm: n.init(device),
+                mlp: Mlp::init(c, config.intermediate_size, config.hidden_act, device),
+            }),
         }
     }
 
@@ -172,10 +165,7 @@ impl SiglipVisionTransformer {
     pub fn forward(&self, pixels: Tensor<4>) -> VisionOutput {
         let x = self.embeddings.forward(pixels);
         let x = self.post_layernorm.forward(self.encoder.forward(x, None));
-        VisionOutput {
-            pooler_output: self.head.as_ref().map(|h| h.forward(x.clone())),
-            last_hidden_state: x,
-        }
+        VisionOutput { pooler_output: self.head.as_ref().map(|h| h.forward(x.clone())), last_hidden_state: x }
     }
 }
 
@@ -243,10 +233,7 @@ impl SiglipTextTransformer {
         let x = self.final_layer_norm.forward(self.encoder.forward(x, None));
         let c = x.dims()[2];
         let last = x.clone().slice([0..b, l - 1..l, 0..c]).reshape([b, c]);
-        TextOutput {
-            pooler_output: self.head.forward(last),
-            last_hidden_state: x,
-        }
+        TextOutput { pooler_output: self.head.forward(last), last_hidden_state: x }
     }
 }
 
@@ -295,8 +282,7 @@ impl SiglipModel {
     /// Pooled image features (before normalisation), `[B, P]`.
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
         let out = self.vision_model.forward(pixels);
-        out.pooler_output
-            .expect("SiglipModel's vision tower has a head (checked at construction)")
+        out.pooler_output.expect("SiglipModel's vision tower has a head (checked at construction)")
     }
 
     /// Pooled text features (before normalisation), `[B, P]`.
@@ -311,11 +297,7 @@ impl SiglipModel {
         let scale = self.logit_scale.val().exp().unsqueeze::<2>();
         let bias = self.logit_bias.val().unsqueeze::<2>();
         let logits_per_image = image_embeds.clone().matmul(text_embeds.clone().transpose()) * scale + bias;
-        SiglipOutput {
-            image_embeds,
-            text_embeds,
-            logits_per_image,
-        }
+        SiglipOutput { image_embeds, text_embeds, logits_per_image }
     }
 
     /// # Shapes

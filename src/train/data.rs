@@ -61,10 +61,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
             let txt = image.with_extension("txt");
             if txt.is_file() {
                 let caption = std::fs::read_to_string(&txt).map_err(|e| NnError::io(&txt, e))?;
-                pairs.push(Pair {
-                    image,
-                    caption: caption.trim().to_string(),
-                });
+                pairs.push(Pair { image, caption: caption.trim().to_string() });
             }
         }
     } else {
@@ -83,10 +80,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
                         i + 1
                     )));
                 };
-                pairs.push(Pair {
-                    image: base.join(image),
-                    caption: caption.to_string(),
-                });
+                pairs.push(Pair { image: base.join(image), caption: caption.to_string() });
             }
         } else {
             let mut lines = text.lines();
@@ -101,10 +95,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
             for line in lines.filter(|l| !l.trim().is_empty()) {
                 let f = csv_fields(line);
                 if let (Some(image), Some(caption)) = (f.get(ic), f.get(cc)) {
-                    pairs.push(Pair {
-                        image: base.join(image.trim()),
-                        caption: caption.clone(),
-                    });
+                    pairs.push(Pair { image: base.join(image.trim()), caption: caption.clone() });
                 }
             }
         }
@@ -114,10 +105,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
     for p in pairs {
         if p.caption.trim().is_empty() {
             if strict {
-                return Err(NnError::Config(format!(
-                    "{}: empty caption (--strict)",
-                    p.image.display()
-                )));
+                return Err(NnError::Config(format!("{}: empty caption (--strict)", p.image.display())));
             }
             skipped.empty_captions += 1;
             continue;
@@ -137,10 +125,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
         }
     }
     if kept.is_empty() {
-        return Err(NnError::Config(format!(
-            "{}: no usable image-caption pairs",
-            path.display()
-        )));
+        return Err(NnError::Config(format!("{}: no usable image-caption pairs", path.display())));
     }
     Ok((kept, skipped))
 }
@@ -150,11 +135,7 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
 pub fn split(mut pairs: Vec<Pair>, fraction: f64, seed: u64) -> (Vec<Pair>, Vec<Pair>) {
     shuffle(&mut pairs, &mut Rng::new(seed ^ 0x5EED));
     let n = ((pairs.len() as f64 * fraction).round() as usize).min(pairs.len().saturating_sub(1));
-    let n = if fraction > 0.0 && pairs.len() > 1 {
-        n.max(1)
-    } else {
-        n
-    };
+    let n = if fraction > 0.0 && pairs.len() > 1 { n.max(1) } else { n };
     let held = pairs.split_off(pairs.len() - n);
     (pairs, held)
 }
@@ -221,11 +202,8 @@ pub fn epoch_batches(
 ) -> mpsc::Receiver<Result<Batch>> {
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     shuffle(&mut order, &mut Rng::new(order_seed));
-    let batches: Vec<Vec<usize>> = order
-        .chunks(batch_size)
-        .filter(|c| c.len() == batch_size)
-        .map(<[usize]>::to_vec)
-        .collect();
+    let batches: Vec<Vec<usize>> =
+        order.chunks(batch_size).filter(|c| c.len() == batch_size).map(<[usize]>::to_vec).collect();
     let (tx, rx) = mpsc::sync_channel(workers.max(1) * 2);
     let pairs = pairs.to_vec();
     let proc = proc.clone();
@@ -257,11 +235,7 @@ pub fn epoch_batches(
                     }
                     let item = match err {
                         Some(e) => Err(e),
-                        None => Ok(Batch {
-                            index: b,
-                            pixels,
-                            captions,
-                        }),
+                        None => Ok(Batch { index: b, pixels, captions }),
                     };
                     if wtx.send((b, item)).is_err() {
                         return;
@@ -299,12 +273,8 @@ mod tests {
 
     #[test]
     fn split_is_seeded_and_disjoint() {
-        let pairs: Vec<Pair> = (0..20)
-            .map(|i| Pair {
-                image: format!("{i}.png").into(),
-                caption: i.to_string(),
-            })
-            .collect();
+        let pairs: Vec<Pair> =
+            (0..20).map(|i| Pair { image: format!("{i}.png").into(), caption: i.to_string() }).collect();
         let (a, b) = split(pairs.clone(), 0.2, 1);
         let (a2, b2) = split(pairs, 0.2, 1);
         assert_eq!((a.len(), b.len()), (16, 4));

@@ -47,10 +47,7 @@ pub fn zero_shot_accuracy(img: Tensor<2>, classes: Tensor<2>, labels: &[usize]) 
             let best = row
                 .iter()
                 .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |(bi, bv), (j, &v)| if v > bv { (j, v) } else { (bi, bv) },
-                )
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &v)| if v > bv { (j, v) } else { (bi, bv) })
                 .0;
             best == **label
         })

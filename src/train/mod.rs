@@ -143,10 +143,7 @@ pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64
 }
 
 fn preprocessor(config: &ModelConfig, init: Option<&Path>) -> Result<PreprocessorConfig> {
-    if let Some(p) = init
-        .map(|d| d.join("preprocessor_config.json"))
-        .filter(|p| p.is_file())
-    {
+    if let Some(p) = init.map(|d| d.join("preprocessor_config.json")).filter(|p| p.is_file()) {
         return PreprocessorConfig::from_file(&p);
     }
     let s = config.image_size() as u32;
@@ -219,9 +216,7 @@ fn export(
 /// Runs training; see [`TrainArgs`].
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     if args.batch_size < 2 {
-        return Err(NnError::Config(
-            "--batch-size must be at least 2 for a contrastive loss".into(),
-        ));
+        return Err(NnError::Config("--batch-size must be at least 2 for a contrastive loss".into()));
     }
     let (pairs, skipped) = data::load_pairs(&args.data, args.strict)?;
     let (train_pairs, held_out) = data::split(pairs, args.val_fraction, args.seed);
@@ -282,24 +277,19 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     let mut optim = AdamWConfig::new()
         .with_weight_decay(args.weight_decay as f32)
-        .with_grad_clipping(
-            args.grad_clip
-                .map(burn::grad_clipping::GradientClippingConfig::Norm),
-        )
+        .with_grad_clipping(args.grad_clip.map(burn::grad_clipping::GradientClippingConfig::Norm))
         .init();
     let mut state = TrainState::default();
     if args.resume
         && let Some(dir) = checkpoint::latest(&args.out)?
     {
         let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
-        model.load_from(&mut store).map_err(|e| NnError::Load {
-            path: dir.join("model.bpk"),
-            reason: e.to_string(),
-        })?;
-        optim = optim.load(dir.join("optim.bpk")).map_err(|e| NnError::Load {
-            path: dir.join("optim.bpk"),
-            reason: e.to_string(),
-        })?;
+        model
+            .load_from(&mut store)
+            .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
+        optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })?;
         state = zoo_nn::read_json(&dir.join("state.json"))?;
     }
 
@@ -322,14 +312,12 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let save_ckpt = |model: &Towers, optim: &burn::optim::ModuleOptimizer, state: &TrainState| {
         checkpoint::save(&args.out, state, |dir| {
             let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
-            model.save_into(&mut store).map_err(|e| NnError::Load {
-                path: dir.join("model.bpk"),
-                reason: e.to_string(),
-            })?;
-            optim.save(dir.join("optim.bpk")).map_err(|e| NnError::Load {
-                path: dir.join("optim.bpk"),
-                reason: e.to_string(),
-            })
+            model
+                .save_into(&mut store)
+                .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
+            optim
+                .save(dir.join("optim.bpk"))
+                .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })
         })
     };
 
@@ -410,16 +398,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         bar.finish_and_clear();
     }
     save_ckpt(&model, &optim, &state)?;
-    let losses_csv: String = state
-        .losses
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("{},{l:.9}\n", i + 1))
-        .collect();
-    checkpoint::write_atomic(
-        &args.out.join("losses.csv"),
-        format!("step,loss\n{losses_csv}").as_bytes(),
-    )?;
+    let losses_csv: String =
+        state.losses.iter().enumerate().map(|(i, l)| format!("{},{l:.9}\n", i + 1)).collect();
+    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss\n{losses_csv}").as_bytes())?;
     checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
     plot::plot(
         &args.out.join("metrics.png"),
@@ -430,15 +411,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let valid = model.valid();
     export(&args.out, &valid, &config, &pre, &tok_dir)?;
     let zero_shot_accuracy = match &args.labels {
-        Some(path) if !held_out.is_empty() => Some(zero_shot(
-            &valid,
-            &held_out,
-            path,
-            &proc,
-            &tok,
-            &config,
-            &device.clone().inner(),
-        )?),
+        Some(path) if !held_out.is_empty() => {
+            Some(zero_shot(&valid, &held_out, path, &proc, &tok, &config, &device.clone().inner())?)
+        }
         _ => None,
     };
     Ok(TrainReport {
@@ -462,12 +437,8 @@ fn zero_shot(
     device: &Device,
 ) -> Result<f64> {
     let text = std::fs::read_to_string(labels).map_err(|e| NnError::io(labels, e))?;
-    let classes: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let classes: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
     if classes.is_empty() {
         return Err(NnError::Config(format!("{}: no class names", labels.display())));
     }

@@ -169,10 +169,7 @@ impl Towers {
                 let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), device);
                 (m.image_features(pixels), m.text_features(ids))
             }
-            Self::Clip(m) => (
-                m.image_features(pixels),
-                m.text_features(&text.ids, &text.mask, device),
-            ),
+            Self::Clip(m) => (m.image_features(pixels), m.text_features(&text.ids, &text.mask, device)),
         };
         (zoo_nn::l2_normalize(img), zoo_nn::l2_normalize(txt))
     }

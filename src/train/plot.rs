@@ -36,11 +36,7 @@ pub fn plot(path: &Path, losses: &[f64], recall_at_1: &[f64]) -> Result<()> {
     let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255]));
     line(&mut img, (m, h - m), (w - m, h - m), [0, 0, 0]);
     line(&mut img, (m, m), (m, h - m), [0, 0, 0]);
-    let max = losses
-        .iter()
-        .cloned()
-        .filter(|v| v.is_finite())
-        .fold(1e-9, f64::max);
+    let max = losses.iter().cloned().filter(|v| v.is_finite()).fold(1e-9, f64::max);
     let xy = |i: usize, n: usize, v: f64, top: f64| {
         let x = m + ((w - 2 * m) as f64 * i as f64 / (n.max(2) - 1) as f64) as i64;
         let y = h - m - ((h - 2 * m) as f64 * (v / top).clamp(0.0, 1.0)) as i64;
@@ -62,8 +58,5 @@ pub fn plot(path: &Path, losses: &[f64], recall_at_1: &[f64]) -> Result<()> {
             [255, 127, 14],
         );
     }
-    img.save(path).map_err(|e| NnError::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    img.save(path).map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
 }

@@ -24,14 +24,8 @@ pub fn specials(arch: Arch) -> Vec<&'static str> {
 /// and `tokenizer_config.json` into `dir`. SigLIP texts end with `</s>` (pad `<pad>`); CLIP texts
 /// are wrapped in `<|startoftext|> ... <|endoftext|>` (pad = end of text).
 pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: &Path) -> Result<()> {
-    let err = |e: String| NnError::Tokenizer {
-        path: dir.join("tokenizer.json"),
-        reason: e,
-    };
-    let special: Vec<AddedToken> = specials(arch)
-        .into_iter()
-        .map(|t| AddedToken::from(t, true))
-        .collect();
+    let err = |e: String| NnError::Tokenizer { path: dir.join("tokenizer.json"), reason: e };
+    let special: Vec<AddedToken> = specials(arch).into_iter().map(|t| AddedToken::from(t, true)).collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(1)
@@ -42,11 +36,7 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
     let post = match arch {
         Arch::Siglip => TemplateProcessing::builder()
             .try_single("$A </s>")
-            .and_then(|b| {
-                b.special_tokens(vec![("</s>", 1)])
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|b| b.special_tokens(vec![("</s>", 1)]).build().map_err(|e| e.to_string()))
             .map_err(|e| err(e.to_string()))?,
         Arch::Clip => TemplateProcessing::builder()
             .try_single("<|startoftext|> $A <|endoftext|>")
@@ -65,8 +55,7 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
         .with_decoder(Some(ByteLevelDecoder::default()))
         .build()
         .map_err(|e| err(e.to_string()))?;
-    tok.train(&mut trainer, captions.iter())
-        .map_err(|e| err(e.to_string()))?;
+    tok.train(&mut trainer, captions.iter()).map_err(|e| err(e.to_string()))?;
     let path = dir.join("tokenizer.json");
     tok.save(&path, false).map_err(|e| err(e.to_string()))?;
     let config = match arch {
@@ -82,10 +71,7 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
 /// A decoder-side tokenizer for composed VLMs: byte-level BPE with `<pad>`=0, `<eos>`=1,
 /// `<bos>`=2, `<unk>`=3, `<image>`=4 and no post-processor (the processor inserts `<bos>`).
 pub fn train_decoder_tokenizer(texts: &[String], vocab_size: usize, dir: &Path) -> Result<()> {
-    let err = |e: String| NnError::Tokenizer {
-        path: dir.join("tokenizer.json"),
-        reason: e,
-    };
+    let err = |e: String| NnError::Tokenizer { path: dir.join("tokenizer.json"), reason: e };
     let special: Vec<AddedToken> = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
         .into_iter()
         .map(|t| AddedToken::from(t, true))
@@ -105,10 +91,8 @@ pub fn train_decoder_tokenizer(texts: &[String], vocab_size: usize, dir: &Path) 
         .with_decoder(Some(ByteLevelDecoder::default()))
         .build()
         .map_err(|e| err(e.to_string()))?;
-    tok.train(&mut trainer, texts.iter())
-        .map_err(|e| err(e.to_string()))?;
-    tok.save(dir.join("tokenizer.json"), false)
-        .map_err(|e| err(e.to_string()))?;
+    tok.train(&mut trainer, texts.iter()).map_err(|e| err(e.to_string()))?;
+    tok.save(dir.join("tokenizer.json"), false).map_err(|e| err(e.to_string()))?;
     let config = serde_json::json!({"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
                                     "tokenizer_class": "PreTrainedTokenizerFast"});
     super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
