@@ -171,33 +171,14 @@ impl Vlm {
         features: Option<&Tensor<3>>,
         device: &Device,
     ) -> Result<Tensor<3>> {
-        let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let image = self.image_token_index;
-        let oov = image as usize >= self.vocab_size;
-        let flat: Vec<i64> =
-            ids.iter().flatten().map(|&t| if oov && t == image { 0 } else { t as i64 }).collect();
-        let text = self.language_model.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
-        let Some(features) = features else { return Ok(text) };
-        let [_, n, c] = features.dims();
-        let mut gather = Vec::with_capacity(b * l);
-        let mut is_image = Vec::with_capacity(b * l);
-        for (row, r) in ids.iter().enumerate() {
-            let mut k = 0i64;
-            for &t in r {
-                is_image.push(t == image);
-                gather.push(if t == image { k } else { 0 });
-                k += (t == image) as i64;
-            }
-            if k as usize != n {
-                return Err(NnError::Config(format!(
-                    "row {row} has {k} <image> tokens but the image gives {n} features"
-                )));
-            }
-        }
-        let index = Tensor::<3, Int>::from_data(TensorData::new(gather, [b, l, 1]), device).expand([b, l, c]);
-        let mask =
-            Tensor::<3, Bool>::from_data(TensorData::new(is_image, [b, l, 1]), device).expand([b, l, c]);
-        Ok(text.mask_where(mask, features.clone().gather(1, index)))
+        zoo_paligemma::model::embed_with_images(
+            &self.language_model,
+            self.image_token_index,
+            self.vocab_size,
+            ids,
+            features,
+            device,
+        )
     }
 
     /// Logits of every position for image + tokens, prefix-LM over the first `prefix[b]` tokens.

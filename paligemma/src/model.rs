@@ -70,37 +70,14 @@ impl PaliGemmaForConditionalGeneration {
         image_features: Option<&Tensor<3>>,
         device: &Device,
     ) -> Result<Tensor<3>> {
-        let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let image = self.image_token_index;
-        let oov = image as usize >= self.vocab_size;
-        let flat: Vec<i64> =
-            ids.iter().flatten().map(|&t| if oov && t == image { 0 } else { t as i64 }).collect();
-        let text = self.language_model.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
-        let Some(features) = image_features else {
-            return Ok(text);
-        };
-        let [fb, n, c] = features.dims();
-        // Which feature goes where: k-th <image> of a row takes feature k.
-        let mut gather = Vec::with_capacity(b * l);
-        let mut is_image = Vec::with_capacity(b * l);
-        for (row, row_ids) in ids.iter().enumerate() {
-            let mut k = 0i64;
-            for &t in row_ids {
-                is_image.push(t == image);
-                gather.push(if t == image { k } else { 0 });
-                k += (t == image) as i64;
-            }
-            if k as usize != n || row >= fb {
-                return Err(NnError::Config(format!(
-                    "row {row} has {k} <image> tokens but the image gives {n} features"
-                )));
-            }
-        }
-        let index = Tensor::<3, Int>::from_data(TensorData::new(gather, [b, l, 1]), device).expand([b, l, c]);
-        let placed = features.clone().gather(1, index); // (B, L, C)
-        let mask =
-            Tensor::<3, Bool>::from_data(TensorData::new(is_image, [b, l, 1]), device).expand([b, l, c]);
-        Ok(text.mask_where(mask, placed))
+        embed_with_images(
+            &self.language_model,
+            self.image_token_index,
+            self.vocab_size,
+            ids,
+            image_features,
+            device,
+        )
     }
 
     /// Runs the decoder over prepared embeddings; returns logits of every position.
@@ -138,4 +115,48 @@ impl PaliGemmaForConditionalGeneration {
         let positions: Vec<Vec<i64>> = ids.iter().map(|r| (1..=r.len() as i64).collect()).collect();
         Ok(self.forward_embeds(x, &positions, &MaskSpec::prefix_lm(prefix), None))
     }
+}
+
+/// Scaled token embeddings of `lm` with the `<image>` positions of each row replaced, in order,
+/// by that row's (unscaled) image features; shared by PaliGemma and composed VLMs.
+///
+/// # Shapes
+/// - `ids`: `[B][L]`; `features`: `[B, N, C]`; output `[B, L, C]`
+pub fn embed_with_images(
+    lm: &GemmaForCausalLM,
+    image_token: u32,
+    vocab_size: usize,
+    ids: &[Vec<u32>],
+    features: Option<&Tensor<3>>,
+    device: &Device,
+) -> Result<Tensor<3>> {
+    let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
+    let oov = image_token as usize >= vocab_size;
+    let flat: Vec<i64> =
+        ids.iter().flatten().map(|&t| if oov && t == image_token { 0 } else { t as i64 }).collect();
+    let text = lm.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
+    let Some(features) = features else {
+        return Ok(text);
+    };
+    let [fb, n, c] = features.dims();
+    // Which feature goes where: the k-th <image> of a row takes feature k.
+    let mut gather = Vec::with_capacity(b * l);
+    let mut is_image = Vec::with_capacity(b * l);
+    for (row, row_ids) in ids.iter().enumerate() {
+        let mut k = 0i64;
+        for &t in row_ids {
+            is_image.push(t == image_token);
+            gather.push(if t == image_token { k } else { 0 });
+            k += (t == image_token) as i64;
+        }
+        if k as usize != n || row >= fb {
+            return Err(NnError::Config(format!(
+                "row {row} has {k} <image> tokens but the image gives {n} features"
+            )));
+        }
+    }
+    let index = Tensor::<3, Int>::from_data(TensorData::new(gather, [b, l, 1]), device).expand([b, l, c]);
+    let placed = features.clone().gather(1, index); // (B, L, C)
+    let mask = Tensor::<3, Bool>::from_data(TensorData::new(is_image, [b, l, 1]), device).expand([b, l, c]);
+    Ok(text.mask_where(mask, placed))
 }
