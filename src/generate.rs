@@ -87,20 +87,7 @@ pub fn generate_text(
     }
     let decoder =
         GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: device.clone() };
-    let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
-    let decode = |ids: &[u32]| tok.decode(ids).ok();
-    let out = generate(&decoder, &ids, &eos, sampling, |row, id| {
-        let piece = streams[row].push(id, decode);
-        if !piece.is_empty() {
-            on_text(row, &piece);
-        }
-    })?;
-    for (row, stream) in streams.iter_mut().enumerate() {
-        let rest = stream.finish(decode);
-        if !rest.is_empty() {
-            on_text(row, &rest);
-        }
-    }
+    let out = generate_streaming(&decoder, &ids, &eos, sampling, &tok, &mut on_text)?;
     out.into_iter()
         .zip(ids)
         .map(|(g, prompt_token_ids)| {
@@ -158,20 +145,7 @@ fn generate_paligemma(
         device: device.clone(),
     };
     let tok = &proc.tokenizer;
-    let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
-    let decode = |ids: &[u32]| tok.decode(ids).ok();
-    let out = generate(&decoder, &ids, &eos, sampling, |row, id| {
-        let piece = streams[row].push(id, decode);
-        if !piece.is_empty() {
-            on_text(row, &piece);
-        }
-    })?;
-    for (row, stream) in streams.iter_mut().enumerate() {
-        let rest = stream.finish(decode);
-        if !rest.is_empty() {
-            on_text(row, &rest);
-        }
-    }
+    let out = generate_streaming(&decoder, &ids, &eos, sampling, tok, &mut on_text)?;
     out.into_iter()
         .zip(ids)
         .enumerate()
@@ -220,4 +194,31 @@ pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], ou
         crate::font::draw_text(&mut img, x1 + 3, y1 + 3, &d.label, scale, c.0);
     }
     img.save(out).map_err(|e| NnError::Image { path: out.to_path_buf(), reason: e.to_string() })
+}
+
+/// Generates for every row and streams decoded text to `on_text(row, piece)` as it completes
+/// (split multi-byte characters held back, the rest flushed at the end).
+fn generate_streaming<D: zoo_gemma::Decoder>(
+    decoder: &D,
+    ids: &[Vec<u32>],
+    eos: &[u32],
+    sampling: &Sampling,
+    tok: &TextTokenizer,
+    on_text: &mut impl FnMut(usize, &str),
+) -> Result<Vec<zoo_gemma::Generated>> {
+    let mut streams: Vec<TextStream> = (0..ids.len()).map(|_| TextStream::default()).collect();
+    let decode = |ids: &[u32]| tok.decode(ids).ok();
+    let out = generate(decoder, ids, eos, sampling, |row, id| {
+        let piece = streams[row].push(id, decode);
+        if !piece.is_empty() {
+            on_text(row, &piece);
+        }
+    })?;
+    for (row, stream) in streams.iter_mut().enumerate() {
+        let rest = stream.finish(decode);
+        if !rest.is_empty() {
+            on_text(row, &rest);
+        }
+    }
+    Ok(out)
 }
