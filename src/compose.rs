@@ -11,9 +11,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use zoo_clip::{ClipVisionConfig, ClipVisionTransformer};
-use zoo_gemma::generate::row_positions;
-use zoo_gemma::{Decoder, GemmaConfig, GemmaForCausalLM};
-use zoo_nn::{Activation, KvCache, MaskSpec, NnError, Result};
+use zoo_gemma::{GemmaConfig, GemmaForCausalLM};
+use zoo_nn::{Activation, MaskSpec, NnError, Result};
 use zoo_siglip::{SiglipVisionConfig, SiglipVisionTransformer};
 
 /// Which vision tower.
@@ -263,58 +262,22 @@ pub fn caption_batch(
     Ok((ids, vec![prompt.len(); captions.len()], suffixes.iter().map(Vec::len).collect()))
 }
 
-/// A batch of images ready for generation with a [`Vlm`].
-#[derive(Debug)]
-pub struct VlmDecoder<'a> {
-    /// The model.
-    pub model: &'a Vlm,
-    /// `[B, N, C]`.
-    pub image_features: Tensor<3>,
-    /// Context length.
-    pub max_len: usize,
-    /// Device.
-    pub device: Device,
-}
-
-impl Decoder for VlmDecoder<'_> {
-    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
-        let x = self.model.embed_inputs(prompt, Some(&self.image_features), &self.device)?;
-        let positions: Vec<Vec<i64>> =
-            row_positions(valid).into_iter().map(|r| r.into_iter().map(|p| p + 1).collect()).collect();
-        let mask = MaskSpec::prefix_lm(valid.iter().map(Vec::len).collect()).with_key_valid(valid.to_vec());
-        let h = self.model.language_model.forward_embeds(x, &positions, &mask, Some(cache));
-        Ok(last(self.model.language_model.logits(h)))
-    }
-
-    fn step(
+impl zoo_paligemma::ImageTextModel for Vlm {
+    fn embed_inputs(
         &self,
-        tokens: &[u32],
-        positions: &[i64],
-        valid: &[Vec<bool>],
-        cache: &mut KvCache,
-    ) -> Result<Tensor<2>> {
-        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let x = self.model.embed_inputs(&ids, None, &self.device)?;
-        let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p + 1]).collect();
-        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        let h = self.model.language_model.forward_embeds(x, &pos, &mask, Some(cache));
-        Ok(last(self.model.language_model.logits(h)))
+        ids: &[Vec<u32>],
+        features: Option<&Tensor<3>>,
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        Vlm::embed_inputs(self, ids, features, device)
     }
-
-    fn cache(&self, batch: usize, max_len: usize) -> KvCache {
-        self.model.language_model.new_cache(batch, max_len, &self.device)
+    fn language_model(&self) -> &GemmaForCausalLM {
+        &self.language_model
     }
-
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     fn vocab_limit(&self) -> usize {
-        self.model.vocab_size.max(self.model.image_token_index as usize + 1)
+        self.vocab_size.max(self.image_token_index as usize + 1)
     }
 }
 
-fn last(logits: Tensor<3>) -> Tensor<2> {
-    let [b, l, v] = logits.dims();
-    logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v])
-}
+/// A batch of images ready for generation with a [`Vlm`]: PaliGemma's decoder over the composition.
+pub type VlmDecoder<'a> = zoo_paligemma::PaliGemmaDecoder<'a, Vlm>;

@@ -14,7 +14,7 @@ pub mod model;
 pub mod processor;
 
 pub use config::PaliGemmaConfig;
-pub use decoder::PaliGemmaDecoder;
+pub use decoder::{ImageTextModel, PaliGemmaDecoder};
 pub use detect::{Detection, is_detect_prompt, parse_detections};
 pub use load::load_paligemma;
 pub use model::PaliGemmaForConditionalGeneration;
