@@ -1,30 +1,52 @@
-//! `vlm-zoo bench`: load time, peak memory, prefill time and decode speed of a Gemma or
-//! PaliGemma folder, printed as JSON (compare with scripts/bench_torch.py on the same files).
+//! `vlm-zoo bench`: the same work as `scripts/bench_torch.py`, on the same folder, printed as
+//! one JSON line with the same keys.
+//!
+//! - Gemma / PaliGemma: load time, peak memory, prefill time (vision tower included), decode
+//!   speed and the end-to-end time to the last of `new_tokens` generated tokens.
+//! - SigLIP / CLIP: image encoding (images/s at each batch size), or with `train` the
+//!   training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
 
+use crate::train::models::Towers;
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::DType;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 use zoo_gemma::{Decoder, GemmaDecoder, Sampling, generate};
-use zoo_nn::{NnError, Result};
+use zoo_nn::{Encoded, NnError, Result};
 
-/// Measurements of one run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BenchReport {
-    /// Model type.
-    pub model_type: String,
-    /// Seconds to load the checkpoint.
-    pub load_s: f64,
-    /// Prompt tokens (image tokens included).
-    pub prompt_tokens: usize,
-    /// Seconds for the prefill (vision tower included for PaliGemma).
-    pub prefill_s: f64,
-    /// Tokens generated after the prefill.
-    pub decode_tokens: usize,
-    /// Generated tokens per second (after the prefill).
-    pub decode_tok_s: f64,
-    /// Peak resident memory of the process in MiB.
-    pub peak_rss_mib: f64,
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Text tokens in the prompt (decoders).
+    pub prompt_len: usize,
+    /// Tokens to generate, the first included (decoders).
+    pub new_tokens: usize,
+    /// Batch sizes (encoders; the first one for training).
+    pub batches: Vec<usize>,
+    /// Timed repetitions per batch size (encoders).
+    pub iters: usize,
+    /// Measure training steps instead of encoding (encoders).
+    pub train: bool,
+    /// Timed training steps.
+    pub steps: usize,
+    /// Compute dtype of the weights.
+    pub dtype: DType,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            prompt_len: 64,
+            new_tokens: 32,
+            batches: vec![1, 8],
+            iters: 3,
+            train: false,
+            steps: 3,
+            dtype: DType::F32,
+        }
+    }
 }
 
 /// Peak resident set size (VmHWM) in MiB, where /proc exists.
@@ -36,39 +58,52 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result<(f64, f64)> {
-    // A warm-up prefill (first-call allocations), then one run timestamping every token as it is
-    // chosen: the first stamp ends the prefill, the rest measure decoding.
-    generate(
-        decoder,
-        std::slice::from_ref(&prompt),
-        &[],
-        &Sampling { max_new_tokens: 1, ..Default::default() },
-        |_, _| {},
-    )?;
-    let t = Instant::now();
-    let mut stamps = Vec::new();
-    generate(
-        decoder,
-        &[prompt],
-        &[],
-        &Sampling { max_new_tokens: new_tokens + 1, ..Default::default() },
-        |_, _| stamps.push(t.elapsed().as_secs_f64()),
-    )?;
-    let (first, last) = (stamps.first().copied().unwrap_or(0.0), stamps.last().copied().unwrap_or(0.0));
-    Ok((first, new_tokens as f64 / (last - first).max(1e-9)))
+/// Token ids of the benchmark prompts: a fixed pattern over `[10, vocab)`, shared with the
+/// PyTorch script.
+fn pattern(n: usize, vocab: usize, offset: usize) -> Vec<u32> {
+    (0..n).map(|i| 10 + ((i + offset) * 7919 % (vocab - 10)) as u32).collect()
 }
 
-/// Benchmarks `dir` with a prompt of `prompt_len` text tokens and `new_tokens` decode steps.
-pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) -> Result<BenchReport> {
-    let kind = zoo_nn::model_type(dir)?;
-    let text = |vocab: usize| -> Vec<u32> {
-        (0..prompt_len as u32).map(|i| 10 + (i * 7919) % (vocab as u32 - 10)).collect()
-    };
+/// A deterministic image batch in `[-1, 1)`, shared with the PyTorch script.
+fn pixels(b: usize, s: usize, device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = (0..b * 3 * s * s).map(|i| (i * 37 % 256) as f32 / 128.0 - 1.0).collect();
+    Tensor::from_data(TensorData::new(data, [b, 3, s, s]), device)
+}
+
+/// Waits for the device to finish (reads one value back).
+fn sync<const D: usize>(t: Tensor<D>) {
+    let _ = t.sum().into_data();
+}
+
+/// A warm-up generation, then one that timestamps every token as it is chosen: returns
+/// (first token, last token) times in seconds from the start.
+fn timed<D: Decoder>(decoder: &D, prompt: Vec<u32>, new_tokens: usize) -> Result<(f64, f64)> {
+    let one = Sampling { max_new_tokens: 1, ..Default::default() };
+    generate(decoder, std::slice::from_ref(&prompt), &[], &one, |_, _| {})?;
     let t = Instant::now();
-    let (prompt_tokens, prefill_s, decode_tok_s, load_s) = match kind.as_str() {
+    let mut stamps = Vec::new();
+    let all = Sampling { max_new_tokens: new_tokens, ..Default::default() };
+    generate(decoder, &[prompt], &[], &all, |_, _| stamps.push(t.elapsed().as_secs_f64()))?;
+    Ok((stamps.first().copied().unwrap_or(0.0), stamps.last().copied().unwrap_or(0.0)))
+}
+
+fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, last: f64, new: usize) -> Value {
+    let decode = new.saturating_sub(1);
+    json!({"model_type": kind, "load_s": load_s, "prompt_tokens": prompt_tokens, "prefill_s": first,
+           "decode_tokens": decode, "decode_tok_s": decode as f64 / (last - first).max(1e-9),
+           "total_s": last, "peak_rss_mib": peak_rss_mib()})
+}
+
+/// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
+pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> {
+    let kind = zoo_nn::model_type(dir)?;
+    if opts.new_tokens == 0 || opts.batches.contains(&0) || opts.batches.is_empty() {
+        return Err(NnError::Config("bench: --new-tokens and every --batch must be at least 1".into()));
+    }
+    let t = Instant::now();
+    match kind.as_str() {
         "gemma" | "gemma2" => {
-            let (model, config) = zoo_gemma::load_gemma(dir, DType::F32, device)?;
+            let (model, config) = zoo_gemma::load_gemma(dir, opts.dtype, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
                 model: &model,
@@ -76,46 +111,96 @@ pub fn bench(dir: &Path, prompt_len: usize, new_tokens: usize, device: &Device) 
                 device: device.clone(),
             };
             let mut prompt = vec![2];
-            prompt.extend(text(config.vocab_size));
+            prompt.extend(pattern(opts.prompt_len, config.vocab_size, 0));
             let n = prompt.len();
-            let (p, d) = timed(&decoder, prompt, new_tokens)?;
-            (n, p, d, load_s)
+            let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
+            Ok(decoder_report(&kind, load_s, n, first, last, opts.new_tokens))
         }
         "paligemma" => {
-            let (model, config) = zoo_paligemma::load_paligemma(dir, DType::F32, device)?;
+            let (model, config) = zoo_paligemma::load_paligemma(dir, opts.dtype, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
             prompt.push(2);
-            prompt.extend(text(config.text_config.vocab_size.min(config.image_token_index as usize)));
+            let vocab = config.text_config.vocab_size.min(config.image_token_index as usize);
+            prompt.extend(pattern(opts.prompt_len, vocab, 0));
             let n = prompt.len();
-            let pixels = Tensor::<4>::zeros([1, 3, s, s], device);
+            let features = |model: &zoo_paligemma::PaliGemmaForConditionalGeneration| {
+                let f = model.image_features(pixels(1, s, device).cast(opts.dtype));
+                sync(f.clone());
+                f
+            };
+            let _ = features(&model); // warm-up of the vision tower
             let t = Instant::now();
-            let features = model.image_features(pixels);
-            let _ = features.clone().into_data();
+            let image_features = features(&model);
             let vision_s = t.elapsed().as_secs_f64();
             let decoder = zoo_paligemma::PaliGemmaDecoder {
                 model: &model,
-                image_features: features,
+                image_features,
                 max_len: config.text_config.max_position_embeddings,
                 device: device.clone(),
             };
-            let (p, d) = timed(&decoder, prompt, new_tokens)?;
-            (n, p + vision_s, d, load_s)
+            let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
+            Ok(decoder_report(&kind, load_s, n, first + vision_s, last + vision_s, opts.new_tokens))
         }
-        other => {
-            return Err(NnError::Config(format!(
-                "bench: model_type '{other}' (expected gemma, gemma2 or paligemma)"
-            )));
+        "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
+        "siglip" | "clip" => {
+            let (towers, config) = Towers::load(dir, opts.dtype, device)?;
+            let load_s = t.elapsed().as_secs_f64();
+            let s = config.image_size();
+            let mut encode = Vec::new();
+            for &b in &opts.batches {
+                let x = pixels(b, s, device).cast(opts.dtype);
+                sync(towers.image_features(x.clone())); // warm-up
+                let t = Instant::now();
+                for _ in 0..opts.iters {
+                    sync(towers.image_features(x.clone()));
+                }
+                let per_s = (b * opts.iters) as f64 / t.elapsed().as_secs_f64();
+                encode.push(json!({"batch": b, "images_per_s": per_s}));
+            }
+            Ok(json!({"model_type": kind, "load_s": load_s, "task": "encode_images", "encode": encode,
+                      "peak_rss_mib": peak_rss_mib()}))
         }
+        other => Err(NnError::Config(format!(
+            "bench: model_type '{other}' (expected gemma, gemma2, paligemma, siglip or clip)"
+        ))),
+    }
+}
+
+/// Training steps/s of a SigLIP or CLIP folder: forward both towers, contrastive loss,
+/// backward, AdamW (lr 1e-4, no weight decay), on a fixed batch.
+fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> Result<Value> {
+    let device = device.clone().autodiff();
+    let t = Instant::now();
+    let (mut model, config) = Towers::load(dir, DType::F32, &device)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let b = opts.batches[0];
+    let (len, vocab) = (config.text_len(), config.vocab_size());
+    let text = Encoded {
+        ids: (0..b).map(|r| pattern(len, vocab, r * len)).collect(),
+        mask: vec![vec![true; len]; b],
     };
-    Ok(BenchReport {
-        model_type: kind,
-        load_s,
-        prompt_tokens,
-        prefill_s,
-        decode_tokens: new_tokens,
-        decode_tok_s,
-        peak_rss_mib: peak_rss_mib(),
-    })
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut step = |model: Towers| {
+        let (img, txt) = model.embed(pixels(b, config.image_size(), &device), &text, &device);
+        let loss = model.loss(img, txt, None);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optim.step(1e-4, model, grads).clamp_temperature()
+    };
+    // Reading a parameter back waits for the device to apply the update.
+    let sync_model = |model: &Towers| match model {
+        Towers::Siglip(m) => sync(m.logit_scale.val()),
+        Towers::Clip(m) => sync(m.logit_scale.val()),
+    };
+    model = step(model); // warm-up
+    sync_model(&model);
+    let t = Instant::now();
+    for _ in 0..opts.steps {
+        model = step(model);
+    }
+    sync_model(&model);
+    let steps_per_s = opts.steps as f64 / t.elapsed().as_secs_f64();
+    Ok(json!({"model_type": kind, "load_s": load_s, "task": "train", "batch": b, "steps": opts.steps,
+              "steps_per_s": steps_per_s, "peak_rss_mib": peak_rss_mib()}))
 }

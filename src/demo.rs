@@ -29,6 +29,8 @@ pub struct DemoArgs {
     pub seed: u64,
     /// Progress output.
     pub verbose: bool,
+    /// Device name as the CLI takes it (`cpu`, `ndarray`, `flex`, `cuda`, `cuda:N`).
+    pub device: String,
 }
 
 impl Default for DemoArgs {
@@ -41,6 +43,7 @@ impl Default for DemoArgs {
             norm: NormKind::Layer,
             seed: 0,
             verbose: true,
+            device: "cpu".into(),
         }
     }
 }
@@ -157,9 +160,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
     let config = demo_config(vocab, args.norm);
     let (_, n_image) = config.vision_dims();
 
-    let device = zoo_nn::device::default_cpu()
-        .ok_or_else(|| NnError::Device("cpu".into(), "no CPU backend".into()))?
-        .autodiff();
+    let device = zoo_nn::parse_device(&args.device)?.autodiff();
     device.seed(args.seed);
     let mut model = Vlm::new(&config, &device)?;
     let pre = PreprocessorConfig::square(32);

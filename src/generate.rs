@@ -1,7 +1,6 @@
 //! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::{Path, PathBuf};
 use zoo_gemma::{GemmaDecoder, Sampling, StopReason, TextStream, generate};
 use zoo_nn::{NnError, Result, TextTokenizer, model_type};
@@ -74,7 +73,7 @@ pub fn generate_text(
     }
     sampling.validate()?;
     let tok = TextTokenizer::from_dir(dir)?;
-    let (model, config) = zoo_gemma::load_gemma(dir, DType::F32, device)?;
+    let (model, config) = zoo_gemma::load_gemma(dir, zoo_nn::device::float_dtype(device), device)?;
     tok.check_vocab(config.vocab_size)?;
     let eos = eos_ids(dir, &config.eos_token_id)?;
     let mut ids = Vec::with_capacity(prompts.len());
@@ -136,7 +135,7 @@ fn generate_paligemma(
         paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
     let pixels = proc.images.batch(&decoded, device)?;
     let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
-    let (model, _) = zoo_paligemma::load_paligemma(dir, DType::F32, device)?;
+    let (model, _) = zoo_paligemma::load_paligemma(dir, zoo_nn::device::float_dtype(device), device)?;
     let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
     let decoder = zoo_paligemma::PaliGemmaDecoder {
         image_features: model.image_features(pixels),

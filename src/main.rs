@@ -31,6 +31,9 @@ enum Command {
         /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Compute dtype: f32, bf16 or f16 (bf16/f16 on flex or cuda; ndarray is f32 only).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Generate text with a Gemma / Gemma 2 checkpoint, or with PaliGemma from --image + --prompt (streams to stdout).
     Generate {
@@ -70,6 +73,9 @@ enum Command {
         /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Compute dtype: f32, bf16 or f16 (bf16/f16 on flex or cuda; ndarray is f32 only).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Train a CLIP or SigLIP on image-text pairs (CSV/JSONL file or a folder of images + .txt).
     Train {
@@ -154,7 +160,7 @@ enum Command {
         /// Stop after this many steps.
         #[arg(long)]
         max_steps: Option<usize>,
-        /// cpu only for now.
+        /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -175,21 +181,41 @@ enum Command {
         /// Norm of every block: layer, rms, rms_gemma or batch.
         #[arg(long, default_value = "layer")]
         norm: String,
+        /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
-    /// Measure load time, peak memory, prefill time and decode tokens/s of a Gemma or PaliGemma folder (JSON).
+    /// Benchmark a folder, printing one JSON line (compare with scripts/bench_torch.py): Gemma and
+    /// PaliGemma load, prefill, decode tokens/s and end-to-end time; SigLIP and CLIP image encoding
+    /// (images/s per batch size) or, with --train, training steps/s.
     Bench {
         /// The checkpoint folder.
         #[arg(long)]
         model: PathBuf,
-        /// Text tokens in the prompt.
+        /// Text tokens in the prompt (Gemma, PaliGemma).
         #[arg(long, default_value_t = 64)]
         prompt_len: usize,
-        /// Tokens to decode.
+        /// Tokens to generate, the first included (Gemma, PaliGemma).
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
-        /// cpu, ndarray, flex, cuda or cuda:N.
+        /// Batch sizes, comma-separated (SigLIP, CLIP; the first one with --train).
+        #[arg(long, default_value = "1,8", value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Timed repetitions per batch size (SigLIP, CLIP).
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Measure training steps (forward, loss, backward, AdamW) instead of encoding (SigLIP, CLIP).
+        #[arg(long)]
+        train: bool,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Compute dtype: f32, bf16 or f16 (inference only).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Summarise a HuggingFace checkpoint folder (config and safetensors headers; no weights are read).
     Inspect {
@@ -212,8 +238,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::ZeroShot { model, images, texts, json, device } => {
-            let device = vlm_zoo::nn::parse_device(&device)?;
+        Command::ZeroShot { model, images, texts, json, device, dtype } => {
+            let device = vlm_zoo::nn::device_with_dtype(&device, vlm_zoo::nn::parse_dtype(&dtype)?)?;
             let model = vlm_zoo::hub::resolve_model(&model)?;
             let out = vlm_zoo::zero_shot::zero_shot(&model, &images, &texts, &device)?;
             for note in &out.notes {
@@ -245,8 +271,9 @@ fn run(cli: Cli) -> Result<()> {
             json,
             draw,
             device,
+            dtype,
         } => {
-            let device = vlm_zoo::nn::parse_device(&device)?;
+            let device = vlm_zoo::nn::device_with_dtype(&device, vlm_zoo::nn::parse_dtype(&dtype)?)?;
             let model = vlm_zoo::hub::resolve_model(&model)?;
             let sampling = vlm_zoo::gemma::Sampling {
                 temperature,
@@ -326,9 +353,6 @@ fn run(cli: Cli) -> Result<()> {
             max_steps,
             device,
         } => {
-            if device != "cpu" {
-                anyhow::bail!("training runs on --device cpu in this version (got '{device}')");
-            }
             let args = vlm_zoo::train::TrainArgs {
                 arch,
                 data,
@@ -357,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
                 labels,
                 max_steps,
                 progress: true,
+                device,
             };
             let report = vlm_zoo::train::train(&args)?;
             if report.skipped_images + report.skipped_captions > 0 {
@@ -385,9 +410,10 @@ fn run(cli: Cli) -> Result<()> {
                 report.export.display()
             );
         }
-        Command::Demo { out, train_images, test_images, epochs, norm } => {
+        Command::Demo { out, train_images, test_images, epochs, norm, device } => {
             let args = vlm_zoo::demo::DemoArgs {
                 out,
+                device,
                 train_images,
                 test_images,
                 epochs,
@@ -407,14 +433,19 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("model: {}  grid: {}", r.model_dir.display(), args.out.join("captions.png").display());
         }
-        Command::Bench { model, prompt_len, new_tokens, device } => {
-            let device = vlm_zoo::nn::parse_device(&device)?;
-            let r = vlm_zoo::bench::bench(
-                &vlm_zoo::hub::resolve_model(&model)?,
+        Command::Bench { model, prompt_len, new_tokens, batch, iters, train, steps, device, dtype } => {
+            let dtype = vlm_zoo::nn::parse_dtype(&dtype)?;
+            let device = vlm_zoo::nn::device_with_dtype(&device, dtype)?;
+            let opts = vlm_zoo::bench::BenchOptions {
                 prompt_len,
                 new_tokens,
-                &device,
-            )?;
+                batches: batch,
+                iters,
+                train,
+                steps,
+                dtype,
+            };
+            let r = vlm_zoo::bench::bench(&vlm_zoo::hub::resolve_model(&model)?, &opts, &device)?;
             println!("{}", serde_json::to_string(&r)?);
         }
         Command::Inspect { model, json } => {

@@ -1,7 +1,6 @@
 //! `vlm-zoo zero-shot`: image-text scores from a SigLIP or CLIP checkpoint folder.
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::{Path, PathBuf};
 use zoo_nn::image::{ChannelValues, SizeSpec};
 use zoo_nn::testing::to_vec;
@@ -73,7 +72,7 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
     let tok = TextTokenizer::from_dir(dir)?;
     let (image_embeds, text_embeds, logits, probs) = match kind.as_str() {
         "siglip" => {
-            let (model, config) = zoo_siglip::load_siglip(dir, DType::F32, device)?;
+            let (model, config) = zoo_siglip::load_siglip(dir, zoo_nn::device::float_dtype(device), device)?;
             tok.check_vocab(config.text_config.vocab_size)?;
             let proc = processor(dir, config.vision_config.image_size, false, &mut notes)?;
             let pixels = proc.batch_from_files(images, device)?;
@@ -83,7 +82,7 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
             (out.image_embeds.clone(), out.text_embeds.clone(), out.logits_per_image.clone(), out.probs())
         }
         "clip" => {
-            let (model, config) = zoo_clip::load_clip(dir, DType::F32, device)?;
+            let (model, config) = zoo_clip::load_clip(dir, zoo_nn::device::float_dtype(device), device)?;
             tok.check_vocab(config.text_config.vocab_size)?;
             let proc = processor(dir, config.vision_config.image_size, true, &mut notes)?;
             let pixels = proc.batch_from_files(images, device)?;

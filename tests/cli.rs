@@ -19,6 +19,12 @@ fn vlm_zoo(args: &[&str]) -> (bool, String, String) {
 }
 
 fn zero_shot_json(model: &Path, name: &str) {
+    zero_shot_json_with(model, name, &[], PARITY_TOL);
+}
+
+/// `zero-shot --json` with `extra` arguments, checked against the transformers reference with
+/// tolerance `tol` (absolute and relative).
+fn zero_shot_json_with(model: &Path, name: &str, extra: &[&str], tol: f32) {
     let dir = fixtures();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("reference.json")).unwrap())
@@ -33,6 +39,7 @@ fn zero_shot_json(model: &Path, name: &str) {
         args.push("--text".into());
         args.push(t.as_str().unwrap().into());
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, stdout, stderr) = vlm_zoo(&args);
     assert!(ok, "{stderr}");
@@ -46,8 +53,107 @@ fn zero_shot_json(model: &Path, name: &str) {
     };
     let r = Reference::read(&dir.join(name).join("reference.safetensors"));
     for key in ["image_embeds", "text_embeds", "logits_per_image", "probs"] {
-        assert_slices_close(&flat(key), &r.f32(key), PARITY_TOL, &format!("cli {name} {key}"));
+        let want = r.f32(key);
+        // In half precision the logits (logit_scale x cosine) carry the cosines' noise times
+        // the scale: their tolerance is relative to the largest logit.
+        let half = extra.contains(&"--dtype");
+        let tol = if half && key == "logits_per_image" {
+            tol * want.iter().fold(1f32, |m, x| m.max(x.abs()))
+        } else {
+            tol
+        };
+        assert_slices_close(&flat(key), &want, tol, &format!("cli {name} {extra:?} {key}"));
     }
+}
+
+#[test]
+fn every_cpu_backend_equals_transformers() {
+    let dir = fixtures();
+    for device in ["ndarray", "flex"] {
+        for name in ["siglip-b", "clip-a"] {
+            zero_shot_json_with(&dir.join(name), name, &["--device", device], PARITY_TOL);
+        }
+    }
+}
+
+/// bf16 keeps 8 significant bits (relative step 2^-8 = 0.004) and f16 11 (0.0005): after a few
+/// layers the outputs carry a few steps of that noise, so they are held to 8 steps.
+#[test]
+fn half_precision_stays_within_its_own_noise() {
+    let dir = fixtures();
+    for (dtype, tol) in [("bf16", 8.0 / 256.0), ("f16", 8.0 / 2048.0)] {
+        for name in ["siglip-a", "clip-b"] {
+            zero_shot_json_with(&dir.join(name), name, &["--dtype", dtype], tol);
+        }
+    }
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        dir.join("siglip-a").to_str().unwrap(),
+        "--image",
+        dir.join("images/rgb_64x48.png").to_str().unwrap(),
+        "--text",
+        "x",
+        "--device",
+        "ndarray",
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("ndarray computes in f32 only; use --device flex"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (ok, _, stderr) = vlm_zoo(&["bench", "--model", "x", "--dtype", "f64"]);
+    assert!(!ok);
+    assert!(stderr.contains("--dtype 'f64': expected f32, bf16 or f16"), "{stderr}");
+}
+
+/// Each kind of benchmark runs on the tiny fixtures and reports what it measured.
+#[test]
+fn bench_reports_every_kind() {
+    let dir = fixtures();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let (ok, stdout, stderr) = vlm_zoo(args);
+        assert!(ok, "{args:?}: {stderr}");
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let m = |name: &str| dir.join(name).display().to_string();
+    let v = run(&["bench", "--model", &m("gemma2-a"), "--prompt-len", "5", "--new-tokens", "4"]);
+    assert_eq!((v["prompt_tokens"].as_u64(), v["decode_tokens"].as_u64()), (Some(6), Some(3)));
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0 && v["total_s"].as_f64().unwrap() > 0.0);
+    let v = run(&[
+        "bench",
+        "--model",
+        &m("paligemma-a"),
+        "--prompt-len",
+        "3",
+        "--new-tokens",
+        "2",
+        "--dtype",
+        "bf16",
+    ]);
+    assert_eq!(v["model_type"], "paligemma");
+    assert!(v["prefill_s"].as_f64().unwrap() > 0.0);
+    let v = run(&["bench", "--model", &m("clip-a"), "--batch", "1,3", "--iters", "1"]);
+    let batches: Vec<u64> =
+        v["encode"].as_array().unwrap().iter().map(|e| e["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 3]);
+    assert!(v["encode"][1]["images_per_s"].as_f64().unwrap() > 0.0);
+    let v = run(&[
+        "bench",
+        "--model",
+        &m("siglip-a"),
+        "--train",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--device",
+        "ndarray",
+    ]);
+    assert_eq!((v["task"].as_str(), v["batch"].as_u64()), (Some("train"), Some(2)));
+    assert!(v["steps_per_s"].as_f64().unwrap() > 0.0);
+    let (ok, _, stderr) = vlm_zoo(&["bench", "--model", &m("clip-a"), "--batch", "0"]);
+    assert!(!ok && stderr.contains("every --batch must be at least 1"), "{stderr}");
 }
 
 #[test]

@@ -124,7 +124,7 @@ fn export_is_transformers_layout() {
     for name in ["siglip-a", "clip-a"] {
         let dir = zoo_nn::testing::fixture(name);
         let dev = zoo_nn::testing::device();
-        let (model, _) = vlm_zoo::train::models::Towers::load(&dir, &dev).unwrap();
+        let (model, _) = vlm_zoo::train::models::Towers::load(&dir, burn::tensor::DType::F32, &dev).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("model.safetensors");
         model.save_hf(&file).unwrap();

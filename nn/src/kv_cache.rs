@@ -43,9 +43,11 @@ impl LayerKvCache {
         let end = self.len + l;
         assert!(end <= self.max_len, "KV cache overflow: {end} > max_len {}", self.max_len);
         let range = [0..b, 0..kh, self.len..end, 0..d];
-        // Take the buffers out so they are uniquely owned while written.
-        let keys = self.keys.take().expect("cache buffer").slice_assign(range.clone(), k.cast(self.dtype()));
-        let values = self.values.take().expect("cache buffer").slice_assign(range, v.cast(self.dtype()));
+        // The buffers' dtype (read before they are taken out), then take them out so they are
+        // uniquely owned while written.
+        let dtype = self.dtype();
+        let keys = self.keys.take().expect("cache buffer").slice_assign(range.clone(), k.cast(dtype));
+        let values = self.values.take().expect("cache buffer").slice_assign(range, v.cast(dtype));
         self.len = end;
         let view = [0..b, 0..kh, 0..end, 0..d];
         let out = (keys.clone().slice(view.clone()), values.clone().slice(view));

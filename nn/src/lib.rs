@@ -35,7 +35,7 @@ pub mod testing;
 pub mod text;
 
 pub use attention::{Attention, AttentionConfig, MaskSpec, scaled_dot_product_attention};
-pub use device::parse_device;
+pub use device::{device_with_dtype, parse_device, parse_dtype};
 pub use encoder::{Encoder, EncoderConfig, EncoderLayer};
 pub use error::{NnError, Result};
 pub use image::{ImageProcessor, PreprocessorConfig, open_image};

@@ -78,6 +78,8 @@ pub struct TrainArgs {
     pub max_steps: Option<usize>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Device name as the CLI takes it (`cpu`, `ndarray`, `flex`, `cuda`, `cuda:N`).
+    pub device: String,
 }
 
 impl Default for TrainArgs {
@@ -110,6 +112,7 @@ impl Default for TrainArgs {
             labels: None,
             max_steps: None,
             progress: true,
+            device: "cpu".into(),
         }
     }
 }
@@ -228,9 +231,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         )));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    let device = zoo_nn::device::default_cpu()
-        .ok_or_else(|| NnError::Device("cpu".into(), "no CPU backend".into()))?
-        .autodiff();
+    let device = zoo_nn::parse_device(&args.device)?.autodiff();
     // Seeding and initialisation under one lock: the device's generator is process-wide, so two
     // runs in one process must not interleave their draws.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -257,7 +258,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let (mut model, config) = match &args.init {
-        Some(dir) => Towers::load(dir, &device)?,
+        Some(dir) => Towers::load(dir, burn::tensor::DType::F32, &device)?,
         None => {
             let vocab = tok.inner().get_vocab_size(true);
             let specials = tokenizer::specials(args.arch);

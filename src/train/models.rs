@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::DType;
 use serde_json::json;
 use std::path::Path;
 use zoo_clip::{ClipConfig, ClipModel};
@@ -142,21 +143,33 @@ impl Towers {
         }
     }
 
-    /// Loads an HF SigLIP or CLIP folder (fine-tuning), returning its config too.
-    pub fn load(dir: &Path, device: &Device) -> Result<(Self, ModelConfig)> {
+    /// Loads an HF SigLIP or CLIP folder (fine-tuning) with weights in `dtype`, returning its
+    /// config too.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<(Self, ModelConfig)> {
         match zoo_nn::model_type(dir)?.as_str() {
             "siglip" => {
-                let (m, c) = zoo_siglip::load_siglip(dir, burn::tensor::DType::F32, device)?;
+                let (m, c) = zoo_siglip::load_siglip(dir, dtype, device)?;
                 Ok((Self::Siglip(m), ModelConfig::Siglip(c)))
             }
             "clip" => {
-                let (m, c) = zoo_clip::load_clip(dir, burn::tensor::DType::F32, device)?;
+                let (m, c) = zoo_clip::load_clip(dir, dtype, device)?;
                 Ok((Self::Clip(m), ModelConfig::Clip(c)))
             }
             other => Err(NnError::Config(format!(
                 "{}: --init needs a siglip or clip checkpoint, found model_type '{other}'",
                 dir.display()
             ))),
+        }
+    }
+
+    /// Image embeddings before normalisation (SigLIP's pooled head output, CLIP's projection).
+    ///
+    /// # Shapes
+    /// - `pixels`: `[B, 3, H, W]`; output `[B, E]`
+    pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::Siglip(m) => m.image_features(pixels),
+            Self::Clip(m) => m.image_features(pixels),
         }
     }
 
