@@ -4,6 +4,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc keeps freed tensor buffers for reuse instead of unmapping them (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// PaliGemma, SigLIP, CLIP and Gemma in Rust, on Burn.
 #[derive(Parser, Debug)]
 #[command(name = "vlm-zoo", version, about)]

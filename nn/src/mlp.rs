@@ -37,10 +37,10 @@ impl Activation {
         })
     }
 
-    /// Applies the activation elementwise.
+    /// Applies the activation elementwise (`GeluTanh` through [`gelu_tanh`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::GeluTanh => gelu_tanh(x),
             Activation::Gelu => activation::gelu(x),
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Activation::Silu => activation::silu(x),
@@ -110,6 +110,16 @@ impl GatedMlp {
         let gate = self.act.forward(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+}
+
+/// `0.5x(1 + tanh(u))` with `u = sqrt(2/pi)(x + 0.044715x^3)`, computed as the equal
+/// `x * sigmoid(2u)` (since `1 + tanh(u) = 2 sigmoid(2u)`): five cheap elementwise passes (one
+/// `exp` each) instead of Burn's eight with `powf` and `tanh`, which took 18% of a SigLIP-B/16
+/// forward on the CPU (perf, Flex).
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let arg = (x.clone().square() * (c * 0.044715) + c) * x.clone();
+    x * activation::sigmoid(arg)
 }
 
 #[cfg(test)]
