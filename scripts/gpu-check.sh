@@ -3,8 +3,10 @@
 #   cargo build --release --features cuda --config 'patch.crates-io.cubecl-llvm.path="cuda-offline/cubecl-llvm"'
 #   strip target/release/vlm-zoo && mkdir -p .gpu && gzip -c target/release/vlm-zoo > .gpu/vlm-zoo.gz
 # and carried as .gpu/ next to tests/fixtures. Checks every CLI path on --device cuda against the
-# same binary on --device cpu (embeddings/logits within tolerance, generated ids exactly), and
-# times a cold and a warm start (CubeCL's persistent kernel/autotune caches).
+# same binary on --device cpu (embeddings/logits within tolerance, generated ids exactly), bf16
+# on cuda against f32 on cpu (within bf16's own noise), training and the demo on cuda, the
+# benchmarks of the fixtures on cuda, and times a cold and a warm start (CubeCL's persistent
+# kernel/autotune caches).
 set -uo pipefail
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
 OUT=${OUT:-/tmp/gpu-check}
@@ -33,6 +35,17 @@ run gemma2 generate --model $F/gemma2-a --prompt "a photo of a red circle" --pro
 run paligemma generate --model $F/paligemma-a --image $I/rgb_64x48.png --prompt "caption en" --image $I/rgb_23x37.png --prompt "detect circle ; square" --max-new-tokens 6
 run paligemma2 generate --model $F/paligemma2-a --image $I/rgb_64x48.png --prompt "caption en" --max-new-tokens 6
 
+# bf16 on the GPU (weights and activations in bf16; norms and softmax in f32).
+for name in siglip clip; do
+  model=$F/$name-a
+  [ $name = clip ] && imgs=(--image $I/rgb_64x48.png --image $I/rgba_50x30.png --text "a photo of a red circle" --text "two green triangles, side by side!")
+  [ $name = siglip ] && imgs=(--image $I/rgb_64x48.png --image $I/grey_40x40.png --text "a photo of a red circle" --text "a blue square on a white background")
+  "$BIN" zero-shot --model $model "${imgs[@]}" --json --device cuda --dtype bf16 > "$OUT/$name.bf16.json" 2> "$OUT/$name.bf16.err" \
+    || { echo "FAIL $name bf16: $(tail -1 "$OUT/$name.bf16.err")"; fail=1; }
+done
+"$BIN" generate --model $F/paligemma2-a --image $I/rgb_64x48.png --prompt "caption en" --max-new-tokens 6 --json --device cuda --dtype bf16 \
+  > "$OUT/paligemma2.bf16.json" 2> "$OUT/paligemma2.bf16.err" || { echo "FAIL paligemma2 bf16"; fail=1; }
+
 python3 - "$OUT" <<'PY' || fail=1
 import json, sys
 out = sys.argv[1]
@@ -51,9 +64,32 @@ for name in ["gemma2", "paligemma", "paligemma2"]:
     same = [x["token_ids"] == y["token_ids"] for x, y in zip(a, b)]
     print(f"{name}: generated ids equal on cuda and cpu: {same}")
     bad |= not all(same)
+# bf16: 8 significant bits; held to 8 steps (8/256) of the f32 cpu values, logits relative to
+# the largest logit (as tests/cli.rs holds the CPU's bf16).
+for name in ["siglip", "clip"]:
+    a, b = (json.load(open(f"{out}/{name}.{d}.json")) for d in ("cpu", "bf16"))
+    for k in ["image_embeds", "text_embeds", "logits_per_image", "probs"]:
+        scale = max(1.0, max(abs(x) for x in flat(a[k]))) if k == "logits_per_image" else 1.0
+        diff = max(abs(x - y) for x, y in zip(flat(a[k]), flat(b[k])))
+        ok = all(abs(x - y) <= 8 / 256 * (scale + abs(x)) for x, y in zip(flat(a[k]), flat(b[k])))
+        print(f"{name} {k}: bf16 cuda vs f32 cpu max |diff| = {diff:.2e} ({'ok' if ok else 'OUTSIDE bf16 noise'})")
+        bad |= not ok
+a, b = (json.load(open(f"{out}/paligemma2.{d}.json")) for d in ("cpu", "bf16"))
+print(f"paligemma2 bf16 cuda ids {b['token_ids']} vs f32 cpu {a['token_ids']}")
 sys.exit(bad)
 PY
 [ $? -eq 0 ] || fail=1
+
+# Training and the demo on the GPU (reduced sizes), and the fixture benchmarks.
+"$BIN" bench --model $F/siglip-a --train --batch 4 --steps 3 --device cuda | tee "$OUT/bench-train-cuda.json" || { echo "FAIL train bench on cuda"; fail=1; }
+"$BIN" demo --out "$OUT/demo" --train-images 64 --test-images 8 --epochs 1 --device cuda > "$OUT/demo.txt" 2>&1 \
+  || { echo "FAIL demo on cuda: $(tail -1 "$OUT/demo.txt")"; fail=1; }
+for m in gemma2-a paligemma2-a; do
+  for dt in f32 bf16; do
+    "$BIN" bench --model $F/$m --device cuda --dtype $dt --prompt-len 16 --new-tokens 32 | tee -a "$OUT/bench-cuda.jsonl" || fail=1
+  done
+done
+"$BIN" bench --model $F/clip-a --device cuda --batch 1,8,64 --iters 10 | tee -a "$OUT/bench-cuda.jsonl" || fail=1
 
 # Cold vs warm start: the second run reuses compiled kernels and autotune results.
 for i in 1 2; do

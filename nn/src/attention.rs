@@ -10,7 +10,6 @@ use crate::rope::{RopeTables, apply_rotary};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::softmax;
 
 /// Configuration of an [`Attention`] block.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +174,7 @@ pub fn scaled_dot_product_attention(
         let mask = mask.clone().expand([b, h, l, s]);
         scores = scores.mask_fill(mask, f32::MIN);
     }
-    let probs = softmax(scores, 3).cast(v.dtype()).reshape([b, kh, group * l, s]);
+    let probs = crate::cpu_kernels::softmax_last(scores).cast(v.dtype()).reshape([b, kh, group * l, s]);
     probs.matmul(v).reshape([b, h, l, d])
 }
 

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod cpu_kernels;
 pub mod device;
 pub mod embed;
 pub mod encoder;
