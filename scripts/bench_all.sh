@@ -18,13 +18,10 @@ threads=${THREADS:-2}
 bin=${VLM_ZOO:-target/release/vlm-zoo}
 [ -n "${ONLY:-}" ] || : > "$out"
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
-for m in siglip-b16 clip-b32 siglip-tiny gemma-100m paligemma-3b; do
-  [ -f "$models/$m/config.json" ] || "$py" scripts/make_bench_models.py "$m" "$models/$m"
-done
-run() {  # run LABEL BENCHMARK COMMAND...: appends {"label", "bench", ...the command's JSON}
-  local label=$1 bench=$2; shift 2
+run() {  # run LABEL BENCHMARK DIR COMMAND...: appends {"label", "bench", ...the command's JSON}
+  local label=$1 bench=$2 dir=$3; shift 3
   echo "== $bench / $label: $*" >&2
-  cat "$models/${bench%%-encode}"/*.safetensors "$models/${bench%%-train}"/*.safetensors > /dev/null 2>&1 || true  # both start with the files in the page cache
+  cat "$dir"/*.safetensors > /dev/null  # every run starts with the files in the page cache
   local json
   json=$("$@" | tail -n 1)
   "$py" -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(label=sys.argv[1], bench=sys.argv[2]); print(json.dumps(d))' \
@@ -33,14 +30,15 @@ run() {  # run LABEL BENCHMARK COMMAND...: appends {"label", "bench", ...the com
 both() {  # both BENCHMARK DIR VLM_ZOO_ARGS -- TORCH_ARGS
   local bench=$1 dir=$2; shift 2
   want "$bench" || return 0
+  [ -f "$dir/config.json" ] || "$py" scripts/make_bench_models.py "$(basename "$dir")" "$dir"
   local ours=() torch=()
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do ours+=("$1"); shift; done
   shift
   torch=("$@")
-  run "vlm-zoo flex" "$bench" "$bin" bench --model "$dir" --device flex "${ours[@]}"
+  run "vlm-zoo flex" "$bench" "$dir" "$bin" bench --model "$dir" --device flex "${ours[@]}"
   [ -n "${SKIP_NDARRAY:-}" ] || [ "$bench" = paligemma-3b ] || [ "$bench" = siglip-b16-train ] ||
-    run "vlm-zoo ndarray" "$bench" "$bin" bench --model "$dir" --device ndarray "${ours[@]}"
-  run "pytorch" "$bench" "$py" scripts/bench_torch.py "$dir" "${torch[@]}" --threads "$threads"
+    run "vlm-zoo ndarray" "$bench" "$dir" "$bin" bench --model "$dir" --device ndarray "${ours[@]}"
+  run "pytorch" "$bench" "$dir" "$py" scripts/bench_torch.py "$dir" "${torch[@]}" --threads "$threads"
 }
 both siglip-b16-encode "$models/siglip-b16" --batch 1,8 --iters 3 -- --batch 1,8 --iters 3
 both clip-b32-encode "$models/clip-b32" --batch 1,8 --iters 5 -- --batch 1,8 --iters 5
@@ -48,5 +46,5 @@ both gemma-100m "$models/gemma-100m" --prompt-len 64 --new-tokens 32 -- 64 32
 both siglip-tiny-train "$models/siglip-tiny" --train --batch 32 --steps 10 -- --train --batch 32 --steps 10
 both siglip-b16-train "$models/siglip-b16" --train --batch 8 --steps 2 -- --train --batch 8 --steps 2
 both paligemma-3b "$models/paligemma-3b" --prompt-len 10 --new-tokens 32 -- 10 32
-! want paligemma-3b || run "vlm-zoo flex bf16" paligemma-3b "$bin" bench --model "$models/paligemma-3b" --device flex --dtype bf16 \
+! want paligemma-3b || run "vlm-zoo flex bf16" paligemma-3b "$models/paligemma-3b" "$bin" bench --model "$models/paligemma-3b" --device flex --dtype bf16 \
   --prompt-len 10 --new-tokens 32

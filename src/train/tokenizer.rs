@@ -20,19 +20,23 @@ pub fn specials(arch: Arch) -> Vec<&'static str> {
     }
 }
 
+/// A byte-level BPE trainer of up to `vocab_size` tokens with `special` first (ids 0, 1, ...).
+fn bpe_trainer(vocab_size: usize, special: &[&str]) -> tokenizers::models::bpe::BpeTrainer {
+    BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(1)
+        .show_progress(false)
+        .special_tokens(special.iter().map(|t| AddedToken::from(*t, true)).collect())
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build()
+}
+
 /// Trains a BPE tokenizer of up to `vocab_size` tokens on `captions` and writes `tokenizer.json`
 /// and `tokenizer_config.json` into `dir`. SigLIP texts end with `</s>` (pad `<pad>`); CLIP texts
 /// are wrapped in `<|startoftext|> ... <|endoftext|>` (pad = end of text).
 pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: &Path) -> Result<()> {
     let err = |e: String| NnError::Tokenizer { path: dir.join("tokenizer.json"), reason: e };
-    let special: Vec<AddedToken> = specials(arch).into_iter().map(|t| AddedToken::from(t, true)).collect();
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(vocab_size)
-        .min_frequency(1)
-        .show_progress(false)
-        .special_tokens(special)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
+    let mut trainer = bpe_trainer(vocab_size, &specials(arch));
     let post = match arch {
         Arch::Siglip => TemplateProcessing::builder()
             .try_single("$A </s>")
@@ -72,17 +76,7 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
 /// `<bos>`=2, `<unk>`=3, `<image>`=4 and no post-processor (the processor inserts `<bos>`).
 pub fn train_decoder_tokenizer(texts: &[String], vocab_size: usize, dir: &Path) -> Result<()> {
     let err = |e: String| NnError::Tokenizer { path: dir.join("tokenizer.json"), reason: e };
-    let special: Vec<AddedToken> = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-        .into_iter()
-        .map(|t| AddedToken::from(t, true))
-        .collect();
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(vocab_size)
-        .min_frequency(1)
-        .show_progress(false)
-        .special_tokens(special)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
+    let mut trainer = bpe_trainer(vocab_size, &["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]);
     let mut tok = TokenizerBuilder::<BPE, Lowercase, ByteLevel, TemplateProcessing, ByteLevelDecoder>::new()
         .with_model(BPE::default())
         .with_normalizer(Some(Lowercase))
