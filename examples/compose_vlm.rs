@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use serde_json::json;
 use vlm_zoo::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
-use zoo_gemma::{Sampling, generate};
+use zoo_nn::{Sampling, generate};
 
 fn main() -> anyhow::Result<()> {
     let steps = [200, 3][std::env::args().any(|a| a == "--quick") as usize];

@@ -13,39 +13,36 @@ use burn::tensor::DType;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
-use zoo_gemma::{Decoder, GemmaDecoder, Sampling, generate};
-use zoo_nn::{Encoded, NnError, Result};
+use zoo_gemma::GemmaDecoder;
+use zoo_nn::{ContrastiveModel, Encoded, NnError, Result, TextBatch};
+use zoo_nn::{Decoder, Sampling, generate};
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure: `vlm-zoo bench`'s options, with their one set of defaults ([`Default`]).
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
-    /// Text tokens in the prompt (decoders).
+    /// Text tokens in the prompt (Gemma, PaliGemma).
+    #[arg(long, default_value_t = BenchOptions::default().prompt_len)]
     pub prompt_len: usize,
-    /// Tokens to generate, the first included (decoders).
+    /// Tokens to generate, the first included (Gemma, PaliGemma).
+    #[arg(long, default_value_t = BenchOptions::default().new_tokens)]
     pub new_tokens: usize,
-    /// Batch sizes (encoders; the first one for training).
+    /// Batch sizes, comma-separated (SigLIP, CLIP; the first one with --train).
+    #[arg(long = "batch", default_value = "1,8", value_delimiter = ',')]
     pub batches: Vec<usize>,
-    /// Timed repetitions per batch size (encoders).
+    /// Timed repetitions per batch size (SigLIP, CLIP).
+    #[arg(long, default_value_t = BenchOptions::default().iters)]
     pub iters: usize,
-    /// Measure training steps instead of encoding (encoders).
+    /// Measure training steps (forward, loss, backward, AdamW) instead of encoding (SigLIP, CLIP).
+    #[arg(long)]
     pub train: bool,
     /// Timed training steps.
+    #[arg(long, default_value_t = BenchOptions::default().steps)]
     pub steps: usize,
-    /// Compute dtype of the weights.
-    pub dtype: DType,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self {
-            prompt_len: 64,
-            new_tokens: 32,
-            batches: vec![1, 8],
-            iters: 3,
-            train: false,
-            steps: 3,
-            dtype: DType::F32,
-        }
+        Self { prompt_len: 64, new_tokens: 32, batches: vec![1, 8], iters: 3, train: false, steps: 3 }
     }
 }
 
@@ -96,6 +93,7 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
 
 /// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
 pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> {
+    let dtype = zoo_nn::device::float_dtype(device);
     let kind = zoo_nn::model_type(dir)?;
     if opts.new_tokens == 0 || opts.batches.contains(&0) || opts.batches.is_empty() {
         return Err(NnError::Config("bench: --new-tokens and every --batch must be at least 1".into()));
@@ -103,7 +101,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
     let t = Instant::now();
     match kind.as_str() {
         "gemma" | "gemma2" => {
-            let (model, config) = zoo_gemma::load_gemma(dir, opts.dtype, device)?;
+            let (model, config) = zoo_gemma::load_gemma(dir, dtype, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
                 model: &model,
@@ -117,7 +115,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
             Ok(decoder_report(&kind, load_s, n, first, last, opts.new_tokens))
         }
         "paligemma" => {
-            let (model, config) = zoo_paligemma::load_paligemma(dir, opts.dtype, device)?;
+            let (model, config) = zoo_paligemma::load_paligemma(dir, dtype, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
@@ -126,7 +124,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
             prompt.extend(pattern(opts.prompt_len, vocab, 0));
             let n = prompt.len();
             let features = |model: &zoo_paligemma::PaliGemmaForConditionalGeneration| {
-                let f = model.image_features(pixels(1, s, device).cast(opts.dtype));
+                let f = model.image_features(pixels(1, s, device).cast(dtype));
                 sync(f.clone());
                 f
             };
@@ -145,16 +143,16 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
         }
         "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
         "siglip" | "clip" => {
-            let (towers, config) = Towers::load(dir, opts.dtype, device)?;
+            let (towers, config) = Towers::load(dir, dtype, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.image_size();
             let mut encode = Vec::new();
             for &b in &opts.batches {
-                let x = pixels(b, s, device).cast(opts.dtype);
-                sync(towers.image_features(x.clone())); // warm-up
+                let x = pixels(b, s, device).cast(dtype);
+                sync(towers.encode_image(x.clone())); // warm-up
                 let t = Instant::now();
                 for _ in 0..opts.iters {
-                    sync(towers.image_features(x.clone()));
+                    sync(towers.encode_image(x.clone()));
                 }
                 let per_s = (b * opts.iters) as f64 / t.elapsed().as_secs_f64();
                 encode.push(json!({"batch": b, "images_per_s": per_s}));
@@ -177,13 +175,16 @@ fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> 
     let load_s = t.elapsed().as_secs_f64();
     let b = opts.batches[0];
     let (len, vocab) = (config.text_len(), config.vocab_size());
-    let text = Encoded {
-        ids: (0..b).map(|r| pattern(len, vocab, r * len)).collect(),
-        mask: vec![vec![true; len]; b],
-    };
+    let text = TextBatch::new(
+        Encoded {
+            ids: (0..b).map(|r| pattern(len, vocab, r * len)).collect(),
+            mask: vec![vec![true; len]; b],
+        },
+        &device,
+    );
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut step = |model: Towers| {
-        let (img, txt) = model.embed(pixels(b, config.image_size(), &device), &text, &device);
+        let (img, txt) = model.embed(pixels(b, config.image_size(), &device), &text);
         let loss = model.loss(img, txt, None);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optim.step(1e-4, model, grads).clamp_temperature()

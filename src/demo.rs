@@ -1,6 +1,7 @@
 //! `vlm-zoo demo`: offline, a tiny composed VLM (SigLIP-style ViT + linear projector + Gemma)
 //! learns to caption synthetic shapes, then captions held-out images it never saw.
 
+use crate::args::DeviceArgs;
 use crate::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
 use crate::synthetic::write_dataset;
 use crate::train::{checkpoint, data, learning_rate};
@@ -9,28 +10,35 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use zoo_gemma::{Sampling, generate};
-use zoo_nn::{ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer};
+use zoo_nn::{
+    ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate,
+};
 
-/// Demo settings.
-#[derive(Debug, Clone)]
+/// Demo settings: `vlm-zoo demo`'s options, with their one set of defaults ([`Default`]).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct DemoArgs {
-    /// Output folder (data, model, grid).
+    /// Output folder (data, the HF PaliGemma model folder, captions.png).
+    #[arg(long, default_value_os_t = DemoArgs::default().out)]
     pub out: PathBuf,
     /// Training images.
+    #[arg(long, default_value_t = DemoArgs::default().train_images)]
     pub train_images: usize,
     /// Held-out images.
+    #[arg(long, default_value_t = DemoArgs::default().test_images)]
     pub test_images: usize,
     /// Passes over the training images.
+    #[arg(long, default_value_t = DemoArgs::default().epochs)]
     pub epochs: usize,
-    /// Norm of every block.
-    pub norm: NormKind,
-    /// Seed.
+    /// Norm of every block, vision tower and decoder alike: layer, rms, rms_gemma or batch
+    /// (default: each part's own, LayerNorm in the ViT and Gemma's RMSNorm in the decoder).
+    #[arg(long)]
+    pub norm: Option<NormKind>,
+    /// Seed of the data, the initialisation and the batch order.
+    #[arg(long, default_value_t = DemoArgs::default().seed)]
     pub seed: u64,
-    /// Progress output.
-    pub verbose: bool,
-    /// Device name as the CLI takes it (`cpu`, `ndarray`, `flex`, `cuda`, `cuda:N`).
-    pub device: String,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl Default for DemoArgs {
@@ -39,11 +47,10 @@ impl Default for DemoArgs {
             out: "vlm-zoo-demo".into(),
             train_images: 3000,
             test_images: 200,
-            epochs: 14,
-            norm: NormKind::Layer,
+            epochs: 20,
+            norm: None,
             seed: 0,
-            verbose: true,
-            device: "cpu".into(),
+            device: DeviceArgs::default(),
         }
     }
 }
@@ -85,15 +92,22 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>> {
 }
 
 /// The composition: a 32 px ViT of 16 patches, width 64, and a 2-layer Gemma of width 64.
-pub fn demo_config(vocab: usize, norm: NormKind) -> VlmConfig {
-    let vision = serde_json::json!({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                                    "image_size": 32, "patch_size": 8, "vision_use_head": false, "norm": norm});
+/// `norm`, when given, is the norm of every block of both (else the ViT keeps LayerNorm and
+/// Gemma its RMSNorm).
+pub fn demo_config(vocab: usize, norm: Option<NormKind>) -> VlmConfig {
+    let mut vision = serde_json::json!({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                        "image_size": 32, "patch_size": 8, "vision_use_head": false});
+    let mut text = serde_json::json!({"model_type": "gemma", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                                      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                                      "max_position_embeddings": 64, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2});
+    if let Some(norm) = norm {
+        vision["norm"] = serde_json::json!(norm);
+        text["norm"] = serde_json::json!(norm);
+    }
     VlmConfig {
         vision: VisionConfig::Siglip(serde_json::from_value(vision).expect("vision config")),
         projector: ProjectorKind::Linear,
-        text: serde_json::json!({"model_type": "gemma", "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
-                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
-                                 "max_position_embeddings": 64, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}),
+        text,
         image_token_index: IMAGE,
     }
 }
@@ -142,8 +156,21 @@ pub fn save_paligemma(
     checkpoint::write_atomic(&dir.join("generation_config.json"), generation.to_string().as_bytes())
 }
 
-/// Runs the demo.
-pub fn run(args: &DemoArgs) -> Result<DemoReport> {
+/// One finished training epoch, as [`run`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Epochs in the run.
+    pub epochs: usize,
+    /// Mean training loss of the epoch.
+    pub loss: f64,
+    /// Seconds since training started.
+    pub seconds: f64,
+}
+
+/// Runs the demo; `on_epoch` sees each finished epoch (the CLI prints it).
+pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoReport> {
     let out = &args.out;
     let train_jsonl =
         write_dataset(&out.join("data/train"), args.train_images, 32, args.seed.wrapping_add(11))?;
@@ -160,7 +187,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
     let config = demo_config(vocab, args.norm);
     let (_, n_image) = config.vision_dims();
 
-    let device = zoo_nn::parse_device(&args.device)?.autodiff();
+    let device = args.device.device()?.autodiff();
     device.seed(args.seed);
     let mut model = Vlm::new(&config, &device)?;
     let pre = PreprocessorConfig::square(32);
@@ -193,21 +220,18 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, 32, 32]), &device);
             let (ids, prefix, suffix_len) = crate::compose::caption_batch(&tok, &prompt, &batch.captions, 1)?;
             let loss = model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?;
-            last_loss = zoo_nn::testing::to_vec(loss.clone().inner())[0] as f64;
+            last_loss = zoo_nn::host::scalar(loss.clone().inner());
             epoch_loss += last_loss;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(learning_rate(step, total, 30, 3e-3), model, grads);
             step += 1;
         }
-        if args.verbose {
-            println!(
-                "epoch {:>2}/{}  loss {:.4}  ({:.0} s)",
-                epoch + 1,
-                args.epochs,
-                epoch_loss / steps_per_epoch.max(1) as f64,
-                start.elapsed().as_secs_f64()
-            );
-        }
+        on_epoch(&EpochLog {
+            epoch: epoch + 1,
+            epochs: args.epochs,
+            loss: epoch_loss / steps_per_epoch.max(1) as f64,
+            seconds: start.elapsed().as_secs_f64(),
+        });
     }
     let train_seconds = start.elapsed().as_secs_f64();
 
@@ -283,5 +307,28 @@ fn grid(path: &Path, pairs: &[data::Pair], generated: &[String]) -> Result<()> {
         }
         crate::font::draw_text(&mut img, cx + 106, y, &line, 3, colour);
     }
-    img.save(path).map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
+    img.save(path).map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        assert_eq!(crate::args::parse_from::<DemoArgs>(&["demo"]), DemoArgs::default());
+    }
+
+    #[test]
+    fn norm_reaches_every_block() {
+        let own = demo_config(64, None);
+        let VisionConfig::Siglip(vision) = &own.vision else { panic!("a SigLIP tower") };
+        assert_eq!(vision.norm, NormKind::Layer);
+        assert_eq!(own.text_config().unwrap().norm, NormKind::RmsGemma);
+        for kind in [NormKind::Layer, NormKind::Rms, NormKind::RmsGemma, NormKind::Batch] {
+            let c = demo_config(64, Some(kind));
+            let VisionConfig::Siglip(vision) = &c.vision else { panic!("a SigLIP tower") };
+            assert_eq!((vision.norm, c.text_config().unwrap().norm), (kind, kind));
+        }
+    }
 }

@@ -1,9 +1,92 @@
 //! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
 
+use crate::args::{ComputeArgs, ModelArgs};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
-use zoo_gemma::{GemmaDecoder, Sampling, StopReason, TextStream, generate};
-use zoo_nn::{NnError, Result, TextTokenizer, model_type};
+use zoo_gemma::GemmaDecoder;
+use zoo_nn::{NnError, Result, Sampling, StopReason, TextTokenizer, generate_stream, model_type};
+
+/// `vlm-zoo generate`'s options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// The checkpoint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt; repeat for several (generated as one batch).
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    /// An image, for vision-language models; repeat to pair with each prompt.
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = Sampling::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 or absent: greedy.
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
+    /// Keep the k most likely tokens when sampling.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f64>,
+    /// Repetition penalty (1 = none).
+    #[arg(long, allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = Sampling::default().seed)]
+    pub seed: u64,
+    /// Print one JSON object per prompt (an array for several) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// PaliGemma `detect` prompts: write the image with its boxes here (OUT-N.png for several pairs).
+    #[arg(long)]
+    pub draw: Option<PathBuf>,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+impl GenerateArgs {
+    /// The sampling settings.
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+
+    /// Generates for every prompt; `on_text(row, piece)` receives the text as it is produced.
+    pub fn run(&self, on_text: impl FnMut(usize, &str)) -> Result<Generation> {
+        let device = self.compute.device()?;
+        let dir = self.model.model.resolve()?;
+        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &device, on_text)
+    }
+
+    /// Where `--draw` writes the image of row `i` of `n`.
+    pub fn draw_path(&self, i: usize, n: usize) -> Option<PathBuf> {
+        let draw = self.draw.as_ref()?;
+        if n == 1 {
+            return Some(draw.clone());
+        }
+        let stem = draw.file_stem().map_or("draw".into(), |s| s.to_string_lossy().into_owned());
+        Some(draw.with_file_name(format!("{stem}-{i}.png")))
+    }
+}
+
+/// What [`generate_text`] returns: one output per prompt, and notes for the user (a fallback
+/// taken), which the CLI prints to stderr.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// One per prompt.
+    pub outputs: Vec<GenerationOutput>,
+    /// Notes for the user.
+    pub notes: Vec<String>,
+}
 
 /// One prompt's result, as `--json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,7 +133,7 @@ pub fn generate_text(
     sampling: &Sampling,
     device: &Device,
     mut on_text: impl FnMut(usize, &str),
-) -> Result<Vec<GenerationOutput>> {
+) -> Result<Generation> {
     let kind = model_type(dir)?;
     match kind.as_str() {
         "gemma" | "gemma2" => {}
@@ -86,8 +169,9 @@ pub fn generate_text(
     }
     let decoder =
         GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: device.clone() };
-    let out = generate_streaming(&decoder, &ids, &eos, sampling, &tok, &mut on_text)?;
-    out.into_iter()
+    let out = generate_stream(&decoder, &ids, &eos, sampling, |ids| tok.decode(ids).ok(), &mut on_text)?;
+    let outputs = out
+        .into_iter()
         .zip(ids)
         .map(|(g, prompt_token_ids)| {
             Ok(GenerationOutput {
@@ -99,7 +183,8 @@ pub fn generate_text(
                 detections: None,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Generation { outputs, notes: Vec::new() })
 }
 
 /// PaliGemma: one image per prompt (a single image serves every prompt), generated as one batch.
@@ -110,7 +195,7 @@ fn generate_paligemma(
     sampling: &Sampling,
     device: &Device,
     mut on_text: impl FnMut(usize, &str),
-) -> Result<Vec<GenerationOutput>> {
+) -> Result<Generation> {
     if images.is_empty() {
         return Err(NnError::Config(format!(
             "{}: PaliGemma needs an --image for each --prompt",
@@ -127,9 +212,6 @@ fn generate_paligemma(
     sampling.validate()?;
     let config = zoo_paligemma::load::read_config(dir)?;
     let proc = zoo_paligemma::PaliGemmaProcessor::from_dir(dir, &config)?;
-    for note in &proc.notes {
-        eprintln!("note: {note}");
-    }
     let paths: Vec<PathBuf> = (0..prompts.len()).map(|i| images[i.min(images.len() - 1)].clone()).collect();
     let decoded: Vec<image::DynamicImage> =
         paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
@@ -144,8 +226,9 @@ fn generate_paligemma(
         device: device.clone(),
     };
     let tok = &proc.tokenizer;
-    let out = generate_streaming(&decoder, &ids, &eos, sampling, tok, &mut on_text)?;
-    out.into_iter()
+    let out = generate_stream(&decoder, &ids, &eos, sampling, |ids| tok.decode(ids).ok(), &mut on_text)?;
+    let outputs = out
+        .into_iter()
         .zip(ids)
         .enumerate()
         .map(|(i, (g, prompt_token_ids))| {
@@ -161,7 +244,8 @@ fn generate_paligemma(
                 detections,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Generation { outputs, notes: proc.notes.clone() })
 }
 
 /// Draws detection boxes and labels on the image and writes it to `out`.
@@ -192,32 +276,5 @@ pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], ou
         let scale = (w / 200).clamp(1, 4);
         crate::font::draw_text(&mut img, x1 + 3, y1 + 3, &d.label, scale, c.0);
     }
-    img.save(out).map_err(|e| NnError::Image { path: out.to_path_buf(), reason: e.to_string() })
-}
-
-/// Generates for every row and streams decoded text to `on_text(row, piece)` as it completes
-/// (split multi-byte characters held back, the rest flushed at the end).
-fn generate_streaming<D: zoo_gemma::Decoder>(
-    decoder: &D,
-    ids: &[Vec<u32>],
-    eos: &[u32],
-    sampling: &Sampling,
-    tok: &TextTokenizer,
-    on_text: &mut impl FnMut(usize, &str),
-) -> Result<Vec<zoo_gemma::Generated>> {
-    let mut streams: Vec<TextStream> = (0..ids.len()).map(|_| TextStream::default()).collect();
-    let decode = |ids: &[u32]| tok.decode(ids).ok();
-    let out = generate(decoder, ids, eos, sampling, |row, id| {
-        let piece = streams[row].push(id, decode);
-        if !piece.is_empty() {
-            on_text(row, &piece);
-        }
-    })?;
-    for (row, stream) in streams.iter_mut().enumerate() {
-        let rest = stream.finish(decode);
-        if !rest.is_empty() {
-            on_text(row, &rest);
-        }
-    }
-    Ok(out)
+    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
 }

@@ -15,6 +15,7 @@ pub use zoo_nn as nn;
 pub use zoo_paligemma as paligemma;
 pub use zoo_siglip as siglip;
 
+pub mod args;
 pub mod bench;
 pub mod compose;
 pub mod demo;

@@ -2,7 +2,7 @@
 //! "a red circle at the top left". Used by the training example and `vlm-zoo demo`.
 
 use std::path::{Path, PathBuf};
-use zoo_gemma::generate::Rng;
+use zoo_nn::Rng;
 use zoo_nn::{NnError, Result};
 
 /// Colours and their RGB.
@@ -110,7 +110,7 @@ pub fn write_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathB
         scene
             .render(size, &mut rng)
             .save(&path)
-            .map_err(|e| NnError::Image { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| NnError::Save { path: path.clone(), reason: e.to_string() })?;
         lines.push_str(&serde_json::json!({"image": name, "caption": scene.caption()}).to_string());
         lines.push('\n');
     }

@@ -529,3 +529,19 @@ fn detections_are_drawn() {
     ]);
     assert!(ok && stderr.contains("boxes.png"), "{stderr}");
 }
+
+#[test]
+fn train_init_takes_hub_ids_like_every_model_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 1).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
+        .args(["train", "--arch", "siglip", "--data", data.to_str().unwrap(), "--out"])
+        .arg(tmp.path().join("out"))
+        .args(["--init", "acme/absent", "--batch-size", "4"])
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("acme/absent") && stderr.contains("not in the HF cache"), "{stderr}");
+}

@@ -2,7 +2,8 @@
 //! `CLIPConfig` (transformers' defaults, unknown keys ignored), plus the vlm-zoo `norm` field.
 
 use serde::{Deserialize, Serialize};
-use zoo_nn::{Activation, NnError, NormKind, Result};
+use zoo_nn::image::{ChannelValues, SizeSpec};
+use zoo_nn::{Activation, NnError, NormKind, PreprocessorConfig, Result};
 
 macro_rules! default_fns {
     ($($name:ident: $ty:ty = $val:expr;)*) => { $(fn $name() -> $ty { $val })* };
@@ -108,6 +109,20 @@ impl ClipVisionConfig {
     /// Patch tokens per image (the class token comes on top).
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// transformers' `CLIPImageProcessor` defaults at this tower's image size (shortest edge,
+    /// centre crop, CLIP's mean/std): for folders without preprocessor_config.json and for
+    /// models trained from scratch.
+    pub fn default_preprocessor(&self) -> PreprocessorConfig {
+        let s = self.image_size as u32;
+        let mut c = PreprocessorConfig::square(s);
+        c.size = Some(SizeSpec::ShortestEdge { shortest_edge: s });
+        c.do_center_crop = true;
+        c.crop_size = Some(SizeSpec::Exact { height: s, width: s });
+        c.image_mean = Some(ChannelValues::Each(vec![0.481_454_66, 0.457_827_5, 0.408_210_73]));
+        c.image_std = Some(ChannelValues::Each(vec![0.268_629_54, 0.261_302_6, 0.275_777_1]));
+        c
     }
 }
 

@@ -11,7 +11,10 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
-use zoo_nn::{Encoder, EncoderConfig, MaskSpec, Norm, NormConfig, l2_normalize};
+use zoo_nn::{
+    ContrastiveModel, Encoded, Encoder, EncoderConfig, MaskSpec, Norm, NormConfig, Padding, TextBatch,
+    l2_normalize,
+};
 
 /// Class token + patches + positions.
 #[derive(Module, Debug)]
@@ -170,12 +173,17 @@ impl ClipTextTransformer {
     /// # Shapes
     /// - `ids`: `[B][L]` token ids; `mask`: `[B][L]`, true for real tokens
     pub fn forward(&self, ids: &[Vec<u32>], mask: &[Vec<bool>], device: &Device) -> ClipTextOutput {
-        let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-        let input_ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), device);
-        let x = self.embeddings.token_embedding.forward(input_ids);
+        self.forward_batch(&TextBatch::new(Encoded { ids: ids.to_vec(), mask: mask.to_vec() }, device))
+    }
+
+    /// [`forward`](Self::forward) on a batch whose ids are already on the device.
+    pub fn forward_batch(&self, text: &TextBatch) -> ClipTextOutput {
+        let (ids, mask) = (&text.ids, &text.mask);
+        let [b, l] = text.input_ids.dims();
+        let device = text.input_ids.device();
+        let x = self.embeddings.token_embedding.forward(text.input_ids.clone());
         let x = add_positions(x, &self.embeddings.position_embedding);
-        let attn_mask = MaskSpec::causal().with_key_valid(mask.to_vec()).build(b, l, l, device);
+        let attn_mask = MaskSpec::causal().with_key_valid(mask.to_vec()).build(b, l, l, &device);
         let x = self.final_layer_norm.forward(self.encoder.forward(x, attn_mask.as_ref()));
         let c = x.dims()[2];
         let rows: Vec<Tensor<2>> = self
@@ -261,5 +269,31 @@ impl ClipModel {
             image_embeds,
             text_embeds,
         }
+    }
+}
+
+impl ContrastiveModel for ClipModel {
+    fn text_padding(&self) -> Padding {
+        Padding::Longest(self.text_model.embeddings.position_embedding.weight.dims()[0])
+    }
+
+    fn encode_image(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.image_features(pixels)
+    }
+
+    fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
+        self.text_projection.forward(self.text_model.forward_batch(text).pooler_output)
+    }
+
+    fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
+        zoo_nn::loss::contrastive_logits(image_embeds, text_embeds, self.logit_scale.val(), None)
+    }
+
+    fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
+        softmax(logits_per_image, 1)
+    }
+
+    fn loss(&self, img: Tensor<2>, txt: Tensor<2>, _chunk: Option<usize>) -> Tensor<1> {
+        zoo_nn::loss::clip_loss(img, txt, self.logit_scale.val())
     }
 }

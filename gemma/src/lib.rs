@@ -3,16 +3,16 @@
 //! One config-driven decoder for `model_type` `gemma` and `gemma2` (scaled embeddings, Gemma
 //! RMSNorm — or any [`zoo_nn::NormKind`] —, GQA/MQA with explicit `head_dim`, rotate-half RoPE,
 //! GeGLU, tied `lm_head`; Gemma 2's `query_pre_attn_scalar`, soft-caps, sliding layers and
-//! sandwich norms), and generation with an explicit KV cache: greedy or sampled, streaming,
-//! batched with left padding.
+//! sandwich norms), and [`GemmaDecoder`], through which `zoo_nn::generate` runs it with an explicit
+//! KV cache.
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod generate;
+pub mod decoder;
 pub mod load;
 pub mod model;
 
 pub use config::{GemmaConfig, LayerType};
-pub use generate::{Decoder, GemmaDecoder, Generated, Sampling, StopReason, TextStream, generate};
+pub use decoder::GemmaDecoder;
 pub use load::load_gemma;
 pub use model::{GemmaDecoderLayer, GemmaForCausalLM, GemmaModel};

@@ -2,9 +2,10 @@
 #![allow(clippy::unwrap_used)]
 
 use burn::tensor::DType;
-use zoo_gemma::{GemmaDecoder, Sampling, StopReason, generate, load_gemma};
+use zoo_gemma::{GemmaDecoder, load_gemma};
 use zoo_nn::testing::{PARITY_TOL, Reference, assert_close, assert_slices_close, device, fixture, to_vec};
 use zoo_nn::{MaskSpec, TextTokenizer};
+use zoo_nn::{Sampling, StopReason, generate};
 
 const FIXTURES: [&str; 3] = ["gemma-mqa", "gemma-gqa", "gemma2-a"];
 

@@ -89,6 +89,14 @@ pub enum NnError {
         /// What failed.
         reason: String,
     },
+    /// Writing a file (an export, a checkpoint, an image) failed.
+    #[error("{path}: cannot save: {reason}")]
+    Save {
+        /// The file being written.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// An image could not be decoded.
     #[error("{path}: cannot read image: {reason}")]
     Image {

@@ -42,6 +42,17 @@ impl std::str::FromStr for NormKind {
     }
 }
 
+impl std::fmt::Display for NormKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Layer => "layer",
+            Self::Rms => "rms",
+            Self::RmsGemma => "rms_gemma",
+            Self::Batch => "batch",
+        })
+    }
+}
+
 /// Configuration of a [`Norm`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NormConfig {

@@ -2,6 +2,7 @@
 //! transformers' fast tokenizers run), with padding and truncation as transformers applies them.
 
 use crate::error::{NnError, Result};
+use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -21,6 +22,39 @@ pub struct Encoded {
     pub ids: Vec<Vec<u32>>,
     /// `[B][L]`, `true` for real tokens.
     pub mask: Vec<Vec<bool>>,
+}
+
+/// A tokenised batch of texts: what every contrastive text tower takes.
+#[derive(Debug, Clone)]
+pub struct TextBatch {
+    /// `int[B, L]` on the device.
+    pub input_ids: Tensor<2, Int>,
+    /// `[B][L]` the same ids on the host (CLIP pools at a position found from them).
+    pub ids: Vec<Vec<u32>>,
+    /// `[B][L]`, `true` for real tokens (CLIP masks padding; SigLIP attends to every position,
+    /// padding included, as transformers' SigLIP does).
+    pub mask: Vec<Vec<bool>>,
+}
+
+impl TextBatch {
+    /// Moves an encoded batch to `device`.
+    pub fn new(encoded: Encoded, device: &Device) -> Self {
+        Self {
+            input_ids: crate::host::ids_tensor(&encoded.ids, device),
+            ids: encoded.ids,
+            mask: encoded.mask,
+        }
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 /// A checkpoint's tokenizer.
@@ -159,6 +193,12 @@ impl TextTokenizer {
             })
             .collect();
         Ok(Encoded { ids, mask })
+    }
+
+    /// [`encode`](Self::encode), then the ids moved to `device`: the text input of a contrastive
+    /// model (`padding`: the model's [`text_padding`](crate::ContrastiveModel::text_padding)).
+    pub fn encode_batch(&self, texts: &[String], padding: Padding, device: &Device) -> Result<TextBatch> {
+        Ok(TextBatch::new(self.encode(texts, padding)?, device))
     }
 
     /// Decodes ids to text, skipping special tokens.

@@ -1,10 +1,10 @@
-//! PaliGemma as a [`Decoder`] for [`zoo_gemma::generate`]: image features computed once, then the
+//! PaliGemma as a [`Decoder`] for [`zoo_nn::generate`]: image features computed once, then the
 //! left-padded prefix (image + prompt, bidirectional) and one token per step.
 
 use crate::model::PaliGemmaForConditionalGeneration;
 use burn::prelude::*;
-use zoo_gemma::generate::row_positions;
-use zoo_gemma::{Decoder, GemmaForCausalLM};
+use zoo_gemma::GemmaForCausalLM;
+use zoo_nn::generate::{Decoder, row_positions};
 use zoo_nn::{KvCache, MaskSpec, Result};
 
 /// A model that places image features at `<image>` tokens of a Gemma decoder, as PaliGemma

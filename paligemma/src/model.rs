@@ -131,10 +131,13 @@ pub fn embed_with_images(
     device: &Device,
 ) -> Result<Tensor<3>> {
     let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
+    // An image token past the vocabulary (PaliGemma 2) is looked up as id 0; its row is replaced.
     let oov = image_token as usize >= vocab_size;
-    let flat: Vec<i64> =
-        ids.iter().flatten().map(|&t| if oov && t == image_token { 0 } else { t as i64 }).collect();
-    let text = lm.embed(Tensor::from_data(TensorData::new(flat, [b, l]), device));
+    let lookup: Vec<Vec<u32>> = ids
+        .iter()
+        .map(|r| r.iter().map(|&t| if oov && t == image_token { 0 } else { t }).collect())
+        .collect();
+    let text = lm.embed(zoo_nn::host::ids_tensor(&lookup, device));
     let Some(features) = features else {
         return Ok(text);
     };

@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 use burn::tensor::DType;
-use zoo_gemma::{Sampling, generate};
 use zoo_nn::testing::{PARITY_TOL, Reference, assert_close, device, fixture, max_excess, to_vec};
+use zoo_nn::{Sampling, generate};
 use zoo_paligemma::{PaliGemmaDecoder, PaliGemmaProcessor, load_paligemma};
 
 fn meta(name: &str) -> serde_json::Value {

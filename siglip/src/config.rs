@@ -3,7 +3,7 @@
 //! vlm-zoo `norm` field (default: the checkpoint's own LayerNorm).
 
 use serde::{Deserialize, Serialize};
-use zoo_nn::{Activation, NnError, NormKind, Result};
+use zoo_nn::{Activation, NnError, NormKind, PreprocessorConfig, Result};
 
 macro_rules! default_fns {
     ($($name:ident: $ty:ty = $val:expr;)*) => { $(fn $name() -> $ty { $val })* };
@@ -67,6 +67,13 @@ impl SiglipVisionConfig {
     /// Patch tokens per image.
     pub fn num_patches(&self) -> usize {
         self.grid() * self.grid()
+    }
+
+    /// transformers' `SiglipImageProcessor` defaults at this tower's image size (square resize,
+    /// mean = std = 0.5): for folders without preprocessor_config.json and for models trained
+    /// from scratch.
+    pub fn default_preprocessor(&self) -> PreprocessorConfig {
+        PreprocessorConfig::square(self.image_size as u32)
     }
 
     /// Checks the arithmetic the model relies on.

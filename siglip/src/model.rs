@@ -11,7 +11,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
 use zoo_nn::{
-    Encoder, EncoderConfig, Mlp, Norm, NormConfig, NormKind, l2_normalize, scaled_dot_product_attention,
+    ContrastiveModel, Encoder, EncoderConfig, Mlp, Norm, NormConfig, NormKind, Padding, TextBatch,
+    l2_normalize, scaled_dot_product_attention,
 };
 
 /// Patch embedding (conv with bias) + learned positions.
@@ -304,5 +305,40 @@ impl SiglipModel {
     /// - `pixels`: `[B_img, 3, H, W]`; `input_ids`: `int[B_txt, L]`
     pub fn forward(&self, pixels: Tensor<4>, input_ids: Tensor<2, Int>) -> SiglipOutput {
         self.scores(self.image_features(pixels), self.text_features(input_ids))
+    }
+}
+
+impl ContrastiveModel for SiglipModel {
+    fn text_padding(&self) -> Padding {
+        Padding::MaxLength(self.text_model.embeddings.position_embedding.weight.dims()[0])
+    }
+
+    fn encode_image(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.image_features(pixels)
+    }
+
+    fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
+        self.text_features(text.input_ids.clone())
+    }
+
+    fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
+        zoo_nn::loss::contrastive_logits(
+            image_embeds,
+            text_embeds,
+            self.logit_scale.val(),
+            Some(self.logit_bias.val()),
+        )
+    }
+
+    fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
+        burn::tensor::activation::sigmoid(logits_per_image)
+    }
+
+    fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
+        let (scale, bias) = (self.logit_scale.val(), self.logit_bias.val());
+        match chunk {
+            Some(c) => zoo_nn::loss::siglip_loss_chunked(img, txt, scale, bias, c, 0),
+            None => zoo_nn::loss::siglip_loss(img, txt, scale, bias),
+        }
     }
 }

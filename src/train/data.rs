@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use zoo_gemma::generate::Rng;
+use zoo_nn::Rng;
 use zoo_nn::{ImageProcessor, NnError, Result};
 
 /// One example.
@@ -149,11 +149,13 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 }
 
 /// Augmentations applied before preprocessing.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Default)]
 pub struct Augment {
-    /// Random-resized-crop: keep a random box of this minimal area fraction (aspect 3/4..4/3).
+    /// Random-resized-crop: keep a random box of at least this area fraction (aspect 3/4..4/3).
+    #[arg(long = "random-crop")]
     pub crop_min_scale: Option<f64>,
-    /// Horizontal flip with probability 0.5 (off by default: captions may say left/right).
+    /// Random horizontal flips, probability 0.5 (off by default: captions may say left/right).
+    #[arg(long)]
     pub flip: bool,
 }
 

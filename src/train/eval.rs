@@ -1,7 +1,7 @@
 //! Retrieval metrics on held-out pairs and zero-shot accuracy.
 
 use burn::prelude::*;
-use zoo_nn::testing::to_vec;
+use zoo_nn::host::to_vec;
 
 /// Image-to-text and text-to-image recall at 1, 5 and 10.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]

@@ -8,6 +8,7 @@ pub mod models;
 pub mod plot;
 pub mod tokenizer;
 
+use crate::args::{DeviceArgs, ModelSource};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -16,70 +17,98 @@ use checkpoint::TrainState;
 use data::{Augment, Pair};
 use models::{Arch, ModelConfig, Preset, Towers};
 use std::path::{Path, PathBuf};
-use zoo_nn::image::{ChannelValues, SizeSpec};
 use zoo_nn::{
-    Encoded, ImageProcessor, NnError, NormKind, Padding, PreprocessorConfig, Result, TextTokenizer,
+    ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
 };
 
-/// Everything `vlm-zoo train` takes.
-#[derive(Debug, Clone)]
+/// Everything `vlm-zoo train` takes: the command's options, with their one set of defaults
+/// ([`Default`]).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct TrainArgs {
     /// siglip or clip.
+    #[arg(long, value_enum)]
     pub arch: Arch,
-    /// CSV / JSONL file or folder of images with .txt captions.
+    /// CSV or JSONL (`image`, `caption`) or a folder of images with same-named .txt captions.
+    #[arg(long)]
     pub data: PathBuf,
-    /// Output folder (HF export + checkpoints + metrics).
+    /// Output folder: the HF-format model, checkpoints, losses.csv, metrics.csv, metrics.png.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Size when training from scratch.
+    /// Model size when training from scratch.
+    #[arg(long, value_enum, default_value_t = TrainArgs::default().preset)]
     pub preset: Preset,
-    /// Norm of every block when training from scratch.
+    /// Norm of every block when training from scratch: layer, rms, rms_gemma or batch.
+    #[arg(long, default_value_t = TrainArgs::default().norm)]
     pub norm: NormKind,
-    /// Start from this HF folder (fine-tuning).
-    pub init: Option<PathBuf>,
-    /// A tokenizer.json to use (from scratch).
+    /// Fine-tune from this HF SigLIP/CLIP checkpoint (a folder or a hub id in the HF cache).
+    #[arg(long)]
+    pub init: Option<ModelSource>,
+    /// Use this tokenizer.json (from scratch); without it one is trained on the captions.
+    #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Train a BPE tokenizer on the captions (from scratch, when no tokenizer is given).
+    /// Train a BPE tokenizer on the captions (the default when no tokenizer is given).
+    #[arg(long)]
     pub train_tokenizer: bool,
     /// Vocabulary of a trained tokenizer.
+    #[arg(long, default_value_t = TrainArgs::default().vocab_size)]
     pub vocab_size: usize,
     /// Passes over the training pairs.
+    #[arg(long, default_value_t = TrainArgs::default().epochs)]
     pub epochs: usize,
     /// Pairs per step.
+    #[arg(long, default_value_t = TrainArgs::default().batch_size)]
     pub batch_size: usize,
-    /// Peak learning rate.
+    /// Peak learning rate (linear warm-up, then cosine decay to 10%).
+    #[arg(long, default_value_t = TrainArgs::default().lr)]
     pub lr: f64,
     /// AdamW weight decay.
+    #[arg(long, default_value_t = TrainArgs::default().weight_decay)]
     pub weight_decay: f64,
     /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = TrainArgs::default().warmup_steps)]
     pub warmup_steps: usize,
-    /// Clip the gradient norm.
-    pub grad_clip: Option<f32>,
+    /// Clip the gradient norm to this (0: off).
+    #[arg(long, default_value_t = TrainArgs::default().grad_clip)]
+    pub grad_clip: f32,
     /// Batches per optimiser step.
+    #[arg(long, default_value_t = TrainArgs::default().grad_accum)]
     pub grad_accum: usize,
-    /// SigLIP: score texts in blocks of this many.
+    /// SigLIP: score texts in blocks of this many (memory O(chunk x N)).
+    #[arg(long)]
     pub chunk_size: Option<usize>,
-    /// Held-out fraction for evaluation.
+    /// Held-out fraction for recall@k.
+    #[arg(long, default_value_t = TrainArgs::default().val_fraction)]
     pub val_fraction: f64,
     /// Seed of initialisation, split, order and augmentation.
+    #[arg(long, default_value_t = TrainArgs::default().seed)]
     pub seed: u64,
     /// Save a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = TrainArgs::default().checkpoint_every)]
     pub checkpoint_every: usize,
-    /// Continue from the latest checkpoint in `out`.
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
     pub resume: bool,
-    /// Bad rows are errors instead of being skipped.
+    /// Missing/corrupt images and empty captions are errors instead of skipped.
+    #[arg(long)]
     pub strict: bool,
     /// Random-resized-crop / flip.
+    #[command(flatten)]
     pub augment: Augment,
     /// Data loading threads.
+    #[arg(long, default_value_t = TrainArgs::default().workers)]
     pub workers: usize,
-    /// A labels file (one class per line) for zero-shot accuracy on the held-out split.
+    /// Class names (one per line) for zero-shot accuracy on the held-out split.
+    #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Stop after this many steps (for smoke runs).
+    /// Stop after this many steps.
+    #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Show a progress bar.
+    /// Show a progress bar (on for the command line).
+    #[arg(skip = true)]
     pub progress: bool,
-    /// Device name as the CLI takes it (`cpu`, `ndarray`, `flex`, `cuda`, `cuda:N`).
-    pub device: String,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl Default for TrainArgs {
@@ -99,7 +128,7 @@ impl Default for TrainArgs {
             lr: 1e-3,
             weight_decay: 1e-4,
             warmup_steps: 20,
-            grad_clip: Some(1.0),
+            grad_clip: 1.0,
             grad_accum: 1,
             chunk_size: None,
             val_fraction: 0.1,
@@ -112,7 +141,7 @@ impl Default for TrainArgs {
             labels: None,
             max_steps: None,
             progress: true,
-            device: "cpu".into(),
+            device: DeviceArgs::default(),
         }
     }
 }
@@ -146,28 +175,9 @@ pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64
 }
 
 fn preprocessor(config: &ModelConfig, init: Option<&Path>) -> Result<PreprocessorConfig> {
-    if let Some(p) = init.map(|d| d.join("preprocessor_config.json")).filter(|p| p.is_file()) {
-        return PreprocessorConfig::from_file(&p);
-    }
-    let s = config.image_size() as u32;
-    Ok(match config {
-        ModelConfig::Siglip(_) => PreprocessorConfig::square(s),
-        ModelConfig::Clip(_) => {
-            let mut c = PreprocessorConfig::square(s);
-            c.size = Some(SizeSpec::ShortestEdge { shortest_edge: s });
-            c.do_center_crop = true;
-            c.crop_size = Some(SizeSpec::Exact { height: s, width: s });
-            c.image_mean = Some(ChannelValues::Each(vec![0.481_454_66, 0.457_827_5, 0.408_210_73]));
-            c.image_std = Some(ChannelValues::Each(vec![0.268_629_54, 0.261_302_6, 0.275_777_1]));
-            c
-        }
-    })
-}
-
-fn encode(tok: &TextTokenizer, config: &ModelConfig, captions: &[String]) -> Result<Encoded> {
-    match config {
-        ModelConfig::Siglip(_) => tok.encode(captions, Padding::MaxLength(config.text_len())),
-        ModelConfig::Clip(_) => tok.encode(captions, Padding::Longest(config.text_len())),
+    match init.map(|d| d.join("preprocessor_config.json")).filter(|p| p.is_file()) {
+        Some(p) => PreprocessorConfig::from_file(&p),
+        None => Ok(config.default_preprocessor()),
     }
 }
 
@@ -177,7 +187,6 @@ fn embed_all(
     pairs: &[Pair],
     proc: &ImageProcessor,
     tok: &TextTokenizer,
-    config: &ModelConfig,
     device: &Device,
 ) -> Result<(Tensor<2>, Tensor<2>)> {
     let (mut imgs, mut txts) = (Vec::new(), Vec::new());
@@ -185,7 +194,7 @@ fn embed_all(
         let paths: Vec<PathBuf> = chunk.iter().map(|p| p.image.clone()).collect();
         let pixels = proc.batch_from_files(&paths, device)?;
         let captions: Vec<String> = chunk.iter().map(|p| p.caption.clone()).collect();
-        let (i, t) = model.embed(pixels, &encode(tok, config, &captions)?, device);
+        let (i, t) = model.embed(pixels, &tok.encode_batch(&captions, model.text_padding(), device)?);
         imgs.push(i);
         txts.push(t);
     }
@@ -231,7 +240,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         )));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    let device = zoo_nn::parse_device(&args.device)?.autodiff();
+    let device = args.device.device()?.autodiff();
+    let init = args.init.as_ref().map(ModelSource::resolve).transpose()?;
+    let grad_accum = args.grad_accum.max(1);
     // Seeding and initialisation under one lock: the device's generator is process-wide, so two
     // runs in one process must not interleave their draws.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -239,7 +250,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     device.seed(args.seed);
 
     // Tokenizer and model.
-    let tok_dir = match (&args.init, &args.tokenizer) {
+    let tok_dir = match (&init, &args.tokenizer) {
         (Some(dir), _) => dir.clone(),
         (None, Some(file)) => {
             let dst = args.out.join("tokenizer.json");
@@ -257,7 +268,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
     };
     let tok = TextTokenizer::from_dir(&tok_dir)?;
-    let (mut model, config) = match &args.init {
+    let (mut model, config) = match &init {
         Some(dir) => Towers::load(dir, burn::tensor::DType::F32, &device)?,
         None => {
             let vocab = tok.inner().get_vocab_size(true);
@@ -273,12 +284,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     drop(init_guard);
     tok.check_vocab(config.vocab_size())?;
-    let pre = preprocessor(&config, args.init.as_deref())?;
+    let pre = preprocessor(&config, init.as_deref())?;
     let proc = ImageProcessor::new(pre.clone());
 
     let mut optim = AdamWConfig::new()
         .with_weight_decay(args.weight_decay as f32)
-        .with_grad_clipping(args.grad_clip.map(burn::grad_clipping::GradientClippingConfig::Norm))
+        .with_grad_clipping(
+            (args.grad_clip > 0.0)
+                .then_some(burn::grad_clipping::GradientClippingConfig::Norm(args.grad_clip)),
+        )
         .init();
     let mut state = TrainState::default();
     if args.resume
@@ -295,7 +309,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     }
 
     let per_epoch = train_pairs.len() / args.batch_size;
-    let total_steps = (per_epoch * args.epochs).div_ceil(args.grad_accum).max(1);
+    let total_steps = (per_epoch * args.epochs).div_ceil(grad_accum).max(1);
     let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let bar = args.progress.then(|| {
         let bar = indicatif::ProgressBar::new(total_steps as u64);
@@ -315,10 +329,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
             model
                 .save_into(&mut store)
-                .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
+                .map_err(|e| NnError::Save { path: dir.join("model.bpk"), reason: e.to_string() })?;
             optim
                 .save(dir.join("optim.bpk"))
-                .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })
+                .map_err(|e| NnError::Save { path: dir.join("optim.bpk"), reason: e.to_string() })
         })
     };
 
@@ -338,10 +352,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let n = batch.captions.len();
             let s = config.image_size();
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &device);
-            let text = encode(&tok, &config, &batch.captions)?;
-            let (img, txt) = model.embed(pixels, &text, &device);
-            let loss = model.loss(img, txt, args.chunk_size) / args.grad_accum as f64;
-            let value = zoo_nn::testing::to_vec(loss.clone().inner())[0] as f64 * args.grad_accum as f64;
+            let text = tok.encode_batch(&batch.captions, model.text_padding(), &device)?;
+            let (img, txt) = model.embed(pixels, &text);
+            let loss = model.loss(img, txt, args.chunk_size) / grad_accum as f64;
+            let value = zoo_nn::host::scalar(loss.clone().inner()) * grad_accum as f64;
             if !value.is_finite() {
                 return Err(NnError::Config(format!(
                     "loss became {value} at step {} (epoch {}); stopping. The last good checkpoint is in {}",
@@ -353,7 +367,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
             in_accum += 1;
             state.batch_in_epoch = batch.index + 1;
-            if in_accum < args.grad_accum {
+            if in_accum < grad_accum {
                 continue;
             }
             in_accum = 0;
@@ -378,7 +392,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         if !held_out.is_empty() {
             let valid = model.valid();
-            let (img, txt) = embed_all(&valid, &held_out, &proc, &tok, &config, &device.clone().inner())?;
+            let (img, txt) = embed_all(&valid, &held_out, &proc, &tok, &device.clone().inner())?;
             let r = eval::recall(img, txt);
             recalls.push(r);
             metrics.push_str(&format!(
@@ -413,7 +427,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     export(&args.out, &valid, &config, &pre, &tok_dir)?;
     let zero_shot_accuracy = match &args.labels {
         Some(path) if !held_out.is_empty() => {
-            Some(zero_shot(&valid, &held_out, path, &proc, &tok, &config, &device.clone().inner())?)
+            Some(zero_shot(&valid, &held_out, path, &proc, &tok, &device.clone().inner())?)
         }
         _ => None,
     };
@@ -434,7 +448,6 @@ fn zero_shot(
     labels: &Path,
     proc: &ImageProcessor,
     tok: &TextTokenizer,
-    config: &ModelConfig,
     device: &Device,
 ) -> Result<f64> {
     let text = std::fs::read_to_string(labels).map_err(|e| NnError::io(labels, e))?;
@@ -457,8 +470,20 @@ fn zero_shot(
         return Ok(0.0);
     }
     let pixels = proc.batch_from_files(&paths, device)?;
-    let (img, cls) = model.embed(pixels, &encode(tok, config, &classes)?, device);
+    let (img, cls) = model.embed(pixels, &tok.encode_batch(&classes, model.text_padding(), device)?);
     // embed() pairs rows; the class texts form their own batch here.
     let labels: Vec<usize> = labelled.iter().map(|(_, k)| *k).collect();
     Ok(eval::zero_shot_accuracy(img, cls, &labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let argv = ["train", "--arch", "siglip", "--data", "d", "--out", "o"];
+        let parsed = crate::args::parse_from::<TrainArgs>(&argv);
+        assert_eq!(parsed, TrainArgs { data: "d".into(), out: "o".into(), ..Default::default() });
+    }
 }

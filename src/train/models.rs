@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use serde_json::json;
 use std::path::Path;
 use zoo_clip::{ClipConfig, ClipModel};
-use zoo_nn::{Encoded, NnError, NormKind, Result};
+use zoo_nn::{ContrastiveModel, NnError, NormKind, PreprocessorConfig, Result, TextBatch};
 use zoo_siglip::{SiglipConfig, SiglipModel};
 
 /// Which model is trained.
@@ -92,6 +92,14 @@ impl ModelConfig {
         }
     }
 
+    /// The image preprocessing of a model trained from scratch (the family's processor defaults).
+    pub fn default_preprocessor(&self) -> PreprocessorConfig {
+        match self {
+            Self::Siglip(c) => c.vision_config.default_preprocessor(),
+            Self::Clip(c) => c.vision_config.default_preprocessor(),
+        }
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {
@@ -162,41 +170,11 @@ impl Towers {
         }
     }
 
-    /// Image embeddings before normalisation (SigLIP's pooled head output, CLIP's projection).
-    ///
-    /// # Shapes
-    /// - `pixels`: `[B, 3, H, W]`; output `[B, E]`
-    pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
+    /// The model behind the one contrastive interface.
+    pub fn model(&self) -> &dyn ContrastiveModel {
         match self {
-            Self::Siglip(m) => m.image_features(pixels),
-            Self::Clip(m) => m.image_features(pixels),
-        }
-    }
-
-    /// L2-normalised image and text embeddings.
-    pub fn embed(&self, pixels: Tensor<4>, text: &Encoded, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let (img, txt) = match self {
-            Self::Siglip(m) => {
-                let (b, l) = (text.ids.len(), text.ids.first().map_or(0, Vec::len));
-                let flat: Vec<i64> = text.ids.iter().flatten().map(|&t| t as i64).collect();
-                let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), device);
-                (m.image_features(pixels), m.text_features(ids))
-            }
-            Self::Clip(m) => (m.image_features(pixels), m.text_features(&text.ids, &text.mask, device)),
-        };
-        (zoo_nn::l2_normalize(img), zoo_nn::l2_normalize(txt))
-    }
-
-    /// The contrastive loss of a batch of pairs (`chunk`: SigLIP's blockwise form).
-    pub fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
-        match self {
-            Self::Siglip(m) => match chunk {
-                Some(c) => {
-                    zoo_nn::loss::siglip_loss_chunked(img, txt, m.logit_scale.val(), m.logit_bias.val(), c, 0)
-                }
-                None => zoo_nn::loss::siglip_loss(img, txt, m.logit_scale.val(), m.logit_bias.val()),
-            },
-            Self::Clip(m) => zoo_nn::loss::clip_loss(img, txt, m.logit_scale.val()),
+            Self::Siglip(m) => m,
+            Self::Clip(m) => m,
         }
     }
 
@@ -223,5 +201,27 @@ impl Towers {
             Self::Siglip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &[]),
             Self::Clip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &["^logit_scale$"]),
         }
+    }
+}
+
+/// Either model is a contrastive model: every call goes to the one inside.
+impl ContrastiveModel for Towers {
+    fn text_padding(&self) -> zoo_nn::Padding {
+        self.model().text_padding()
+    }
+    fn encode_image(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.model().encode_image(pixels)
+    }
+    fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
+        self.model().encode_text(text)
+    }
+    fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
+        self.model().logits(image_embeds, text_embeds)
+    }
+    fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
+        self.model().probs(logits_per_image)
+    }
+    fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
+        self.model().loss(img, txt, chunk)
     }
 }

@@ -58,5 +58,5 @@ pub fn plot(path: &Path, losses: &[f64], recall_at_1: &[f64]) -> Result<()> {
             [255, 127, 14],
         );
     }
-    img.save(path).map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
+    img.save(path).map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })
 }

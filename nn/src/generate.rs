@@ -1,12 +1,15 @@
-//! Text generation: prefill then one token per step through a preallocated KV cache; greedy or
-//! sampled (temperature, top-k, top-p, repetition penalty, seed); stops on end-of-sequence ids
-//! or `max_new_tokens`; several prompts at once with left padding and per-row masks, giving the
-//! same tokens as one prompt at a time.
+//! Text generation for any decoder (Gemma, PaliGemma, a composed VLM): prefill then one token
+//! per step through a preallocated KV cache; greedy or sampled (temperature, top-k, top-p,
+//! repetition penalty, seed); stops on end-of-sequence ids or `max_new_tokens`; several prompts
+//! at once with left padding and per-row masks, giving the same tokens as one prompt at a time.
+//!
+//! A model family offers generation by implementing [`Decoder`] in its own crate's `decoder.rs`
+//! (`zoo_gemma::GemmaDecoder`, `zoo_paligemma::PaliGemmaDecoder`); everything here is
+//! model-agnostic.
 
-use crate::model::GemmaForCausalLM;
+pub use crate::rng::Rng;
+use crate::{KvCache, NnError, Result};
 use burn::prelude::*;
-use burn::tensor::DType;
-use zoo_nn::{KvCache, MaskSpec, NnError, Result};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,26 +85,6 @@ pub struct Generated {
     pub token_ids: Vec<u32>,
     /// Why generation stopped.
     pub stop_reason: StopReason,
-}
-
-/// A small deterministic generator (SplitMix64) for sampling.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Chooses the next token from one row of logits.
@@ -261,9 +244,34 @@ pub fn generate<D: Decoder>(
 }
 
 fn host_rows(logits: Tensor<2>) -> Vec<Vec<f32>> {
-    let [_, v] = logits.dims();
-    let data = logits.cast(DType::F32).into_data().try_into_vec::<f32>().unwrap_or_default();
-    data.chunks(v.max(1)).map(<[f32]>::to_vec).collect()
+    crate::host::rows(logits)
+}
+
+/// [`generate`] with the text streamed: `on_text(row, piece)` receives each row's decoded text
+/// as it completes (a multi-byte character split over tokens is held back until whole; what
+/// remains is flushed at the end). `decode` turns ids into text.
+pub fn generate_stream<D: Decoder>(
+    model: &D,
+    prompts: &[Vec<u32>],
+    eos: &[u32],
+    sampling: &Sampling,
+    decode: impl Fn(&[u32]) -> Option<String>,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generated>> {
+    let mut streams: Vec<TextStream> = (0..prompts.len()).map(|_| TextStream::default()).collect();
+    let out = generate(model, prompts, eos, sampling, |row, id| {
+        let piece = streams[row].push(id, &decode);
+        if !piece.is_empty() {
+            on_text(row, &piece);
+        }
+    })?;
+    for (row, stream) in streams.iter_mut().enumerate() {
+        let rest = stream.finish(&decode);
+        if !rest.is_empty() {
+            on_text(row, &rest);
+        }
+    }
+    Ok(out)
 }
 
 /// Left-padding positions: each row counts from 0 at its first real token.
@@ -275,66 +283,6 @@ pub fn row_positions(valid: &[Vec<bool>]) -> Vec<Vec<i64>> {
             (0..row.len() as i64).map(|i| (i - pad).max(0)).collect()
         })
         .collect()
-}
-
-fn ids_tensor(ids: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
-    let (b, l) = (ids.len(), ids.first().map_or(0, Vec::len));
-    let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(flat, [b, l]), device)
-}
-
-/// A Gemma model with the context length it may use.
-#[derive(Debug)]
-pub struct GemmaDecoder<'a> {
-    /// The model.
-    pub model: &'a GemmaForCausalLM,
-    /// Context length (`max_position_embeddings`).
-    pub max_len: usize,
-    /// Device.
-    pub device: Device,
-}
-
-impl GemmaDecoder<'_> {
-    fn last_logits(&self, h: Tensor<3>) -> Tensor<2> {
-        let [b, l, c] = h.dims();
-        self.model.logits(h.slice([0..b, l - 1..l, 0..c])).reshape([b as i32, -1])
-    }
-}
-
-impl Decoder for GemmaDecoder<'_> {
-    fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
-        let x = self.model.embed(ids_tensor(prompt, &self.device));
-        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        let h = self.model.forward_embeds(x, &row_positions(valid), &mask, Some(cache));
-        Ok(self.last_logits(h))
-    }
-
-    fn step(
-        &self,
-        tokens: &[u32],
-        positions: &[i64],
-        valid: &[Vec<bool>],
-        cache: &mut KvCache,
-    ) -> Result<Tensor<2>> {
-        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let x = self.model.embed(ids_tensor(&ids, &self.device));
-        let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p]).collect();
-        let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        let h = self.model.forward_embeds(x, &pos, &mask, Some(cache));
-        Ok(self.last_logits(h))
-    }
-
-    fn cache(&self, batch: usize, max_len: usize) -> KvCache {
-        self.model.new_cache(batch, max_len, &self.device)
-    }
-
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-
-    fn vocab_limit(&self) -> usize {
-        self.model.model.embed_tokens.weight.dims()[0]
-    }
 }
 
 /// Incremental detokenisation for streaming: emits only complete text, holding back a piece

@@ -1,0 +1,59 @@
+//! Loading HuggingFace checkpoint folders into Burn modules.
+//!
+//! A checkpoint folder holds `config.json` and either `model.safetensors` or shards listed by
+//! `model.safetensors.index.json` (`weight_map`: key -> shard file). Loading goes through
+//! burn-store's [`SafetensorsStore`] (memory-mapped, lazy: a tensor is read, converted and
+//! dropped one at a time, so a 6 GB checkpoint is never held twice in RAM) with:
+//!
+//! - a [`KeyMap`]: one documented table per model mapping checkpoint keys to module paths
+//!   (regex rewrites applied in order), plus allow-lists for keys that may be missing (a tied
+//!   `lm_head`) or unused;
+//! - [`PyTorchToBurnAdapter`] (with a parallel tiled transpose of `Linear.weight`): `[out, in]` -> `[in, out]`, norm `weight`/`bias`
+//!   -> `gamma`/`beta`;
+//! - [`FloatCastAdapter`] to the model's float dtype (F32/BF16/F16 files all load on every
+//!   backend).
+//!
+//! Every safetensors header is checked first (sizes, offsets, dtypes), so a truncated or lying
+//! file is an error naming the file and key rather than a crash.//!
+//! One file per job: [`header`] (safetensors header checks), [`adapters`] (layout and dtype
+//! conversions on the way in and out), [`keymap`] (checkpoint keys -> module paths),
+//! [`checkpoint`] (the folder: files, headers, loading), [`save`] (writing HF-layout files).
+
+mod adapters;
+pub mod checkpoint;
+pub mod header;
+pub mod keymap;
+pub mod save;
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::Checkpoint;
+pub use header::{TensorInfo, read_safetensors_header};
+pub use keymap::KeyMap;
+pub use save::save_safetensors;
+
+use crate::error::{NnError, Result};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// The single-file weights name.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The shard index name.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Reads and deserialises a JSON file, naming the file in every error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| NnError::Json { path: path.to_path_buf(), source })
+}
+
+/// The `model_type` of a checkpoint folder's config.json.
+pub fn model_type(dir: &Path) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        model_type: Option<String>,
+    }
+    let path = dir.join("config.json");
+    let head: Head = read_json(&path)?;
+    head.model_type.ok_or_else(|| NnError::Config(format!("{}: no model_type", path.display())))
+}

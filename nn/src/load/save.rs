@@ -1,0 +1,33 @@
+//! Writing modules as HF-layout safetensors files.
+
+use super::adapters::VectorAsScalar;
+use crate::error::{NnError, Result};
+use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, SafetensorsStore};
+use regex::Regex;
+use std::path::Path;
+
+/// Writes a module as an HF-layout safetensors file, atomically (a scratch file renamed into
+/// place, so a failed save leaves any previous file intact): Burn's `[in, out]` Linear weights
+/// and norm `gamma`/`beta` go back to PyTorch's layout and names, `renames` (regex, replacement)
+/// turn module paths into checkpoint keys, and `[1]` parameters whose path matches a `scalars`
+/// regex are written as PyTorch scalars.
+pub fn save_safetensors<M: ModuleSnapshot>(
+    module: &M,
+    path: &Path,
+    renames: &[(&str, &str)],
+    scalars: &[&str],
+) -> Result<()> {
+    let compile = |p: &str| Regex::new(p).map_err(|e| NnError::Config(format!("save pattern '{p}': {e}")));
+    let scalars = scalars.iter().map(|p| compile(p)).collect::<Result<Vec<_>>>()?;
+    let renames =
+        renames.iter().map(|(f, t)| compile(f).map(|r| (r, t.to_string()))).collect::<Result<Vec<_>>>()?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter.chain(VectorAsScalar(scalars)))
+        .remap(KeyRemapper::from_compiled_patterns(renames))
+        .skip_enum_variants(true)
+        .overwrite(true)
+        .metadata("format", "pt");
+    module
+        .save_into(&mut store)
+        .map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })
+}

@@ -1,0 +1,111 @@
+//! Command-line arguments shared by several commands, as clap `Args` structs the library owns:
+//! where the model comes from ([`ModelSource`]) and what computes ([`DeviceArgs`],
+//! [`ComputeArgs`]). Each command's own arguments live beside the code they configure
+//! (`zero_shot::ZeroShotArgs`, `generate::GenerateArgs`, `train::TrainArgs`, `demo::DemoArgs`,
+//! `bench::BenchArgs`); `src/main.rs` only flattens and dispatches them.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use std::path::{Path, PathBuf};
+use zoo_nn::Result;
+
+/// A checkpoint as users name it: a local folder, or a hub id (`org/name`) found in the HF cache.
+/// Every command resolves it the same way ([`crate::hub::resolve_model`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSource(pub PathBuf);
+
+impl ModelSource {
+    /// The local folder: as given, or the cached snapshot of a hub id.
+    pub fn resolve(&self) -> Result<PathBuf> {
+        crate::hub::resolve_model(&self.0)
+    }
+}
+
+impl std::str::FromStr for ModelSource {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self(PathBuf::from(s)))
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+impl<P: AsRef<Path>> From<P> for ModelSource {
+    fn from(p: P) -> Self {
+        Self(p.as_ref().to_path_buf())
+    }
+}
+
+/// `--model`: the checkpoint a command runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The checkpoint: a folder (config.json, weights, tokenizer files) or a hub id (org/name)
+    /// in the local HF cache.
+    #[arg(long)]
+    pub model: ModelSource,
+}
+
+/// `--device`: where a command computes.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceArgs {
+    /// cpu (the default CPU backend), ndarray, flex, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl Default for DeviceArgs {
+    fn default() -> Self {
+        Self { device: "cpu".into() }
+    }
+}
+
+impl DeviceArgs {
+    /// The device (f32).
+    pub fn device(&self) -> Result<Device> {
+        zoo_nn::parse_device(&self.device)
+    }
+}
+
+/// `--device` and `--dtype`: where and in which float type an inference command computes.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ComputeArgs {
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Compute dtype: f32, bf16 or f16 (bf16/f16 on flex or cuda; ndarray is f32 only).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl Default for ComputeArgs {
+    fn default() -> Self {
+        Self { device: DeviceArgs::default(), dtype: "f32".into() }
+    }
+}
+
+impl ComputeArgs {
+    /// The dtype.
+    pub fn dtype(&self) -> Result<DType> {
+        zoo_nn::parse_dtype(&self.dtype)
+    }
+
+    /// The device with the dtype as its default float type.
+    pub fn device(&self) -> Result<Device> {
+        zoo_nn::device_with_dtype(&self.device.device, self.dtype()?)
+    }
+}
+
+/// Parses one command's arguments as the CLI would (for tests of the defaults).
+#[cfg(test)]
+pub(crate) fn parse_from<A: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> A {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    <Cli<A> as clap::Parser>::parse_from(argv).args
+}
