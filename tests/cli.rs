@@ -545,3 +545,13 @@ fn train_init_takes_hub_ids_like_every_model_argument() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("acme/absent") && stderr.contains("not in the HF cache"), "{stderr}");
 }
+
+#[test]
+fn hub_shaped_folders_equal_transformers() {
+    // Laid out file for file like google/siglip-base-patch16-224 (minimal config.json,
+    // spiece.model, no tokenizer.json), google/siglip-so400m-patch14-384 (image size not a
+    // multiple of the patch) and openai/clip-vit-base-patch32 (legacy preprocessor and ids).
+    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-clip-legacy"] {
+        zero_shot_json(&fixtures().join(name), name);
+    }
+}

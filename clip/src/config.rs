@@ -155,9 +155,10 @@ impl ClipConfig {
         let v = &self.vision_config;
         let t = &self.text_config;
         let bad = |m: String| Err(NnError::Config(m));
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+        // The stride-`patch_size` convolution floors, as in PyTorch.
+        if v.patch_size == 0 || v.image_size < v.patch_size {
             return bad(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
+                "vision image_size {} must be at least patch_size {} (> 0)",
                 v.image_size, v.patch_size
             ));
         }

@@ -23,6 +23,10 @@ pub enum SizeSpec {
         /// The shorter side after resizing.
         shortest_edge: u32,
     },
+    /// A plain integer, as feature-extractor era files write it (`"size": 224`): resolved when
+    /// the file is read, as transformers' `get_size_dict` does (see
+    /// [`PreprocessorConfig::from_file`]).
+    Side(u32),
 }
 
 /// Per-channel mean/std, given as one number or a list.
@@ -103,9 +107,32 @@ impl PreprocessorConfig {
         }
     }
 
-    /// Reads `preprocessor_config.json`.
+    /// Reads `preprocessor_config.json`, legacy files included: an integer `size` is the
+    /// shortest edge for the CLIP and SigLIP processors (`default_to_square = False` in
+    /// transformers) and a square for the others; an integer `crop_size` is a square. The
+    /// processor's name comes from `image_processor_type` or, in older files,
+    /// `feature_extractor_type`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        crate::load::read_json(path)
+        let raw: serde_json::Value = crate::load::read_json(path)?;
+        let mut config: Self = serde_json::from_value(raw.clone())
+            .map_err(|source| NnError::Json { path: path.to_path_buf(), source })?;
+        let kind = ["image_processor_type", "feature_extractor_type"]
+            .iter()
+            .find_map(|k| raw.get(*k).and_then(|v| v.as_str()))
+            .unwrap_or("")
+            .to_lowercase();
+        let shortest = kind.contains("clip") || kind.contains("siglip");
+        if let Some(SizeSpec::Side(s)) = config.size {
+            config.size = Some(if shortest {
+                SizeSpec::ShortestEdge { shortest_edge: s }
+            } else {
+                SizeSpec::Exact { height: s, width: s }
+            });
+        }
+        if let Some(SizeSpec::Side(s)) = config.crop_size {
+            config.crop_size = Some(SizeSpec::Exact { height: s, width: s });
+        }
+        Ok(config)
     }
 
     /// The `(height, width)` of the processed image, when the config fixes it.
@@ -113,6 +140,7 @@ impl PreprocessorConfig {
         let exact = |s: &Option<SizeSpec>| match s {
             Some(SizeSpec::Exact { height, width }) => Some((*height, *width)),
             Some(SizeSpec::ShortestEdge { shortest_edge }) => Some((*shortest_edge, *shortest_edge)),
+            Some(SizeSpec::Side(s)) => Some((*s, *s)),
             None => None,
         };
         if self.do_center_crop { exact(&self.crop_size) } else { exact(&self.size) }
@@ -151,7 +179,9 @@ impl ImageProcessor {
         let mut out = (w, h, img.as_raw().clone());
         if c.do_resize {
             let (nh, nw) = match c.size {
-                Some(SizeSpec::Exact { height, width }) => (height, width),
+                Some(SizeSpec::Exact { height, width }) | Some(SizeSpec::Side(height @ width)) => {
+                    (height, width)
+                }
                 Some(SizeSpec::ShortestEdge { shortest_edge: s }) => {
                     // transformers: short side = s, long side = int(s * long / short).
                     let (short, long) = if w <= h { (w, h) } else { (h, w) };

@@ -40,6 +40,7 @@ pub mod norm;
 pub mod ops;
 pub mod rng;
 pub mod rope;
+pub mod spm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod text;

@@ -2,6 +2,7 @@
 //! transformers' fast tokenizers run), with padding and truncation as transformers applies them.
 
 use crate::error::{NnError, Result};
+use crate::spm::SiglipSpm;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -64,6 +65,8 @@ pub struct TextTokenizer {
     path: PathBuf,
     pad_id: Option<u32>,
     canonicalize: bool,
+    /// A SentencePiece model read without tokenizer.json (`SiglipTokenizer`).
+    pub(crate) spm: Option<SiglipSpm>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -78,24 +81,21 @@ fn token_string(v: &serde_json::Value) -> Option<String> {
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json` (and `tokenizer_config.json` when present) from a checkpoint folder.
+    /// Loads a checkpoint folder's tokenizer: `tokenizer.json` (and `tokenizer_config.json`
+    /// when present), or, for `SiglipTokenizer` repositories that ship none, `spiece.model`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(NnError::MissingFile {
-                dir: dir.to_path_buf(),
-                what: "tokenizer".into(),
-                expected: "tokenizer.json".into(),
-            });
-        }
-        let tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| NnError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = if config_path.is_file() {
             crate::load::read_json(&config_path)?
         } else {
             serde_json::Value::Null
         };
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Self::from_sentencepiece(dir, &config);
+        }
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| NnError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
         let pad_id = config
             .get("pad_token")
             .and_then(token_string)
@@ -104,10 +104,61 @@ impl TextTokenizer {
         // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
         let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
             && config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
-        Ok(Self { tokenizer, path, pad_id, canonicalize })
+        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None })
     }
 
-    /// The tokenizer.json path.
+    /// A folder without tokenizer.json: its SentencePiece model, for the tokenizer classes whose
+    /// behaviour vlm-zoo rebuilds (`SiglipTokenizer`).
+    fn from_sentencepiece(dir: &Path, config: &serde_json::Value) -> Result<Self> {
+        let model =
+            ["spiece.model", "tokenizer.model"].into_iter().map(|f| dir.join(f)).find(|p| p.is_file());
+        let Some(model) = model else {
+            return Err(NnError::MissingFile {
+                dir: dir.to_path_buf(),
+                what: "tokenizer".into(),
+                expected: "tokenizer.json, or spiece.model with a SiglipTokenizer tokenizer_config.json"
+                    .into(),
+            });
+        };
+        let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("(none)");
+        if class != "SiglipTokenizer" {
+            return Err(NnError::Tokenizer {
+                path: dir.join("tokenizer_config.json"),
+                reason: format!(
+                    "tokenizer_class {class} with {} and no tokenizer.json is not supported (vlm-zoo reads SentencePiece models for SiglipTokenizer; other classes need their tokenizer.json)",
+                    model.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+                ),
+            });
+        }
+        let token = |key: &str, default: &str| {
+            config.get(key).and_then(token_string).unwrap_or_else(|| default.to_string())
+        };
+        let extra: Vec<String> = config
+            .get("additional_special_tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(token_string).collect())
+            .unwrap_or_default();
+        let lower = config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
+        let pad = token("pad_token", "</s>");
+        let spm = SiglipSpm::new(
+            &model,
+            &token("eos_token", "</s>"),
+            &token("unk_token", "<unk>"),
+            &pad,
+            &extra,
+            lower,
+        )?;
+        let model_piece = crate::spm::SpmModel::read(&model)?;
+        Ok(Self {
+            tokenizer: spm.sentencepiece().clone(),
+            pad_id: model_piece.piece_to_id(&pad),
+            path: model,
+            canonicalize: false,
+            spm: Some(spm),
+        })
+    }
+
+    /// The tokenizer file (tokenizer.json, or the SentencePiece model).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -163,6 +214,17 @@ impl TextTokenizer {
         .map_err(|e| NnError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         let mut ids = Vec::with_capacity(texts.len());
         for text in texts {
+            if let Some(spm) = &self.spm {
+                let mut row = spm.encode(text)?;
+                if row.len() > max_len {
+                    // As transformers truncates: the text is cut, `</s>` stays last.
+                    let eos = row[row.len() - 1];
+                    row.truncate(max_len.saturating_sub(1));
+                    row.extend(std::iter::once(eos).take(max_len.min(1)));
+                }
+                ids.push(row);
+                continue;
+            }
             let enc = tok.encode(self.prepare(text), true).map_err(|e| NnError::Tokenizer {
                 path: self.path.clone(),
                 reason: format!("encoding {text:?}: {e}"),
@@ -203,6 +265,9 @@ impl TextTokenizer {
 
     /// Decodes ids to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(spm) = &self.spm {
+            return Ok(spm.decode(ids));
+        }
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| NnError::Tokenizer { path: self.path.clone(), reason: e.to_string() })

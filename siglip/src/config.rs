@@ -78,9 +78,10 @@ impl SiglipVisionConfig {
 
     /// Checks the arithmetic the model relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+        // The stride-`patch_size` convolution floors: so400m's 384 px / 14 px gives 27 x 27 patches.
+        if self.patch_size == 0 || self.image_size < self.patch_size {
             return Err(NnError::Config(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
+                "vision image_size {} must be at least patch_size {} (> 0)",
                 self.image_size, self.patch_size
             )));
         }

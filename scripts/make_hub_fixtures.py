@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Builds fixtures shaped file for file like the hub repositories users download, which older
+tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and key sets.
+
+- hub-siglip-base   google/siglip-base-patch16-224: minimal config.json (sizes only; every other
+                    key is the config class default: text positions 64, eps 1e-6, tanh GELU, ...),
+                    spiece.model (trained here with the sentencepiece package) and a SiglipTokenizer
+                    tokenizer_config.json, no tokenizer.json; SiglipImageProcessor's
+                    preprocessor_config.json of that time.
+- hub-siglip-so400m google/siglip-so400m-patch14-384: image_size not a multiple of patch_size
+                    (the stride-14 convolution floors), same tokenizer files.
+- hub-clip-legacy   openai/clip-vit-base-patch32: the feature-extractor era preprocessor_config.json
+                    (integer size / crop_size, CLIPFeatureExtractor), config.json with legacy
+                    text ids (eos_token_id 2: pooled at the largest id) and the *_config_dict
+                    copies, vocab.json + merges.txt + tokenizer.json.
+
+References come from transformers loading each folder the way a user does (AutoProcessor /
+from_pretrained, SigLIP texts padded with padding="max_length", CLIP with padding=True).
+`tokenizer_corpus.json` holds SiglipTokenizer's ids for a corpus with capitals, punctuation,
+digits, unknown characters, non-ASCII text and odd whitespace.
+
+    .venv/bin/python scripts/make_hub_fixtures.py     (pinned: scripts/requirements.txt)
+"""
+
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import CAPTIONS, FIX, IMAGES, bpe_tokenizer, make_images, randomise, tensors_of  # noqa: E402
+
+SPM_CORPUS = CAPTIONS * 3 + [
+    "The Quick Brown Fox Jumps Over The Lazy Dog 1234567890",
+    "Ein schöner Tag am Meer, über den Wolken",
+    "café crème brûlée naïve façade",
+    "東京タワーの写真",
+    "a photo of 3 dogs and 2 cats",
+    "ＦＵＬＬＷＩＤＴＨ letters and ① circled digits",
+]
+
+CORPUS = [
+    "a photo of a cat",
+    "A Photo Of A CAT!!!",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines  and   runs of spaces",
+    "punctuation: (brackets), [square]; {curly} - dashes -- and 'quotes' \"double\"",
+    "digits 0123456789 and 3.14159 and 1,000,000",
+    "unknown characters: ☃ ★ 🙂 ∑ ∫",
+    "Ein schöner Tag am Meer, über den Wolken",
+    "CAFÉ crème brûlée NAÏVE",
+    "東京タワーの写真",
+    "ＦＵＬＬＷＩＤＴＨ letters and ① circled digits",
+    "mixed CASE with İstanbul and ß",
+    "",
+    "!!!",
+    "a▁word▁with▁the▁spiece▁underline",
+    "text with an eos </s> in the middle",
+    "a very long caption " * 12,
+]
+
+
+def train_spiece(out_dir, vocab_size):
+    """A Unigram SentencePiece model with SigLIP's special pieces: <pad>=0, </s>=1, <unk>=2."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_CORPUS), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        character_coverage=0.98, normalization_rule_name="nmt_nfkc", hard_vocab_limit=False,
+        num_threads=1, seed_sentencepiece_size=2000, minloglevel=2)
+    (out_dir / "spiece.model").write_bytes(buf.getvalue())
+
+
+def siglip_tokenizer_files(out):
+    special = lambda c: {"content": c, "lstrip": True, "normalized": False, "rstrip": True,  # noqa: E731
+                         "single_word": False, "special": True}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": {"1": special("</s>"), "2": special("<unk>")},
+        "additional_special_tokens": [], "clean_up_tokenization_spaces": True, "do_lower_case": True,
+        "eos_token": "</s>", "model_input_names": ["input_ids"], "model_max_length": 64, "pad_token": "</s>",
+        "processor_class": "SiglipProcessor", "sp_model_kwargs": {}, "tokenizer_class": "SiglipTokenizer",
+        "unk_token": "<unk>"}, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps({
+        "eos_token": special("</s>"), "pad_token": special("</s>"), "unk_token": special("<unk>")}, indent=2))
+
+
+def siglip_hub(name, seed, vision, text, images, texts, spiece_dir):
+    from transformers import AutoProcessor, SiglipConfig, SiglipModel
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    shutil.copy(spiece_dir / "spiece.model", out / "spiece.model")
+    siglip_tokenizer_files(out)
+    vocab = spm.SentencePieceProcessor(model_file=str(out / "spiece.model")).get_piece_size()
+    text = dict(text, vocab_size=vocab)
+    minimal = {
+        "architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+        "text_config": dict(text, model_type="siglip_text_model"), "torch_dtype": "float32",
+        "transformers_version": "4.37.0.dev0", "vision_config": dict(vision, model_type="siglip_vision_model"),
+    }
+    torch.manual_seed(seed)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    randomise(model, seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(minimal, indent=2))
+    s = vision["image_size"]
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+        "size": {"height": s, "width": s}}, indent=2))
+    # As a user: everything from the folder.
+    model = SiglipModel.from_pretrained(out).eval()
+    proc = AutoProcessor.from_pretrained(out)
+    enc = proc(text=texts, images=[Image.open(p) for p in images], padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        o = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"])
+    ref = {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"].to(torch.int64),
+           "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
+           "logits_per_image": o.logits_per_image, "probs": torch.sigmoid(o.logits_per_image)}
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"images": [p.name for p in images], "texts": texts, "tokenizer": type(proc.tokenizer).__name__}, indent=1))
+    return proc.tokenizer
+
+
+def clip_legacy(name, seed, vision, text, projection_dim, images, texts):
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = bpe_tokenizer(text["vocab_size"])
+    tok.save(str(out / "tokenizer.json"))
+    tok.model.save(str(out))  # vocab.json + merges.txt, as the hub repo has them
+    eot, sot = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|startoftext|>")
+    text = dict(text, bos_token_id=0, eos_token_id=2, pad_token_id=1)  # the legacy ids of the original repo
+    torch.manual_seed(seed)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    model = CLIPModel(config).eval()
+    randomise(model, seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    full = config.to_dict()
+    full.pop("dtype", None)
+    full.update({"torch_dtype": "float32", "transformers_version": "4.21.0.dev0",
+                 "text_config_dict": dict(text), "vision_config_dict": dict(vision)})
+    (out / "config.json").write_text(json.dumps(full, indent=2))
+    s = vision["image_size"]
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": s, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": s}, indent=2))
+    special = {"content": "<|endoftext|>", "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "unk_token": special, "bos_token": dict(special, content="<|startoftext|>"), "eos_token": special,
+        "pad_token": "<|endoftext|>", "add_prefix_space": False, "errors": "replace", "do_lower_case": True,
+        "name_or_path": "openai/clip-vit-base-patch32", "model_max_length": text["max_position_embeddings"],
+        "tokenizer_class": "CLIPTokenizer"}, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>"}, indent=2))
+    assert eot > sot
+    model = CLIPModel.from_pretrained(out).eval()
+    proc = CLIPProcessor.from_pretrained(out)
+    enc = proc(text=texts, images=[Image.open(p) for p in images], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        o = model(**enc)
+    ref = {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"].to(torch.int64),
+           "attention_mask": enc["attention_mask"].to(torch.int64),
+           "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
+           "logits_per_image": o.logits_per_image, "probs": o.logits_per_image.softmax(dim=-1)}
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"images": [p.name for p in images], "texts": texts}, indent=1))
+
+
+def main():
+    torch.set_num_threads(1)
+    imgs = make_images()
+    texts = CAPTIONS[:4] + CAPTIONS[-1:]
+    tmp = FIX / ".spiece"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train_spiece(tmp, 180)
+    tok = siglip_hub(
+        "hub-siglip-base", 11,
+        vision=dict(hidden_size=32, image_size=32, intermediate_size=64, num_attention_heads=4,
+                    num_hidden_layers=2, patch_size=8),
+        text=dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2),
+        images=imgs[:3], texts=texts, spiece_dir=tmp)
+    siglip_hub(
+        "hub-siglip-so400m", 12,
+        vision=dict(hidden_size=24, image_size=44, intermediate_size=40, num_attention_heads=2,
+                    num_hidden_layers=2, patch_size=14),
+        text=dict(hidden_size=24, intermediate_size=40, num_attention_heads=3, num_hidden_layers=1),
+        images=imgs[1:4], texts=texts[::-1], spiece_dir=tmp)
+    shutil.rmtree(tmp)
+    corpus = {"tokenizer": type(tok).__name__, "texts": CORPUS,
+              "ids": [tok(t)["input_ids"] for t in CORPUS]}
+    (FIX / "hub-siglip-base" / "tokenizer_corpus.json").write_text(json.dumps(corpus, ensure_ascii=False, indent=0))
+    clip_legacy(
+        "hub-clip-legacy", 13,
+        vision=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4),
+        text=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=20),
+        projection_dim=24, images=[imgs[0], imgs[4]], texts=texts[:4])
+    print("hub fixtures written to", FIX)
+
+
+if __name__ == "__main__":
+    main()
