@@ -9,13 +9,14 @@ use burn::tensor::DType;
 use std::path::{Path, PathBuf};
 use zoo_nn::Result;
 
-/// A checkpoint as users name it: a local folder, or a hub id (`org/name`) found in the HF cache.
+/// A checkpoint as users name it: a local folder, or a hub id (`org/name[@revision]`) found in
+/// the HF cache or downloaded into it.
 /// Every command resolves it the same way ([`crate::hub::resolve_model`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSource(pub PathBuf);
 
 impl ModelSource {
-    /// The local folder: as given, or the cached snapshot of a hub id.
+    /// The local folder: as given, or the (downloaded) snapshot of a hub id.
     pub fn resolve(&self) -> Result<PathBuf> {
         crate::hub::resolve_model(&self.0)
     }
@@ -43,8 +44,8 @@ impl<P: AsRef<Path>> From<P> for ModelSource {
 /// `--model`: the checkpoint a command runs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// The checkpoint: a folder (config.json, weights, tokenizer files) or a hub id (org/name)
-    /// in the local HF cache.
+    /// The checkpoint: a folder (config.json, weights, tokenizer files) or a hub id
+    /// (org/name[@revision]), downloaded into the HF cache when it is not there.
     #[arg(long)]
     pub model: ModelSource,
 }

@@ -1,7 +1,9 @@
-//! `--model` as a hub id (`google/paligemma-3b-mix-224`): resolved in the standard HuggingFace
-//! cache layout (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`;
-//! `models--ORG--NAME/snapshots/REV` with `refs/main`). Nothing is downloaded: a model that is
-//! not cached is a clear error.
+//! `--model` as a hub id (`google/paligemma-3b-mix-224`, `org/name@revision`): found in the
+//! standard HuggingFace cache layout (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`; `models--ORG--NAME/snapshots/REV` with `refs/REVISION`), and
+//! downloaded there when it is not (the `hf-hub` crate: resumable `.part` files, a progress bar,
+//! `HF_ENDPOINT`, the token from `HF_TOKEN` or `$HF_HOME/token`). Only the files a model needs
+//! are fetched. `HF_HUB_OFFLINE=1` never touches the network.
 
 use std::path::{Path, PathBuf};
 use zoo_nn::{NnError, Result};
@@ -11,51 +13,241 @@ pub fn cache_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return Some(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
+    if let Some(p) = hf_home() {
+        return Some(p.join("hub"));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+    None
 }
 
-/// A local folder as given, or a hub id resolved in the cache.
+fn hf_home() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
+}
+
+/// A hub id: `org/name`, optionally `@revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubId {
+    /// `org/name`.
+    pub repo: String,
+    /// Branch, tag or commit (`main` when not given).
+    pub revision: String,
+}
+
+impl HubId {
+    /// Parses `org/name[@revision]`; `None` for anything that does not look like one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (repo, revision) = match s.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, rev),
+            Some(_) => return None,
+            None => (s, "main"),
+        };
+        let mut parts = repo.split('/');
+        let (org, name) = (parts.next()?, parts.next()?);
+        let ok = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        (parts.next().is_none() && ok(org) && ok(name))
+            .then(|| Self { repo: repo.to_string(), revision: revision.to_string() })
+    }
+
+    /// `models--org--name`.
+    fn folder(&self) -> String {
+        format!("models--{}", self.repo.replace('/', "--"))
+    }
+}
+
+impl std::fmt::Display for HubId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.revision == "main" {
+            f.write_str(&self.repo)
+        } else {
+            write!(f, "{}@{}", self.repo, self.revision)
+        }
+    }
+}
+
+/// A local folder as given, or a hub id found in the cache or downloaded into it.
 pub fn resolve_model(model: &Path) -> Result<PathBuf> {
-    resolve_model_in(model, cache_dir())
-}
-
-/// [`resolve_model`] with an explicit cache folder.
-pub fn resolve_model_in(model: &Path, cache: Option<PathBuf>) -> Result<PathBuf> {
     if model.exists() {
         return Ok(model.to_path_buf());
     }
-    let id = model.to_string_lossy();
-    let looks_like_id = id.split('/').count() == 2 && !id.starts_with('.') && !id.starts_with('/');
-    if !looks_like_id {
+    let Some(id) = HubId::parse(&model.to_string_lossy()) else {
         return Err(NnError::io(
             model,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint folder"),
         ));
+    };
+    let cache = cache_dir()
+        .ok_or_else(|| NnError::Config("no HF cache folder (set HF_HUB_CACHE or HF_HOME)".into()))?;
+    if let Some(dir) = cached(&id, &cache) {
+        return Ok(dir);
     }
+    if offline() {
+        return Err(NnError::Config(format!(
+            "'{id}' is not a folder and is not in the HF cache at {} (HF_HUB_OFFLINE is set, so nothing is downloaded)",
+            cache.display()
+        )));
+    }
+    download(&id, &cache, &Download { progress: true, retries: 3 })
+}
+
+/// [`resolve_model`] without the network: a folder, or a snapshot in `cache`.
+pub fn resolve_model_in(model: &Path, cache: Option<PathBuf>) -> Result<PathBuf> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    let id = HubId::parse(&model.to_string_lossy()).ok_or_else(|| {
+        NnError::io(model, std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint folder"))
+    })?;
     let cache =
         cache.ok_or_else(|| NnError::Config("no HF cache folder (set HF_HUB_CACHE or HF_HOME)".into()))?;
-    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-    let rev = std::fs::read_to_string(repo.join("refs/main")).ok().map(|s| s.trim().to_string());
-    let snapshot = match rev {
-        Some(r) => repo.join("snapshots").join(r),
-        None => std::fs::read_dir(repo.join("snapshots"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .map(|e| e.path())
-            .unwrap_or_default(),
-    };
-    if snapshot.join("config.json").is_file() {
-        Ok(snapshot)
-    } else {
-        Err(NnError::Config(format!(
-            "'{id}' is not a folder and is not in the HF cache at {} (vlm-zoo downloads nothing: fetch it with `huggingface-cli download {id}` where the network is reachable)",
+    cached(&id, &cache).ok_or_else(|| {
+        NnError::Config(format!(
+            "'{id}' is not a folder and is not in the HF cache at {} (download it with `vlm-zoo inspect --model {id}` where the network is reachable)",
             cache.display()
-        )))
+        ))
+    })
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+}
+
+/// The snapshot of `id` in `cache` when it holds a config.json.
+fn cached(id: &HubId, cache: &Path) -> Option<PathBuf> {
+    let repo = cache.join(id.folder());
+    let commit = std::fs::read_to_string(repo.join("refs").join(&id.revision))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| id.revision.clone()); // a commit hash names its snapshot directly
+    let snapshot = repo.join("snapshots").join(commit);
+    let complete = snapshot.join("config.json").is_file() || snapshot.join("open_clip_config.json").is_file();
+    complete.then_some(snapshot)
+}
+
+/// Download settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Download {
+    /// Show a progress bar per file (stderr).
+    pub progress: bool,
+    /// Times a broken transfer is resumed before giving up.
+    pub retries: usize,
+}
+
+/// Which repository files a model needs: configs, tokenizer and processor files, and one set
+/// of weights (safetensors when there are any, else `pytorch_model.bin`).
+pub fn needed_files(files: &[String]) -> Vec<String> {
+    const SIDE: [&str; 10] = [
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "spiece.model",
+        "tokenizer.model",
+        "open_clip_config.json",
+    ];
+    let top = |f: &&String| !f.contains('/');
+    let safetensors: Vec<&String> = files
+        .iter()
+        .filter(top)
+        .filter(|f| {
+            (f.starts_with("model") || f.starts_with("open_clip_model"))
+                && (f.ends_with(".safetensors") || f.ends_with(".safetensors.index.json"))
+        })
+        .collect();
+    let weights: Vec<&String> = if safetensors.is_empty() {
+        files
+            .iter()
+            .filter(top)
+            .filter(|f| {
+                f.starts_with("pytorch_model") && (f.ends_with(".bin") || f.ends_with(".bin.index.json"))
+            })
+            .collect()
+    } else {
+        safetensors
+    };
+    files.iter().filter(top).filter(|f| SIDE.contains(&f.as_str())).chain(weights).cloned().collect()
+}
+
+/// The token: `HF_TOKEN`, else the token file (`$HF_HOME/token`).
+fn token() -> Option<String> {
+    if let Ok(t) = std::env::var("HF_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Some(t.trim().to_string());
     }
+    let t = std::fs::read_to_string(hf_home()?.join("token")).ok()?;
+    (!t.trim().is_empty()).then(|| t.trim().to_string())
+}
+
+/// Downloads the files of `id` a model needs into `cache` and returns the snapshot folder.
+pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
+        .with_progress(opts.progress)
+        .with_retries(opts.retries)
+        .with_token(token());
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    let api = builder.build().map_err(|e| hub_error(id, None, e))?;
+    let repo =
+        api.repo(hf_hub::Repo::with_revision(id.repo.clone(), hf_hub::RepoType::Model, id.revision.clone()));
+    let info = repo.info().map_err(|e| hub_error(id, None, e))?;
+    let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let files = needed_files(&names);
+    if !files.iter().any(|f| f == "config.json" || f == "open_clip_config.json") {
+        return Err(NnError::Config(format!(
+            "{id}: the repository has no config.json (files: {})",
+            names.join(", ")
+        )));
+    }
+    // config.json last: a snapshot that has it is complete (an interrupted download leaves
+    // none, so the next run resumes instead of loading a partial folder).
+    let mut files = files;
+    files.sort_by_key(|f| f == "config.json" || f == "open_clip_config.json");
+    let mut snapshot = None;
+    for f in &files {
+        let path = repo.get(f).map_err(|e| hub_error(id, Some(f), e))?;
+        snapshot = path.parent().map(Path::to_path_buf);
+    }
+    // A branch or tag also gets its ref (hf-hub writes refs/main only).
+    let dir = snapshot.ok_or_else(|| NnError::Config(format!("{id}: nothing to download")))?;
+    if id.revision != "main" {
+        let refs = cache.join(id.folder()).join("refs");
+        std::fs::create_dir_all(&refs).map_err(|e| NnError::io(&refs, e))?;
+        std::fs::write(refs.join(&id.revision), &info.sha)
+            .map_err(|e| NnError::io(refs.join(&id.revision), e))?;
+    }
+    Ok(dir)
+}
+
+/// One line for a failed hub request, naming the repository and the file.
+fn hub_error(id: &HubId, file: Option<&str>, e: hf_hub::api::sync::ApiError) -> NnError {
+    use hf_hub::api::sync::ApiError;
+    let what = file.map_or_else(|| id.to_string(), |f| format!("{id}: {f}"));
+    let status = match &e {
+        ApiError::RequestError(r) => r.to_string(),
+        other => other.to_string(),
+    };
+    let reason = if status.contains("401") || status.contains("403") {
+        format!(
+            "access denied ({status}): the repository is gated or private; accept its license on the hub and set HF_TOKEN (or log in with `huggingface-cli login`)"
+        )
+    } else if status.contains("404") {
+        format!("not found on the hub ({status}): check the name and the revision")
+    } else {
+        format!("download failed: {status} (set HF_HUB_OFFLINE=1 to use only the local cache)")
+    };
+    NnError::Config(format!("{what}: {reason}"))
 }
 
 #[cfg(test)]
@@ -72,9 +264,39 @@ mod tests {
         std::fs::write(tmp.path().join("models--acme--tiny/refs/main"), "abc123").unwrap();
         let cache = Some(tmp.path().to_path_buf());
         assert_eq!(resolve_model_in(Path::new("acme/tiny"), cache.clone()).unwrap(), snap);
+        assert_eq!(resolve_model_in(Path::new("acme/tiny@abc123"), cache.clone()).unwrap(), snap);
         let e = resolve_model_in(Path::new("acme/absent"), cache).unwrap_err().to_string();
         assert!(e.contains("acme/absent") && e.contains("not in the HF cache"), "{e}");
         let e = resolve_model_in(Path::new("./no/such/dir"), None).unwrap_err().to_string();
         assert!(e.contains("no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn hub_ids_and_needed_files() {
+        assert_eq!(HubId::parse("a/b").unwrap().revision, "main");
+        assert_eq!(HubId::parse("google/siglip-so400m-patch14-384@v1.0").unwrap().revision, "v1.0");
+        for bad in ["a", "a/b/c", "../b", "a/", "a/b@", "a b/c"] {
+            assert!(HubId::parse(bad).is_none(), "{bad}");
+        }
+        let files: Vec<String> = [
+            "config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tf_model.h5",
+            "flax_model.msgpack",
+            "spiece.model",
+            "tokenizer_config.json",
+            "README.md",
+            ".gitattributes",
+            "onnx/model.onnx",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            needed_files(&files),
+            ["config.json", "spiece.model", "tokenizer_config.json", "model.safetensors"]
+        );
+        let bin: Vec<String> = ["config.json", "pytorch_model.bin"].map(String::from).to_vec();
+        assert_eq!(needed_files(&bin), bin);
     }
 }

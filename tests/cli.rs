@@ -539,6 +539,7 @@ fn train_init_takes_hub_ids_like_every_model_argument() {
         .arg(tmp.path().join("out"))
         .args(["--init", "acme/absent", "--batch-size", "4"])
         .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
