@@ -12,7 +12,8 @@ tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and 
 - hub-clip-legacy   openai/clip-vit-base-patch32: the feature-extractor era preprocessor_config.json
                     (integer size / crop_size, CLIPFeatureExtractor), config.json with legacy
                     text ids (eos_token_id 2: pooled at the largest id) and the *_config_dict
-                    copies, vocab.json + merges.txt + tokenizer.json.
+                    copies, vocab.json + merges.txt + tokenizer.json, and pytorch_model.bin
+                    beside model.safetensors (the tests also load it alone).
 
 References come from transformers loading each folder the way a user does (AutoProcessor /
 from_pretrained, SigLIP texts padded with padding="max_length", CLIP with padding=True).
@@ -148,6 +149,8 @@ def clip_legacy(name, seed, vision, text, projection_dim, images, texts):
     randomise(model, seed)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors",
               metadata={"format": "pt"})
+    # The original repository also ships the PyTorch pickle (older repos have only that).
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out / "pytorch_model.bin")
     full = config.to_dict()
     full.pop("dtype", None)
     full.update({"torch_dtype": "float32", "transformers_version": "4.21.0.dev0",

@@ -556,3 +556,26 @@ fn hub_shaped_folders_equal_transformers() {
         zero_shot_json(&fixtures().join(name), name);
     }
 }
+
+#[test]
+fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
+    // openai/clip-vit-base-patch32 as older mirrors have it: pytorch_model.bin, no safetensors.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("hub-clip-legacy");
+    let dir = tmp.path().join("clip-bin");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    zero_shot_json(&dir, "hub-clip-legacy");
+    std::fs::write(dir.join("pytorch_model.bin"), b"this is not a zip archive of tensors").unwrap();
+    let (ok, _, stderr) = vlm_zoo(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("pytorch_model.bin") && stderr.contains("not a PyTorch state dict"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -2,15 +2,16 @@
 //! and loading it into a module.
 
 use super::adapters::{FloatCastFast, PyTorchToBurnFast, ScalarAsVector};
-use super::header::{TensorInfo, read_safetensors_header};
+use super::header::{TensorInfo, parse_safetensors_header, read_safetensors_header};
 use super::keymap::KeyMap;
-use super::{INDEX_FILE, SINGLE_FILE, read_json};
+use super::{BIN_FILE, BIN_INDEX_FILE, INDEX_FILE, SINGLE_FILE, read_json};
 use crate::error::{NnError, Result};
 use burn::tensor::DType;
 use burn_store::{ApplyError, KeyRemapper, ModuleAdapter, ModuleSnapshot, SafetensorsStore};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A HuggingFace checkpoint folder.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<PathBuf>,
     tensors: BTreeMap<String, TensorInfo>,
+    /// `pytorch_model*.bin` files, converted to safetensors bytes in memory.
+    converted: BTreeMap<PathBuf, Arc<Vec<u8>>>,
 }
 
 impl Checkpoint {
@@ -30,8 +33,13 @@ impl Checkpoint {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint folder not found"),
             ));
         }
-        let index = dir.join(INDEX_FILE);
-        let single = dir.join(SINGLE_FILE);
+        let mut index = dir.join(INDEX_FILE);
+        let mut single = dir.join(SINGLE_FILE);
+        let bin = !index.is_file() && !single.is_file();
+        if bin {
+            index = dir.join(BIN_INDEX_FILE);
+            single = dir.join(BIN_FILE);
+        }
         let (files, weight_map) = if index.is_file() {
             #[derive(serde::Deserialize)]
             struct Index {
@@ -46,19 +54,27 @@ impl Checkpoint {
             return Err(NnError::MissingFile {
                 dir,
                 what: "weights".into(),
-                expected: format!("{SINGLE_FILE} or {INDEX_FILE}"),
+                expected: format!("{SINGLE_FILE}, {INDEX_FILE}, {BIN_FILE} or {BIN_INDEX_FILE}"),
             });
         };
         let mut tensors = BTreeMap::new();
+        let mut converted = BTreeMap::new();
         for file in &files {
             if !file.is_file() {
                 return Err(NnError::MissingFile {
                     dir: dir.clone(),
                     what: format!("shard {}", file.display()),
-                    expected: format!("every file named in {INDEX_FILE}"),
+                    expected: format!("every file named in {}", index.display()),
                 });
             }
-            tensors.extend(read_safetensors_header(file)?);
+            if bin {
+                let bytes = super::pytorch::bin_to_safetensors(file)?;
+                let len = bytes.len() as u64;
+                tensors.extend(parse_safetensors_header(file, std::io::Cursor::new(&bytes), len)?);
+                converted.insert(file.clone(), Arc::new(bytes));
+            } else {
+                tensors.extend(read_safetensors_header(file)?);
+            }
         }
         if let Some(map) = weight_map {
             for (key, file) in map {
@@ -75,7 +91,7 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Self { dir, files, tensors })
+        Ok(Self { dir, files, tensors, converted })
     }
 
     /// The folder.
@@ -122,7 +138,11 @@ impl Checkpoint {
         let mut unused = BTreeSet::new();
         for file in &self.files {
             let adapter = PyTorchToBurnFast.chain(ScalarAsVector).chain(FloatCastFast(dtype));
-            let mut store = SafetensorsStore::from_file(file)
+            let store = match self.converted.get(file) {
+                Some(bytes) => SafetensorsStore::from_bytes(Some(bytes.as_ref().clone())),
+                None => SafetensorsStore::from_file(file),
+            };
+            let mut store = store
                 .remap(KeyRemapper::from_compiled_patterns(renames.clone()))
                 .with_from_adapter(adapter)
                 .skip_enum_variants(true)

@@ -31,9 +31,18 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 /// Reads and checks the header of a safetensors file: the header length fits the file, every
 /// tensor's byte range lies inside the data section and matches its shape and dtype.
 pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>> {
-    let bad = |reason: String| NnError::Safetensors { path: path.to_path_buf(), reason };
-    let mut file = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| NnError::io(path, e))?.len();
+    parse_safetensors_header(path, file, file_len)
+}
+
+/// [`read_safetensors_header`] over any reader of `file_len` bytes (`path` names it in errors).
+pub fn parse_safetensors_header(
+    path: &Path,
+    mut file: impl Read,
+    file_len: u64,
+) -> Result<BTreeMap<String, TensorInfo>> {
+    let bad = |reason: String| NnError::Safetensors { path: path.to_path_buf(), reason };
     let mut len_bytes = [0u8; 8];
     file.read_exact(&mut len_bytes)
         .map_err(|_| bad(format!("file is {file_len} bytes, too short for a header")))?;

@@ -23,6 +23,7 @@ mod adapters;
 pub mod checkpoint;
 pub mod header;
 pub mod keymap;
+pub mod pytorch;
 pub mod save;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,10 @@ use std::path::Path;
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The shard index name.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The PyTorch weights name (repositories without safetensors).
+pub const BIN_FILE: &str = "pytorch_model.bin";
+/// The PyTorch shard index name.
+pub const BIN_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 /// Reads and deserialises a JSON file, naming the file in every error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
