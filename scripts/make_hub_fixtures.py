@@ -15,12 +15,19 @@ tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and 
                     copies, vocab.json + merges.txt + tokenizer.json, and pytorch_model.bin
                     beside model.safetensors (the tests also load it alone).
 
+- hub-open-clip     laion/CLIP-ViT-*-laion2B-* as open_clip's save_for_hf writes it: open_clip_config.json
+                    + open_clip_model.safetensors (visual.*, transformer.resblocks.*, packed
+                    in_proj_weight, proj matrices), and the CLIP tokenizer.json (end-of-text as
+                    its largest id, as open_clip's argmax pooling needs). The reference is
+                    open_clip itself (its image transform, encode_image / encode_text).
+
 References come from transformers loading each folder the way a user does (AutoProcessor /
 from_pretrained, SigLIP texts padded with padding="max_length", CLIP with padding=True).
 `tokenizer_corpus.json` holds SiglipTokenizer's ids for a corpus with capitals, punctuation,
 digits, unknown characters, non-ASCII text and odd whitespace.
 
-    .venv/bin/python scripts/make_hub_fixtures.py     (pinned: scripts/requirements.txt)
+    .venv/bin/python scripts/make_hub_fixtures.py [hub-siglip hub-clip-legacy hub-open-clip]
+    (pinned: scripts/requirements.txt, plus open_clip_torch for the OpenCLIP reference)
 """
 
 import io
@@ -185,10 +192,89 @@ def clip_legacy(name, seed, vision, text, projection_dim, images, texts):
         {"images": [p.name for p in images], "texts": texts}, indent=1))
 
 
-def main():
+def clip_tokenizer_eot_last(vocab_size):
+    """bpe_tokenizer with <|startoftext|> and <|endoftext|> moved to the last two ids, as in the
+    real CLIP vocabulary (open_clip pools the text at the largest id)."""
+    from tokenizers import Tokenizer
+    tok = bpe_tokenizer(vocab_size)
+    j = json.loads(tok.to_str())
+    vocab = j["model"]["vocab"]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    order = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in specials] + specials
+    new = {t: i for i, t in enumerate(order)}
+    j["model"]["vocab"] = new
+    for a in j["added_tokens"]:
+        a["id"] = new[a["content"]]
+    for k, v in j["post_processor"]["special_tokens"].items():
+        v["ids"] = [new[k]]
+    return Tokenizer.from_str(json.dumps(j))
+
+
+def open_clip_export(name, seed, images, texts):
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from open_clip.transform import image_transform
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = clip_tokenizer_eot_last(300)
+    vocab = tok.get_vocab_size()
+    model_cfg = {"embed_dim": 24,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8},
+                 "text_cfg": {"context_length": 20, "vocab_size": vocab, "width": 32, "heads": 4, "layers": 2}}
+    torch.manual_seed(seed)
+    model = CLIP(model_cfg["embed_dim"], CLIPVisionCfg(**model_cfg["vision_cfg"]),
+                 CLIPTextCfg(**model_cfg["text_cfg"])).eval()
+    randomise(model, seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(10.0) + 0.3)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
+    model.visual.image_mean, model.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    save_config_for_hf(model, out / "open_clip_config.json", model_config=model_cfg)
+    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+                            model_max_length=20).save_pretrained(out)
+    preprocess = image_transform(32, is_train=False, mean=model.visual.image_mean, std=model.visual.image_std)
+    pixels = torch.stack([preprocess(Image.open(p)) for p in images])
+    ids = torch.zeros(len(texts), 20, dtype=torch.long)  # open_clip pads with 0 to the context length
+    for i, t in enumerate(texts):
+        row = tok.encode(t).ids[:20]
+        row[-1] = tok.token_to_id("<|endoftext|>") if len(tok.encode(t).ids) > 20 else row[-1]
+        ids[i, :len(row)] = torch.tensor(row)
+    with torch.no_grad():
+        img = model.encode_image(pixels, normalize=True)
+        txt = model.encode_text(ids, normalize=True)
+        logits = model.logit_scale.exp() * img @ txt.T
+    ref = {"pixel_values": pixels, "input_ids": ids, "image_embeds": img, "text_embeds": txt,
+           "logits_per_image": logits, "probs": logits.softmax(dim=-1)}
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"images": [p.name for p in images], "texts": texts, "open_clip": open_clip.__version__}, indent=1))
+
+
+def main(wanted):
     torch.set_num_threads(1)
     imgs = make_images()
+    want = lambda name: not wanted or name in wanted  # noqa: E731
     texts = CAPTIONS[:4] + CAPTIONS[-1:]
+    if want("hub-siglip"):
+        siglip_fixtures(imgs, texts)
+    if want("hub-clip-legacy"):
+        clip_legacy(
+            "hub-clip-legacy", 13,
+            vision=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4),
+            text=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=20),
+            projection_dim=24, images=[imgs[0], imgs[4]], texts=texts[:4])
+    if want("hub-open-clip"):
+        open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
+    print("hub fixtures written to", FIX)
+
+
+def siglip_fixtures(imgs, texts):
     tmp = FIX / ".spiece"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -209,15 +295,7 @@ def main():
     corpus = {"tokenizer": type(tok).__name__, "texts": CORPUS,
               "ids": [tok(t)["input_ids"] for t in CORPUS]}
     (FIX / "hub-siglip-base" / "tokenizer_corpus.json").write_text(json.dumps(corpus, ensure_ascii=False, indent=0))
-    clip_legacy(
-        "hub-clip-legacy", 13,
-        vision=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4),
-        text=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=20),
-        projection_dim=24, images=[imgs[0], imgs[4]], texts=texts[:4])
-    print("hub fixtures written to", FIX)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-clip-legacy, hub-open-clip; none: all

@@ -62,6 +62,9 @@ fn processor(dir: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Resul
     if path.is_file() {
         return Ok(ImageProcessor::new(PreprocessorConfig::from_file(&path)?));
     }
+    if zoo_clip::open_clip::is_open_clip(dir) {
+        return Ok(ImageProcessor::new(zoo_clip::open_clip::preprocessor(dir)?));
+    }
     let family = match config {
         ModelConfig::Siglip(_) => "SigLIP's",
         ModelConfig::Clip(_) => "CLIP's",

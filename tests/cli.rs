@@ -551,8 +551,9 @@ fn train_init_takes_hub_ids_like_every_model_argument() {
 fn hub_shaped_folders_equal_transformers() {
     // Laid out file for file like google/siglip-base-patch16-224 (minimal config.json,
     // spiece.model, no tokenizer.json), google/siglip-so400m-patch14-384 (image size not a
-    // multiple of the patch) and openai/clip-vit-base-patch32 (legacy preprocessor and ids).
-    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-clip-legacy"] {
+    // multiple of the patch), openai/clip-vit-base-patch32 (legacy preprocessor and ids) and an
+    // OpenCLIP export (open_clip_config.json + open_clip_model.safetensors; reference: open_clip).
+    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-clip-legacy", "hub-open-clip"] {
         zero_shot_json(&fixtures().join(name), name);
     }
 }
@@ -575,6 +576,38 @@ fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
     let (ok, _, stderr) = vlm_zoo(&["inspect", "--model", dir.to_str().unwrap()]);
     assert!(
         !ok && stderr.contains("pytorch_model.bin") && stderr.contains("not a PyTorch state dict"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn open_clip_variants_not_mapped_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("hub-open-clip");
+    let dir = tmp.path().join("oc");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = dir.join("open_clip_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert!(
+        !ok && stderr.contains("open_clip_config.json") && stderr.contains("timm_model_name"),
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod load;
 pub mod model;
+pub mod open_clip;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use load::load_clip;

@@ -21,8 +21,15 @@ pub fn key_map() -> KeyMap {
     KeyMap::new().rename(r"\.self_attn\.out_proj\.", ".self_attn.o_proj.").allow_unused(r"\.position_ids$")
 }
 
-/// Loads a `CLIPModel` folder (config.json + weights) as `dtype`.
+/// Loads a `CLIPModel` folder (config.json + weights), or an OpenCLIP export
+/// ([`crate::open_clip`]), as `dtype`.
 pub fn load_clip(dir: &Path, dtype: DType, device: &Device) -> Result<(ClipModel, ClipConfig)> {
+    if crate::open_clip::is_open_clip(dir) {
+        let (config, ckpt) = crate::open_clip::open(dir)?;
+        let mut model = ClipModel::new(&config, device);
+        ckpt.load_into(&mut model, &key_map(), dtype)?;
+        return Ok((model, config));
+    }
     let kind = model_type(dir)?;
     if kind != "clip" {
         return Err(NnError::Config(format!(

@@ -87,6 +87,10 @@ pub struct PreprocessorConfig {
     pub image_mean: Option<ChannelValues>,
     /// Per-channel std.
     pub image_std: Option<ChannelValues>,
+    /// Centre-crop offsets rounded as torchvision's `CenterCrop` does (`round((h - ch) / 2)`,
+    /// half to even) instead of transformers' floor: OpenCLIP's preprocessing.
+    #[serde(skip)]
+    pub crop_round_half_even: bool,
 }
 
 impl PreprocessorConfig {
@@ -104,6 +108,7 @@ impl PreprocessorConfig {
             do_normalize: true,
             image_mean: Some(ChannelValues::One(0.5)),
             image_std: Some(ChannelValues::One(0.5)),
+            crop_round_half_even: false,
         }
     }
 
@@ -200,7 +205,7 @@ impl ImageProcessor {
                     "preprocessor config: do_center_crop needs crop_size {height, width}".into(),
                 ));
             };
-            out = center_crop(&out.2, out.0, out.1, cw, ch);
+            out = center_crop(&out.2, out.0, out.1, cw, ch, c.crop_round_half_even);
         }
         Ok(out)
     }
@@ -492,9 +497,14 @@ pub fn to_rgb(img: &image::DynamicImage) -> image::RgbImage {
 
 /// transformers' centre crop: top = (h - ch) / 2, left = (w - cw) / 2 (floor); padding with zeros
 /// where the image is smaller than the crop.
-fn center_crop(rgb: &[u8], w: u32, h: u32, cw: u32, ch: u32) -> (u32, u32, Vec<u8>) {
-    let top = (h as i64 - ch as i64).div_euclid(2);
-    let left = (w as i64 - cw as i64).div_euclid(2);
+fn center_crop(rgb: &[u8], w: u32, h: u32, cw: u32, ch: u32, half_even: bool) -> (u32, u32, Vec<u8>) {
+    // transformers: floor((h - ch) / 2); torchvision: round((h - ch) / 2), ties to even.
+    let offset = |d: i64| {
+        let floor = d.div_euclid(2);
+        if half_even && d.rem_euclid(2) == 1 && floor.rem_euclid(2) == 1 { floor + 1 } else { floor }
+    };
+    let top = offset(h as i64 - ch as i64);
+    let left = offset(w as i64 - cw as i64);
     let mut out = vec![0u8; (cw * ch * 3) as usize];
     for y in 0..ch as i64 {
         for x in 0..cw as i64 {

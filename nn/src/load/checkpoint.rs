@@ -94,6 +94,15 @@ impl Checkpoint {
         Ok(Self { dir, files, tensors, converted })
     }
 
+    /// A checkpoint held in memory: the bytes of one safetensors file, named `file` in
+    /// messages (a converted checkpoint of `dir`).
+    pub fn from_safetensors_bytes(dir: impl AsRef<Path>, file: PathBuf, bytes: Vec<u8>) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let tensors = parse_safetensors_header(&file, std::io::Cursor::new(&bytes), len)?;
+        let converted = BTreeMap::from([(file.clone(), Arc::new(bytes))]);
+        Ok(Self { dir: dir.as_ref().to_path_buf(), files: vec![file], tensors, converted })
+    }
+
     /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod header;
 pub mod keymap;
 pub mod pytorch;
+pub mod raw;
 pub mod save;
 #[cfg(test)]
 mod tests;
@@ -53,12 +54,16 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// The `model_type` of a checkpoint folder's config.json.
+/// An OpenCLIP export (`open_clip_config.json`, no config.json) is a `clip` folder.
 pub fn model_type(dir: &Path) -> Result<String> {
     #[derive(serde::Deserialize)]
     struct Head {
         model_type: Option<String>,
     }
     let path = dir.join("config.json");
+    if !path.is_file() && dir.join("open_clip_config.json").is_file() {
+        return Ok("clip".into());
+    }
     let head: Head = read_json(&path)?;
     head.model_type.ok_or_else(|| NnError::Config(format!("{}: no model_type", path.display())))
 }

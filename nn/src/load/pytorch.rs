@@ -3,6 +3,7 @@
 //! runs); the tensors are then laid out as a safetensors buffer in memory, so they pass the same
 //! header checks, key maps and adapters as every other checkpoint.
 
+use super::raw::{RawTensor, write_safetensors};
 use crate::error::{NnError, Result};
 use burn::tensor::DType;
 use burn_store::{ModuleStore, PytorchStore};
@@ -34,9 +35,7 @@ pub fn bin_to_safetensors(path: &Path) -> Result<Vec<u8>> {
     if tensors.is_empty() {
         return Err(bad("no tensors: not a PyTorch state dict".into()));
     }
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-    let mut data: Vec<u8> = Vec::new();
+    let mut raw = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let dtype = dtype_name(t.dtype).ok_or_else(|| NnError::Dtype {
             path: path.to_path_buf(),
@@ -45,18 +44,12 @@ pub fn bin_to_safetensors(path: &Path) -> Result<Vec<u8>> {
             actual: format!("{:?}", t.dtype),
         })?;
         let bytes = t.to_bytes().map_err(|e| bad(format!("tensor '{name}': {e:?}")))?;
-        let begin = data.len();
-        data.extend_from_slice(&bytes);
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": t.shape.to_vec(), "data_offsets": [begin, data.len()]}),
-        );
+        raw.push(RawTensor {
+            name: name.clone(),
+            dtype: dtype.into(),
+            shape: t.shape.to_vec(),
+            data: bytes.to_vec(),
+        });
     }
-    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    head.resize(head.len().div_ceil(8) * 8, b' ');
-    let mut out = Vec::with_capacity(8 + head.len() + data.len());
-    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&data);
-    Ok(out)
+    Ok(write_safetensors(&raw))
 }
