@@ -9,6 +9,9 @@ tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and 
                     preprocessor_config.json of that time.
 - hub-siglip-so400m google/siglip-so400m-patch14-384: image_size not a multiple of patch_size
                     (the stride-14 convolution floors), same tokenizer files.
+- hub-siglip2       google/siglip2-base-patch16-224 (fixed resolution): model_type siglip, a Gemma-style
+                    tokenizer.json (BPE with byte fallback) under Siglip2Tokenizer (lower-cases, pads
+                    on the left), bilinear resizing.
 - hub-clip-legacy   openai/clip-vit-base-patch32: the feature-extractor era preprocessor_config.json
                     (integer size / crop_size, CLIPFeatureExtractor), config.json with legacy
                     text ids (eos_token_id 2: pooled at the largest id) and the *_config_dict
@@ -22,11 +25,12 @@ tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and 
                     open_clip itself (its image transform, encode_image / encode_text).
 
 References come from transformers loading each folder the way a user does (AutoProcessor /
-from_pretrained, SigLIP texts padded with padding="max_length", CLIP with padding=True).
+from_pretrained, SigLIP texts padded with padding="max_length", CLIP with padding=True), with the
+image processor on transformers' PIL backend (see pil_images).
 `tokenizer_corpus.json` holds SiglipTokenizer's ids for a corpus with capitals, punctuation,
 digits, unknown characters, non-ASCII text and odd whitespace.
 
-    .venv/bin/python scripts/make_hub_fixtures.py [hub-siglip hub-clip-legacy hub-open-clip]
+    .venv/bin/python scripts/make_hub_fixtures.py [hub-siglip hub-siglip2 hub-clip-legacy hub-open-clip]
     (pinned: scripts/requirements.txt, plus open_clip_torch for the OpenCLIP reference)
 """
 
@@ -73,6 +77,17 @@ CORPUS = [
     "text with an eos </s> in the middle",
     "a very long caption " * 12,
 ]
+
+
+def pil_images(proc, out):
+    """The processor with its image processor on transformers' PIL backend (the Pillow resampling
+    vlm-zoo reproduces bit for bit; the default torchvision backend rounds some pixels one or two
+    levels differently)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    cls = CLIPImageProcessorPil if "CLIP" in type(proc.image_processor).__name__ else SiglipImageProcessorPil
+    proc.image_processor = cls.from_pretrained(out)
+    return proc
 
 
 def train_spiece(out_dir, vocab_size):
@@ -127,7 +142,7 @@ def siglip_hub(name, seed, vision, text, images, texts, spiece_dir):
         "size": {"height": s, "width": s}}, indent=2))
     # As a user: everything from the folder.
     model = SiglipModel.from_pretrained(out).eval()
-    proc = AutoProcessor.from_pretrained(out)
+    proc = pil_images(AutoProcessor.from_pretrained(out), out)
     enc = proc(text=texts, images=[Image.open(p) for p in images], padding="max_length", return_tensors="pt")
     with torch.no_grad():
         o = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"])
@@ -179,7 +194,7 @@ def clip_legacy(name, seed, vision, text, projection_dim, images, texts):
         "pad_token": "<|endoftext|>"}, indent=2))
     assert eot > sot
     model = CLIPModel.from_pretrained(out).eval()
-    proc = CLIPProcessor.from_pretrained(out)
+    proc = pil_images(CLIPProcessor.from_pretrained(out), out)
     enc = proc(text=texts, images=[Image.open(p) for p in images], padding=True, return_tensors="pt")
     with torch.no_grad():
         o = model(**enc)
@@ -187,6 +202,58 @@ def clip_legacy(name, seed, vision, text, projection_dim, images, texts):
            "attention_mask": enc["attention_mask"].to(torch.int64),
            "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
            "logits_per_image": o.logits_per_image, "probs": o.logits_per_image.softmax(dim=-1)}
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"images": [p.name for p in images], "texts": texts}, indent=1))
+
+
+def gemma_style_tokenizer(vocab_size):
+    """A Gemma-style tokenizer.json: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4, BPE with byte
+    fallback over text whose spaces are ▁, <bos> prepended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    tok.train_from_iterator([c.lower() for c in CAPTIONS] * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return tok
+
+
+def siglip2_fixed(name, seed, vision, text, images, texts):
+    from transformers import AutoProcessor, SiglipConfig, SiglipModel
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = gemma_style_tokenizer(300)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Siglip2Tokenizer", "model_max_length": 64, "pad_token": "<pad>", "eos_token": "<eos>",
+        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "processor_class": "SiglipProcessor"},
+        indent=2))
+    text = dict(text, vocab_size=tok.get_vocab_size(), pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    torch.manual_seed(seed)
+    config = SiglipConfig(text_config=text, vision_config=vision)
+    model = SiglipModel(config).eval()
+    randomise(model, seed)
+    model.save_pretrained(out)
+    s = vision["image_size"]
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor", "resample": 2, "rescale_factor": 0.00392156862745098,
+        "size": {"height": s, "width": s}}, indent=2))
+    model = SiglipModel.from_pretrained(out).eval()
+    proc = pil_images(AutoProcessor.from_pretrained(out), out)
+    assert type(proc.tokenizer).__name__ == "Siglip2Tokenizer" and proc.tokenizer.padding_side == "left"
+    enc = proc(text=texts, images=[Image.open(p) for p in images], padding="max_length", max_length=64,
+               return_tensors="pt")
+    with torch.no_grad():
+        o = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"])
+    ref = {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"].to(torch.int64),
+           "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
+           "logits_per_image": o.logits_per_image, "probs": torch.sigmoid(o.logits_per_image)}
     save_file(tensors_of(ref), out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(
         {"images": [p.name for p in images], "texts": texts}, indent=1))
@@ -269,6 +336,14 @@ def main(wanted):
             text=dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, max_position_embeddings=20),
             projection_dim=24, images=[imgs[0], imgs[4]], texts=texts[:4])
+    if want("hub-siglip2"):
+        siglip2_fixed(
+            "hub-siglip2", 15,
+            vision=dict(hidden_size=32, image_size=32, intermediate_size=64, num_attention_heads=4,
+                        num_hidden_layers=2, patch_size=8),
+            text=dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2),
+            # RGB only: with do_convert_rgb null, as the repos have it, transformers cannot take grey images.
+            images=[imgs[0], imgs[1], imgs[4]], texts=texts)
     if want("hub-open-clip"):
         open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
     print("hub fixtures written to", FIX)
@@ -298,4 +373,4 @@ def siglip_fixtures(imgs, texts):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-clip-legacy, hub-open-clip; none: all
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-clip-legacy, hub-open-clip; none: all

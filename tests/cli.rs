@@ -553,7 +553,7 @@ fn hub_shaped_folders_equal_transformers() {
     // spiece.model, no tokenizer.json), google/siglip-so400m-patch14-384 (image size not a
     // multiple of the patch), openai/clip-vit-base-patch32 (legacy preprocessor and ids) and an
     // OpenCLIP export (open_clip_config.json + open_clip_model.safetensors; reference: open_clip).
-    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-clip-legacy", "hub-open-clip"] {
+    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-siglip2", "hub-clip-legacy", "hub-open-clip"] {
         zero_shot_json(&fixtures().join(name), name);
     }
 }
@@ -608,6 +608,36 @@ fn open_clip_variants_not_mapped_are_named() {
     ]);
     assert!(
         !ok && stderr.contains("open_clip_config.json") && stderr.contains("timm_model_name"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_config_value_of_the_wrong_type_names_the_key_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(fixtures().join("hub-siglip-base")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["text_config"]["hidden_size"] = "big".into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert!(
+        !ok && stderr.contains("config.json") && stderr.contains("'text_config.hidden_size'"),
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

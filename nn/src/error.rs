@@ -25,10 +25,12 @@ pub enum NnError {
         expected: String,
     },
     /// A JSON file did not parse or did not fit the expected schema.
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON{}: {source}", at_key(key))]
     Json {
         /// The JSON file.
         path: PathBuf,
+        /// Where in the document (`text_config.hidden_size`), when the value is the problem.
+        key: String,
         /// The parser's error (with line and column).
         #[source]
         source: serde_json::Error,
@@ -119,6 +121,10 @@ pub enum NnError {
     /// A device string could not be parsed or the backend is not compiled in.
     #[error("device '{0}': {1}")]
     Device(String, String),
+}
+
+fn at_key(key: &str) -> String {
+    if key.is_empty() || key == "." { String::new() } else { format!(" at key '{key}'") }
 }
 
 /// A short list of keys for an error message: the first few and a count of the rest.

@@ -67,6 +67,8 @@ pub struct TextTokenizer {
     canonicalize: bool,
     /// A SentencePiece model read without tokenizer.json (`SiglipTokenizer`).
     pub(crate) spm: Option<SiglipSpm>,
+    /// Pad on the left (`padding_side: left`, Siglip2Tokenizer's default).
+    pad_left: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -94,8 +96,22 @@ impl TextTokenizer {
         if !path.is_file() {
             return Self::from_sentencepiece(dir, &config);
         }
-        let tokenizer = Tokenizer::from_file(&path)
+        let mut tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| NnError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or("");
+        // transformers 5's Siglip2Tokenizer: the Gemma tokenizer with SigLIP 2's training-time
+        // lower-casing in front of its normaliser, padding on the left.
+        let siglip2 = class == "Siglip2Tokenizer";
+        if siglip2 {
+            let mut norms: Vec<tokenizers::NormalizerWrapper> =
+                vec![tokenizers::normalizers::Lowercase.into()];
+            norms.extend(tokenizer.get_normalizer().cloned());
+            tokenizer.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)));
+        }
+        let pad_left = match config.get("padding_side").and_then(|v| v.as_str()) {
+            Some(side) => side == "left",
+            None => siglip2,
+        };
         let pad_id = config
             .get("pad_token")
             .and_then(token_string)
@@ -104,7 +120,7 @@ impl TextTokenizer {
         // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
         let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
             && config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
-        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None })
+        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None, pad_left })
     }
 
     /// A folder without tokenizer.json: its SentencePiece model, for the tokenizer classes whose
@@ -155,6 +171,7 @@ impl TextTokenizer {
             path: model,
             canonicalize: false,
             spm: Some(spm),
+            pad_left: false,
         })
     }
 
@@ -246,12 +263,16 @@ impl TextTokenizer {
                 });
             }
         };
-        let mask = ids.iter().map(|r| (0..width).map(|i| i < r.len()).collect()).collect();
+        let left = self.pad_left;
+        let mask = ids
+            .iter()
+            .map(|r| (0..width).map(|i| if left { i >= width - r.len() } else { i < r.len() }).collect())
+            .collect();
         let ids = ids
             .into_iter()
-            .map(|mut r| {
-                r.resize(width, pad);
-                r
+            .map(|r| {
+                let fill = std::iter::repeat_n(pad, width - r.len());
+                if left { fill.chain(r).collect() } else { r.into_iter().chain(fill).collect() }
             })
             .collect();
         Ok(Encoded { ids, mask })

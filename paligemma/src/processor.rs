@@ -51,8 +51,11 @@ impl PaliGemmaProcessor {
             PreprocessorConfig::from_file(&pre)?
         } else if proc.is_file() {
             let v: serde_json::Value = zoo_nn::read_json(&proc)?;
-            serde_json::from_value(v["image_processor"].clone())
-                .map_err(|source| NnError::Json { path: proc.clone(), source })?
+            serde_json::from_value(v["image_processor"].clone()).map_err(|source| NnError::Json {
+                path: proc.clone(),
+                key: String::new(),
+                source,
+            })?
         } else {
             notes.push(format!(
                 "{}: no preprocessor_config.json; resizing to image_size {} with mean = std = 0.5",

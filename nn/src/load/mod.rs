@@ -50,7 +50,12 @@ pub const BIN_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 /// Reads and deserialises a JSON file, naming the file in every error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| NnError::Json { path: path.to_path_buf(), source })
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| NnError::Json {
+        path: path.to_path_buf(),
+        key: e.path().to_string(),
+        source: e.into_inner(),
+    })
 }
 
 /// The `model_type` of a checkpoint folder's config.json.
