@@ -12,6 +12,9 @@ tools wrote (tests/fixtures/hub-*): tiny random weights, the real file sets and 
 - hub-siglip2       google/siglip2-base-patch16-224 (fixed resolution): model_type siglip, a Gemma-style
                     tokenizer.json (BPE with byte fallback) under Siglip2Tokenizer (lower-cases, pads
                     on the left), bilinear resizing.
+- hub-siglip2-naflex google/siglip2-base-patch16-naflex: model_type siglip2, Linear patch embedding,
+                    the position grid resized per image, images cut into at most max_num_patches
+                    patches at their own aspect ratio (Siglip2ImageProcessor), padding masked.
 - hub-clip-legacy   openai/clip-vit-base-patch32: the feature-extractor era preprocessor_config.json
                     (integer size / crop_size, CLIPFeatureExtractor), config.json with legacy
                     text ids (eos_token_id 2: pooled at the largest id) and the *_config_dict
@@ -30,7 +33,7 @@ image processor on transformers' PIL backend (see pil_images).
 `tokenizer_corpus.json` holds SiglipTokenizer's ids for a corpus with capitals, punctuation,
 digits, unknown characters, non-ASCII text and odd whitespace.
 
-    .venv/bin/python scripts/make_hub_fixtures.py [hub-siglip hub-siglip2 hub-clip-legacy hub-open-clip]
+    .venv/bin/python scripts/make_hub_fixtures.py [hub-siglip hub-siglip2 hub-siglip2-naflex hub-clip-legacy hub-open-clip]
     (pinned: scripts/requirements.txt, plus open_clip_torch for the OpenCLIP reference)
 """
 
@@ -249,14 +252,55 @@ def siglip2_fixed(name, seed, vision, text, images, texts):
     assert type(proc.tokenizer).__name__ == "Siglip2Tokenizer" and proc.tokenizer.padding_side == "left"
     enc = proc(text=texts, images=[Image.open(p) for p in images], padding="max_length", max_length=64,
                return_tensors="pt")
+    assert "attention_mask" in enc  # the Gemma tokenizer hands the padding mask to the model
     with torch.no_grad():
-        o = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"])
+        o = model(**enc)
     ref = {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"].to(torch.int64),
            "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
            "logits_per_image": o.logits_per_image, "probs": torch.sigmoid(o.logits_per_image)}
     save_file(tensors_of(ref), out / "reference.safetensors")
     (out / "reference.json").write_text(json.dumps(
         {"images": [p.name for p in images], "texts": texts}, indent=1))
+
+
+def siglip2_naflex(name, seed, vision, text, images, texts, max_num_patches):
+    from transformers import AutoProcessor, Siglip2Config, Siglip2Model
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+    out = FIX / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = gemma_style_tokenizer(300)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Siglip2Tokenizer", "model_max_length": 64, "pad_token": "<pad>", "eos_token": "<eos>",
+        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "processor_class": "Siglip2Processor"},
+        indent=2))
+    text = dict(text, vocab_size=tok.get_vocab_size(), pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    torch.manual_seed(seed)
+    model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).eval()
+    randomise(model, seed)
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Siglip2ImageProcessorFast",
+        "image_std": [0.5, 0.5, 0.5], "max_num_patches": max_num_patches, "patch_size": vision["patch_size"],
+        "processor_class": "Siglip2Processor", "resample": 2, "rescale_factor": 0.00392156862745098}, indent=2))
+    model = Siglip2Model.from_pretrained(out).eval()
+    proc = AutoProcessor.from_pretrained(out)
+    proc.image_processor = Siglip2ImageProcessorPil.from_pretrained(out)
+    assert type(proc.tokenizer).__name__ == "Siglip2Tokenizer"
+    enc = proc(text=texts, images=[Image.open(p) for p in images], padding="max_length", max_length=64,
+               max_num_patches=max_num_patches, patch_size=vision["patch_size"], return_tensors="pt")
+    with torch.no_grad():
+        o = model(**enc)
+    ref = {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"].to(torch.int64),
+           "spatial_shapes": enc["spatial_shapes"].to(torch.int64),
+           "image_embeds": o.image_embeds, "text_embeds": o.text_embeds,
+           "logits_per_image": o.logits_per_image, "probs": torch.sigmoid(o.logits_per_image)}
+    save_file(tensors_of(ref), out / "reference.safetensors")
+    (out / "reference.json").write_text(json.dumps(
+        {"images": [p.name for p in images], "texts": texts,
+         "spatial_shapes": enc["spatial_shapes"].tolist()}, indent=1))
 
 
 def clip_tokenizer_eot_last(vocab_size):
@@ -344,6 +388,13 @@ def main(wanted):
             text=dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2),
             # RGB only: with do_convert_rgb null, as the repos have it, transformers cannot take grey images.
             images=[imgs[0], imgs[1], imgs[4]], texts=texts)
+    if want("hub-siglip2-naflex"):
+        siglip2_naflex(
+            "hub-siglip2-naflex", 16,
+            vision=dict(hidden_size=32, num_patches=16, intermediate_size=64, num_attention_heads=4,
+                        num_hidden_layers=2, patch_size=8),
+            text=dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_hidden_layers=2),
+            images=[imgs[0], imgs[1], imgs[4]], texts=texts, max_num_patches=24)
     if want("hub-open-clip"):
         open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
     print("hub fixtures written to", FIX)
@@ -373,4 +424,4 @@ def siglip_fixtures(imgs, texts):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-clip-legacy, hub-open-clip; none: all
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip; none: all

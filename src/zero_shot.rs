@@ -86,20 +86,34 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
         return Err(NnError::Config("zero-shot needs at least one --text".into()));
     }
     let kind = model_type(dir)?;
-    if kind != "siglip" && kind != "clip" {
+    if kind != "siglip" && kind != "clip" && kind != "siglip2" {
         return Err(NnError::Config(format!(
-            "{}: model_type '{kind}' is not supported by zero-shot (expected siglip or clip)",
+            "{}: model_type '{kind}' is not supported by zero-shot (expected siglip, siglip2 or clip)",
             dir.display()
         )));
     }
     let mut notes = Vec::new();
     let tok = TextTokenizer::from_dir(dir)?;
-    let (model, config) = Towers::load(dir, zoo_nn::device::float_dtype(device), device)?;
-    tok.check_vocab(config.vocab_size())?;
-    let proc = processor(dir, &config, &mut notes)?;
-    let pixels = proc.batch_from_files(images, device)?;
+    let dtype = zoo_nn::device::float_dtype(device);
+    // Construction is the only per-family step: the model and how its images become features
+    // (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
+    let (model, image_embeds): (Box<dyn ContrastiveModel>, Tensor<2>) = if kind == "siglip2" {
+        let (model, config) = zoo_siglip::naflex::load_siglip2(dir, dtype, device)?;
+        tok.check_vocab(config.siglip.text_config.vocab_size)?;
+        let proc = zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?;
+        let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
+        let features = model.image_features(&proc.batch(&decoded, device)?);
+        (Box::new(model), features)
+    } else {
+        let (model, config) = Towers::load(dir, dtype, device)?;
+        tok.check_vocab(config.vocab_size())?;
+        let proc = processor(dir, &config, &mut notes)?;
+        let features = model.encode_image(proc.batch_from_files(images, device)?);
+        (Box::new(model), features)
+    };
     let text = tok.encode_batch(texts, model.text_padding(), device)?;
-    let (image_embeds, text_embeds) = model.embed(pixels, &text);
+    let image_embeds = zoo_nn::l2_normalize(image_embeds);
+    let text_embeds = zoo_nn::l2_normalize(model.encode_text(&text));
     let logits = model.logits(image_embeds.clone(), text_embeds.clone());
     let probs = model.probs(logits.clone());
     Ok(ZeroShot {

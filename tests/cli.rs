@@ -553,7 +553,14 @@ fn hub_shaped_folders_equal_transformers() {
     // spiece.model, no tokenizer.json), google/siglip-so400m-patch14-384 (image size not a
     // multiple of the patch), openai/clip-vit-base-patch32 (legacy preprocessor and ids) and an
     // OpenCLIP export (open_clip_config.json + open_clip_model.safetensors; reference: open_clip).
-    for name in ["hub-siglip-base", "hub-siglip-so400m", "hub-siglip2", "hub-clip-legacy", "hub-open-clip"] {
+    for name in [
+        "hub-siglip-base",
+        "hub-siglip-so400m",
+        "hub-siglip2",
+        "hub-siglip2-naflex",
+        "hub-clip-legacy",
+        "hub-open-clip",
+    ] {
         zero_shot_json(&fixtures().join(name), name);
     }
 }

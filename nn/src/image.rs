@@ -119,11 +119,7 @@ impl PreprocessorConfig {
     /// `feature_extractor_type`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let raw: serde_json::Value = crate::load::read_json(path)?;
-        let mut config: Self = serde_path_to_error::deserialize(raw.clone()).map_err(|e| NnError::Json {
-            path: path.to_path_buf(),
-            key: e.path().to_string(),
-            source: e.into_inner(),
-        })?;
+        let mut config: Self = crate::load::from_json_value(path, raw.clone())?;
         let kind = ["image_processor_type", "feature_extractor_type"]
             .iter()
             .find_map(|k| raw.get(*k).and_then(|v| v.as_str()))

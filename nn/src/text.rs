@@ -33,8 +33,12 @@ pub struct TextBatch {
     /// `[B][L]` the same ids on the host (CLIP pools at a position found from them).
     pub ids: Vec<Vec<u32>>,
     /// `[B][L]`, `true` for real tokens (CLIP masks padding; SigLIP attends to every position,
-    /// padding included, as transformers' SigLIP does).
+    /// padding included, unless `attention_mask` says the tokenizer hands the mask on).
     pub mask: Vec<Vec<bool>>,
+    /// Whether transformers' tokenizer returns an `attention_mask` that models without a
+    /// mandatory one (SigLIP) receive: true for SigLIP 2's Gemma tokenizers, false for
+    /// `SiglipTokenizer` and the tokenizers vlm-zoo's fixtures and training write.
+    pub attention_mask: bool,
 }
 
 impl TextBatch {
@@ -44,6 +48,7 @@ impl TextBatch {
             input_ids: crate::host::ids_tensor(&encoded.ids, device),
             ids: encoded.ids,
             mask: encoded.mask,
+            attention_mask: false,
         }
     }
 
@@ -69,6 +74,8 @@ pub struct TextTokenizer {
     pub(crate) spm: Option<SiglipSpm>,
     /// Pad on the left (`padding_side: left`, Siglip2Tokenizer's default).
     pad_left: bool,
+    /// The padding mask goes to every model (see [`TextBatch::attention_mask`]).
+    attention_mask: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -120,7 +127,8 @@ impl TextTokenizer {
         // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
         let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
             && config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
-        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None, pad_left })
+        let attention_mask = matches!(class, "Siglip2Tokenizer" | "GemmaTokenizer" | "GemmaTokenizerFast");
+        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None, pad_left, attention_mask })
     }
 
     /// A folder without tokenizer.json: its SentencePiece model, for the tokenizer classes whose
@@ -172,6 +180,7 @@ impl TextTokenizer {
             canonicalize: false,
             spm: Some(spm),
             pad_left: false,
+            attention_mask: false,
         })
     }
 
@@ -281,7 +290,9 @@ impl TextTokenizer {
     /// [`encode`](Self::encode), then the ids moved to `device`: the text input of a contrastive
     /// model (`padding`: the model's [`text_padding`](crate::ContrastiveModel::text_padding)).
     pub fn encode_batch(&self, texts: &[String], padding: Padding, device: &Device) -> Result<TextBatch> {
-        Ok(TextBatch::new(self.encode(texts, padding)?, device))
+        let mut batch = TextBatch::new(self.encode(texts, padding)?, device);
+        batch.attention_mask = self.attention_mask;
+        Ok(batch)
     }
 
     /// Decodes ids to text, skipping special tokens.

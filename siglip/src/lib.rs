@@ -10,6 +10,7 @@
 pub mod config;
 pub mod load;
 pub mod model;
+pub mod naflex;
 
 pub use config::{SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use load::{load_siglip, load_siglip_vision};

@@ -11,7 +11,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
 use zoo_nn::{
-    ContrastiveModel, Encoder, EncoderConfig, Mlp, Norm, NormConfig, NormKind, Padding, TextBatch,
+    ContrastiveModel, Encoder, EncoderConfig, MaskSpec, Mlp, Norm, NormConfig, NormKind, Padding, TextBatch,
     l2_normalize, scaled_dot_product_attention,
 };
 
@@ -61,8 +61,9 @@ impl MultiheadAttention {
     }
 
     /// # Shapes
-    /// - `query`: `[B, Q, C]`; `kv`: `[B, N, C]`; output `[B, Q, C]`
-    pub fn forward(&self, query: Tensor<3>, kv: Tensor<3>) -> Tensor<3> {
+    /// - `query`: `[B, Q, C]`; `kv`: `[B, N, C]`; `mask`: `bool[B, 1, Q, N]`, true = hidden;
+    ///   output `[B, Q, C]`
+    pub fn forward(&self, query: Tensor<3>, kv: Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Tensor<3> {
         let [b, q_len, c] = query.dims();
         let n = kv.dims()[1];
         let (h, d) = (self.num_heads, c / self.num_heads);
@@ -76,7 +77,7 @@ impl MultiheadAttention {
         let q = project(query, 0, q_len); // (B, h, Q, d)
         let k = project(kv.clone(), 1, n); // (B, h, N, d)
         let v = project(kv, 2, n);
-        let out = scaled_dot_product_attention(q, k, v, None, (d as f64).powf(-0.5), None);
+        let out = scaled_dot_product_attention(q, k, v, mask, (d as f64).powf(-0.5), None);
         self.out_proj.forward(out.swap_dims(1, 2).reshape([b, q_len, c]))
     }
 }
@@ -98,9 +99,16 @@ impl SiglipMultiheadAttentionPoolingHead {
     /// # Shapes
     /// - `x`: `[B, N, C]`; output `[B, C]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<2> {
-        let [b, _, c] = x.dims();
+        self.forward_masked(x, None)
+    }
+
+    /// [`forward`](Self::forward) over the valid tokens only (`valid`: `[B][N]`, NaFlex padding).
+    pub fn forward_masked(&self, x: Tensor<3>, valid: Option<&[Vec<bool>]>) -> Tensor<2> {
+        let [b, n, c] = x.dims();
+        let mask =
+            valid.and_then(|v| MaskSpec::none().with_key_valid(v.to_vec()).build(b, 1, n, &x.device()));
         let probe = self.probe.val().expand([b, 1, c]);
-        let h = self.attention.forward(probe, x);
+        let h = self.attention.forward(probe, x, mask.as_ref());
         let h = h.clone() + self.mlp.forward(self.layernorm.forward(h));
         h.reshape([b, c])
     }
@@ -228,10 +236,18 @@ impl SiglipTextTransformer {
     /// # Shapes
     /// - `input_ids`: `int[B, L]` with `L <= max_position_embeddings`
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> TextOutput {
+        self.forward_masked(input_ids, None)
+    }
+
+    /// [`forward`](Self::forward) with padding keys hidden (`valid`: `[B][L]`), as transformers
+    /// does when the tokenizer returns an `attention_mask` (SigLIP 2's Gemma tokenizers).
+    pub fn forward_masked(&self, input_ids: Tensor<2, Int>, valid: Option<&[Vec<bool>]>) -> TextOutput {
         let [b, l] = input_ids.dims();
+        let device = input_ids.device();
         let x = self.embeddings.token_embedding.forward(input_ids);
         let x = add_positions(x, &self.embeddings.position_embedding);
-        let x = self.final_layer_norm.forward(self.encoder.forward(x, None));
+        let mask = valid.and_then(|v| MaskSpec::none().with_key_valid(v.to_vec()).build(b, l, l, &device));
+        let x = self.final_layer_norm.forward(self.encoder.forward(x, mask.as_ref()));
         let c = x.dims()[2];
         let last = x.clone().slice([0..b, l - 1..l, 0..c]).reshape([b, c]);
         TextOutput { pooler_output: self.head.forward(last), last_hidden_state: x }
@@ -318,7 +334,8 @@ impl ContrastiveModel for SiglipModel {
     }
 
     fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
-        self.text_features(text.input_ids.clone())
+        let valid = text.attention_mask.then_some(text.mask.as_slice());
+        self.text_model.forward_masked(text.input_ids.clone(), valid).pooler_output
     }
 
     fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {

@@ -59,6 +59,15 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// The `model_type` of a checkpoint folder's config.json.
+/// Deserialises an already parsed JSON document of `path`, naming the key of a bad value.
+pub fn from_json_value<T: DeserializeOwned>(path: &Path, value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| NnError::Json {
+        path: path.to_path_buf(),
+        key: e.path().to_string(),
+        source: e.into_inner(),
+    })
+}
+
 /// An OpenCLIP export (`open_clip_config.json`, no config.json) is a `clip` folder.
 pub fn model_type(dir: &Path) -> Result<String> {
     #[derive(serde::Deserialize)]
