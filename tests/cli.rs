@@ -649,3 +649,46 @@ fn a_config_value_of_the_wrong_type_names_the_key_and_file() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn sentencepiece_folders_with_bad_models_or_other_classes_get_one_line_errors() {
+    let img = fixtures().join("images/rgb_64x48.png");
+    let run = |dir: &Path| {
+        vlm_zoo(&[
+            "zero-shot",
+            "--model",
+            dir.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--text",
+            "a",
+        ])
+    };
+    let copy = |tmp: &Path| {
+        let dir = tmp.join("m");
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(fixtures().join("hub-siglip-base")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        dir
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy(tmp.path());
+    let model = std::fs::read(dir.join("spiece.model")).unwrap();
+    std::fs::write(dir.join("spiece.model"), &model[..model.len() / 3]).unwrap();
+    let (ok, _, stderr) = run(&dir);
+    assert!(
+        !ok && stderr.contains("spiece.model") && stderr.contains("not a valid SentencePiece model"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy(tmp.path());
+    let cfg = dir.join("tokenizer_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("SiglipTokenizer", "T5Tokenizer");
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, _, stderr) = run(&dir);
+    assert!(!ok && stderr.contains("T5Tokenizer") && stderr.contains("not supported"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
