@@ -95,8 +95,15 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
 pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> {
     let dtype = zoo_nn::device::float_dtype(device);
     let kind = zoo_nn::model_type(dir)?;
-    if opts.new_tokens == 0 || opts.batches.contains(&0) || opts.batches.is_empty() {
-        return Err(NnError::Config("bench: --new-tokens and every --batch must be at least 1".into()));
+    if opts.new_tokens == 0
+        || opts.batches.contains(&0)
+        || opts.batches.is_empty()
+        || opts.iters == 0
+        || opts.steps == 0
+    {
+        return Err(NnError::Config(
+            "bench: --new-tokens, --iters, --steps and every --batch must be at least 1".into(),
+        ));
     }
     let t = Instant::now();
     match kind.as_str() {

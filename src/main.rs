@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use vlm_zoo::args::{ComputeArgs, ModelArgs};
 use vlm_zoo::bench::BenchOptions;
 use vlm_zoo::demo::DemoArgs;
@@ -67,11 +68,37 @@ enum Command {
     },
 }
 
+/// A line to stdout; a failed write (a closed pipe, a full disk) is returned, never a panic.
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*).map_err(write_error)?
+    };
+}
+
+/// A line to stderr; if stderr itself cannot be written there is no one left to tell.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+fn write_error(e: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("cannot write to stdout")
+}
+
 fn main() {
     keep_freed_pages();
     if let Err(e) = run(Cli::parse()) {
+        // A reader that went away (`vlm-zoo generate ... | head -1`) ends the process quietly
+        // with the status SIGPIPE gives.
+        if e.root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            std::process::exit(141);
+        }
         // Library errors carry the file, key and expectation in their own message.
-        eprintln!("error: {e}");
+        note!("error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -90,18 +117,18 @@ fn run(cli: Cli) -> Result<()> {
 fn zero_shot(args: &ZeroShotArgs) -> Result<()> {
     let out = args.run()?;
     for note in &out.notes {
-        eprintln!("note: {note}");
+        note!("note: {note}");
     }
     if args.json {
-        println!("{}", serde_json::to_string(&out)?);
+        say!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     let kind = if out.model_type == "siglip" { "sigmoid" } else { "softmax over texts" };
-    println!("{} ({kind} probabilities)", out.model_type);
+    say!("{} ({kind} probabilities)", out.model_type);
     for (image, probs) in args.images.iter().zip(&out.probs) {
-        println!("{}", image.display());
+        say!("{}", image.display());
         for (text, p) in args.texts.iter().zip(probs) {
-            println!("  {p:>8.4}  {text}");
+            say!("  {p:>8.4}  {text}");
         }
     }
     Ok(())
@@ -109,31 +136,37 @@ fn zero_shot(args: &ZeroShotArgs) -> Result<()> {
 
 fn generate(args: &GenerateArgs) -> Result<()> {
     let stream = !args.json && args.prompts.len() == 1;
+    let mut write_failed: Option<std::io::Error> = None;
     let out = args.run(|_, piece| {
-        if stream {
-            print!("{piece}");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
+        if stream && write_failed.is_none() {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                write_failed = Some(e);
+            }
         }
     })?;
+    if let Some(e) = write_failed {
+        return Err(write_error(e));
+    }
     for note in &out.notes {
-        eprintln!("note: {note}");
+        note!("note: {note}");
     }
     let out = out.outputs;
     for (i, o) in out.iter().enumerate() {
         if let (Some(dets), Some(path)) = (&o.detections, args.draw_path(i, out.len())) {
             let image = &args.images[i.min(args.images.len() - 1)];
             vlm_zoo::generate::draw_detections(image, dets, &path)?;
-            eprintln!("note: wrote {}", path.display());
+            note!("note: wrote {}", path.display());
         }
     }
     if args.json {
         let v = if out.len() == 1 { serde_json::to_value(&out[0])? } else { serde_json::to_value(&out)? };
-        println!("{v}");
+        say!("{v}");
     } else if stream {
-        println!();
+        say!();
     } else {
         for (p, o) in args.prompts.iter().zip(&out) {
-            println!("{p}\n  -> {}", o.text);
+            say!("{p}\n  -> {}", o.text);
         }
     }
     Ok(())
@@ -142,13 +175,14 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 fn train(args: &TrainArgs) -> Result<()> {
     let report = vlm_zoo::train::train(args)?;
     if report.skipped_images + report.skipped_captions > 0 {
-        eprintln!(
+        note!(
             "note: skipped {} rows with missing/corrupt images and {} with empty captions",
-            report.skipped_images, report.skipped_captions
+            report.skipped_images,
+            report.skipped_captions
         );
     }
     for (e, r) in report.recall.iter().enumerate() {
-        println!(
+        say!(
             "epoch {:>3}  held-out recall i2t R@1 {:.3} R@5 {:.3}  t2i R@1 {:.3} R@5 {:.3}",
             e + 1,
             r.i2t[0],
@@ -158,9 +192,9 @@ fn train(args: &TrainArgs) -> Result<()> {
         );
     }
     if let Some(acc) = report.zero_shot_accuracy {
-        println!("zero-shot accuracy {acc:.3}");
+        say!("zero-shot accuracy {acc:.3}");
     }
-    println!(
+    say!(
         "{} steps, final loss {:.4}; model written to {}",
         report.steps,
         report.losses.last().copied().unwrap_or(f64::NAN),
@@ -171,44 +205,52 @@ fn train(args: &TrainArgs) -> Result<()> {
 
 fn demo(args: &DemoArgs) -> Result<()> {
     let r = vlm_zoo::demo::run(args, |e| {
-        println!("epoch {:>2}/{}  loss {:.4}  ({:.0} s)", e.epoch, e.epochs, e.loss, e.seconds);
+        // Progress only: a failed write shows up in the summary lines below.
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "epoch {:>2}/{}  loss {:.4}  ({:.0} s)",
+            e.epoch,
+            e.epochs,
+            e.loss,
+            e.seconds
+        );
     })?;
     for (g, want) in &r.samples {
-        println!("  {:<40} (truth: {want})", g);
+        say!("  {:<40} (truth: {want})", g);
     }
-    println!(
+    say!(
         "held-out exact-caption accuracy: {:.1}% of {} unseen images (trained {:.0} s, final loss {:.4})",
         r.accuracy * 100.0,
         r.test_images,
         r.train_seconds,
         r.final_loss
     );
-    println!("model: {}  grid: {}", r.model_dir.display(), args.out.join("captions.png").display());
+    say!("model: {}  grid: {}", r.model_dir.display(), args.out.join("captions.png").display());
     Ok(())
 }
 
 fn bench(model: &ModelArgs, options: &BenchOptions, compute: &ComputeArgs) -> Result<()> {
     let device = compute.device()?;
     let r = vlm_zoo::bench::bench(&model.model.resolve()?, options, &device)?;
-    println!("{}", serde_json::to_string(&r)?);
+    say!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 
 fn inspect(model: &ModelArgs, json: bool) -> Result<()> {
     let s = vlm_zoo::inspect::inspect(&model.model.resolve()?)?;
     if json {
-        println!("{}", serde_json::to_string(&s)?);
+        say!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
-    println!("model_type  {}", s.model_type.as_deref().unwrap_or("(none)"));
-    println!("files       {}", s.files.join(", "));
-    println!("tensors     {}", s.tensors);
-    println!("parameters  {}", s.parameters);
+    say!("model_type  {}", s.model_type.as_deref().unwrap_or("(none)"));
+    say!("files       {}", s.files.join(", "));
+    say!("tensors     {}", s.tensors);
+    say!("parameters  {}", s.parameters);
     for (d, n) in &s.dtypes {
-        println!("  {d:<6} {n}");
+        say!("  {d:<6} {n}");
     }
     for (p, n) in &s.prefixes {
-        println!("  {p:<48} {n}");
+        say!("  {p:<48} {n}");
     }
     Ok(())
 }

@@ -116,12 +116,26 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
     let text_embeds = zoo_nn::l2_normalize(model.encode_text(&text));
     let logits = model.logits(image_embeds.clone(), text_embeds.clone());
     let probs = model.probs(logits.clone());
-    Ok(ZeroShot {
+    let out = ZeroShot {
         model_type: kind,
         image_embeds: rows(image_embeds),
         text_embeds: rows(text_embeds),
         logits_per_image: rows(logits),
         probs: rows(probs),
         notes,
-    })
+    };
+    for (stage, values) in [
+        ("image embeddings", &out.image_embeds),
+        ("text embeddings", &out.text_embeds),
+        ("logits", &out.logits_per_image),
+        ("probabilities", &out.probs),
+    ] {
+        if values.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(NnError::Config(format!(
+                "{}: the {stage} are not finite (NaN or infinity): the weights or the config (e.g. layer_norm_eps, image_std) are broken",
+                dir.display()
+            )));
+        }
+    }
+    Ok(out)
 }

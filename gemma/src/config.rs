@@ -206,6 +206,11 @@ impl GemmaConfig {
     /// Checks the arithmetic the model relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(NnError::Config(m));
+        for (key, v) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{key} {v}: expected a finite number > 0"));
+            }
+        }
         if self.layer_types.len() != self.num_hidden_layers {
             return bad(format!(
                 "layer_types has {} entries for num_hidden_layers {}",

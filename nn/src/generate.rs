@@ -76,6 +76,8 @@ pub enum StopReason {
     Eos,
     /// `max_new_tokens` were generated.
     MaxNewTokens,
+    /// The model's context (`max_position_embeddings`) filled before `max_new_tokens`.
+    Context,
 }
 
 /// One row's result.
@@ -208,6 +210,11 @@ pub fn generate<D: Decoder>(
     let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     for step in 0..sampling.max_new_tokens {
         let rows = host_rows(logits);
+        if let Some(row) = rows.iter().position(|r| r.iter().any(|v| v.is_nan())) {
+            return Err(NnError::Config(format!(
+                "the logits of row {row} are NaN at generated token {step}: the weights or the config (e.g. rope_theta, rms_norm_eps) are broken"
+            )));
+        }
         let mut tokens = vec![0u32; b];
         for (i, mut row) in rows.into_iter().enumerate() {
             if out[i].is_some() {
@@ -239,7 +246,16 @@ pub fn generate<D: Decoder>(
     Ok(out
         .into_iter()
         .zip(generated)
-        .map(|(o, g)| o.unwrap_or(Generated { token_ids: g, stop_reason: StopReason::MaxNewTokens }))
+        .map(|(o, g)| {
+            o.unwrap_or_else(|| {
+                let stop_reason = if g.len() < sampling.max_new_tokens {
+                    StopReason::Context
+                } else {
+                    StopReason::MaxNewTokens
+                };
+                Generated { token_ids: g, stop_reason }
+            })
+        })
         .collect())
 }
 

@@ -136,6 +136,20 @@ impl PreprocessorConfig {
         if let Some(SizeSpec::Side(s)) = config.crop_size {
             config.crop_size = Some(SizeSpec::Exact { height: s, width: s });
         }
+        let std = match &config.image_std {
+            Some(ChannelValues::One(v)) => vec![*v],
+            Some(ChannelValues::Each(v)) => v.clone(),
+            None => vec![],
+        };
+        if config.do_normalize && std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return Err(NnError::Config(format!(
+                "{}: image_std {std:?}: every value must be finite and non-zero",
+                path.display()
+            )));
+        }
+        if !config.rescale_factor.is_finite() {
+            return Err(NnError::Config(format!("{}: rescale_factor must be finite", path.display())));
+        }
         Ok(config)
     }
 
@@ -151,11 +165,48 @@ impl PreprocessorConfig {
     }
 }
 
-/// Opens and decodes an image file (any format the `image` crate reads), naming the file in errors.
+/// Largest image file read (bytes).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+/// Largest decoded image (pixels): 100 megapixels, checked from the header before decoding.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+/// Largest resize output (pixels), checked before allocating it.
+pub const MAX_RESIZE_PIXELS: u64 = 64_000_000;
+
+/// Opens and decodes an image file (any format the `image` crate reads), naming the file in
+/// errors. Only regular files up to [`MAX_IMAGE_FILE_BYTES`] are read (not a FIFO, not
+/// `/dev/zero`), and images over [`MAX_IMAGE_PIXELS`] are refused from their header, before
+/// any pixel is decoded.
 pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let bad = |reason: String| NnError::Image { path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| NnError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(bad(format!("{} bytes: larger than the {MAX_IMAGE_FILE_BYTES}-byte limit", meta.len())));
+    }
     let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
-    image::load_from_memory(&bytes)
-        .map_err(|e| NnError::Image { path: path.to_path_buf(), reason: e.to_string() })
+    decode_image(&bytes).map_err(bad)
+}
+
+/// Decodes image bytes with [`MAX_IMAGE_PIXELS`] checked from the header first.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        return Err(format!("{w}x{h} pixels: more than the {MAX_IMAGE_PIXELS}-pixel limit"));
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8 + (64 << 20));
+    reader.limits(limits);
+    reader.decode().map_err(|e| e.to_string())
 }
 
 /// Turns images into `pixel_values`.
@@ -196,6 +247,11 @@ impl ImageProcessor {
                     return Err(NnError::Config("preprocessor config: do_resize without size".into()));
                 }
             };
+            if u64::from(nw) * u64::from(nh) > MAX_RESIZE_PIXELS {
+                return Err(NnError::Config(format!(
+                    "an image of {w}x{h} resizes to {nw}x{nh}, more than {MAX_RESIZE_PIXELS} pixels (an extreme aspect ratio for shortest-edge resizing)"
+                )));
+            }
             out = (nw, nh, resize(&out.2, w, h, nw, nh, c.resample)?);
         }
         if c.do_center_crop {

@@ -78,6 +78,12 @@ impl SiglipVisionConfig {
 
     /// Checks the arithmetic the model relies on.
     pub fn validate(&self) -> Result<()> {
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(NnError::Config(format!(
+                "vision layer_norm_eps {}: expected a finite number > 0",
+                self.layer_norm_eps
+            )));
+        }
         // The stride-`patch_size` convolution floors: so400m's 384 px / 14 px gives 27 x 27 patches.
         if self.patch_size == 0 || self.image_size < self.patch_size {
             return Err(NnError::Config(format!(
@@ -153,6 +159,12 @@ impl SiglipTextConfig {
 
     /// Checks the arithmetic the model relies on.
     pub fn validate(&self) -> Result<()> {
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(NnError::Config(format!(
+                "text layer_norm_eps {}: expected a finite number > 0",
+                self.layer_norm_eps
+            )));
+        }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(NnError::Config(format!(
                 "text hidden_size {} is not a multiple of num_attention_heads {}",

@@ -152,7 +152,7 @@ pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
 #[derive(clap::Args, Debug, Clone, Copy, PartialEq, Default)]
 pub struct Augment {
     /// Random-resized-crop: keep a random box of at least this area fraction (aspect 3/4..4/3).
-    #[arg(long = "random-crop")]
+    #[arg(long = "random-crop", allow_negative_numbers = true)]
     pub crop_min_scale: Option<f64>,
     /// Random horizontal flips, probability 0.5 (off by default: captions may say left/right).
     #[arg(long)]

@@ -59,16 +59,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainArgs::default().batch_size)]
     pub batch_size: usize,
     /// Peak learning rate (linear warm-up, then cosine decay to 10%).
-    #[arg(long, default_value_t = TrainArgs::default().lr)]
+    #[arg(long, default_value_t = TrainArgs::default().lr, allow_negative_numbers = true)]
     pub lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = TrainArgs::default().weight_decay)]
+    #[arg(long, default_value_t = TrainArgs::default().weight_decay, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Linear warm-up steps before the cosine decay.
     #[arg(long, default_value_t = TrainArgs::default().warmup_steps)]
     pub warmup_steps: usize,
     /// Clip the gradient norm to this (0: off).
-    #[arg(long, default_value_t = TrainArgs::default().grad_clip)]
+    #[arg(long, default_value_t = TrainArgs::default().grad_clip, allow_negative_numbers = true)]
     pub grad_clip: f32,
     /// Batches per optimiser step.
     #[arg(long, default_value_t = TrainArgs::default().grad_accum)]
@@ -77,7 +77,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub chunk_size: Option<usize>,
     /// Held-out fraction for recall@k.
-    #[arg(long, default_value_t = TrainArgs::default().val_fraction)]
+    #[arg(long, default_value_t = TrainArgs::default().val_fraction, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Seed of initialisation, split, order and augmentation.
     #[arg(long, default_value_t = TrainArgs::default().seed)]
@@ -109,6 +109,50 @@ pub struct TrainArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+impl TrainArgs {
+    /// Checks every numeric option, naming it and its range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(NnError::Config(m));
+        let finite = |name: &str, v: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool| -> Result<()> {
+            let ok = v.is_finite()
+                && (if lo_incl { v >= lo } else { v > lo })
+                && (if hi_incl { v <= hi } else { v < hi });
+            if ok {
+                return Ok(());
+            }
+            let (l, h) = (if lo_incl { "[" } else { "(" }, if hi_incl { "]" } else { ")" });
+            bad(format!("--{name} {v}: expected a number in {l}{lo}, {hi}{h}"))
+        };
+        if self.batch_size < 2 {
+            return bad("--batch-size must be at least 2 for a contrastive loss".into());
+        }
+        finite("lr", self.lr, 0.0, false, f64::MAX, true)?;
+        finite("weight-decay", self.weight_decay, 0.0, true, f64::MAX, true)?;
+        finite("grad-clip", f64::from(self.grad_clip), 0.0, true, f64::MAX, true)?;
+        finite("val-fraction", self.val_fraction, 0.0, true, 1.0, false)?;
+        if let Some(c) = self.augment.crop_min_scale {
+            finite("random-crop", c, 0.0, false, 1.0, true)?;
+        }
+        for (name, v) in [
+            ("epochs", self.epochs),
+            ("grad-accum", self.grad_accum),
+            ("workers", self.workers),
+            ("checkpoint-every", self.checkpoint_every),
+        ] {
+            if v == 0 {
+                return bad(format!("--{name} must be at least 1"));
+            }
+        }
+        if self.chunk_size == Some(0) || self.max_steps == Some(0) {
+            return bad("--chunk-size and --max-steps must be at least 1".into());
+        }
+        if self.vocab_size < 16 || self.vocab_size > 1 << 20 {
+            return bad(format!("--vocab-size {}: expected 16 to {}", self.vocab_size, 1 << 20));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainArgs {
@@ -227,9 +271,7 @@ fn export(
 
 /// Runs training; see [`TrainArgs`].
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    if args.batch_size < 2 {
-        return Err(NnError::Config("--batch-size must be at least 2 for a contrastive loss".into()));
-    }
+    args.validate()?;
     let (pairs, skipped) = data::load_pairs(&args.data, args.strict)?;
     let (train_pairs, held_out) = data::split(pairs, args.val_fraction, args.seed);
     if train_pairs.len() < args.batch_size {
@@ -242,7 +284,24 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
     let device = args.device.device()?.autodiff();
     let init = args.init.as_ref().map(ModelSource::resolve).transpose()?;
-    let grad_accum = args.grad_accum.max(1);
+    let grad_accum = args.grad_accum;
+    if (train_pairs.len() / args.batch_size) * args.epochs < grad_accum {
+        return Err(NnError::Config(format!(
+            "--grad-accum {grad_accum} needs at least {grad_accum} batches, but {} epochs of {} training pairs at --batch-size {} give {}",
+            args.epochs,
+            train_pairs.len(),
+            args.batch_size,
+            (train_pairs.len() / args.batch_size) * args.epochs
+        )));
+    }
+    if let Some(path) = &args.labels
+        && !path.is_file()
+    {
+        return Err(NnError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "--labels file not found"),
+        ));
+    }
     // Seeding and initialisation under one lock: the device's generator is process-wide, so two
     // runs in one process must not interleave their draws.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -269,7 +328,23 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let (mut model, config) = match &init {
-        Some(dir) => Towers::load(dir, burn::tensor::DType::F32, &device)?,
+        Some(dir) => {
+            let (model, config) = Towers::load(dir, burn::tensor::DType::F32, &device)?;
+            let found = match &config {
+                ModelConfig::Siglip(_) => Arch::Siglip,
+                ModelConfig::Clip(_) => Arch::Clip,
+            };
+            if found != args.arch {
+                return Err(NnError::Config(format!(
+                    "--arch {} but --init {} is a {} checkpoint (give --arch {})",
+                    format!("{:?}", args.arch).to_lowercase(),
+                    dir.display(),
+                    format!("{found:?}").to_lowercase(),
+                    format!("{found:?}").to_lowercase()
+                )));
+            }
+            (model, config)
+        }
         None => {
             let vocab = tok.inner().get_vocab_size(true);
             let specials = tokenizer::specials(args.arch);

@@ -1,0 +1,233 @@
+//! Bad input and faults get one-line errors, never panics, hangs, OOM kills or silent NaN
+//! (issue 14). Each case failed before its fix.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One line on stderr that says `needles`, no panic.
+#[track_caller]
+fn one_line_error(args: &[&str], needles: &[&str]) {
+    let (ok, _, stderr) = run(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in {stderr}");
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn closed_pipes_and_full_disks_do_not_panic() {
+    let m = fixtures().join("gemma2-a");
+    let mut child = bin()
+        .args(["generate", "--model", m.to_str().unwrap(), "--prompt", "hello", "--max-new-tokens", "40"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, as `| head -c 0` does
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    if Path::new("/dev/full").exists() {
+        let out = bin()
+            .args(["inspect", "--model", m.to_str().unwrap()])
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cannot write to stdout") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn generation_that_fills_the_context_says_so() {
+    let m = fixtures().join("gemma2-a");
+    let (ok, stdout, stderr) = run(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "5000",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["stop_reason"], "context", "{stdout}");
+}
+
+/// A PNG that declares `w` x `h` pixels (grey) and holds no pixel data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(png: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        let mut body = kind.to_vec();
+        body.extend(data);
+        png.extend((data.len() as u32).to_be_bytes());
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    }
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &[]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn images_are_bounded_before_they_are_decoded_or_resized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let siglip = fixtures().join("siglip-a");
+    let clip = fixtures().join("clip-a");
+    let zs = |model: &Path, image: &Path, needles: &[&str]| {
+        one_line_error(
+            &[
+                "zero-shot",
+                "--model",
+                model.to_str().unwrap(),
+                "--image",
+                image.to_str().unwrap(),
+                "--text",
+                "a",
+            ],
+            needles,
+        )
+    };
+    // A 22000 x 22000 image is refused from its header (it took 4.7 GB before).
+    let huge = tmp.path().join("huge.png");
+    std::fs::write(&huge, png_header_only(22000, 22000)).unwrap();
+    zs(&siglip, &huge, &["huge.png", "22000x22000", "limit"]);
+    // Not a regular file: /dev/zero read until memory ran out; a FIFO blocked forever.
+    zs(&siglip, Path::new("/dev/zero"), &["/dev/zero", "not a regular file"]);
+    let fifo = tmp.path().join("fifo.png");
+    if Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        zs(&siglip, &fifo, &["fifo.png", "not a regular file"]);
+    }
+    // 1 x 3,000,000 pixels through CLIP's shortest-edge resize (12.4 GB before).
+    let thin = tmp.path().join("thin.png");
+    image::GrayImage::from_pixel(3_000_000, 1, image::Luma([128])).save(&thin).unwrap();
+    zs(&clip, &thin, &["3000000x1", "resizes to", "aspect ratio"]);
+}
+
+#[test]
+fn broken_configs_give_errors_not_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let zs = |dir: &Path, needles: &[&str]| {
+        one_line_error(
+            &["zero-shot", "--model", dir.to_str().unwrap(), "--image", img.to_str().unwrap(), "--text", "a"],
+            needles,
+        )
+    };
+    // layer_norm_eps -1 and image_std 0: NaN scores printed with exit 0 before.
+    let dir = tmp.path().join("siglip");
+    copy_dir(&fixtures().join("siglip-a"), &dir);
+    let cfg = dir.join("config.json");
+    let orig = std::fs::read_to_string(&cfg).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&orig).unwrap();
+    v["vision_config"]["layer_norm_eps"] = (-1.0).into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    zs(&dir, &["layer_norm_eps -1"]);
+    std::fs::write(&cfg, &orig).unwrap();
+    let pre = dir.join("preprocessor_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
+    v["image_std"] = serde_json::json!([0, 0, 0]);
+    std::fs::write(&pre, v.to_string()).unwrap();
+    zs(&dir, &["preprocessor_config.json", "image_std"]);
+    // NaN weights: the output check names the stage.
+    copy_dir(&fixtures().join("siglip-a"), &dir);
+    let st = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let info = meta.info("vision_model.post_layernorm.weight").unwrap();
+    let at = 8 + n + info.data_offsets.0;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&st, bytes).unwrap();
+    zs(&dir, &["image embeddings are not finite"]);
+    // rope_theta 0: token 0 generated forever before.
+    let dir = tmp.path().join("gemma");
+    copy_dir(&fixtures().join("gemma-mqa"), &dir);
+    let cfg = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["rope_theta"] = 0.into();
+    if v["rope_parameters"].is_object() {
+        v["rope_parameters"]["rope_theta"] = 0.into();
+    }
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    one_line_error(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "hello world"],
+        &["rope_theta 0"],
+    );
+}
+
+#[test]
+fn nonsensical_training_options_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 1).unwrap();
+    let out = tmp.path().join("out");
+    let train = |extra: &[&str], needles: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--arch",
+            "siglip",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        one_line_error(&args, needles);
+    };
+    train(&["--lr", "-1"], &["--lr -1"]);
+    train(&["--val-fraction", "-0.5"], &["--val-fraction"]);
+    train(&["--val-fraction", "NaN"], &["--val-fraction"]);
+    train(&["--grad-clip", "NaN"], &["--grad-clip"]);
+    train(&["--random-crop", "5"], &["--random-crop 5"]);
+    train(&["--grad-accum", "1000", "--batch-size", "8", "--epochs", "1"], &["--grad-accum 1000"]);
+    train(&["--labels", "/no/such/labels.txt"], &["labels.txt"]);
+    train(&["--init", fixtures().join("clip-a").to_str().unwrap()], &["--arch siglip", "clip checkpoint"]);
+    assert!(!out.join("model.safetensors").exists(), "nothing is written by a refused run");
+    let m = fixtures().join("clip-a");
+    one_line_error(&["bench", "--model", m.to_str().unwrap(), "--iters", "0"], &["--iters"]);
+}
