@@ -176,10 +176,13 @@ fn train(args: &TrainArgs) -> Result<()> {
     let report = vlm_zoo::train::train(args)?;
     if report.skipped_images + report.skipped_captions > 0 {
         note!(
-            "note: skipped {} rows with missing/corrupt images and {} with empty captions",
+            "note: skipped {} samples with missing/corrupt images and {} with empty captions",
             report.skipped_images,
             report.skipped_captions
         );
+        for s in report.skipped_samples.iter().take(5) {
+            note!("note:   skipped {s}");
+        }
     }
     for (e, r) in report.recall.iter().enumerate() {
         say!(

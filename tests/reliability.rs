@@ -231,3 +231,75 @@ fn nonsensical_training_options_are_refused_up_front() {
     let m = fixtures().join("clip-a");
     one_line_error(&["bench", "--model", m.to_str().unwrap(), "--iters", "0"], &["--iters"]);
 }
+
+fn train_args(data: &Path, out: &Path) -> vlm_zoo::train::TrainArgs {
+    vlm_zoo::train::TrainArgs {
+        arch: vlm_zoo::train::models::Arch::Clip,
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs: 1,
+        batch_size: 8,
+        checkpoint_every: 2,
+        vocab_size: 300,
+        progress: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_corrupt_image_is_skipped_and_named_or_refused_with_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 2).unwrap();
+    // Truncate one PNG mid-data: its header still reads, the pixels do not (this aborted the run
+    // at its step before, and --resume died on the same row forever).
+    let victim = tmp.path().join("data/img00003.png");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let mut args = train_args(&data, &tmp.path().join("out"));
+    args.val_fraction = 0.0;
+    let report = vlm_zoo::train::train(&args).unwrap();
+    assert_eq!(report.skipped_images, 1, "{:?}", report.skipped_samples);
+    assert!(report.skipped_samples[0].contains("img00003.png"), "{:?}", report.skipped_samples);
+    assert!(report.losses.iter().all(|l| l.is_finite()));
+    let mut strict = train_args(&data, &tmp.path().join("strict"));
+    strict.strict = true;
+    let e = vlm_zoo::train::train(&strict).unwrap_err().to_string();
+    assert!(e.contains("img00003.png") && e.contains("--strict"), "{e}");
+}
+
+#[test]
+fn checkpoints_are_never_lost_to_a_second_run_or_a_bad_pointer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 3).unwrap();
+    let out = tmp.path().join("out");
+    vlm_zoo::train::train(&train_args(&data, &out)).unwrap();
+    let latest = out.join("checkpoints/latest");
+    let kept = std::fs::read_to_string(&latest).unwrap();
+    // A new run into the same folder without --resume would overwrite the checkpoints.
+    let e = vlm_zoo::train::train(&train_args(&data, &out)).unwrap_err().to_string();
+    assert!(e.contains("--resume") && e.contains("earlier run"), "{e}");
+    // Two runs at once: the second names the first.
+    let lock = vlm_zoo::train::checkpoint::lock(&out).unwrap();
+    let mut resume = train_args(&data, &out);
+    resume.resume = true;
+    let e = vlm_zoo::train::train(&resume).unwrap_err().to_string();
+    assert!(e.contains("another training run") && e.contains(&std::process::id().to_string()), "{e}");
+    drop(lock);
+    // A pointer that dangles or leaves the folder: refused, nothing restarted from step 0.
+    for bad in ["step-99999999", "../../etc", ""] {
+        std::fs::write(&latest, bad).unwrap();
+        let e = vlm_zoo::train::train(&resume).unwrap_err().to_string();
+        assert!(e.contains("refusing to resume"), "{bad}: {e}");
+    }
+    std::fs::write(&latest, &kept).unwrap();
+    assert!(out.join("checkpoints").join(kept.trim()).join("state.json").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().contains("partial")
+                || e.file_name().to_string_lossy().contains("tmp")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

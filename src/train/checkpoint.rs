@@ -36,15 +36,66 @@ pub fn root(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
-/// The newest complete checkpoint, if any.
+/// The newest complete checkpoint, if any. A `latest` pointer that cannot be read, that names
+/// anything but a `step-N` folder beside it, or whose folder is incomplete, is an error: resuming
+/// from step 0 over a run's checkpoints would lose them.
 pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     let pointer = root(out).join("latest");
-    if !pointer.is_file() {
+    if std::fs::symlink_metadata(&pointer).is_err() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&pointer).map_err(|e| NnError::io(&pointer, e))?;
-    let dir = root(out).join(name.trim());
-    Ok(dir.join("state.json").is_file().then_some(dir))
+    let bad = |why: String| {
+        NnError::Config(format!(
+            "{}: {why}; refusing to resume (move the checkpoints away to start over)",
+            pointer.display()
+        ))
+    };
+    let name = std::fs::read_to_string(&pointer).map_err(|e| bad(format!("unreadable ({e})")))?;
+    let name = name.trim();
+    let plain =
+        name.strip_prefix("step-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !plain {
+        return Err(bad(format!("names {name:?}, not a step-N checkpoint folder")));
+    }
+    let dir = root(out).join(name);
+    if !dir.join("state.json").is_file() {
+        return Err(bad(format!("names {name}, which is missing or incomplete")));
+    }
+    Ok(Some(dir))
+}
+
+/// An exclusive lock on a run's output folder, held for the life of the value (the OS drops it
+/// when the process ends, however it ends).
+#[derive(Debug)]
+pub struct OutLock {
+    _file: std::fs::File,
+}
+
+/// Locks `out` for one training run; a second run into the same folder is refused, naming the
+/// process that holds it.
+pub fn lock(out: &Path) -> Result<OutLock> {
+    use std::io::{Read, Seek, Write};
+    let path = out.join(".vlm-zoo.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| NnError::io(&path, e))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(NnError::Config(format!(
+            "{}: another training run (pid {}) is writing to this folder; wait for it or choose another --out",
+            out.display(),
+            holder.trim()
+        )));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(OutLock { _file: file })
 }
 
 /// Saves a checkpoint with `write(dir)` filling a scratch folder, then publishes it.

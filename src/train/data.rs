@@ -110,18 +110,22 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
             skipped.empty_captions += 1;
             continue;
         }
-        match image::ImageReader::open(&p.image)
-            .and_then(|r| r.with_guessed_format())
-            .map(|r| r.into_dimensions())
-        {
-            Ok(Ok(_)) => kept.push(p),
-            _ if strict => {
-                return Err(NnError::Image {
-                    path: p.image.clone(),
-                    reason: "missing or not a readable image (--strict)".into(),
-                });
+        // --strict decodes every image now; otherwise the header is read here and the full
+        // decode happens in the loader's workers, which skip and report what fails.
+        let ok = if strict {
+            zoo_nn::open_image(&p.image).map(|_| ()).map_err(|e| e.to_string())
+        } else {
+            image::ImageReader::open(&p.image)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.into_dimensions().map(|_| ()).map_err(|e| e.to_string()))
+        };
+        match ok {
+            Ok(()) => kept.push(p),
+            Err(reason) if strict => {
+                return Err(NnError::Image { path: p.image.clone(), reason: format!("{reason} (--strict)") });
             }
-            _ => skipped.bad_images.push(p.image.display().to_string()),
+            Err(_) => skipped.bad_images.push(p.image.display().to_string()),
         }
     }
     if kept.is_empty() {
@@ -189,6 +193,8 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// Captions, in order.
     pub captions: Vec<String>,
+    /// Samples of this batch that failed to decode or preprocess (`path: reason`), left out.
+    pub skipped: Vec<String>,
 }
 
 /// Yields the batches of one epoch, prepared by `workers` threads while training runs.
@@ -222,23 +228,24 @@ pub fn epoch_batches(
                 for b in (skip + w..total).step_by(workers) {
                     let mut pixels = Vec::new();
                     let mut captions = Vec::new();
-                    let mut err = None;
+                    let mut skipped = Vec::new();
                     for &i in &batches[b] {
+                        // A sample that fails anywhere (truncated data, a vanished file) is left
+                        // out of its batch and reported; the run goes on.
                         match load_image(
                             &pairs[i].image,
                             &proc,
                             aug,
                             order_seed.wrapping_mul(31).wrapping_add(i as u64),
                         ) {
-                            Ok(px) => pixels.extend(px),
-                            Err(e) => err = Some(e),
+                            Ok(px) => {
+                                pixels.extend(px);
+                                captions.push(pairs[i].caption.clone());
+                            }
+                            Err(e) => skipped.push(e.to_string()),
                         }
-                        captions.push(pairs[i].caption.clone());
                     }
-                    let item = match err {
-                        Some(e) => Err(e),
-                        None => Ok(Batch { index: b, pixels, captions }),
-                    };
+                    let item = Ok(Batch { index: b, pixels, captions, skipped });
                     if wtx.send((b, item)).is_err() {
                         return;
                     }

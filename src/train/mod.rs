@@ -205,6 +205,9 @@ pub struct TrainReport {
     pub skipped_images: usize,
     /// Rows with empty captions skipped.
     pub skipped_captions: usize,
+    /// Every sample left out (`path: reason`): unreadable when scanned, or failing to decode
+    /// in the loader; each counted once however many epochs met it.
+    pub skipped_samples: Vec<String>,
     /// The HF folder written.
     pub export: PathBuf,
 }
@@ -274,6 +277,19 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     args.validate()?;
     let (pairs, skipped) = data::load_pairs(&args.data, args.strict)?;
     let (train_pairs, held_out) = data::split(pairs, args.val_fraction, args.seed);
+    let mut skipped_samples: std::collections::BTreeSet<String> =
+        skipped.bad_images.iter().map(|p| format!("{p}: missing or not a readable image")).collect();
+    // The held-out images are decoded once now, so an evaluation never meets a broken one.
+    let held_out: Vec<Pair> = held_out
+        .into_iter()
+        .filter(|p| match zoo_nn::open_image(&p.image) {
+            Ok(_) => true,
+            Err(e) => {
+                skipped_samples.insert(e.to_string());
+                false
+            }
+        })
+        .collect();
     if train_pairs.len() < args.batch_size {
         return Err(NnError::Config(format!(
             "--batch-size {} is larger than the {} training pairs",
@@ -282,6 +298,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         )));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
+    let _lock = checkpoint::lock(&args.out)?;
+    let previous = checkpoint::latest(&args.out)?;
+    if previous.is_some() && !args.resume {
+        return Err(NnError::Config(format!(
+            "{} holds the checkpoints of an earlier run: --resume continues it; choose another --out to start over",
+            args.out.display()
+        )));
+    }
     let device = args.device.device()?.autodiff();
     let init = args.init.as_ref().map(ModelSource::resolve).transpose()?;
     let grad_accum = args.grad_accum;
@@ -371,7 +395,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         .init();
     let mut state = TrainState::default();
     if args.resume
-        && let Some(dir) = checkpoint::latest(&args.out)?
+        && let Some(dir) = previous
     {
         let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
         model
@@ -424,7 +448,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         );
         for batch in batches {
             let batch = batch?;
+            skipped_samples.extend(batch.skipped.iter().cloned());
             let n = batch.captions.len();
+            if n < 2 {
+                // Too few samples decoded for a contrastive loss: the batch is passed over.
+                state.batch_in_epoch = batch.index + 1;
+                continue;
+            }
             let s = config.image_size();
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &device);
             let text = tok.encode_batch(&batch.captions, model.text_padding(), &device)?;
@@ -432,11 +462,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let loss = model.loss(img, txt, args.chunk_size) / grad_accum as f64;
             let value = zoo_nn::host::scalar(loss.clone().inner()) * grad_accum as f64;
             if !value.is_finite() {
+                let last = match checkpoint::latest(&args.out) {
+                    Ok(Some(dir)) => format!("the last good checkpoint is {}", dir.display()),
+                    _ => "no checkpoint was saved before it".to_string(),
+                };
                 return Err(NnError::Config(format!(
-                    "loss became {value} at step {} (epoch {}); stopping. The last good checkpoint is in {}",
-                    state.step,
-                    state.epoch,
-                    checkpoint::root(&args.out).display()
+                    "loss became {value} at step {} (epoch {}); stopping: {last}",
+                    state.step, state.epoch
                 )));
             }
             accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
@@ -511,7 +543,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         losses: state.losses,
         recall: recalls,
         zero_shot_accuracy,
-        skipped_images: skipped.bad_images.len(),
+        skipped_images: skipped_samples.len(),
+        skipped_samples: skipped_samples.into_iter().collect(),
         skipped_captions: skipped.empty_captions,
         export: args.out.clone(),
     })
