@@ -62,6 +62,16 @@ impl GenerateArgs {
 
     /// Generates for every prompt; `on_text(row, piece)` receives the text as it is produced.
     pub fn run(&self, on_text: impl FnMut(usize, &str)) -> Result<Generation> {
+        // --draw's folder is checked before any work, not after generation.
+        if let Some(draw) = &self.draw {
+            let parent = draw.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(NnError::io(
+                    draw,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "--draw: the folder does not exist"),
+                ));
+            }
+        }
         let device = self.compute.device()?;
         let dir = self.model.model.resolve()?;
         generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &device, on_text)

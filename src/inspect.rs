@@ -23,6 +23,23 @@ pub struct Summary {
 /// Reads the headers (no tensor data) and config.json of `dir`.
 pub fn inspect(dir: &std::path::Path) -> Result<Summary> {
     let ckpt = Checkpoint::open(dir)?;
+    // The config is checked as loading would check it: an invalid one is an error here too.
+    match zoo_nn::model_type(dir)?.as_str() {
+        "siglip" => ckpt.read_json::<zoo_siglip::SiglipConfig>("config.json")?.validate()?,
+        "siglip2" => {
+            zoo_siglip::naflex::read_config(dir)?;
+        }
+        "clip" if !zoo_clip::open_clip::is_open_clip(dir) => {
+            ckpt.read_json::<zoo_clip::ClipConfig>("config.json")?.validate()?
+        }
+        "gemma" | "gemma2" => {
+            zoo_gemma::GemmaConfig::from_value(ckpt.read_json("config.json")?)?;
+        }
+        "paligemma" => {
+            zoo_paligemma::load::read_config(dir)?;
+        }
+        _ => {}
+    }
     let config: Option<serde_json::Value> = ckpt.read_json("config.json").ok();
     let model_type =
         config.as_ref().and_then(|c| c.get("model_type")).and_then(|v| v.as_str()).map(str::to_string);

@@ -303,3 +303,82 @@ fn checkpoints_are_never_lost_to_a_second_run_or_a_bad_pointer() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn errors_name_the_right_thing_and_come_before_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    // --draw into a missing folder: refused before generating (it failed after, as "cannot read image").
+    let pg = fixtures().join("paligemma-a");
+    one_line_error(
+        &[
+            "generate",
+            "--model",
+            pg.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--prompt",
+            "detect cat",
+            "--draw",
+            "/no/such/folder/out.png",
+        ],
+        &["/no/such/folder/out.png", "--draw"],
+    );
+    // A corrupt --tokenizer is named as the user's file, not the copy in --out.
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 20, 32, 5).unwrap();
+    let bad_tok = tmp.path().join("my-tokenizer.json");
+    std::fs::write(&bad_tok, "{ not json").unwrap();
+    let out = tmp.path().join("out");
+    one_line_error(
+        &[
+            "train",
+            "--arch",
+            "clip",
+            "--batch-size",
+            "4",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tokenizer",
+            bad_tok.to_str().unwrap(),
+        ],
+        &["my-tokenizer.json"],
+    );
+    // Overlapping tensor data: named, and inspect says so too (it called the file fine).
+    let dir = tmp.path().join("overlap");
+    copy_dir(&fixtures().join("siglip-a"), &dir);
+    let st = dir.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (a, b) = ("logit_bias", "logit_scale");
+    let off = header[a]["data_offsets"].clone();
+    header[b]["data_offsets"] = off;
+    let mut h = header.to_string().into_bytes();
+    h.resize(n, b' ');
+    let mut patched = bytes[..8].to_vec();
+    patched.extend(h);
+    patched.extend(&bytes[8 + n..]);
+    std::fs::write(&st, patched).unwrap();
+    one_line_error(&["inspect", "--model", dir.to_str().unwrap()], &["logit_bias", "logit_scale", "overlap"]);
+    // Shards named outside the model folder.
+    let dir = tmp.path().join("escape");
+    copy_dir(&fixtures().join("paligemma-a-hub-sharded"), &dir);
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    let first = text.split("model-0000").nth(1).unwrap().split('"').next().unwrap().to_string();
+    std::fs::write(&index, text.replacen(&format!("model-0000{first}"), "../../etc/passwd", 1)).unwrap();
+    one_line_error(
+        &["inspect", "--model", dir.to_str().unwrap()],
+        &["../../etc/passwd", "inside the model folder"],
+    );
+    // An invalid config: inspect exited 0.
+    let dir = tmp.path().join("badcfg");
+    copy_dir(&fixtures().join("siglip-a"), &dir);
+    let cfg = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["vision_config"]["num_attention_heads"] = 5.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    one_line_error(&["inspect", "--model", dir.to_str().unwrap()], &["num_attention_heads"]);
+}

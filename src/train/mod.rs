@@ -336,6 +336,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let tok_dir = match (&init, &args.tokenizer) {
         (Some(dir), _) => dir.clone(),
         (None, Some(file)) => {
+            // Checked where the user put it, so an error names their file, not our copy.
+            tokenizers::Tokenizer::from_file(file)
+                .map_err(|e| NnError::Tokenizer { path: file.clone(), reason: e.to_string() })?;
             let dst = args.out.join("tokenizer.json");
             if file != &dst {
                 std::fs::copy(file, &dst).map_err(|e| NnError::io(file, e))?;

@@ -47,6 +47,17 @@ impl Checkpoint {
             }
             let idx: Index = read_json(&index)?;
             let files: BTreeSet<String> = idx.weight_map.values().cloned().collect();
+            // Shards live in the folder: no absolute paths, no `..`, no sub-folders.
+            if let Some(bad) = files.iter().find(|f| {
+                let p = Path::new(f.as_str());
+                p.components().count() != 1
+                    || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+            }) {
+                return Err(NnError::Config(format!(
+                    "{}: shard {bad:?} is not a file name inside the model folder",
+                    index.display()
+                )));
+            }
             (files.into_iter().map(|f| dir.join(f)).collect::<Vec<_>>(), Some(idx.weight_map))
         } else if single.is_file() {
             (vec![single], None)

@@ -59,6 +59,7 @@ pub fn parse_safetensors_header(
     let data_len = file_len - 8 - header_len;
 
     let mut out = BTreeMap::new();
+    let mut ranges: Vec<(u64, u64, String)> = Vec::new();
     for (key, entry) in header {
         if key == "__metadata__" {
             continue;
@@ -94,7 +95,18 @@ pub fn parse_safetensors_header(
                 end - begin
             )));
         }
+        ranges.push((begin, end, key.clone()));
         out.insert(key, TensorInfo { file: path.to_path_buf(), dtype, shape });
+    }
+    // Tensors must not share bytes (a crafted header could alias one tensor into another).
+    ranges.sort();
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(bad(format!(
+                "tensors '{}' [{}, {}] and '{}' [{}, {}] overlap",
+                w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
+            )));
+        }
     }
     Ok(out)
 }
