@@ -382,3 +382,41 @@ fn errors_name_the_right_thing_and_come_before_the_work() {
     std::fs::write(&cfg, v.to_string()).unwrap();
     one_line_error(&["inspect", "--model", dir.to_str().unwrap()], &["num_attention_heads"]);
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixtures().join("images/rgb_64x48.png");
+    let edit = |name: &str, file: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tmp.path().join(format!("{name}-{file}"));
+        copy_dir(&fixtures().join(name), &dir);
+        let p = dir.join(file);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+        dir
+    };
+    let zs = |dir: &Path, needles: &[&str]| {
+        one_line_error(
+            &["zero-shot", "--model", dir.to_str().unwrap(), "--image", img.to_str().unwrap(), "--text", "a"],
+            needles,
+        )
+    };
+    // Grew to the machine's whole memory until the kernel killed it.
+    let d =
+        edit("siglip-a", "config.json", &|v| v["text_config"]["num_hidden_layers"] = 1_000_000_000u64.into());
+    zs(&d, &["num_hidden_layers 1000000000", "memory"]);
+    // Aborted with "memory allocation of ... failed".
+    let d =
+        edit("clip-a", "config.json", &|v| v["vision_config"]["hidden_size"] = 1_000_000_000_000u64.into());
+    zs(&d, &["hidden_size", "memory"]);
+    let d = edit("gemma-mqa", "config.json", &|v| v["num_hidden_layers"] = 1_000_000_000u64.into());
+    one_line_error(
+        &["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"],
+        &["num_hidden_layers", "memory"],
+    );
+    let d = edit("siglip-a", "preprocessor_config.json", &|v| {
+        v["size"] = serde_json::json!({"height": 100000, "width": 100000})
+    });
+    zs(&d, &["100000x100000"]);
+}

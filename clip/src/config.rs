@@ -152,6 +152,31 @@ impl Default for ClipConfig {
 impl ClipConfig {
     /// Checks the arithmetic the model relies on.
     pub fn validate(&self) -> Result<()> {
+        let (v, t) = (&self.vision_config, &self.text_config);
+        let (vh, th) = (v.hidden_size as f64, t.hidden_size as f64);
+        zoo_nn::memory::check_weights(
+            "CLIP config",
+            &[
+                (
+                    format!("vision num_hidden_layers {} (hidden_size {vh})", v.num_hidden_layers),
+                    zoo_nn::memory::encoder_params(v.num_hidden_layers, v.hidden_size, v.intermediate_size),
+                ),
+                (
+                    format!("text num_hidden_layers {} (hidden_size {th})", t.num_hidden_layers),
+                    zoo_nn::memory::encoder_params(t.num_hidden_layers, t.hidden_size, t.intermediate_size),
+                ),
+                (
+                    format!("vision image_size {}", v.image_size),
+                    (v.image_size / v.patch_size.max(1)).pow(2) as f64 * vh,
+                ),
+                (format!("text vocab_size {}", t.vocab_size), t.vocab_size as f64 * th),
+                (
+                    format!("text max_position_embeddings {}", t.max_position_embeddings),
+                    t.max_position_embeddings as f64 * th,
+                ),
+                (format!("projection_dim {}", self.projection_dim), self.projection_dim as f64 * (vh + th)),
+            ],
+        )?;
         let v = &self.vision_config;
         let t = &self.text_config;
         let bad = |m: String| Err(NnError::Config(m));

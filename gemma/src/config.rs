@@ -145,6 +145,26 @@ impl GemmaConfig {
         // transformers' defaults per model_type.
         let d = |g1: usize, g2v: usize| if g2 { g2v } else { g1 };
         let num_hidden_layers = raw.num_hidden_layers.unwrap_or(d(28, 26));
+        {
+            // The memory budget, before anything sized by the config is allocated.
+            let h = raw.hidden_size.unwrap_or(d(3072, 2304)) as f64;
+            let i = raw.intermediate_size.unwrap_or(d(24576, 9216)) as f64;
+            let q = (raw.num_attention_heads.unwrap_or(d(16, 8)) * raw.head_dim.unwrap_or(256)) as f64;
+            let kv = (raw.num_key_value_heads.unwrap_or(d(16, 4)) * raw.head_dim.unwrap_or(256)) as f64;
+            let vocab = raw.vocab_size.unwrap_or(256_000);
+            zoo_nn::memory::check_weights(
+                "Gemma config",
+                &[
+                    (
+                        format!(
+                            "num_hidden_layers {num_hidden_layers} (hidden_size {h}, intermediate_size {i})"
+                        ),
+                        num_hidden_layers as f64 * (2.0 * h * q + 2.0 * h * kv + 3.0 * h * i),
+                    ),
+                    (format!("vocab_size {vocab}"), vocab as f64 * h),
+                ],
+            )?;
+        }
         let act_name = if g2 {
             raw.hidden_activation.clone()
         } else {

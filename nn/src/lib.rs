@@ -35,6 +35,7 @@ pub mod image;
 pub mod kv_cache;
 pub mod load;
 pub mod loss;
+pub mod memory;
 pub mod mlp;
 pub mod norm;
 pub mod ops;

@@ -97,7 +97,25 @@ impl SiglipVisionConfig {
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        Ok(())
+        let h = self.hidden_size as f64;
+        zoo_nn::memory::check_weights(
+            "vision_config",
+            &[
+                (
+                    format!("num_hidden_layers {} (hidden_size {h})", self.num_hidden_layers),
+                    zoo_nn::memory::encoder_params(
+                        self.num_hidden_layers,
+                        self.hidden_size,
+                        self.intermediate_size,
+                    ),
+                ),
+                (format!("image_size {}", self.image_size), self.num_patches() as f64 * h),
+                (
+                    format!("patch_size {}", self.patch_size),
+                    (self.num_channels * self.patch_size.pow(2)) as f64 * h,
+                ),
+            ],
+        )
     }
 }
 
@@ -171,7 +189,25 @@ impl SiglipTextConfig {
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        Ok(())
+        let h = self.hidden_size as f64;
+        zoo_nn::memory::check_weights(
+            "text_config",
+            &[
+                (
+                    format!("num_hidden_layers {} (hidden_size {h})", self.num_hidden_layers),
+                    zoo_nn::memory::encoder_params(
+                        self.num_hidden_layers,
+                        self.hidden_size,
+                        self.intermediate_size,
+                    ),
+                ),
+                (format!("vocab_size {}", self.vocab_size), self.vocab_size as f64 * h),
+                (
+                    format!("max_position_embeddings {}", self.max_position_embeddings),
+                    self.max_position_embeddings as f64 * h,
+                ),
+            ],
+        )
     }
 }
 

@@ -226,6 +226,7 @@ pub fn read_config(dir: &Path) -> Result<Siglip2Config> {
         )));
     }
     siglip.text_config.validate()?;
+    siglip.vision_config.validate()?;
     if !siglip.vision_config.vision_use_head {
         return Err(NnError::Config(format!(
             "{}: a siglip2 model without its head cannot score",
