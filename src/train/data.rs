@@ -26,7 +26,7 @@ pub struct Skipped {
 }
 
 /// Splits a CSV line into fields (double quotes, `""` escapes).
-fn csv_fields(line: &str) -> Vec<String> {
+pub fn csv_fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
