@@ -184,7 +184,7 @@ fn broken_configs_give_errors_not_nan() {
     let at = 8 + n + info.data_offsets.0;
     bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(&st, bytes).unwrap();
-    zs(&dir, &["image embeddings are not finite"]);
+    zs(&dir, &["vision_model.post_layernorm.weight", "NaN or infinite"]);
     // rope_theta 0: token 0 generated forever before.
     let dir = tmp.path().join("gemma");
     copy_dir(&fixtures().join("gemma-mqa"), &dir);
@@ -419,4 +419,47 @@ fn absurd_sizes_are_refused_before_anything_is_allocated() {
         v["size"] = serde_json::json!({"height": 100000, "width": 100000})
     });
     zs(&d, &["100000x100000"]);
+}
+
+#[test]
+fn nan_gemma_weights_huge_vocab_and_a_diverging_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    // NaN Gemma weights generated token 0 forever, exit 0.
+    let dir = tmp.path().join("gemma");
+    copy_dir(&fixtures().join("gemma-mqa"), &dir);
+    let st = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let (name, info) = meta.tensors().into_iter().find(|(k, _)| k.contains("mlp.down_proj")).unwrap();
+    let at = 8 + n + info.data_offsets.0;
+    bytes[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    std::fs::write(&st, bytes).unwrap();
+    one_line_error(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"],
+        &[&name, "NaN or infinite"],
+    );
+    // --vocab-size 1e12 aborted with a failed allocation.
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 6).unwrap();
+    let out = tmp.path().join("out");
+    let train = |extra: &[&str]| {
+        let mut args =
+            vec!["train", "--arch", "clip", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, _, stderr) = train(&["--vocab-size", "1000000000000"]);
+    assert!(!ok && stderr.contains("--vocab-size") && stderr.trim().lines().count() == 1, "{stderr}");
+    // A diverging run names a checkpoint that exists, or says there is none.
+    let (ok, _, stderr) =
+        train(&["--lr", "1e30", "--batch-size", "8", "--checkpoint-every", "1", "--epochs", "3"]);
+    println!("diverging run: ok {ok}: {stderr}");
+    if !ok {
+        assert!(stderr.contains("loss became") && !stderr.contains("panicked"), "{stderr}");
+        if let Some(rest) = stderr.split("the last good checkpoint is ").nth(1) {
+            let dir = rest.trim();
+            assert!(Path::new(dir).join("state.json").is_file(), "{dir} does not exist: {stderr}");
+        } else {
+            assert!(stderr.contains("no checkpoint was saved"), "{stderr}");
+        }
+    }
 }

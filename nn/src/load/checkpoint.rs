@@ -6,6 +6,8 @@ use super::header::{TensorInfo, parse_safetensors_header, read_safetensors_heade
 use super::keymap::KeyMap;
 use super::{BIN_FILE, BIN_INDEX_FILE, INDEX_FILE, SINGLE_FILE, read_json};
 use crate::error::{NnError, Result};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
 use burn::tensor::DType;
 use burn_store::{ApplyError, KeyRemapper, ModuleAdapter, ModuleSnapshot, SafetensorsStore};
 use serde::de::DeserializeOwned;
@@ -146,7 +148,12 @@ impl Checkpoint {
     ///
     /// Errors name the file and key: a weight the model needs that the checkpoint lacks, a
     /// checkpoint weight the model has no place for, a shape or dtype that does not fit.
-    pub fn load_into<M: ModuleSnapshot>(&self, module: &mut M, keys: &KeyMap, dtype: DType) -> Result<()> {
+    pub fn load_into<M: ModuleSnapshot + Module>(
+        &self,
+        module: &mut M,
+        keys: &KeyMap,
+        dtype: DType,
+    ) -> Result<()> {
         let renames = keys.compiled()?;
         // module path -> checkpoint key, for messages.
         let mut origin = BTreeMap::new();
@@ -198,6 +205,23 @@ impl Checkpoint {
         if !unused.is_empty() {
             return Err(NnError::UnusedKeys { dir: self.dir.clone(), keys: unused });
         }
+        // Non-finite weights: a per-tensor sum (one reduction, no copy) flags a tensor; the
+        // exact test confirms it, so huge finite values are not mistaken for broken ones.
+        let mut check = FiniteCheck::default();
+        module.visit(&mut check);
+        if let Some(path) = check.bad {
+            // Burn names norm parameters gamma/beta; the checkpoint, weight/bias.
+            let hf = path
+                .strip_suffix(".gamma")
+                .map(|p| format!("{p}.weight"))
+                .or_else(|| path.strip_suffix(".beta").map(|p| format!("{p}.bias")))
+                .unwrap_or_else(|| path.clone());
+            let key = origin.get(&path).or_else(|| origin.get(&hf)).cloned().unwrap_or(hf);
+            return Err(NnError::Load {
+                path: self.dir.clone(),
+                reason: format!("tensor '{key}' holds NaN or infinite values"),
+            });
+        }
         Ok(())
     }
 
@@ -221,6 +245,41 @@ impl Checkpoint {
                 actual: format!("{found:?}"),
             },
             other => NnError::Load { path: file.to_path_buf(), reason: other.to_string() },
+        }
+    }
+}
+
+/// Finds the first parameter holding a NaN or an infinity, by module path.
+#[derive(Default)]
+struct FiniteCheck {
+    path: Vec<String>,
+    bad: Option<String>,
+}
+
+impl ModuleVisitor for FiniteCheck {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.bad.is_some() {
+            return;
+        }
+        let t = param.val();
+        let sum = crate::host::scalar(t.clone().sum());
+        if sum.is_finite() {
+            return;
+        }
+        let flags = t.clone().is_nan().any().bool_or(t.is_inf().any());
+        if flags.into_data().iter::<bool>().any(|b| b) {
+            let mut path: Vec<&str> =
+                self.path.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+            path.retain(|s| !s.chars().next().is_some_and(char::is_uppercase));
+            self.bad = Some(path.join("."));
         }
     }
 }

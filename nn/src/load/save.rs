@@ -21,13 +21,20 @@ pub fn save_safetensors<M: ModuleSnapshot>(
     let scalars = scalars.iter().map(|p| compile(p)).collect::<Result<Vec<_>>>()?;
     let renames =
         renames.iter().map(|(f, t)| compile(f).map(|r| (r, t.to_string()))).collect::<Result<Vec<_>>>()?;
-    let mut store = SafetensorsStore::from_file(path)
+    let stem = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let scratch = path.with_file_name(format!(".{stem}.tmp-{}.safetensors", std::process::id()));
+    let mut store = SafetensorsStore::from_file(&scratch)
         .with_to_adapter(BurnToPyTorchAdapter.chain(VectorAsScalar(scalars)))
         .remap(KeyRemapper::from_compiled_patterns(renames))
         .skip_enum_variants(true)
         .overwrite(true)
         .metadata("format", "pt");
-    module
+    let saved = module
         .save_into(&mut store)
         .map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })
+        .and_then(|_| std::fs::rename(&scratch, path).map_err(|e| NnError::io(path, e)));
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&scratch);
+    }
+    saved
 }
