@@ -463,3 +463,13 @@ fn nan_gemma_weights_huge_vocab_and_a_diverging_loss() {
         }
     }
 }
+
+#[test]
+fn json_inputs_are_read_only_from_regular_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&fixtures().join("siglip-a"), &dir);
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("config.json")).unwrap();
+    one_line_error(&["inspect", "--model", dir.to_str().unwrap()], &["config.json", "not a regular file"]);
+}

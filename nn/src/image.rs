@@ -249,7 +249,7 @@ impl ImageProcessor {
             };
             if u64::from(nw) * u64::from(nh) > MAX_RESIZE_PIXELS {
                 return Err(NnError::Config(format!(
-                    "an image of {w}x{h} resizes to {nw}x{nh}, more than {MAX_RESIZE_PIXELS} pixels (an extreme aspect ratio for shortest-edge resizing)"
+                    "an image of {w}x{h} resizes to {nw}x{nh}, more than {MAX_RESIZE_PIXELS} pixels (check the preprocessor size, or the image's aspect ratio under shortest-edge resizing)"
                 )));
             }
             out = (nw, nh, resize(&out.2, w, h, nw, nh, c.resample)?);

@@ -106,9 +106,15 @@ pub fn save(out: &Path, state: &TrainState, write: impl FnOnce(&Path) -> Result<
     let scratch = root.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| NnError::io(&scratch, e))?;
-    write(&scratch)?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| NnError::Config(e.to_string()))?;
-    write_atomic(&scratch.join("state.json"), &json)?;
+    // A failed save removes its scratch folder: the previous checkpoint stays the latest.
+    let written = write(&scratch).and_then(|_| {
+        let json = serde_json::to_vec_pretty(state).map_err(|e| NnError::Config(e.to_string()))?;
+        write_atomic(&scratch.join("state.json"), &json)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(e);
+    }
     let dir = root.join(&name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&scratch, &dir).map_err(|e| NnError::io(&dir, e))?;

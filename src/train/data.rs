@@ -65,7 +65,8 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
             }
         }
     } else {
-        let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
+        // A caption file of 4 GiB is tens of millions of pairs; more is not a data file.
+        let text = zoo_nn::load::read_text(path, 4 << 30)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
         if is_jsonl {

@@ -47,9 +47,26 @@ pub const BIN_FILE: &str = "pytorch_model.bin";
 /// The PyTorch shard index name.
 pub const BIN_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
+/// Largest JSON file read (configs, indexes, tokenizer configs).
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// Reads a text file that must be a regular file of at most `limit` bytes (not a FIFO, not
+/// `/dev/zero`), naming it in errors.
+pub fn read_text(path: &Path, limit: u64) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| NnError::io(path, e))?;
+    let refuse = |why: String| NnError::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(refuse(format!("{} bytes, more than the {limit}-byte limit", meta.len())));
+    }
+    std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))
+}
+
 /// Reads and deserialises a JSON file, naming the file in every error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
+    let text = read_text(path, MAX_JSON_BYTES)?;
     let mut de = serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| NnError::Json {
         path: path.to_path_buf(),
