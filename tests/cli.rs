@@ -18,6 +18,31 @@ fn vlm_zoo(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A copy of fixture `name` in `dst` (to damage or edit), leaving out the files named in `skip`.
+fn fixture_copy(name: &str, dst: &Path, skip: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let p = e.unwrap().path();
+        if !skip.iter().any(|s| p.file_name().unwrap() == *s) {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dst.to_path_buf()
+}
+
+/// `zero-shot` of one fixture image against the text "a".
+fn zero_shot_one(dir: &Path) -> (bool, String, String) {
+    let img = fixtures().join("images/rgb_64x48.png");
+    vlm_zoo(&["zero-shot", "--model", dir.to_str().unwrap(), "--image", img.to_str().unwrap(), "--text", "a"])
+}
+
+/// Edits a JSON file in place.
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
 fn zero_shot_json(model: &Path, name: &str) {
     zero_shot_json_with(model, name, &[], PARITY_TOL);
 }
@@ -569,15 +594,7 @@ fn hub_shaped_folders_equal_transformers() {
 fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
     // openai/clip-vit-base-patch32 as older mirrors have it: pytorch_model.bin, no safetensors.
     let tmp = tempfile::tempdir().unwrap();
-    let src = fixtures().join("hub-clip-legacy");
-    let dir = tmp.path().join("clip-bin");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().unwrap() != "model.safetensors" {
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = fixture_copy("hub-clip-legacy", &tmp.path().join("clip-bin"), &["model.safetensors"]);
     zero_shot_json(&dir, "hub-clip-legacy");
     std::fs::write(dir.join("pytorch_model.bin"), b"this is not a zip archive of tensors").unwrap();
     let (ok, _, stderr) = vlm_zoo(&["inspect", "--model", dir.to_str().unwrap()]);
@@ -591,28 +608,11 @@ fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
 #[test]
 fn open_clip_variants_not_mapped_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = fixtures().join("hub-open-clip");
-    let dir = tmp.path().join("oc");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let cfg_path = dir.join("open_clip_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224".into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let img = fixtures().join("images/rgb_64x48.png");
-    let (ok, _, stderr) = vlm_zoo(&[
-        "zero-shot",
-        "--model",
-        dir.to_str().unwrap(),
-        "--image",
-        img.to_str().unwrap(),
-        "--text",
-        "a",
-    ]);
+    let dir = fixture_copy("hub-open-clip", &tmp.path().join("oc"), &[]);
+    edit_json(&dir.join("open_clip_config.json"), |v| {
+        v["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224".into()
+    });
+    let (ok, _, stderr) = zero_shot_one(&dir);
     assert!(
         !ok && stderr.contains("open_clip_config.json") && stderr.contains("timm_model_name"),
         "{stderr}"
@@ -623,26 +623,9 @@ fn open_clip_variants_not_mapped_are_named() {
 #[test]
 fn a_config_value_of_the_wrong_type_names_the_key_and_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(fixtures().join("hub-siglip-base")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let cfg = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    v["text_config"]["hidden_size"] = "big".into();
-    std::fs::write(&cfg, v.to_string()).unwrap();
-    let img = fixtures().join("images/rgb_64x48.png");
-    let (ok, _, stderr) = vlm_zoo(&[
-        "zero-shot",
-        "--model",
-        dir.to_str().unwrap(),
-        "--image",
-        img.to_str().unwrap(),
-        "--text",
-        "a",
-    ]);
+    let dir = fixture_copy("hub-siglip-base", &tmp.path().join("m"), &[]);
+    edit_json(&dir.join("config.json"), |v| v["text_config"]["hidden_size"] = "big".into());
+    let (ok, _, stderr) = zero_shot_one(&dir);
     assert!(
         !ok && stderr.contains("config.json") && stderr.contains("'text_config.hidden_size'"),
         "{stderr}"
@@ -652,43 +635,19 @@ fn a_config_value_of_the_wrong_type_names_the_key_and_file() {
 
 #[test]
 fn sentencepiece_folders_with_bad_models_or_other_classes_get_one_line_errors() {
-    let img = fixtures().join("images/rgb_64x48.png");
-    let run = |dir: &Path| {
-        vlm_zoo(&[
-            "zero-shot",
-            "--model",
-            dir.to_str().unwrap(),
-            "--image",
-            img.to_str().unwrap(),
-            "--text",
-            "a",
-        ])
-    };
-    let copy = |tmp: &Path| {
-        let dir = tmp.join("m");
-        std::fs::create_dir(&dir).unwrap();
-        for e in std::fs::read_dir(fixtures().join("hub-siglip-base")).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-        dir
-    };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = copy(tmp.path());
+    let dir = fixture_copy("hub-siglip-base", &tmp.path().join("m"), &[]);
     let model = std::fs::read(dir.join("spiece.model")).unwrap();
     std::fs::write(dir.join("spiece.model"), &model[..model.len() / 3]).unwrap();
-    let (ok, _, stderr) = run(&dir);
+    let (ok, _, stderr) = zero_shot_one(&dir);
     assert!(
         !ok && stderr.contains("spiece.model") && stderr.contains("not a valid SentencePiece model"),
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = copy(tmp.path());
-    let cfg = dir.join("tokenizer_config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("SiglipTokenizer", "T5Tokenizer");
-    std::fs::write(&cfg, text).unwrap();
-    let (ok, _, stderr) = run(&dir);
+    let dir = fixture_copy("hub-siglip-base", &tmp.path().join("t5"), &[]);
+    edit_json(&dir.join("tokenizer_config.json"), |v| v["tokenizer_class"] = "T5Tokenizer".into());
+    let (ok, _, stderr) = zero_shot_one(&dir);
     assert!(!ok && stderr.contains("T5Tokenizer") && stderr.contains("not supported"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
