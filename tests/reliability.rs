@@ -458,8 +458,6 @@ fn nan_gemma_weights_huge_vocab_and_a_diverging_loss() {
         None => assert!(stderr.contains("no checkpoint was saved"), "{stderr}"),
     }
 }
-    }
-}
 
 #[test]
 fn json_inputs_are_read_only_from_regular_files() {
