@@ -239,6 +239,13 @@ impl SiglipTextTransformer {
         self.forward_masked(input_ids, None)
     }
 
+    /// Pooled features of a tokenised batch, the padding mask applied when the tokenizer hands
+    /// one on ([`TextBatch::attention_mask`]).
+    pub fn encode(&self, text: &TextBatch) -> Tensor<2> {
+        let valid = text.attention_mask.then_some(text.mask.as_slice());
+        self.forward_masked(text.input_ids.clone(), valid).pooler_output
+    }
+
     /// [`forward`](Self::forward) with padding keys hidden (`valid`: `[B][L]`), as transformers
     /// does when the tokenizer returns an `attention_mask` (SigLIP 2's Gemma tokenizers).
     pub fn forward_masked(&self, input_ids: Tensor<2, Int>, valid: Option<&[Vec<bool>]>) -> TextOutput {
@@ -334,17 +341,11 @@ impl ContrastiveModel for SiglipModel {
     }
 
     fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
-        let valid = text.attention_mask.then_some(text.mask.as_slice());
-        self.text_model.forward_masked(text.input_ids.clone(), valid).pooler_output
+        self.text_model.encode(text)
     }
 
     fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
-        zoo_nn::loss::contrastive_logits(
-            image_embeds,
-            text_embeds,
-            self.logit_scale.val(),
-            Some(self.logit_bias.val()),
-        )
+        SigmoidHead { scale: &self.logit_scale, bias: &self.logit_bias }.logits(image_embeds, text_embeds)
     }
 
     fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
@@ -352,7 +353,28 @@ impl ContrastiveModel for SiglipModel {
     }
 
     fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
-        let (scale, bias) = (self.logit_scale.val(), self.logit_bias.val());
+        SigmoidHead { scale: &self.logit_scale, bias: &self.logit_bias }.loss(img, txt, chunk)
+    }
+}
+
+/// SigLIP's scoring of L2-normalised embeddings by a learned temperature and bias, shared by
+/// SigLIP and SigLIP 2 NaFlex.
+pub struct SigmoidHead<'a> {
+    /// `[1]`, log temperature.
+    pub scale: &'a Param<Tensor<1>>,
+    /// `[1]`, bias.
+    pub bias: &'a Param<Tensor<1>>,
+}
+
+impl SigmoidHead<'_> {
+    /// `exp(t) * img · txtᵀ + b`, `[N, M]`.
+    pub fn logits(&self, img: Tensor<2>, txt: Tensor<2>) -> Tensor<2> {
+        zoo_nn::loss::contrastive_logits(img, txt, self.scale.val(), Some(self.bias.val()))
+    }
+
+    /// The sigmoid loss of matching pairs (`chunk`: texts scored in blocks).
+    pub fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
+        let (scale, bias) = (self.scale.val(), self.bias.val());
         match chunk {
             Some(c) => zoo_nn::loss::siglip_loss_chunked(img, txt, scale, bias, c, 0),
             None => zoo_nn::loss::siglip_loss(img, txt, scale, bias),

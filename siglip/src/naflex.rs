@@ -8,7 +8,7 @@
 //! side, `P = 3 * patch * patch`.
 
 use crate::config::{SiglipConfig, SiglipVisionConfig};
-use crate::model::{SiglipMultiheadAttentionPoolingHead, SiglipTextTransformer, VisionOutput};
+use crate::model::{SiglipMultiheadAttentionPoolingHead, SiglipTextTransformer, SigmoidHead, VisionOutput};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -190,25 +190,19 @@ impl ContrastiveModel for Siglip2Model {
     }
 
     fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
-        let valid = text.attention_mask.then_some(text.mask.as_slice());
-        self.text_model.forward_masked(text.input_ids.clone(), valid).pooler_output
+        self.text_model.encode(text)
     }
 
     fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
-        zoo_nn::loss::contrastive_logits(
-            image_embeds,
-            text_embeds,
-            self.logit_scale.val(),
-            Some(self.logit_bias.val()),
-        )
+        SigmoidHead { scale: &self.logit_scale, bias: &self.logit_bias }.logits(image_embeds, text_embeds)
     }
 
     fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
         burn::tensor::activation::sigmoid(logits_per_image)
     }
 
-    fn loss(&self, img: Tensor<2>, txt: Tensor<2>, _chunk: Option<usize>) -> Tensor<1> {
-        zoo_nn::loss::siglip_loss(img, txt, self.logit_scale.val(), self.logit_bias.val())
+    fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
+        SigmoidHead { scale: &self.logit_scale, bias: &self.logit_bias }.loss(img, txt, chunk)
     }
 }
 
