@@ -224,8 +224,9 @@ def gemma_style_tokenizer(vocab_size):
     return tok
 
 
-def siglip2_fixed(name, seed, vision, text, images, texts):
-    from transformers import AutoProcessor, SiglipConfig, SiglipModel
+def siglip2_folder(name, text, processor_class):
+    """A fresh fixture folder with SigLIP 2's Gemma-style tokenizer files; returns the folder and
+    the text config completed with the tokenizer's vocabulary and special ids."""
     out = FIX / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -233,9 +234,14 @@ def siglip2_fixed(name, seed, vision, text, images, texts):
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "Siglip2Tokenizer", "model_max_length": 64, "pad_token": "<pad>", "eos_token": "<eos>",
-        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "processor_class": "SiglipProcessor"},
+        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "processor_class": processor_class},
         indent=2))
-    text = dict(text, vocab_size=tok.get_vocab_size(), pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    return out, dict(text, vocab_size=tok.get_vocab_size(), pad_token_id=0, bos_token_id=2, eos_token_id=1)
+
+
+def siglip2_fixed(name, seed, vision, text, images, texts):
+    from transformers import AutoProcessor, SiglipConfig, SiglipModel
+    out, text = siglip2_folder(name, text, "SiglipProcessor")
     torch.manual_seed(seed)
     config = SiglipConfig(text_config=text, vision_config=vision)
     model = SiglipModel(config).eval()
@@ -266,16 +272,7 @@ def siglip2_fixed(name, seed, vision, text, images, texts):
 def siglip2_naflex(name, seed, vision, text, images, texts, max_num_patches):
     from transformers import AutoProcessor, Siglip2Config, Siglip2Model
     from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
-    out = FIX / name
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    tok = gemma_style_tokenizer(300)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Siglip2Tokenizer", "model_max_length": 64, "pad_token": "<pad>", "eos_token": "<eos>",
-        "bos_token": "<bos>", "unk_token": "<unk>", "mask_token": "<mask>", "processor_class": "Siglip2Processor"},
-        indent=2))
-    text = dict(text, vocab_size=tok.get_vocab_size(), pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    out, text = siglip2_folder(name, text, "Siglip2Processor")
     torch.manual_seed(seed)
     model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).eval()
     randomise(model, seed)
