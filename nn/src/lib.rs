@@ -24,6 +24,7 @@
 
 pub mod attention;
 pub mod contrastive;
+pub mod cpu_gemm;
 pub mod cpu_kernels;
 pub mod device;
 pub mod embed;

@@ -1,0 +1,109 @@
+//! The bf16 / int8 weight kernels of `zoo_nn::cpu_gemm` against the hardware bound
+//! (`cargo bench --bench gemm`): memory read bandwidth measured here (all cores summing a
+//! buffer larger than the caches), then the decode GEMVs (bound: weight bytes / bandwidth) and
+//! prefill/encode GEMMs (FLOP/s) of the bench models' shapes, beside Flex's f32 and bf16
+//! matmuls on the same shapes. One JSON line per row; `--bandwidth` measures bandwidth only; a
+//! word keeps only the rows whose name contains it.
+
+use burn::prelude::*;
+use rayon::prelude::*;
+use std::time::Instant;
+use zoo_nn::cpu_gemm::{Kernel, Matrix, PackedWeight, WeightFormat};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Seconds per call of `f` (one warm-up call, then enough calls for ~1 s).
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    let mut n = 0;
+    while n < 3 || t.elapsed().as_secs_f64() < 1.0 {
+        f();
+        n += 1;
+    }
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+/// Read bandwidth in bytes/s: all cores summing a 2 GiB buffer (best of 5 passes).
+fn read_bandwidth() -> f64 {
+    let words = (2usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best
+}
+
+fn main() {
+    let bandwidth = read_bandwidth();
+    println!(
+        "{{\"row\":\"read bandwidth\",\"GB/s\":{:.2},\"threads\":{}}}",
+        bandwidth / 1e9,
+        rayon::current_num_threads()
+    );
+    if std::env::args().any(|a| a == "--bandwidth") {
+        return;
+    }
+    // (what, m, n, k): PaliGemma-3B / Gemma-2B decode and prefill rows, SigLIP-B/16 batch 8.
+    let shapes = [
+        ("gemma-2b mlp up, decode", 1, 16384, 2048),
+        ("gemma-2b mlp down, decode", 1, 2048, 16384),
+        ("paligemma lm head, decode", 1, 257216, 2048),
+        ("gemma-2b mlp up, prefill 267", 267, 16384, 2048),
+        ("siglip-b16 mlp fc1, batch 8", 8 * 196, 3072, 768),
+    ];
+    // `cargo bench --bench gemm -- prefill`: only the rows whose name contains "prefill".
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    for (what, m, n, k) in shapes.into_iter().filter(|s| s.0.contains(filter.as_str())) {
+        let w: Vec<f32> =
+            (0..n * k).into_par_iter().map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0).collect();
+        let flop = 2.0 * (m * n * k) as f64;
+        for format in [WeightFormat::Bf16, WeightFormat::Q8] {
+            let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
+            let mut out = vec![0f32; m * n];
+            for kernel in Kernel::available() {
+                if kernel == Kernel::Portable || (kernel == Kernel::Avx2 && m > 1) {
+                    continue; // minutes; the AVX2 loop is timed on decode.
+                }
+                let s = time(|| packed.matmul_with(kernel, &a, m, &mut out));
+                let bound = packed.bytes() as f64 / bandwidth;
+                println!(
+                    "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm {} {kernel:?}\",\"ms\":{:.3},\"GFLOP/s\":{:.1},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
+                    format.name(),
+                    s * 1e3,
+                    flop / s / 1e9,
+                    packed.bytes() as f64 / s / 1e9,
+                    bound / s
+                );
+            }
+        }
+        drop(w);
+        if n * k > 100_000_000 {
+            continue; // Flex would widen 0.5 G weights per call: minutes.
+        }
+        let device = zoo_nn::device::flex_device().expect("flex");
+        for (name, dtype) in
+            [("flex f32", burn::tensor::DType::F32), ("flex bf16", burn::tensor::DType::BF16)]
+        {
+            let x = Tensor::<2>::random([m, k], burn::tensor::Distribution::Default, &device).cast(dtype);
+            let wt = Tensor::<2>::random([k, n], burn::tensor::Distribution::Default, &device).cast(dtype);
+            let s = time(|| {
+                let _ = x.clone().matmul(wt.clone()).slice([0..1, 0..1]).into_data();
+            });
+            let bytes = (n * k * dtype.size()) as f64;
+            println!(
+                "{{\"row\":\"{what}\",\"impl\":\"{name}\",\"ms\":{:.3},\"GFLOP/s\":{:.1},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
+                s * 1e3,
+                flop / s / 1e9,
+                bytes / s / 1e9,
+                bytes / bandwidth / s
+            );
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! CPU matrix products over bf16 and int8 weights, for inference on the host.
+//!
+//! `out[m, n] = sum_k a[m, k] * W[n, k]` with `W` packed once at load ([`PackedWeight`]) in
+//! bf16 or in int8 with one f32 scale per output (`--dtype q8`), and f32 accumulation. Burn's
+//! CPU backends widen bf16 to f32 for every matmul (a copy of the whole weight per call); these
+//! kernels read each weight byte once per call, which is what decode (a GEMV over all weights)
+//! is bound by, and widen in registers.
+//!
+//! Layout: output columns in panels of 16, the reduction axis in pairs, so one 512-bit load is
+//! `W[16 outputs, 2 k]`: for panel `p`, pair `t`, column `c`, element `e` the index is
+//! `((p * kp2 + t) * 16 + c) * 2 + e`. `k` is padded to even and `n` to a multiple of 16 with
+//! zeros. Int8 panels have the same layout.
+//!
+//! Kernels ([`Kernel`], chosen at run time): AVX-512 FMAs on weights widened in registers (the
+//! default where AVX-512 exists), `vdpbf16ps` on bf16 activations (AVX512-BF16, opt-in: on the
+//! benchmark machine it retires a quarter as many per cycle as FMAs, so it does half the work),
+//! and a portable loop compiled for AVX2+FMA or the baseline. Tiles are 8 rows x 32 outputs;
+//! output blocks are split over the cores with rayon; decode (`m = 1`) splits the panels.
+//! `cargo bench --bench gemm` measures each against the memory bandwidth it measures.
+
+// The second audited exception to the workspace's `unsafe_code = "deny"`: SIMD intrinsics run
+// only after run-time CPU detection, and raw output pointers are split into disjoint blocks.
+#![allow(unsafe_code)]
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns per panel (one 512-bit register of f32 accumulators).
+const PANEL: usize = 16;
+/// Activation rows per tile.
+const MR: usize = 8;
+/// Panels per tile.
+const NR: usize = 2;
+
+/// How a [`PackedWeight`] stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// bf16 values (2 bytes each).
+    Bf16,
+    /// int8 values with one f32 scale per output, `w = q * scale` (1 byte each): symmetric
+    /// round-to-nearest of `w / (max |w| / 127)` over each output's weights.
+    Q8,
+}
+
+impl WeightFormat {
+    /// Parses `bf16` or `q8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q8 => "q8",
+        }
+    }
+}
+
+enum Values {
+    Bf16(Vec<u16>),
+    Q8 { q: Vec<i8>, scale: Vec<f32> },
+}
+
+/// A weight matrix `W[n, k]` (one row per output, PyTorch's Linear layout) packed for the
+/// kernels of this module.
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    /// Pairs along k (`k` rounded up to even, halved).
+    kp2: usize,
+    values: Values,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight {{ n: {}, k: {}, format: {:?} }}", self.n, self.k, self.format())
+    }
+}
+
+/// Where element `(row, col)` of the source matrix is, as f32.
+pub trait Source: Sync {
+    /// `W[row, col]`.
+    fn get(&self, row: usize, col: usize) -> f32;
+}
+
+/// A row-major `[rows, cols]` slice (`transposed = false`: `W[n, k]`; `true`: `W^T[k, n]`,
+/// Burn's Linear layout).
+pub struct Matrix<'a, T> {
+    /// The values.
+    pub data: &'a [T],
+    /// Columns of the stored matrix.
+    pub cols: usize,
+    /// Whether the stored matrix is `W^T`.
+    pub transposed: bool,
+}
+
+impl<T: Copy + Sync + Into<f32>> Source for Matrix<'_, T> {
+    #[inline]
+    fn get(&self, row: usize, col: usize) -> f32 {
+        let i = if self.transposed { col * self.cols + row } else { row * self.cols + col };
+        self.data[i].into()
+    }
+}
+
+/// A `[rows, cols]` slice of bf16 (read without widening the whole matrix).
+pub struct Bf16Matrix<'a>(pub Matrix<'a, bf16>);
+
+impl Source for Bf16Matrix<'_> {
+    #[inline]
+    fn get(&self, row: usize, col: usize) -> f32 {
+        let m = &self.0;
+        let i = if m.transposed { col * m.cols + row } else { row * m.cols + col };
+        m.data[i].to_f32()
+    }
+}
+
+impl PackedWeight {
+    /// Packs `W[n, k]` read through `source` into `format`.
+    pub fn pack(source: &dyn Source, n: usize, k: usize, format: WeightFormat) -> Self {
+        let kp2 = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let panel_len = kp2 * PANEL * 2;
+        let values = match format {
+            WeightFormat::Bf16 => {
+                let mut v = vec![0u16; panels * panel_len];
+                v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+                    for c in 0..PANEL.min(n - p * PANEL) {
+                        let row = p * PANEL + c;
+                        for kk in 0..k {
+                            panel[((kk / 2) * PANEL + c) * 2 + kk % 2] =
+                                bf16::from_f32(source.get(row, kk)).to_bits();
+                        }
+                    }
+                });
+                Values::Bf16(v)
+            }
+            WeightFormat::Q8 => {
+                let mut q = vec![0i8; panels * panel_len];
+                let mut scale = vec![0f32; panels * PANEL];
+                q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
+                    |(p, (panel, scales))| {
+                        for c in 0..PANEL.min(n - p * PANEL) {
+                            let row = p * PANEL + c;
+                            let max = (0..k).map(|kk| source.get(row, kk).abs()).fold(0f32, f32::max);
+                            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                            scales[c] = s;
+                            for kk in 0..k {
+                                let v = (source.get(row, kk) / s).round().clamp(-127.0, 127.0);
+                                panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = v as i8;
+                            }
+                        }
+                    },
+                );
+                Values::Q8 { q, scale }
+            }
+        };
+        Self { n, k, kp2, values }
+    }
+
+    /// Outputs (rows of `W`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (columns of `W`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        match self.values {
+            Values::Bf16(_) => WeightFormat::Bf16,
+            Values::Q8 { .. } => WeightFormat::Q8,
+        }
+    }
+
+    /// Bytes the packed values take (what one full product reads).
+    pub fn bytes(&self) -> usize {
+        match &self.values {
+            Values::Bf16(v) => v.len() * 2,
+            Values::Q8 { q, scale } => q.len() + scale.len() * 4,
+        }
+    }
+
+    /// `W[row, :]` as f32 (the stored, rounded values), into `out` (length `k`).
+    pub fn row(&self, row: usize, out: &mut [f32]) {
+        let (p, c) = (row / PANEL, row % PANEL);
+        let base = p * self.kp2 * PANEL * 2;
+        for (kk, o) in out.iter_mut().enumerate().take(self.k) {
+            let i = base + ((kk / 2) * PANEL + c) * 2 + kk % 2;
+            *o = match &self.values {
+                Values::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
+                Values::Q8 { q, scale } => q[i] as f32 * scale[row],
+            };
+        }
+    }
+
+    /// `out[m, n] = a[m, k] · W[n, k]^T` (`a` row-major `[m, k]`, `out` row-major `[m, n]`).
+    ///
+    /// # Panics
+    /// When `a` or `out` does not have `m * k` or `m * n` elements.
+    pub fn matmul(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Kernel::detect(), a, m, out)
+    }
+
+    /// [`PackedWeight::matmul`] on a chosen kernel (one of [`Kernel::available`]).
+    ///
+    /// # Panics
+    /// As `matmul`, and when this CPU lacks `kernel`.
+    pub fn matmul_with(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32]) {
+        assert!(available().contains(&kernel), "this CPU cannot run {kernel:?}");
+        assert_eq!(a.len(), m * self.k, "activations");
+        assert_eq!(out.len(), m * self.n, "output");
+        let ab = self.pack_activations(a, m, kernel);
+        let panels = self.n.div_ceil(PANEL);
+        let threads = rayon::current_num_threads().max(1);
+        // Rows per task: enough that one task's tiles reuse each panel from cache; panels per
+        // task: about 4 tasks per thread.
+        let mc = if m <= 4 * MR {
+            m.next_multiple_of(MR.min(m))
+        } else {
+            (m.div_ceil(threads)).clamp(MR, 128).next_multiple_of(MR)
+        };
+        let row_blocks = m.div_ceil(mc);
+        let per_task = (panels * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
+        let per_task = if per_task > NR { per_task.next_multiple_of(NR) } else { per_task };
+        let panel_blocks = panels.div_ceil(per_task);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..row_blocks * panel_blocks).into_par_iter().for_each(|task| {
+            let (rb, pb) = (task / panel_blocks, task % panel_blocks);
+            let rows = rb * mc..((rb + 1) * mc).min(m);
+            let ps = pb * per_task..((pb + 1) * per_task).min(panels);
+            let out = out_ptr;
+            // SAFETY: tasks write disjoint (row, panel) blocks of `out`, whose length was checked.
+            unsafe { self.block(kernel, &ab, m, rows, ps, out.0) };
+        });
+    }
+
+    /// The activations laid out for the tiles: in blocks of `h = min(MR, m)` rows (the last
+    /// one zero-padded), pair `t` of the block's rows together: block `b`, pair `t`, row `i` at
+    /// `(b * kp2 + t) * h + i` (a pair of f32, or for [`Kernel::Avx512Bf16`] two bf16 rounded
+    /// to nearest even in one u32).
+    fn pack_activations(&self, a: &[f32], m: usize, kernel: Kernel) -> Activations {
+        let h = MR.min(m);
+        let blocks = m.div_ceil(h);
+        let (k, kp2) = (self.k, self.kp2);
+        let pair = |b: usize, i: usize, t: usize| {
+            let row = &a[(b * h + i) * k..(b * h + i + 1) * k];
+            (row[2 * t], row.get(2 * t + 1).copied().unwrap_or(0.0))
+        };
+        if kernel == Kernel::Avx512Bf16 {
+            let mut packed = vec![0u32; blocks * kp2 * h];
+            packed.par_chunks_mut(kp2 * h).enumerate().for_each(|(b, block)| {
+                for i in 0..h.min(m - b * h) {
+                    for t in 0..kp2 {
+                        let (lo, hi) = pair(b, i, t);
+                        block[t * h + i] = bf16::from_f32(lo).to_bits() as u32
+                            | ((bf16::from_f32(hi).to_bits() as u32) << 16);
+                    }
+                }
+            });
+            return Activations::Bf16(packed);
+        }
+        let mut packed = vec![0f32; blocks * kp2 * h * 2];
+        packed.par_chunks_mut(kp2 * h * 2).enumerate().for_each(|(b, block)| {
+            for i in 0..h.min(m - b * h) {
+                for t in 0..kp2 {
+                    let (lo, hi) = pair(b, i, t);
+                    block[(t * h + i) * 2] = lo;
+                    block[(t * h + i) * 2 + 1] = hi;
+                }
+            }
+        });
+        Activations::F32(packed)
+    }
+
+    /// One task: output rows `rows` x panels `ps`.
+    ///
+    /// # Safety
+    /// `out` points to `m * n` f32 and no other task writes this block.
+    unsafe fn block(
+        &self,
+        kernel: Kernel,
+        a: &Activations,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        ps: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let panel_len = self.kp2 * PANEL * 2;
+        let h = MR.min(m);
+        let block_len = self.kp2 * h;
+        debug_assert!(rows.start.is_multiple_of(h));
+        let mut p = ps.start;
+        while p < ps.end {
+            let np = if ps.end - p >= NR { NR } else { 1 };
+            let mut r = rows.start;
+            while r < rows.end {
+                let mr = (rows.end - r).min(h);
+                let mut acc = [[0f32; PANEL * NR]; MR];
+                let b = r / h;
+                match (&self.values, a, kernel) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Values::Bf16(v), Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                        let a = a.as_ptr().add(b * block_len);
+                        x86::dp_bf16(a, h, v.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Values::Q8 { q, .. }, Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                        let a = a.as_ptr().add(b * block_len);
+                        x86::dp_q8(a, h, q.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Values::Bf16(v), Activations::F32(a), Kernel::Avx512) => unsafe {
+                        let a = a.as_ptr().add(b * block_len * 2);
+                        x86::fma_bf16(a, h, v.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Values::Q8 { q, .. }, Activations::F32(a), Kernel::Avx512) => unsafe {
+                        let a = a.as_ptr().add(b * block_len * 2);
+                        x86::fma_q8(a, h, q.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                    },
+                    (Values::Bf16(v), Activations::F32(a), k) => {
+                        let w = &v[p * panel_len..(p + np) * panel_len];
+                        let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
+                        portable::tile(
+                            k,
+                            a,
+                            h,
+                            w,
+                            panel_len,
+                            self.kp2,
+                            mr,
+                            np,
+                            |x: u16| f32::from_bits((x as u32) << 16),
+                            &mut acc,
+                        )
+                    }
+                    (Values::Q8 { q, .. }, Activations::F32(a), k) => {
+                        let w = &q[p * panel_len..(p + np) * panel_len];
+                        let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
+                        portable::tile(k, a, h, w, panel_len, self.kp2, mr, np, |x: i8| x as f32, &mut acc)
+                    }
+                    (_, Activations::Bf16(_), _) => {
+                        unreachable!("bf16 activations are packed for Avx512Bf16 only")
+                    }
+                }
+                // Store, scaled for int8, clipped to the real columns.
+                for (i, acc_row) in acc.iter().enumerate().take(mr) {
+                    for j in 0..np * PANEL {
+                        let col = p * PANEL + j;
+                        if col >= self.n {
+                            break;
+                        }
+                        let v = match &self.values {
+                            Values::Q8 { scale, .. } => acc_row[j] * scale[col],
+                            Values::Bf16(_) => acc_row[j],
+                        };
+                        unsafe { *out.add((r + i) * self.n + col) = v };
+                    }
+                }
+                r += h;
+            }
+            p += np;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// The instruction set the kernels use, detected once per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 f32 FMAs on weights widened in registers (bf16: a shift; int8: sign extension),
+    /// activations in f32. The default on AVX-512 CPUs: on the machine docs/bench.md was
+    /// measured on, `vfmadd231ps` retires 2 per cycle and `vdpbf16ps` 0.5, so FMAs do 2x the
+    /// work per cycle of the bf16 dot product (`cargo bench --bench gemm` prints both).
+    Avx512,
+    /// `vdpbf16ps` (AVX512-BF16) on activations rounded to bf16: for CPUs whose bf16 dot
+    /// product is faster than two FMAs (`VLM_ZOO_KERNEL=avx512bf16`).
+    Avx512Bf16,
+    /// The portable loop compiled for AVX2 + FMA.
+    Avx2,
+    /// The portable loop for the baseline target.
+    Portable,
+}
+
+impl Kernel {
+    /// The kernel this CPU runs: `VLM_ZOO_KERNEL=avx512|avx512bf16|avx2|portable` chooses one
+    /// the CPU has (for benchmarks and tests); otherwise the fastest measured (see [`Kernel`]).
+    pub fn detect() -> Kernel {
+        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let has = available();
+            let wanted = match std::env::var("VLM_ZOO_KERNEL").as_deref() {
+                Ok("avx512") => Some(Kernel::Avx512),
+                Ok("avx512bf16") => Some(Kernel::Avx512Bf16),
+                Ok("avx2") => Some(Kernel::Avx2),
+                Ok("portable") => Some(Kernel::Portable),
+                _ => None,
+            };
+            wanted.filter(|k| has.contains(k)).unwrap_or(has[0])
+        })
+    }
+
+    /// The kernels this CPU can run, the default first.
+    pub fn available() -> Vec<Kernel> {
+        available()
+    }
+}
+
+fn available() -> Vec<Kernel> {
+    let mut has = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+            has.push(Kernel::Avx512);
+            if is_x86_feature_detected!("avx512bf16") {
+                has.push(Kernel::Avx512Bf16);
+            }
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            has.push(Kernel::Avx2);
+        }
+    }
+    has.push(Kernel::Portable);
+    has
+}
+
+/// Activations laid out for the tiles (see [`PackedWeight::pack_activations`]).
+enum Activations {
+    /// Pairs of f32.
+    F32(Vec<f32>),
+    /// Pairs of bf16 in one u32, for `vdpbf16ps`.
+    Bf16(Vec<u32>),
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR, PANEL};
+    use std::arch::x86_64::*;
+
+    /// Dispatches a tile of `h` rows (the block height) and `np` panels to the monomorphic
+    /// kernel `$tile::<R, P>`.
+    macro_rules! dispatch {
+        ($name:ident, $tile:ident, $at:ty, $wt:ty) => {
+            /// One tile: the `h` rows of an activation block x `np` panels.
+            ///
+            /// # Safety
+            /// The CPU has the kernel's features; `a` holds a packed block of `h` rows,
+            /// `w` `np` panels of `kp2 * 32` values `panel_len` apart.
+            pub unsafe fn $name(
+                a: *const $at,
+                h: usize,
+                w: *const $wt,
+                panel_len: usize,
+                kp2: usize,
+                np: usize,
+                acc: &mut [[f32; PANEL * NR]; MR],
+            ) {
+                unsafe {
+                    match (h, np) {
+                        (8, 2) => $tile::<8, 2>(a, w, panel_len, kp2, acc),
+                        (7, 2) => $tile::<7, 2>(a, w, panel_len, kp2, acc),
+                        (6, 2) => $tile::<6, 2>(a, w, panel_len, kp2, acc),
+                        (5, 2) => $tile::<5, 2>(a, w, panel_len, kp2, acc),
+                        (4, 2) => $tile::<4, 2>(a, w, panel_len, kp2, acc),
+                        (3, 2) => $tile::<3, 2>(a, w, panel_len, kp2, acc),
+                        (2, 2) => $tile::<2, 2>(a, w, panel_len, kp2, acc),
+                        (1, 2) => $tile::<1, 2>(a, w, panel_len, kp2, acc),
+                        (8, _) => $tile::<8, 1>(a, w, panel_len, kp2, acc),
+                        (7, _) => $tile::<7, 1>(a, w, panel_len, kp2, acc),
+                        (6, _) => $tile::<6, 1>(a, w, panel_len, kp2, acc),
+                        (5, _) => $tile::<5, 1>(a, w, panel_len, kp2, acc),
+                        (4, _) => $tile::<4, 1>(a, w, panel_len, kp2, acc),
+                        (3, _) => $tile::<3, 1>(a, w, panel_len, kp2, acc),
+                        (2, _) => $tile::<2, 1>(a, w, panel_len, kp2, acc),
+                        _ => $tile::<1, 1>(a, w, panel_len, kp2, acc),
+                    }
+                }
+            }
+        };
+    }
+
+    /// `vdpbf16ps` tiles over bf16 activation pairs; `$load` gives 16 columns x 2 k as bf16.
+    macro_rules! dp_tile {
+        ($tile:ident, $wt:ty, $load:ident) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+            unsafe fn $tile<const R: usize, const P: usize>(
+                a: *const u32,
+                w: *const $wt,
+                panel_len: usize,
+                kp2: usize,
+                out: &mut [[f32; PANEL * NR]; MR],
+            ) {
+                unsafe {
+                    let bcast =
+                        |i: usize| -> __m512bh { std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32)) };
+                    // Two chains per accumulator hide the dot product's latency in decode.
+                    let mut acc = [[[_mm512_setzero_ps(); P]; R]; 2];
+                    for t in 0..kp2 {
+                        for j in 0..P {
+                            let wv = $load(w.add(j * panel_len + t * 32));
+                            for i in 0..R {
+                                let c = if R == 1 { t & 1 } else { 0 };
+                                acc[c][i][j] = _mm512_dpbf16_ps(acc[c][i][j], bcast(t * R + i), wv);
+                            }
+                        }
+                    }
+                    for i in 0..R {
+                        for j in 0..P {
+                            _mm512_storeu_ps(
+                                out[i].as_mut_ptr().add(j * PANEL),
+                                _mm512_add_ps(acc[0][i][j], acc[1][i][j]),
+                            );
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    /// f32-FMA tiles over f32 activation pairs; `$load` gives 16 columns at k even and odd.
+    macro_rules! fma_tile {
+        ($tile:ident, $wt:ty, $load:ident) => {
+            #[target_feature(enable = "avx512f,avx512bw")]
+            unsafe fn $tile<const R: usize, const P: usize>(
+                a: *const f32,
+                w: *const $wt,
+                panel_len: usize,
+                kp2: usize,
+                out: &mut [[f32; PANEL * NR]; MR],
+            ) {
+                unsafe {
+                    // Even and odd k accumulate apart: two chains, and four in decode.
+                    let mut even = [[[_mm512_setzero_ps(); P]; R]; 2];
+                    let mut odd = [[[_mm512_setzero_ps(); P]; R]; 2];
+                    for t in 0..kp2 {
+                        let c = if R == 1 { t & 1 } else { 0 };
+                        let mut we = [_mm512_setzero_ps(); P];
+                        let mut wo = [_mm512_setzero_ps(); P];
+                        for j in 0..P {
+                            (we[j], wo[j]) = $load(w.add(j * panel_len + t * 32));
+                        }
+                        for i in 0..R {
+                            let a0 = _mm512_set1_ps(*a.add((t * R + i) * 2));
+                            let a1 = _mm512_set1_ps(*a.add((t * R + i) * 2 + 1));
+                            for j in 0..P {
+                                even[c][i][j] = _mm512_fmadd_ps(a0, we[j], even[c][i][j]);
+                                odd[c][i][j] = _mm512_fmadd_ps(a1, wo[j], odd[c][i][j]);
+                            }
+                        }
+                    }
+                    for i in 0..R {
+                        for j in 0..P {
+                            let sum = _mm512_add_ps(
+                                _mm512_add_ps(even[0][i][j], odd[0][i][j]),
+                                _mm512_add_ps(even[1][i][j], odd[1][i][j]),
+                            );
+                            _mm512_storeu_ps(out[i].as_mut_ptr().add(j * PANEL), sum);
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    /// 16 columns x 2 k of bf16, as bf16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn load_bf16(w: *const u16) -> __m512bh {
+        unsafe { std::mem::transmute(_mm512_loadu_si512(w as *const _)) }
+    }
+
+    /// 16 columns x 2 k of int8, widened to bf16 (exact for |q| <= 127).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn load_q8(w: *const i8) -> __m512bh {
+        unsafe {
+            let x = _mm256_loadu_si256(w as *const __m256i);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(x)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(x)));
+            _mm512_cvtne2ps_pbh(hi, lo)
+        }
+    }
+
+    /// 16 columns x 2 k of bf16 as f32: (k even, k odd).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn split_bf16(w: *const u16) -> (__m512, __m512) {
+        unsafe {
+            let x = _mm512_loadu_si512(w as *const _);
+            let even = _mm512_slli_epi32::<16>(x);
+            let odd = _mm512_and_si512(x, _mm512_set1_epi32(0xffff_0000u32 as i32));
+            (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+        }
+    }
+
+    /// 16 columns x 2 k of int8 as f32: (k even, k odd).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn split_q8(w: *const i8) -> (__m512, __m512) {
+        unsafe {
+            // Each 32-bit lane: the pair sign-extended from 16 bits, `e0 | e1 << 8`.
+            let x = _mm512_cvtepi16_epi32(_mm256_loadu_si256(w as *const __m256i));
+            let even = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(x));
+            let odd = _mm512_srai_epi32::<8>(x);
+            (_mm512_cvtepi32_ps(even), _mm512_cvtepi32_ps(odd))
+        }
+    }
+
+    dp_tile!(dp_bf16_tile, u16, load_bf16);
+    dp_tile!(dp_q8_tile, i8, load_q8);
+    fma_tile!(fma_bf16_tile, u16, split_bf16);
+    fma_tile!(fma_q8_tile, i8, split_q8);
+    dispatch!(dp_bf16, dp_bf16_tile, u32, u16);
+    dispatch!(dp_q8, dp_q8_tile, u32, i8);
+    dispatch!(fma_bf16, fma_bf16_tile, f32, u16);
+    dispatch!(fma_q8, fma_q8_tile, f32, i8);
+}
+
+mod portable {
+    use super::{Kernel, MR, NR, PANEL};
+
+    /// One tile with f32 arithmetic: `mr` rows x `np` panels of `w` (values widened by `f`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile<W: Copy>(
+        kernel: Kernel,
+        a: &[f32],
+        lda: usize,
+        w: &[W],
+        panel_len: usize,
+        kp2: usize,
+        mr: usize,
+        np: usize,
+        f: impl Fn(W) -> f32 + Copy,
+        acc: &mut [[f32; PANEL * NR]; MR],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2 {
+            // SAFETY: Avx2 is chosen only when the CPU has AVX2 and FMA.
+            return unsafe { tile_avx2(a, lda, w, panel_len, kp2, mr, np, f, acc) };
+        }
+        let _ = kernel;
+        tile_body(a, lda, w, panel_len, kp2, mr, np, f, acc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_avx2<W: Copy>(
+        a: &[f32],
+        lda: usize,
+        w: &[W],
+        panel_len: usize,
+        kp2: usize,
+        mr: usize,
+        np: usize,
+        f: impl Fn(W) -> f32 + Copy,
+        acc: &mut [[f32; PANEL * NR]; MR],
+    ) {
+        tile_body(a, lda, w, panel_len, kp2, mr, np, f, acc)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn tile_body<W: Copy>(
+        a: &[f32],
+        lda: usize,
+        w: &[W],
+        panel_len: usize,
+        kp2: usize,
+        mr: usize,
+        np: usize,
+        f: impl Fn(W) -> f32 + Copy,
+        acc: &mut [[f32; PANEL * NR]; MR],
+    ) {
+        for j in 0..np {
+            let panel = &w[j * panel_len..(j + 1) * panel_len];
+            for (i, acc_row) in acc.iter_mut().enumerate().take(mr) {
+                let mut sum = [0f32; PANEL];
+                for t in 0..kp2 {
+                    let (a0, a1) = (a[(t * lda + i) * 2], a[(t * lda + i) * 2 + 1]);
+                    let wt = &panel[t * 2 * PANEL..(t + 1) * 2 * PANEL];
+                    for c in 0..PANEL {
+                        sum[c] += a0 * f(wt[2 * c]) + a1 * f(wt[2 * c + 1]);
+                    }
+                }
+                acc_row[j * PANEL..(j + 1) * PANEL].copy_from_slice(&sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let round =
+            |x: f32| if Kernel::detect() == Kernel::Avx512Bf16 { bf16::from_f32(x).to_f32() } else { x };
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] =
+                    (0..k).map(|kk| round(a[i * k + kk]) as f64 * w[j * k + kk] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Every shape class: odd k, n not a multiple of 16, m across the tile edges, decode.
+    #[test]
+    fn products_equal_the_f64_reference_of_the_rounded_values() {
+        for &(m, n, k) in &[(1, 37, 65), (1, 512, 300), (3, 16, 2), (9, 50, 33), (17, 40, 128), (70, 33, 31)]
+        {
+            let (a, w) = (data(m * k, 7), data(n * k, 11));
+            for format in [WeightFormat::Bf16, WeightFormat::Q8] {
+                let packed =
+                    PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
+                // The reference multiplies by the stored (rounded) weights.
+                let mut stored = vec![0f32; n * k];
+                for (j, row) in stored.chunks_mut(k).enumerate() {
+                    packed.row(j, row);
+                }
+                let want = reference(&a, &stored, m, n, k);
+                let mut got = vec![0f32; m * n];
+                packed.matmul(&a, m, &mut got);
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4 * (k as f32).sqrt(), "{format:?} m {m} n {n} k {k}: {worst}");
+                // And the stored weights are the originals within the format's rounding.
+                let tol = if format == WeightFormat::Bf16 { 2f32.powi(-9) } else { 0.5 / 127.0 };
+                let err = stored.iter().zip(&w).map(|(s, w)| (s - w).abs()).fold(0f32, f32::max);
+                assert!(err <= tol * 0.5 + 1e-7, "{format:?} storage error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_sources_pack_the_same() {
+        let (n, k) = (20, 9);
+        let w = data(n * k, 3);
+        let mut wt = vec![0f32; n * k];
+        for j in 0..n {
+            for kk in 0..k {
+                wt[kk * n + j] = w[j * k + kk];
+            }
+        }
+        let a =
+            PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16);
+        let b =
+            PackedWeight::pack(&Matrix { data: &wt, cols: n, transposed: true }, n, k, WeightFormat::Bf16);
+        let (mut ra, mut rb) = (vec![0f32; k], vec![0f32; k]);
+        for j in 0..n {
+            a.row(j, &mut ra);
+            b.row(j, &mut rb);
+            assert_eq!(ra, rb);
+        }
+    }
+
+    /// Every kernel this CPU has equals the portable loop.
+    #[test]
+    fn portable_path_equals_the_detected_one() {
+        let (m, n, k) = (5, 40, 70);
+        let (a, w) = (data(m * k, 5), data(n * k, 9));
+        for format in [WeightFormat::Bf16, WeightFormat::Q8] {
+            let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
+            let run = |kernel| {
+                let ab = packed.pack_activations(&a, m, kernel);
+                let mut out = vec![0f32; m * n];
+                unsafe { packed.block(kernel, &ab, m, 0..m, 0..n.div_ceil(PANEL), out.as_mut_ptr()) };
+                out
+            };
+            let base = run(Kernel::Portable);
+            for kernel in Kernel::available() {
+                // bf16 activations (Avx512Bf16) round the inputs: a looser bound.
+                let tol = if kernel == Kernel::Avx512Bf16 { 2e-2 } else { 1e-5 };
+                let got = run(kernel);
+                let worst = base.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(worst < tol, "{format:?} {kernel:?}: {worst}");
+            }
+        }
+    }
+}
