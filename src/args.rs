@@ -77,7 +77,9 @@ pub struct ComputeArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Compute dtype: f32, bf16 or f16 (bf16/f16 on flex or cuda; ndarray is f32 only).
+    /// Compute dtype: f32, bf16, f16 or q8. On the CPU, bf16 and q8 keep the Linear weights
+    /// packed in bf16 or int8 (per-output scales) for the host kernels, activations in f32;
+    /// on CUDA bf16/f16 compute in that dtype.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
@@ -97,6 +99,11 @@ impl ComputeArgs {
     /// The device with the dtype as its default float type.
     pub fn device(&self) -> Result<Device> {
         zoo_nn::device_with_dtype(&self.device.device, self.dtype()?)
+    }
+
+    /// The device and, on the CPU with `bf16`/`q8`, the packed weight format.
+    pub fn compute(&self) -> Result<zoo_nn::Compute> {
+        zoo_nn::Compute::parse(&self.device.device, &self.dtype)
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::{ContrastiveModel, Encoded, NnError, Result, TextBatch};
+use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 
 /// What to measure: `vlm-zoo bench`'s options, with their one set of defaults ([`Default`]).
@@ -92,8 +92,9 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
 }
 
 /// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
-pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> {
-    let dtype = zoo_nn::device::float_dtype(device);
+pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value> {
+    let device = &compute.device;
+    let (dtype, load_dtype) = (compute.dtype(), compute.load_dtype());
     let kind = zoo_nn::model_type(dir)?;
     if opts.new_tokens == 0
         || opts.batches.contains(&0)
@@ -108,7 +109,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
     let t = Instant::now();
     match kind.as_str() {
         "gemma" | "gemma2" => {
-            let (model, config) = zoo_gemma::load_gemma(dir, dtype, device)?;
+            let (model, config) = zoo_gemma::load_gemma(dir, load_dtype, device)?;
+            let model = compute.prepare(model);
             let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
                 model: &model,
@@ -122,7 +124,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
             Ok(decoder_report(&kind, load_s, n, first, last, opts.new_tokens))
         }
         "paligemma" => {
-            let (model, config) = zoo_paligemma::load_paligemma(dir, dtype, device)?;
+            let (model, config) = zoo_paligemma::load_paligemma(dir, load_dtype, device)?;
+            let model = compute.prepare(model);
             let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
@@ -150,7 +153,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, device: &Device) -> Result<Value> 
         }
         "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
         "siglip" | "clip" => {
-            let (towers, config) = Towers::load(dir, dtype, device)?;
+            let (towers, config) = Towers::load(dir, load_dtype, device)?;
+            let towers = compute.prepare(towers);
             let load_s = t.elapsed().as_secs_f64();
             let s = config.image_size();
             let mut encode = Vec::new();

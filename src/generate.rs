@@ -1,10 +1,9 @@
 //! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
 
 use crate::args::{ComputeArgs, ModelArgs};
-use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::{NnError, Result, Sampling, StopReason, TextTokenizer, generate_stream, model_type};
+use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer, generate_stream, model_type};
 
 /// `vlm-zoo generate`'s options.
 #[derive(clap::Args, Debug, Clone)]
@@ -72,9 +71,9 @@ impl GenerateArgs {
                 ));
             }
         }
-        let device = self.compute.device()?;
+        let compute = self.compute.compute()?;
         let dir = self.model.model.resolve()?;
-        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &device, on_text)
+        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &compute, on_text)
     }
 
     /// Where `--draw` writes the image of row `i` of `n`.
@@ -141,13 +140,14 @@ pub fn generate_text(
     prompts: &[String],
     images: &[PathBuf],
     sampling: &Sampling,
-    device: &Device,
+    compute: &Compute,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
+    let device = &compute.device;
     let kind = model_type(dir)?;
     match kind.as_str() {
         "gemma" | "gemma2" => {}
-        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, device, on_text),
+        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, compute, on_text),
         other => {
             return Err(NnError::Config(format!(
                 "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
@@ -166,7 +166,8 @@ pub fn generate_text(
     }
     sampling.validate()?;
     let tok = TextTokenizer::from_dir(dir)?;
-    let (model, config) = zoo_gemma::load_gemma(dir, zoo_nn::device::float_dtype(device), device)?;
+    let (model, config) = zoo_gemma::load_gemma(dir, compute.load_dtype(), device)?;
+    let model = compute.prepare(model);
     tok.check_vocab(config.vocab_size)?;
     let eos = eos_ids(dir, &config.eos_token_id)?;
     let mut ids = Vec::with_capacity(prompts.len());
@@ -203,9 +204,10 @@ fn generate_paligemma(
     prompts: &[String],
     images: &[PathBuf],
     sampling: &Sampling,
-    device: &Device,
+    compute: &Compute,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
+    let device = &compute.device;
     if images.is_empty() {
         return Err(NnError::Config(format!(
             "{}: PaliGemma needs an --image for each --prompt",
@@ -227,7 +229,8 @@ fn generate_paligemma(
         paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
     let pixels = proc.images.batch(&decoded, device)?;
     let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
-    let (model, _) = zoo_paligemma::load_paligemma(dir, zoo_nn::device::float_dtype(device), device)?;
+    let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_dtype(), device)?;
+    let model = compute.prepare(model);
     let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
     let decoder = zoo_paligemma::PaliGemmaDecoder {
         image_features: model.image_features(pixels),

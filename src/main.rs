@@ -233,8 +233,8 @@ fn demo(args: &DemoArgs) -> Result<()> {
 }
 
 fn bench(model: &ModelArgs, options: &BenchOptions, compute: &ComputeArgs) -> Result<()> {
-    let device = compute.device()?;
-    let r = vlm_zoo::bench::bench(&model.model.resolve()?, options, &device)?;
+    let compute = compute.compute()?;
+    let r = vlm_zoo::bench::bench(&model.model.resolve()?, options, &compute)?;
     say!("{}", serde_json::to_string(&r)?);
     Ok(())
 }

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use zoo_nn::host::rows;
 use zoo_nn::{
-    ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextTokenizer, model_type,
+    Compute, ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextTokenizer, model_type,
 };
 
 /// `vlm-zoo zero-shot`'s options.
@@ -32,8 +32,8 @@ pub struct ZeroShotArgs {
 impl ZeroShotArgs {
     /// Scores the images against the texts.
     pub fn run(&self) -> Result<ZeroShot> {
-        let device = self.compute.device()?;
-        zero_shot(&self.model.model.resolve()?, &self.images, &self.texts, &device)
+        let compute = self.compute.compute()?;
+        zero_shot(&self.model.model.resolve()?, &self.images, &self.texts, &compute)
     }
 }
 
@@ -78,7 +78,8 @@ fn processor(dir: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Resul
 }
 
 /// Scores `images` against `texts` with the SigLIP or CLIP model in `dir`.
-pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Device) -> Result<ZeroShot> {
+pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], compute: &Compute) -> Result<ZeroShot> {
+    let device = &compute.device;
     if images.is_empty() {
         return Err(NnError::Config("zero-shot needs at least one --image".into()));
     }
@@ -94,11 +95,12 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
     }
     let mut notes = Vec::new();
     let tok = TextTokenizer::from_dir(dir)?;
-    let dtype = zoo_nn::device::float_dtype(device);
+    let dtype = compute.load_dtype();
     // Construction is the only per-family step: the model and how its images become features
     // (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
     let (model, image_embeds): (Box<dyn ContrastiveModel>, Tensor<2>) = if kind == "siglip2" {
         let (model, config) = zoo_siglip::naflex::load_siglip2(dir, dtype, device)?;
+        let model = compute.prepare(model);
         tok.check_vocab(config.siglip.text_config.vocab_size)?;
         let proc = zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?;
         let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
@@ -106,6 +108,7 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], device: &Devi
         (Box::new(model), features)
     } else {
         let (model, config) = Towers::load(dir, dtype, device)?;
+        let model = compute.prepare(model);
         tok.check_vocab(config.vocab_size())?;
         let proc = processor(dir, &config, &mut notes)?;
         let features = model.encode_image(proc.batch_from_files(images, device)?);

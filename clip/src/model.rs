@@ -251,12 +251,15 @@ impl ClipModel {
 
     /// Projected image features (before normalisation), `[B, P]`.
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
-        self.visual_projection.forward(self.vision_model.forward(pixels).pooler_output)
+        zoo_nn::packed::linear(&self.visual_projection, self.vision_model.forward(pixels).pooler_output)
     }
 
     /// Projected text features (before normalisation), `[B, P]`.
     pub fn text_features(&self, ids: &[Vec<u32>], mask: &[Vec<bool>], device: &Device) -> Tensor<2> {
-        self.text_projection.forward(self.text_model.forward(ids, mask, device).pooler_output)
+        zoo_nn::packed::linear(
+            &self.text_projection,
+            self.text_model.forward(ids, mask, device).pooler_output,
+        )
     }
 
     /// Scores every image against every text.
@@ -282,7 +285,7 @@ impl ContrastiveModel for ClipModel {
     }
 
     fn encode_text(&self, text: &TextBatch) -> Tensor<2> {
-        self.text_projection.forward(self.text_model.forward_batch(text).pooler_output)
+        zoo_nn::packed::linear(&self.text_projection, self.text_model.forward_batch(text).pooler_output)
     }
 
     fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {

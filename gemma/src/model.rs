@@ -143,7 +143,7 @@ impl GemmaForCausalLM {
     /// # Shapes
     /// - `ids`: `int[B, L]`; output `[B, L, C]`
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.model.embed_tokens.forward(ids) * self.embed_scale
+        zoo_nn::packed::embedding(&self.model.embed_tokens, ids) * self.embed_scale
     }
 
     /// A KV cache for `batch` rows and up to `max_len` positions.
@@ -192,8 +192,13 @@ impl GemmaForCausalLM {
     /// # Shapes
     /// - `h`: `[B, L, C]`; output `[B, L, V]`
     pub fn logits(&self, h: Tensor<3>) -> Tensor<3> {
+        let embed = &self.model.embed_tokens;
         let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => zoo_nn::packed::linear(head, h),
+            // The tied head on packed CPU weights (`--dtype bf16|q8`).
+            None if zoo_nn::packed::is_packed_embedding(embed) => {
+                zoo_nn::packed::tied_logits(embed, h).expect("checked packed")
+            }
             None => {
                 // [V, C] @ [C, B*L]: the embedding matrix is used as stored (no transposed copy
                 // of the largest weight on every decode step).

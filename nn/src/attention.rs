@@ -127,9 +127,9 @@ impl Attention {
         let [b, l, _] = x.dims();
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |t: Tensor<3>, heads| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-        let mut q = split(self.q_proj.forward(x.clone()), h); // (B, H, L, D)
-        let mut key = split(self.k_proj.forward(x.clone()), k); // (B, K, L, D)
-        let value = split(self.v_proj.forward(x), k); // (B, K, L, D)
+        let mut q = split(crate::packed::linear(&self.q_proj, x.clone()), h); // (B, H, L, D)
+        let mut key = split(crate::packed::linear(&self.k_proj, x.clone()), k); // (B, K, L, D)
+        let value = split(crate::packed::linear(&self.v_proj, x), k); // (B, K, L, D)
         if let Some(tables) = rope {
             q = apply_rotary(q, tables);
             key = apply_rotary(key, tables);
@@ -140,7 +140,7 @@ impl Attention {
         };
         let out = scaled_dot_product_attention(q, key, value, mask, self.scale, self.softcap);
         let out = out.swap_dims(1, 2).reshape([b, l, h * d]); // (B, L, H*D)
-        self.o_proj.forward(out)
+        crate::packed::linear(&self.o_proj, out)
     }
 }
 

@@ -141,7 +141,7 @@ impl PackedWeight {
                             let s = if max > 0.0 { max / 127.0 } else { 1.0 };
                             scales[c] = s;
                             for kk in 0..k {
-                                let v = (source.get(row, kk) / s).round().clamp(-127.0, 127.0);
+                                let v = (source.get(row, kk) / s).round_ties_even().clamp(-127.0, 127.0);
                                 panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = v as i8;
                             }
                         }

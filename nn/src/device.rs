@@ -3,6 +3,7 @@
 //! `cpu` is the default CPU backend of this build: Flex when the `flex` feature is on (it decodes
 //! 3.2x faster than ndarray on a 100M-parameter Gemma, see docs/bench.md), else ndarray.
 
+use crate::cpu_gemm::WeightFormat;
 use crate::error::{NnError, Result};
 use burn::tensor::{DType, Device, FloatDType};
 
@@ -23,13 +24,75 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
-/// Parses a compute dtype as the CLI takes it: `f32`, `bf16` or `f16`.
+/// Parses a compute dtype as the CLI takes it: `f32`, `bf16` or `f16` (`q8` is a weight
+/// format, see [`Compute`]).
 pub fn parse_dtype(name: &str) -> Result<DType> {
     match name {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        _ => Err(NnError::Config(format!("--dtype '{name}': expected f32, bf16 or f16"))),
+        _ => Err(NnError::Config(format!("--dtype '{name}': expected f32, bf16, f16 or q8"))),
+    }
+}
+
+/// Where and how an inference command computes: the device, and on a CPU device with
+/// `--dtype bf16` or `--dtype q8` the format its weights are packed in ([`crate::packed`]):
+/// Linear weights and the tied head stay bf16 (or int8 with per-output scales) and run on the
+/// host kernels of [`crate::cpu_gemm`], activations and everything else are f32. On CUDA,
+/// `bf16`/`f16` make every tensor that dtype, as before.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    /// The device (its default float dtype is the activations' dtype).
+    pub device: Device,
+    /// Packed weight format on the CPU; `None` keeps Burn's tensors.
+    pub weights: Option<WeightFormat>,
+}
+
+impl Compute {
+    /// f32 on `device`, weights as Burn tensors.
+    pub fn on(device: Device) -> Self {
+        Self { device, weights: None }
+    }
+
+    /// `--device NAME --dtype DTYPE` (`f32`, `bf16`, `f16`, `q8`).
+    pub fn parse(device: &str, dtype: &str) -> Result<Self> {
+        let cpu = matches!(device, "cpu" | "flex" | "ndarray");
+        let weights = match dtype {
+            "q8" if !cpu => {
+                return Err(NnError::Device(
+                    device.into(),
+                    "--dtype q8 runs on CPU devices (cpu, flex, ndarray); on a GPU use bf16".into(),
+                ));
+            }
+            "q8" => Some(WeightFormat::Q8),
+            "bf16" if cpu => Some(WeightFormat::Bf16),
+            _ => None,
+        };
+        let device = match weights {
+            Some(_) => parse_device(device)?,
+            None => device_with_dtype(device, parse_dtype(dtype)?)?,
+        };
+        Ok(Self { device, weights })
+    }
+
+    /// The dtype to load weights in: bf16 when they will be packed on Flex (bf16 checkpoints
+    /// load without conversion; ndarray holds f32 only), else the device's float dtype.
+    pub fn load_dtype(&self) -> DType {
+        let ndarray = Some(&self.device) == ndarray_device().as_ref();
+        if self.weights.is_some() && !ndarray { DType::BF16 } else { float_dtype(&self.device) }
+    }
+
+    /// The activations' dtype (the device's float dtype).
+    pub fn dtype(&self) -> DType {
+        float_dtype(&self.device)
+    }
+
+    /// A loaded model made ready: packed when [`Compute::weights`] says so, unchanged otherwise.
+    pub fn prepare<M: burn::module::Module>(&self, model: M) -> M {
+        match self.weights {
+            Some(format) => crate::packed::pack(model, format),
+            None => model,
+        }
     }
 }
 
@@ -121,7 +184,13 @@ mod tests {
     fn parses_cpu_and_rejects_junk() {
         assert!(parse_device("cpu").is_ok());
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
-        assert!(parse_dtype("f64").unwrap_err().to_string().contains("expected f32, bf16 or f16"));
+        assert!(parse_dtype("f64").unwrap_err().to_string().contains("expected f32, bf16, f16 or q8"));
+        let c = Compute::parse("cpu", "q8").unwrap();
+        assert_eq!((c.weights, c.dtype(), c.load_dtype()), (Some(WeightFormat::Q8), DType::F32, DType::BF16));
+        assert_eq!(Compute::parse("cpu", "bf16").unwrap().weights, Some(WeightFormat::Bf16));
+        assert_eq!(Compute::parse("cpu", "f32").unwrap().weights, None);
+        let e = Compute::parse("cuda", "q8").unwrap_err().to_string();
+        assert!(e.contains("q8 runs on CPU devices"), "{e}");
         let e = parse_device("tpu").unwrap_err().to_string();
         assert!(e.contains("tpu") && e.contains("expected"), "{e}");
         let e = parse_device("cuda:x").unwrap_err().to_string();

@@ -40,6 +40,7 @@ pub mod memory;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
+pub mod packed;
 pub mod rng;
 pub mod rope;
 pub mod spm;
@@ -49,7 +50,7 @@ pub mod text;
 
 pub use attention::{Attention, AttentionConfig, MaskSpec, scaled_dot_product_attention};
 pub use contrastive::ContrastiveModel;
-pub use device::{device_with_dtype, parse_device, parse_dtype};
+pub use device::{Compute, device_with_dtype, parse_device, parse_dtype};
 pub use encoder::{Encoder, EncoderConfig, EncoderLayer};
 pub use error::{NnError, Result};
 pub use generate::{Decoder, Generated, Sampling, StopReason, TextStream, generate, generate_stream};

@@ -76,7 +76,7 @@ impl Mlp {
     /// # Shapes
     /// - input `[..., C]`, output `[..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        crate::packed::linear(&self.fc2, self.act.forward(crate::packed::linear(&self.fc1, x)))
     }
 }
 
@@ -109,8 +109,8 @@ impl GatedMlp {
     /// # Shapes
     /// - input `[..., C]`, output `[..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = self.act.forward(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.act.forward(crate::packed::linear(&self.gate_proj, x.clone()));
+        crate::packed::linear(&self.down_proj, gate * crate::packed::linear(&self.up_proj, x))
     }
 }
 

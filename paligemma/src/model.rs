@@ -55,7 +55,10 @@ impl PaliGemmaForConditionalGeneration {
     /// # Shapes
     /// - `pixels`: `[B, 3, H, W]`; output `[B, N, C]`
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<3> {
-        self.multi_modal_projector.linear.forward(self.vision_tower.forward(pixels).last_hidden_state)
+        zoo_nn::packed::linear(
+            &self.multi_modal_projector.linear,
+            self.vision_tower.forward(pixels).last_hidden_state,
+        )
     }
 
     /// Input embeddings: scaled text embeddings, with row `b`'s `<image>` positions replaced, in

@@ -78,7 +78,7 @@ impl MultiheadAttention {
         let k = project(kv.clone(), 1, n); // (B, h, N, d)
         let v = project(kv, 2, n);
         let out = scaled_dot_product_attention(q, k, v, mask, (d as f64).powf(-0.5), None);
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, q_len, c]))
+        zoo_nn::packed::linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, q_len, c]))
     }
 }
 
@@ -257,7 +257,7 @@ impl SiglipTextTransformer {
         let x = self.final_layer_norm.forward(self.encoder.forward(x, mask.as_ref()));
         let c = x.dims()[2];
         let last = x.clone().slice([0..b, l - 1..l, 0..c]).reshape([b, c]);
-        TextOutput { pooler_output: self.head.forward(last), last_hidden_state: x }
+        TextOutput { pooler_output: zoo_nn::packed::linear(&self.head, last), last_hidden_state: x }
     }
 }
 

@@ -70,7 +70,7 @@ impl Siglip2VisionEmbeddings {
         let device = batch.patches.device();
         let w = Tensor::<3>::from_data(TensorData::new(w, [b, n, gg]), &device).cast(table.dtype());
         let positions = w.matmul(table.unsqueeze::<3>());
-        self.patch_embedding.forward(batch.patches.clone()) + positions
+        zoo_nn::packed::linear(&self.patch_embedding, batch.patches.clone()) + positions
     }
 }
 

@@ -1,0 +1,289 @@
+//! Packed bf16 / int8 weights for CPU inference (`--dtype bf16` and `--dtype q8` on the CPU).
+//!
+//! [`pack`] walks a loaded model once: every `Linear` weight (and each embedding named
+//! `embed_tokens`, which Gemma also uses as its tied output head) is packed into a
+//! [`PackedWeight`] for the kernels of [`crate::cpu_gemm`], kept in a process-wide table under
+//! its parameter id, and its Burn tensor is replaced by a zero-strided placeholder of the same
+//! shape (one element of memory), so the weights exist once. Every other float parameter
+//! (norms, convolutions, positions) becomes f32, the dtype activations flow in.
+//!
+//! The model code calls [`linear`], [`embedding`] and [`tied_logits`] where it would call
+//! `Linear::forward` / `Embedding::forward` / a matmul by the embedding: a packed weight runs
+//! on the host kernels, any other (f32 CPU, CUDA, training) takes Burn's path unchanged.
+//! [`release`] drops a model's entries from the table.
+
+use crate::cpu_gemm::{Bf16Matrix, Matrix, PackedWeight, WeightFormat};
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+use burn::tensor::DType;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+
+/// A packed weight and its bias (f32).
+#[derive(Debug)]
+struct Entry {
+    weight: PackedWeight,
+    bias: Option<Vec<f32>>,
+}
+
+static TABLE: LazyLock<RwLock<HashMap<ParamId, Arc<Entry>>>> = LazyLock::new(Default::default);
+
+fn lookup(id: &ParamId) -> Option<Arc<Entry>> {
+    TABLE.read().ok()?.get(id).cloned()
+}
+
+/// Drops the packed weights of `model` from the table (after the model is no longer used).
+pub fn release<M: Module>(model: &M) {
+    struct Ids(Vec<ParamId>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    if let Ok(mut table) = TABLE.write() {
+        for id in ids.0 {
+            table.remove(&id);
+        }
+    }
+}
+
+/// Whether the table of `embedding` is packed.
+pub fn is_packed_embedding(embedding: &Embedding) -> bool {
+    lookup(&embedding.weight.id).is_some()
+}
+
+/// Whether the weight of `linear` is packed.
+pub fn is_packed(linear: &Linear) -> bool {
+    lookup(&linear.weight.id).is_some()
+}
+
+struct Packer {
+    format: WeightFormat,
+    /// (field name, container type) from the root.
+    path: Vec<(String, String)>,
+    /// Linear biases by their weight's id (found through the path).
+    biases: HashMap<ParamId, Vec<f32>>,
+}
+
+impl Packer {
+    /// What the parameter being mapped is: a Linear weight, a Linear bias, `embed_tokens`.
+    fn role(&self) -> Option<&'static str> {
+        let n = self.path.len();
+        let (field, container) = self.path.last()?;
+        match (field.as_str(), container.as_str()) {
+            ("weight", "Struct:Linear") => Some("linear"),
+            ("weight", "Struct:Embedding") if n >= 2 && self.path[n - 2].0 == "embed_tokens" => {
+                Some("embedding")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ModuleMapper for Packer {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let role = if D == 2 { self.role() } else { None };
+        let Some(role) = role else {
+            return param.map(|t| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) });
+        };
+        let id = param.id;
+        let t = param.val();
+        let dims = t.dims();
+        let device = t.device();
+        // Linear stores W^T as [in, out]; an embedding table is [vocab, dim] = W[n, k].
+        let transposed = role == "linear";
+        let (n, k) = if transposed { (dims[1], dims[0]) } else { (dims[0], dims[1]) };
+        let data = t.into_data();
+        let weight = match data.dtype() {
+            DType::BF16 => {
+                let values = data.as_slice::<half::bf16>().unwrap_or_default();
+                let src = Bf16Matrix(Matrix { data: values, cols: dims[1], transposed });
+                PackedWeight::pack(&src, n, k, self.format)
+            }
+            _ => {
+                let values = data.convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+                let src = Matrix { data: &values, cols: dims[1], transposed };
+                PackedWeight::pack(&src, n, k, self.format)
+            }
+        };
+        if let Ok(mut table) = TABLE.write() {
+            table.insert(id, Arc::new(Entry { weight, bias: None }));
+        }
+        // Zero-strided placeholder: the shape callers read, one element of memory.
+        let placeholder = Tensor::<D>::zeros([1; D], &device).expand(dims);
+        Param::initialized(id, placeholder)
+    }
+}
+
+/// Collects each Linear's bias (f32) under its weight's id.
+struct Biases<'a> {
+    path: Vec<(String, String)>,
+    weight: Option<ParamId>,
+    out: &'a mut HashMap<ParamId, Vec<f32>>,
+}
+
+impl ModuleVisitor for Biases<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some((field, container)) = self.path.last() else { return };
+        if container != "Struct:Linear" {
+            return;
+        }
+        if field == "weight" {
+            self.weight = Some(param.id);
+        } else if field == "bias"
+            && let Some(w) = self.weight.take()
+        {
+            self.out.insert(w, crate::host::to_vec(param.val()));
+        }
+    }
+}
+
+/// Packs the model's Linear weights (and `embed_tokens`) in `format` and makes every other
+/// float parameter f32 (see the module docs). Call once, after loading, for inference on a
+/// CPU device. Biases are read first (Burn visits them after their weights).
+pub fn pack<M: Module>(model: M, format: WeightFormat) -> M {
+    let mut biases = HashMap::new();
+    model.visit(&mut Biases { path: Vec::new(), weight: None, out: &mut biases });
+    let mut packer = Packer { format, path: Vec::new(), biases };
+    let model = model.map(&mut packer);
+    if let Ok(mut table) = TABLE.write() {
+        for (weight_id, bias) in packer.biases {
+            if let Some(entry) = table.get_mut(&weight_id)
+                && let Some(e) = Arc::get_mut(entry)
+            {
+                e.bias = Some(bias);
+            }
+        }
+    }
+    model
+}
+
+/// Runs a packed product on the host: `x[.., k] -> [.., n]`, plus the bias.
+fn host_matmul<const D: usize>(entry: &Entry, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let device = x.device();
+    let dtype = x.dtype();
+    let (k, n) = (entry.weight.k(), entry.weight.n());
+    let m = dims[..D - 1].iter().product::<usize>();
+    let a = crate::host::to_vec(x);
+    let mut out = vec![0f32; m * n];
+    entry.weight.matmul(&a, m, &mut out);
+    if let Some(bias) = &entry.bias {
+        for row in out.chunks_mut(n) {
+            for (o, b) in row.iter_mut().zip(bias) {
+                *o += b;
+            }
+        }
+    }
+    let mut shape = dims;
+    shape[D - 1] = n;
+    debug_assert_eq!(dims[D - 1], k);
+    let t = Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32));
+    if dtype == DType::F32 { t } else { t.cast(dtype) }
+}
+
+/// `linear.forward(x)`, on the host kernels when its weight is packed.
+///
+/// # Shapes
+/// - `x`: `[.., in]`; output `[.., out]`
+pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match lookup(&linear.weight.id) {
+        Some(entry) => host_matmul(&entry, x),
+        None => linear.forward(x),
+    }
+}
+
+/// `embedding.forward(ids)`: rows of the packed table when `embedding` is packed.
+///
+/// # Shapes
+/// - `ids`: `int[B, L]`; output `[B, L, C]`
+pub fn embedding(embedding: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
+    let Some(entry) = lookup(&embedding.weight.id) else {
+        return embedding.forward(ids);
+    };
+    let [b, l] = ids.dims();
+    let device = ids.device();
+    let c = entry.weight.k();
+    let ids: Vec<i64> = ids.into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default();
+    let mut out = vec![0f32; b * l * c];
+    for (row, &id) in out.chunks_mut(c).zip(&ids) {
+        // Out-of-range ids were rejected before the model (the tokenizer's vocabulary).
+        let id = (id.max(0) as usize).min(entry.weight.n() - 1);
+        entry.weight.row(id, row);
+    }
+    Tensor::from_data(TensorData::new(out, [b, l, c]), (&device, DType::F32))
+}
+
+/// `h @ embedding^T` (a tied output head) on the host kernels when `embedding` is packed;
+/// `None` otherwise.
+///
+/// # Shapes
+/// - `h`: `[B, L, C]`; output `[B, L, V]`
+pub fn tied_logits(embedding: &Embedding, h: Tensor<3>) -> Option<Tensor<3>> {
+    lookup(&embedding.weight.id).map(|entry| host_matmul(&entry, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, device, to_vec};
+    use burn::nn::{EmbeddingConfig, LinearConfig};
+
+    #[derive(Module, Debug)]
+    struct Toy {
+        fc: Linear,
+        head: Linear,
+        embed_tokens: Embedding,
+    }
+
+    #[test]
+    fn packed_products_follow_the_f32_ones() {
+        let dev = device();
+        let toy = Toy {
+            fc: LinearConfig::new(40, 24).init(&dev),
+            head: LinearConfig::new(24, 7).with_bias(false).init(&dev),
+            embed_tokens: EmbeddingConfig::new(11, 40).init(&dev),
+        };
+        let x = Tensor::<3>::random([2, 3, 40], burn::tensor::Distribution::Default, &dev);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 3, 10, 5], [2, 2]), &dev);
+        let want_fc = to_vec(toy.fc.forward(x.clone()));
+        let want_head = to_vec(toy.head.forward(toy.fc.forward(x.clone())));
+        let want_embed = to_vec(toy.embed_tokens.forward(ids.clone()));
+        let w = toy.embed_tokens.weight.val();
+        let want_tied = to_vec(x.clone().matmul(w.transpose().unsqueeze::<3>()));
+        for (format, tol) in [(WeightFormat::Bf16, 1e-2), (WeightFormat::Q8, 3e-2)] {
+            let toy = pack(toy.clone(), format);
+            assert!(is_packed(&toy.fc) && is_packed(&toy.head));
+            // Shapes are kept, memory is not.
+            assert_eq!(toy.fc.weight.val().dims(), [40, 24]);
+            assert_close(linear(&toy.fc, x.clone()), &want_fc, tol, "fc");
+            assert_close(linear(&toy.head, linear(&toy.fc, x.clone())), &want_head, tol, "head");
+            assert_close(embedding(&toy.embed_tokens, ids.clone()), &want_embed, tol, "embedding");
+            let tied = tied_logits(&toy.embed_tokens, x.clone()).expect("packed");
+            assert_close(tied, &want_tied, tol * 4.0, "tied head");
+            release(&toy);
+            assert!(!is_packed(&toy.fc));
+        }
+        // Unpacked modules take Burn's path.
+        assert_close(linear(&toy.fc, x), &want_fc, 1e-6, "unpacked");
+    }
+}
