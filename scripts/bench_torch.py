@@ -23,12 +23,15 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--batch", default="1,8")
 ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--train", action="store_true")
+# PyTorch's best CPU setting where the CPU has AVX512_BF16 (oneDNN bf16 kernels): bf16.
+ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--lr", type=float, default=1e-4)
 a = ap.parse_args()
 torch.set_num_threads(a.threads_pos or a.threads)
 d = a.dir
 cfg = AutoConfig.from_pretrained(d)
+DT = torch.bfloat16 if a.dtype == "bf16" else torch.float32
 
 
 def rss():
@@ -47,10 +50,10 @@ def pixels(b, s):  # the deterministic pixel pattern `vlm-zoo bench` uses, in [-
 if cfg.model_type in ("siglip", "clip"):
     from transformers import AutoModel
     t = time.perf_counter()
-    model = AutoModel.from_pretrained(d, dtype=torch.float32)
+    model = AutoModel.from_pretrained(d, dtype=torch.float32 if a.train else DT)
     load_s = time.perf_counter() - t
     s = cfg.vision_config.image_size
-    out = {"model_type": cfg.model_type, "load_s": load_s}
+    out = {"model_type": cfg.model_type, "load_s": load_s, "dtype": a.dtype}
     if a.train:
         b = int(a.batch.split(",")[0])
         L, V = cfg.text_config.max_position_embeddings, cfg.text_config.vocab_size
@@ -75,7 +78,7 @@ if cfg.model_type in ("siglip", "clip"):
         enc = []
         with torch.no_grad():
             for b in [int(x) for x in a.batch.split(",")]:
-                x = pixels(b, s)
+                x = pixels(b, s).to(DT)
                 model.get_image_features(pixel_values=x)  # warm-up
                 t = time.perf_counter()
                 for _ in range(a.iters):
@@ -95,14 +98,14 @@ if cfg.model_type == "paligemma":
 else:
     from transformers import AutoModelForCausalLM as M
     vocab, prefix = cfg.vocab_size, [2]
-model = M.from_pretrained(d, dtype=torch.float32).eval()
+model = M.from_pretrained(d, dtype=DT).eval()
 load_s = time.perf_counter() - t
 new = a.new_tokens
 ids = torch.tensor([prefix + pattern(a.prompt_len, vocab, 0)])
 kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0)
 if cfg.model_type == "paligemma":
     s = cfg.vision_config.image_size
-    kw.update(pixel_values=pixels(1, s), token_type_ids=torch.zeros_like(ids))
+    kw.update(pixel_values=pixels(1, s).to(DT), token_type_ids=torch.zeros_like(ids))
 stamps = []
 
 

@@ -94,7 +94,7 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
 /// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
 pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value> {
     let device = &compute.device;
-    let (dtype, load_dtype) = (compute.dtype(), compute.load_dtype());
+    let (dtype, load_spec) = (compute.dtype(), compute.load_spec());
     let kind = zoo_nn::model_type(dir)?;
     if opts.new_tokens == 0
         || opts.batches.contains(&0)
@@ -109,9 +109,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
     let t = Instant::now();
     match kind.as_str() {
         "gemma" | "gemma2" => {
-            let (model, config) = zoo_gemma::load_gemma(dir, load_dtype, device)?;
-            let model = compute.prepare(model);
-            let load_s = t.elapsed().as_secs_f64();
+            let (model, config) = zoo_gemma::load_gemma(dir, load_spec, device)?;
+                let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
                 model: &model,
                 max_len: config.max_position_embeddings,
@@ -124,9 +123,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
             Ok(decoder_report(&kind, load_s, n, first, last, opts.new_tokens))
         }
         "paligemma" => {
-            let (model, config) = zoo_paligemma::load_paligemma(dir, load_dtype, device)?;
-            let model = compute.prepare(model);
-            let load_s = t.elapsed().as_secs_f64();
+            let (model, config) = zoo_paligemma::load_paligemma(dir, load_spec, device)?;
+                let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
             prompt.push(2);
@@ -153,8 +151,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
         }
         "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
         "siglip" | "clip" => {
-            let (towers, config) = Towers::load(dir, load_dtype, device)?;
-            let towers = compute.prepare(towers);
+            let (towers, config) = Towers::load(dir, load_spec, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.image_size();
             let mut encode = Vec::new();

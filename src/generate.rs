@@ -166,8 +166,7 @@ pub fn generate_text(
     }
     sampling.validate()?;
     let tok = TextTokenizer::from_dir(dir)?;
-    let (model, config) = zoo_gemma::load_gemma(dir, compute.load_dtype(), device)?;
-    let model = compute.prepare(model);
+    let (model, config) = zoo_gemma::load_gemma(dir, compute.load_spec(), device)?;
     tok.check_vocab(config.vocab_size)?;
     let eos = eos_ids(dir, &config.eos_token_id)?;
     let mut ids = Vec::with_capacity(prompts.len());
@@ -229,8 +228,7 @@ fn generate_paligemma(
         paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
     let pixels = proc.images.batch(&decoded, device)?;
     let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
-    let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_dtype(), device)?;
-    let model = compute.prepare(model);
+    let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_spec(), device)?;
     let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
     let decoder = zoo_paligemma::PaliGemmaDecoder {
         image_features: model.image_features(pixels),

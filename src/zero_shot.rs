@@ -95,20 +95,18 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], compute: &Com
     }
     let mut notes = Vec::new();
     let tok = TextTokenizer::from_dir(dir)?;
-    let dtype = compute.load_dtype();
+    let spec = compute.load_spec();
     // Construction is the only per-family step: the model and how its images become features
     // (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
     let (model, image_embeds): (Box<dyn ContrastiveModel>, Tensor<2>) = if kind == "siglip2" {
-        let (model, config) = zoo_siglip::naflex::load_siglip2(dir, dtype, device)?;
-        let model = compute.prepare(model);
+        let (model, config) = zoo_siglip::naflex::load_siglip2(dir, spec, device)?;
         tok.check_vocab(config.siglip.text_config.vocab_size)?;
         let proc = zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?;
         let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
         let features = model.image_features(&proc.batch(&decoded, device)?);
         (Box::new(model), features)
     } else {
-        let (model, config) = Towers::load(dir, dtype, device)?;
-        let model = compute.prepare(model);
+        let (model, config) = Towers::load(dir, spec, device)?;
         tok.check_vocab(config.vocab_size())?;
         let proc = processor(dir, &config, &mut notes)?;
         let features = model.encode_image(proc.batch_from_files(images, device)?);

@@ -12,7 +12,6 @@
 use crate::config::ClipConfig;
 use crate::model::ClipModel;
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::Path;
 use zoo_nn::{Checkpoint, KeyMap, NnError, Result, model_type};
 
@@ -22,8 +21,8 @@ pub fn key_map() -> KeyMap {
 }
 
 /// Loads a `CLIPModel` folder (config.json + weights), or an OpenCLIP export
-/// ([`crate::open_clip`]), as `dtype`.
-pub fn load_clip(dir: &Path, dtype: DType, device: &Device) -> Result<(ClipModel, ClipConfig)> {
+/// ([`crate::open_clip`]), as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
+pub fn load_clip(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(ClipModel, ClipConfig)> {
     if crate::open_clip::is_open_clip(dir) {
         let (config, ckpt) = crate::open_clip::open(dir)?;
         let mut model = ClipModel::new(&config, device);

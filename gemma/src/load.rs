@@ -7,7 +7,6 @@
 use crate::config::GemmaConfig;
 use crate::model::GemmaForCausalLM;
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::Path;
 use zoo_nn::{Checkpoint, KeyMap, Result};
 
@@ -17,8 +16,8 @@ pub fn key_map(prefix: &str, tied: bool) -> KeyMap {
     if tied { keys.allow_unused(r"^lm_head\.") } else { keys }
 }
 
-/// Loads a `GemmaForCausalLM` / `Gemma2ForCausalLM` folder as `dtype`.
-pub fn load_gemma(dir: &Path, dtype: DType, device: &Device) -> Result<(GemmaForCausalLM, GemmaConfig)> {
+/// Loads a `GemmaForCausalLM` / `Gemma2ForCausalLM` folder as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
+pub fn load_gemma(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(GemmaForCausalLM, GemmaConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let config = GemmaConfig::from_value(ckpt.read_json("config.json")?)
         .map_err(|e| zoo_nn::NnError::Config(format!("{}: {e}", dir.join("config.json").display())))?;

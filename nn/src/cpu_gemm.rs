@@ -52,9 +52,17 @@ impl WeightFormat {
     }
 }
 
+/// Bytes a weight can borrow in place: a mapped checkpoint file, or a buffer.
+pub type Backing = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 enum Values {
     Bf16(Vec<u16>),
     Q8 { q: Vec<i8>, scale: Vec<f32> },
+    /// Row-major `W[n, k]` bf16 as the checkpoint stores it (`k * 2` bytes per row from byte
+    /// `offset` of the backing), borrowed without a copy; each product stages the panels it
+    /// needs in a small per-task buffer (L2-resident), so loading costs nothing and the
+    /// weights are read once per product, as for packed panels.
+    Bf16Rows { backing: Backing, offset: usize },
 }
 
 /// A weight matrix `W[n, k]` (one row per output, PyTorch's Linear layout) packed for the
@@ -77,6 +85,16 @@ impl std::fmt::Debug for PackedWeight {
 pub trait Source: Sync {
     /// `W[row, col]`.
     fn get(&self, row: usize, col: usize) -> f32;
+
+    /// `W[row, col]` rounded to bf16 (nearest even), as bits.
+    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
+        bf16::from_f32(self.get(row, col)).to_bits()
+    }
+
+    /// Row `row` as little-endian bf16 bytes, when the source stores it so (the fast path).
+    fn bf16_row(&self, _row: usize) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A row-major `[rows, cols]` slice (`transposed = false`: `W[n, k]`; `true`: `W^T[k, n]`,
@@ -104,27 +122,140 @@ pub struct Bf16Matrix<'a>(pub Matrix<'a, bf16>);
 impl Source for Bf16Matrix<'_> {
     #[inline]
     fn get(&self, row: usize, col: usize) -> f32 {
+        self.0.data[self.index(row, col)].to_f32()
+    }
+
+    #[inline]
+    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
+        self.0.data[self.index(row, col)].to_bits()
+    }
+}
+
+impl Bf16Matrix<'_> {
+    #[inline]
+    fn index(&self, row: usize, col: usize) -> usize {
         let m = &self.0;
-        let i = if m.transposed { col * m.cols + row } else { row * m.cols + col };
-        m.data[i].to_f32()
+        if m.transposed { col * m.cols + row } else { row * m.cols + col }
+    }
+}
+
+/// The element type of a [`RawMatrix`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawDtype {
+    /// 4-byte IEEE floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl RawDtype {
+    /// A safetensors dtype name (`F32`, `BF16`, `F16`), `None` for others.
+    pub fn from_safetensors(name: &str) -> Option<Self> {
+        match name {
+            "F32" => Some(Self::F32),
+            "BF16" => Some(Self::Bf16),
+            "F16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        if self == Self::F32 { 4 } else { 2 }
+    }
+}
+
+/// A row-major `W[n, k]` in a checkpoint's little-endian bytes, read in place (no aligned copy,
+/// no conversion of the whole matrix).
+pub struct RawMatrix<'a> {
+    /// The bytes (`n * k * dtype.size()`).
+    pub bytes: &'a [u8],
+    /// Their element type.
+    pub dtype: RawDtype,
+    /// Columns (`k`).
+    pub cols: usize,
+}
+
+impl RawMatrix<'_> {
+    #[inline]
+    fn bits16(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[2 * i], self.bytes[2 * i + 1]])
+    }
+
+    /// Whether any element is NaN or infinite (an all-ones exponent), checked over all cores.
+    pub fn has_non_finite(&self) -> bool {
+        let bytes = self.bytes;
+        match self.dtype {
+            RawDtype::F32 => bytes.par_chunks(1 << 18).any(|c| {
+                c.chunks_exact(4).any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            }),
+            RawDtype::Bf16 | RawDtype::F16 => {
+                let mask = if self.dtype == RawDtype::Bf16 { 0x7f80 } else { 0x7c00 };
+                bytes.par_chunks(1 << 18).any(|c| {
+                    c.chunks_exact(2).fold(false, |bad, b| bad | (u16::from_le_bytes([b[0], b[1]]) & mask == mask))
+                })
+            }
+        }
+    }
+}
+
+impl Source for RawMatrix<'_> {
+    #[inline]
+    fn get(&self, row: usize, col: usize) -> f32 {
+        let i = row * self.cols + col;
+        match self.dtype {
+            RawDtype::F32 => {
+                let b = &self.bytes[4 * i..4 * i + 4];
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+            RawDtype::Bf16 => f32::from_bits((self.bits16(i) as u32) << 16),
+            RawDtype::F16 => half::f16::from_bits(self.bits16(i)).to_f32(),
+        }
+    }
+
+    #[inline]
+    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
+        match self.dtype {
+            RawDtype::Bf16 => self.bits16(row * self.cols + col),
+            _ => bf16::from_f32(self.get(row, col)).to_bits(),
+        }
+    }
+
+    fn bf16_row(&self, row: usize) -> Option<&[u8]> {
+        (self.dtype == RawDtype::Bf16).then(|| &self.bytes[row * self.cols * 2..(row + 1) * self.cols * 2])
     }
 }
 
 impl PackedWeight {
-    /// Packs `W[n, k]` read through `source` into `format`.
-    pub fn pack(source: &dyn Source, n: usize, k: usize, format: WeightFormat) -> Self {
+    /// Packs `W[n, k]` read through `source` into `format`. Panels are packed in parallel, each
+    /// reading `k` runs of its 16 outputs (contiguous in Burn's transposed Linear layout).
+    pub fn pack<S: Source>(source: &S, n: usize, k: usize, format: WeightFormat) -> Self {
         let kp2 = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
         let panel_len = kp2 * PANEL * 2;
+        let at = |kk: usize, c: usize| ((kk / 2) * PANEL + c) * 2 + kk % 2;
         let values = match format {
             WeightFormat::Bf16 => {
                 let mut v = vec![0u16; panels * panel_len];
                 v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-                    for c in 0..PANEL.min(n - p * PANEL) {
-                        let row = p * PANEL + c;
-                        for kk in 0..k {
-                            panel[((kk / 2) * PANEL + c) * 2 + kk % 2] =
-                                bf16::from_f32(source.get(row, kk)).to_bits();
+                    let cols = PANEL.min(n - p * PANEL);
+                    if source.bf16_row(0).is_some() {
+                        // Rows of bf16 bytes: pair t of row c is 4 bytes at 4t.
+                        for c in 0..cols {
+                            let row = source.bf16_row(p * PANEL + c).unwrap_or_default();
+                            for (t, pair) in row.chunks(4).enumerate() {
+                                let dst = &mut panel[(t * PANEL + c) * 2..][..2];
+                                dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
+                                dst[1] = pair.get(2..4).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                            }
+                        }
+                        return;
+                    }
+                    for kk in 0..k {
+                        for c in 0..cols {
+                            panel[at(kk, c)] = source.bf16_bits(p * PANEL + c, kk);
                         }
                     }
                 });
@@ -135,14 +266,20 @@ impl PackedWeight {
                 let mut scale = vec![0f32; panels * PANEL];
                 q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
                     |(p, (panel, scales))| {
-                        for c in 0..PANEL.min(n - p * PANEL) {
-                            let row = p * PANEL + c;
-                            let max = (0..k).map(|kk| source.get(row, kk).abs()).fold(0f32, f32::max);
-                            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-                            scales[c] = s;
-                            for kk in 0..k {
-                                let v = (source.get(row, kk) / s).round_ties_even().clamp(-127.0, 127.0);
-                                panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = v as i8;
+                        let cols = PANEL.min(n - p * PANEL);
+                        let mut max = [0f32; PANEL];
+                        for kk in 0..k {
+                            for c in 0..cols {
+                                max[c] = max[c].max(source.get(p * PANEL + c, kk).abs());
+                            }
+                        }
+                        for c in 0..cols {
+                            scales[c] = if max[c] > 0.0 { max[c] / 127.0 } else { 1.0 };
+                        }
+                        for kk in 0..k {
+                            for c in 0..cols {
+                                let v = (source.get(p * PANEL + c, kk) / scales[c]).round_ties_even();
+                                panel[at(kk, c)] = v.clamp(-127.0, 127.0) as i8;
                             }
                         }
                     },
@@ -151,6 +288,50 @@ impl PackedWeight {
             }
         };
         Self { n, k, kp2, values }
+    }
+
+    /// `W[n, k]` in bf16 bytes at `offset` of `backing` (little-endian, row-major), used in
+    /// place.
+    ///
+    /// # Panics
+    /// When the backing holds fewer than `offset + n * k * 2` bytes.
+    pub fn from_bf16_rows(backing: Backing, offset: usize, n: usize, k: usize) -> Self {
+        assert!((*backing).as_ref().len() >= offset + n * k * 2, "bf16 rows run past their bytes");
+        Self { n, k, kp2: k.div_ceil(2), values: Values::Bf16Rows { backing, offset } }
+    }
+
+    /// The bf16 rows of a [`Values::Bf16Rows`] weight.
+    fn rows_bytes(&self) -> Option<&[u8]> {
+        match &self.values {
+            Values::Bf16Rows { backing, offset } => Some(&(**backing).as_ref()[*offset..*offset + self.n * self.k * 2]),
+            _ => None,
+        }
+    }
+
+    /// Lays panels `p..p + np` of row-major bf16 `rows` out as packed panels in `scratch`.
+    fn stage(&self, rows: &[u8], p: usize, np: usize, scratch: &mut Vec<u16>) {
+        let panel_len = self.kp2 * PANEL * 2;
+        scratch.clear();
+        scratch.resize(np * panel_len, 0);
+        let row_bytes = self.k * 2;
+        for j in 0..np {
+            let panel = &mut scratch[j * panel_len..(j + 1) * panel_len];
+            let first = (p + j) * PANEL;
+            for c in 0..PANEL.min(self.n.saturating_sub(first)) {
+                let row = &rows[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+                let pairs = row.chunks_exact(4);
+                let tail = pairs.remainder();
+                let mut t = 0;
+                for (pair, dst) in pairs.zip(panel[c * 2..].chunks_mut(PANEL * 2)) {
+                    dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
+                    dst[1] = u16::from_le_bytes([pair[2], pair[3]]);
+                    t += 1;
+                }
+                if let [lo0, lo1] = tail {
+                    panel[(t * PANEL + c) * 2] = u16::from_le_bytes([*lo0, *lo1]);
+                }
+            }
+        }
     }
 
     /// Outputs (rows of `W`).
@@ -166,7 +347,7 @@ impl PackedWeight {
     /// The storage format.
     pub fn format(&self) -> WeightFormat {
         match self.values {
-            Values::Bf16(_) => WeightFormat::Bf16,
+            Values::Bf16(_) | Values::Bf16Rows { .. } => WeightFormat::Bf16,
             Values::Q8 { .. } => WeightFormat::Q8,
         }
     }
@@ -176,11 +357,19 @@ impl PackedWeight {
         match &self.values {
             Values::Bf16(v) => v.len() * 2,
             Values::Q8 { q, scale } => q.len() + scale.len() * 4,
+            Values::Bf16Rows { .. } => self.n * self.k * 2,
         }
     }
 
     /// `W[row, :]` as f32 (the stored, rounded values), into `out` (length `k`).
     pub fn row(&self, row: usize, out: &mut [f32]) {
+        if let Some(rows) = self.rows_bytes() {
+            let bytes = &rows[row * self.k * 2..(row + 1) * self.k * 2];
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+            return;
+        }
         let (p, c) = (row / PANEL, row % PANEL);
         let base = p * self.kp2 * PANEL * 2;
         for (kk, o) in out.iter_mut().enumerate().take(self.k) {
@@ -188,6 +377,7 @@ impl PackedWeight {
             *o = match &self.values {
                 Values::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
                 Values::Q8 { q, scale } => q[i] as f32 * scale[row],
+                Values::Bf16Rows { .. } => unreachable!("read above"),
             };
         }
     }
@@ -208,6 +398,11 @@ impl PackedWeight {
         assert!(available().contains(&kernel), "this CPU cannot run {kernel:?}");
         assert_eq!(a.len(), m * self.k, "activations");
         assert_eq!(out.len(), m * self.n, "output");
+        if let Some(rows) = self.rows_bytes()
+            && m <= 4
+        {
+            return self.dot_rows(kernel, rows, a, m, out);
+        }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
         let threads = rayon::current_num_threads().max(1);
@@ -230,6 +425,40 @@ impl PackedWeight {
             let out = out_ptr;
             // SAFETY: tasks write disjoint (row, panel) blocks of `out`, whose length was checked.
             unsafe { self.block(kernel, &ab, m, rows, ps, out.0) };
+        });
+    }
+
+    /// Few activation rows against row-major bf16 weights (decode): one dot product per output
+    /// over the rows as stored, output rows split over the cores.
+    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(4 * threads).next_multiple_of(4).max(4);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let range = c * chunk..((c + 1) * chunk).min(n);
+            let out = out_ptr;
+            #[cfg(target_arch = "x86_64")]
+            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16) {
+                // SAFETY: AVX-512 was detected; tasks write disjoint output columns.
+                unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, n, range, out.0) };
+                return;
+            }
+            let _ = kernel;
+            for j in range {
+                let w = &rows[j * k * 2..(j + 1) * k * 2];
+                for i in 0..m {
+                    let x = &a[i * k..(i + 1) * k];
+                    let mut sum = [0f32; 8];
+                    for (xs, ws) in x.chunks(8).zip(w.chunks(16)) {
+                        for (l, (xv, wb)) in xs.iter().zip(ws.chunks_exact(2)).enumerate() {
+                            sum[l] += xv * f32::from_bits((u16::from_le_bytes([wb[0], wb[1]]) as u32) << 16);
+                        }
+                    }
+                    // SAFETY: (i, j) is in this task's columns of the checked output.
+                    unsafe { *out.0.add(i * n + j) = sum.iter().sum() };
+                }
+            }
         });
     }
 
@@ -288,59 +517,59 @@ impl PackedWeight {
         let h = MR.min(m);
         let block_len = self.kp2 * h;
         debug_assert!(rows.start.is_multiple_of(h));
+        let mut scratch = Vec::new();
         let mut p = ps.start;
         while p < ps.end {
             let np = if ps.end - p >= NR { NR } else { 1 };
+            // The bf16 panels to multiply by: packed, or staged from the checkpoint's rows.
+            let bf: Option<&[u16]> = match &self.values {
+                Values::Bf16(v) => Some(&v[p * panel_len..(p + np) * panel_len]),
+                Values::Bf16Rows { .. } => {
+                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, &mut scratch);
+                    Some(&scratch[..])
+                }
+                Values::Q8 { .. } => None,
+            };
+            let q8: Option<&[i8]> = match &self.values {
+                Values::Q8 { q, .. } => Some(&q[p * panel_len..(p + np) * panel_len]),
+                _ => None,
+            };
             let mut r = rows.start;
             while r < rows.end {
                 let mr = (rows.end - r).min(h);
                 let mut acc = [[0f32; PANEL * NR]; MR];
                 let b = r / h;
-                match (&self.values, a, kernel) {
+                match (bf, q8, a, kernel) {
                     #[cfg(target_arch = "x86_64")]
-                    (Values::Bf16(v), Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                    (Some(w), _, Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
                         let a = a.as_ptr().add(b * block_len);
-                        x86::dp_bf16(a, h, v.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                        x86::dp_bf16(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
                     #[cfg(target_arch = "x86_64")]
-                    (Values::Q8 { q, .. }, Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                    (_, Some(w), Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
                         let a = a.as_ptr().add(b * block_len);
-                        x86::dp_q8(a, h, q.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                        x86::dp_q8(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
                     #[cfg(target_arch = "x86_64")]
-                    (Values::Bf16(v), Activations::F32(a), Kernel::Avx512) => unsafe {
+                    (Some(w), _, Activations::F32(a), Kernel::Avx512) => unsafe {
                         let a = a.as_ptr().add(b * block_len * 2);
-                        x86::fma_bf16(a, h, v.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                        x86::fma_bf16(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
                     #[cfg(target_arch = "x86_64")]
-                    (Values::Q8 { q, .. }, Activations::F32(a), Kernel::Avx512) => unsafe {
+                    (_, Some(w), Activations::F32(a), Kernel::Avx512) => unsafe {
                         let a = a.as_ptr().add(b * block_len * 2);
-                        x86::fma_q8(a, h, q.as_ptr().add(p * panel_len), panel_len, self.kp2, np, &mut acc)
+                        x86::fma_q8(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
-                    (Values::Bf16(v), Activations::F32(a), k) => {
-                        let w = &v[p * panel_len..(p + np) * panel_len];
+                    (Some(w), _, Activations::F32(a), k) => {
                         let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
-                        portable::tile(
-                            k,
-                            a,
-                            h,
-                            w,
-                            panel_len,
-                            self.kp2,
-                            mr,
-                            np,
-                            |x: u16| f32::from_bits((x as u32) << 16),
-                            &mut acc,
-                        )
+                        let f = |x: u16| f32::from_bits((x as u32) << 16);
+                        portable::tile(k, a, h, w, panel_len, self.kp2, mr, np, f, &mut acc)
                     }
-                    (Values::Q8 { q, .. }, Activations::F32(a), k) => {
-                        let w = &q[p * panel_len..(p + np) * panel_len];
+                    (_, Some(w), Activations::F32(a), k) => {
                         let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
                         portable::tile(k, a, h, w, panel_len, self.kp2, mr, np, |x: i8| x as f32, &mut acc)
                     }
-                    (_, Activations::Bf16(_), _) => {
-                        unreachable!("bf16 activations are packed for Avx512Bf16 only")
-                    }
+                    _ => unreachable!("a weight is bf16 or q8; bf16 activations go with Avx512Bf16"),
                 }
                 // Store, scaled for int8, clipped to the real columns.
                 for (i, acc_row) in acc.iter().enumerate().take(mr) {
@@ -351,7 +580,7 @@ impl PackedWeight {
                         }
                         let v = match &self.values {
                             Values::Q8 { scale, .. } => acc_row[j] * scale[col],
-                            Values::Bf16(_) => acc_row[j],
+                            _ => acc_row[j],
                         };
                         unsafe { *out.add((r + i) * self.n + col) = v };
                     }
@@ -610,6 +839,53 @@ mod x86 {
         }
     }
 
+    /// `out[i, j] = a[i, :] · W[j, :]` for `m <= 4` rows and outputs `rows`, W row-major bf16
+    /// bytes (any alignment), four outputs at a time.
+    ///
+    /// # Safety
+    /// AVX-512F/BW present; `a` holds `m * k` f32, `w` `n * k` bf16, `out` `m * n` f32.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn dot_rows(
+        a: *const f32,
+        m: usize,
+        w: *const u8,
+        k: usize,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut j = rows.start;
+            while j < rows.end {
+                let nj = (rows.end - j).min(4);
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4]; // [output][row]
+                let mut kk = 0;
+                while kk < k {
+                    let mask: u16 = if kk + 16 <= k { 0xffff } else { (1u16 << (k - kk)) - 1 };
+                    let mut wv = [_mm512_setzero_ps(); 4];
+                    for (o, wo) in wv.iter_mut().enumerate().take(nj) {
+                        let p = w.add(((j + o) * k + kk) * 2) as *const i16;
+                        let bits = _mm256_maskz_loadu_epi16(mask, p);
+                        *wo = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+                    }
+                    for i in 0..m {
+                        let av = _mm512_maskz_loadu_ps(mask, a.add(i * k + kk));
+                        for o in 0..nj {
+                            acc[o][i] = _mm512_fmadd_ps(av, wv[o], acc[o][i]);
+                        }
+                    }
+                    kk += 16;
+                }
+                for o in 0..nj {
+                    for i in 0..m {
+                        *out.add(i * n + j + o) = _mm512_reduce_add_ps(acc[o][i]);
+                    }
+                }
+                j += nj;
+            }
+        }
+    }
+
     dp_tile!(dp_bf16_tile, u16, load_bf16);
     dp_tile!(dp_q8_tile, i8, load_q8);
     fma_tile!(fma_bf16_tile, u16, split_bf16);
@@ -744,6 +1020,30 @@ mod tests {
                 let err = stored.iter().zip(&w).map(|(s, w)| (s - w).abs()).fold(0f32, f32::max);
                 assert!(err <= tol * 0.5 + 1e-7, "{format:?} storage error {err}");
             }
+        }
+    }
+
+    /// Weights used in place from row-major bf16 bytes multiply as packed bf16 panels do.
+    #[test]
+    fn bf16_rows_in_place_equal_packed_panels() {
+        for &(m, n, k) in &[(1, 37, 65), (3, 40, 64), (20, 33, 31)] {
+            let (a, w) = (data(m * k, 1), data(n * k, 2));
+            let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16);
+            let mut bytes = vec![7u8; 3]; // an odd offset: rows need not be aligned
+            for x in &w {
+                bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
+            }
+            let rows = PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 3, n, k);
+            let (mut x, mut y) = (vec![0f32; m * n], vec![0f32; m * n]);
+            packed.matmul(&a, m, &mut x);
+            rows.matmul(&a, m, &mut y);
+            // Decode (m <= 4) sums each dot product in another order.
+            let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "m {m} n {n} k {k}: {worst}");
+            let (mut r1, mut r2) = (vec![0f32; k], vec![0f32; k]);
+            packed.row(n - 1, &mut r1);
+            rows.row(n - 1, &mut r2);
+            assert_eq!(r1, r2);
         }
     }
 

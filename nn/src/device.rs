@@ -75,11 +75,13 @@ impl Compute {
         Ok(Self { device, weights })
     }
 
-    /// The dtype to load weights in: bf16 when they will be packed on Flex (bf16 checkpoints
-    /// load without conversion; ndarray holds f32 only), else the device's float dtype.
-    pub fn load_dtype(&self) -> DType {
-        let ndarray = Some(&self.device) == ndarray_device().as_ref();
-        if self.weights.is_some() && !ndarray { DType::BF16 } else { float_dtype(&self.device) }
+    /// How loaders load: packed from the files in [`Compute::weights`]' format (the rest f32),
+    /// or every tensor in the device's float dtype.
+    pub fn load_spec(&self) -> crate::LoadSpec {
+        match self.weights {
+            Some(format) => crate::LoadSpec::packed(format),
+            None => float_dtype(&self.device).into(),
+        }
     }
 
     /// The activations' dtype (the device's float dtype).
@@ -87,13 +89,6 @@ impl Compute {
         float_dtype(&self.device)
     }
 
-    /// A loaded model made ready: packed when [`Compute::weights`] says so, unchanged otherwise.
-    pub fn prepare<M: burn::module::Module>(&self, model: M) -> M {
-        match self.weights {
-            Some(format) => crate::packed::pack(model, format),
-            None => model,
-        }
-    }
 }
 
 /// The device named `name` with `dtype` as its default float type, so every float tensor made
@@ -186,7 +181,8 @@ mod tests {
         assert_eq!(parse_dtype("bf16").unwrap(), DType::BF16);
         assert!(parse_dtype("f64").unwrap_err().to_string().contains("expected f32, bf16, f16 or q8"));
         let c = Compute::parse("cpu", "q8").unwrap();
-        assert_eq!((c.weights, c.dtype(), c.load_dtype()), (Some(WeightFormat::Q8), DType::F32, DType::BF16));
+        assert_eq!((c.weights, c.dtype()), (Some(WeightFormat::Q8), DType::F32));
+        assert_eq!(c.load_spec(), crate::LoadSpec::packed(WeightFormat::Q8));
         assert_eq!(Compute::parse("cpu", "bf16").unwrap().weights, Some(WeightFormat::Bf16));
         assert_eq!(Compute::parse("cpu", "f32").unwrap().weights, None);
         let e = Compute::parse("cuda", "q8").unwrap_err().to_string();

@@ -56,7 +56,7 @@ pub use error::{NnError, Result};
 pub use generate::{Decoder, Generated, Sampling, StopReason, TextStream, generate, generate_stream};
 pub use image::{ImageProcessor, PreprocessorConfig, open_image};
 pub use kv_cache::{KvCache, LayerKvCache};
-pub use load::{Checkpoint, KeyMap, model_type, read_json};
+pub use load::{Checkpoint, KeyMap, LoadSpec, model_type, read_json};
 pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{GemmaRmsNorm, Norm, NormConfig, NormKind};
 pub use ops::l2_normalize;

@@ -64,24 +64,8 @@ struct Packer {
     format: WeightFormat,
     /// (field name, container type) from the root.
     path: Vec<(String, String)>,
-    /// Linear biases by their weight's id (found through the path).
-    biases: HashMap<ParamId, Vec<f32>>,
 }
 
-impl Packer {
-    /// What the parameter being mapped is: a Linear weight, a Linear bias, `embed_tokens`.
-    fn role(&self) -> Option<&'static str> {
-        let n = self.path.len();
-        let (field, container) = self.path.last()?;
-        match (field.as_str(), container.as_str()) {
-            ("weight", "Struct:Linear") => Some("linear"),
-            ("weight", "Struct:Embedding") if n >= 2 && self.path[n - 2].0 == "embed_tokens" => {
-                Some("embedding")
-            }
-            _ => None,
-        }
-    }
-}
 
 impl ModuleMapper for Packer {
     fn enter_module(&mut self, name: &str, container_type: &str) {
@@ -93,16 +77,15 @@ impl ModuleMapper for Packer {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let role = if D == 2 { self.role() } else { None };
-        let Some(role) = role else {
+        if D != 2 || !packs(&self.path) {
             return param.map(|t| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) });
-        };
+        }
         let id = param.id;
         let t = param.val();
         let dims = t.dims();
         let device = t.device();
         // Linear stores W^T as [in, out]; an embedding table is [vocab, dim] = W[n, k].
-        let transposed = role == "linear";
+        let transposed = self.path.last().is_some_and(|(_, c)| c == "Struct:Linear");
         let (n, k) = if transposed { (dims[1], dims[0]) } else { (dims[0], dims[1]) };
         let data = t.into_data();
         let weight = match data.dtype() {
@@ -117,12 +100,8 @@ impl ModuleMapper for Packer {
                 PackedWeight::pack(&src, n, k, self.format)
             }
         };
-        if let Ok(mut table) = TABLE.write() {
-            table.insert(id, Arc::new(Entry { weight, bias: None }));
-        }
-        // Zero-strided placeholder: the shape callers read, one element of memory.
-        let placeholder = Tensor::<D>::zeros([1; D], &device).expand(dims);
-        Param::initialized(id, placeholder)
+        register(id, weight);
+        placeholder(id, dims, &device)
     }
 }
 
@@ -158,15 +137,44 @@ impl ModuleVisitor for Biases<'_> {
 }
 
 /// Packs the model's Linear weights (and `embed_tokens`) in `format` and makes every other
-/// float parameter f32 (see the module docs). Call once, after loading, for inference on a
-/// CPU device. Biases are read first (Burn visits them after their weights).
+/// float parameter f32 (see the module docs): for a model already in memory. Checkpoints load
+/// packed straight from their files (`Checkpoint::load_into` with a `LoadSpec` that packs).
 pub fn pack<M: Module>(model: M, format: WeightFormat) -> M {
+    let model = model.map(&mut Packer { format, path: Vec::new() });
+    attach_biases(&model);
+    model
+}
+
+/// Registers `weight` as the packed form of parameter `id`.
+pub fn register(id: ParamId, weight: PackedWeight) {
+    if let Ok(mut table) = TABLE.write() {
+        table.insert(id, Arc::new(Entry { weight, bias: None }));
+    }
+}
+
+/// Whether parameter `id` is packed.
+pub fn contains(id: &ParamId) -> bool {
+    lookup(id).is_some()
+}
+
+/// Whether a parameter at `path` (field names and container types from the root) is one
+/// [`pack`] packs: a Linear weight, or the table of a field named `embed_tokens`.
+pub fn packs(path: &[(String, String)]) -> bool {
+    let n = path.len();
+    match path.last().map(|(f, c)| (f.as_str(), c.as_str())) {
+        Some(("weight", "Struct:Linear")) => true,
+        Some(("weight", "Struct:Embedding")) => n >= 2 && path[n - 2].0 == "embed_tokens",
+        _ => false,
+    }
+}
+
+/// Copies the biases of packed Linear layers (f32) into the table, where the host kernels add
+/// them.
+pub fn attach_biases<M: Module>(model: &M) {
     let mut biases = HashMap::new();
     model.visit(&mut Biases { path: Vec::new(), weight: None, out: &mut biases });
-    let mut packer = Packer { format, path: Vec::new(), biases };
-    let model = model.map(&mut packer);
     if let Ok(mut table) = TABLE.write() {
-        for (weight_id, bias) in packer.biases {
+        for (weight_id, bias) in biases {
             if let Some(entry) = table.get_mut(&weight_id)
                 && let Some(e) = Arc::get_mut(entry)
             {
@@ -174,7 +182,12 @@ pub fn pack<M: Module>(model: M, format: WeightFormat) -> M {
             }
         }
     }
-    model
+}
+
+/// A parameter's replacement once its values live in the table: a zero-strided tensor of its
+/// shape (what callers read), one element of memory.
+pub fn placeholder<const D: usize>(id: ParamId, dims: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::initialized(id, Tensor::<D>::zeros([1; D], device).expand(dims))
 }
 
 /// Runs a packed product on the host: `x[.., k] -> [.., n]`, plus the bias.

@@ -19,7 +19,6 @@
 use crate::config::PaliGemmaConfig;
 use crate::model::PaliGemmaForConditionalGeneration;
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::Path;
 use zoo_nn::{Checkpoint, KeyMap, NnError, Result};
 
@@ -44,10 +43,10 @@ pub fn read_config(dir: &Path) -> Result<PaliGemmaConfig> {
         .map_err(|e| NnError::Config(format!("{}: {e}", path.display())))
 }
 
-/// Loads a `PaliGemmaForConditionalGeneration` folder (single file or shards; F32/BF16/F16) as `dtype`.
+/// Loads a `PaliGemmaForConditionalGeneration` folder (single file or shards; F32/BF16/F16) as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
 pub fn load_paligemma(
     dir: &Path,
-    dtype: DType,
+    dtype: impl Into<zoo_nn::LoadSpec>,
     device: &Device,
 ) -> Result<(PaliGemmaForConditionalGeneration, PaliGemmaConfig)> {
     let config = read_config(dir)?;

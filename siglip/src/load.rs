@@ -14,7 +14,6 @@
 use crate::config::{SiglipConfig, SiglipVisionConfig};
 use crate::model::{SiglipModel, SiglipVisionTransformer};
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::Path;
 use zoo_nn::{Checkpoint, KeyMap, NnError, Result, model_type};
 
@@ -26,8 +25,8 @@ pub fn key_map(prefix: &str) -> KeyMap {
         .allow_unused(r"\.position_ids$")
 }
 
-/// Loads a `SiglipModel` folder (config.json + weights) as `dtype`.
-pub fn load_siglip(dir: &Path, dtype: DType, device: &Device) -> Result<(SiglipModel, SiglipConfig)> {
+/// Loads a `SiglipModel` folder (config.json + weights) as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
+pub fn load_siglip(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(SiglipModel, SiglipConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let config: SiglipConfig = ckpt.read_json("config.json")?;
     config.validate()?;
@@ -39,7 +38,7 @@ pub fn load_siglip(dir: &Path, dtype: DType, device: &Device) -> Result<(SiglipM
 /// Loads the vision tower alone from a `SiglipVisionModel` or `SiglipModel` folder.
 pub fn load_siglip_vision(
     dir: &Path,
-    dtype: DType,
+    dtype: impl Into<zoo_nn::LoadSpec>,
     device: &Device,
 ) -> Result<(SiglipVisionTransformer, SiglipVisionConfig)> {
     let ckpt = Checkpoint::open(dir)?;

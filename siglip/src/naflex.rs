@@ -12,7 +12,6 @@ use crate::model::{SiglipMultiheadAttentionPoolingHead, SiglipTextTransformer, S
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::DType;
 use std::path::Path;
 use zoo_nn::{
     Checkpoint, ContrastiveModel, Encoder, EncoderConfig, ImageProcessor, MaskSpec, NnError, NormConfig,
@@ -230,8 +229,8 @@ pub fn read_config(dir: &Path) -> Result<Siglip2Config> {
     Ok(Siglip2Config { siglip, num_patches })
 }
 
-/// Loads a `siglip2` (NaFlex) folder as `dtype`.
-pub fn load_siglip2(dir: &Path, dtype: DType, device: &Device) -> Result<(Siglip2Model, Siglip2Config)> {
+/// Loads a `siglip2` (NaFlex) folder as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
+pub fn load_siglip2(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(Siglip2Model, Siglip2Config)> {
     let config = read_config(dir)?;
     let ckpt = Checkpoint::open(dir)?;
     let mut model = Siglip2Model::new(&config, device);

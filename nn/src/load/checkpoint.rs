@@ -6,12 +6,13 @@ use super::header::{TensorInfo, parse_safetensors_header, read_safetensors_heade
 use super::keymap::KeyMap;
 use super::{BIN_FILE, BIN_INDEX_FILE, INDEX_FILE, SINGLE_FILE, read_json};
 use crate::error::{NnError, Result};
-use burn::module::{Module, ModuleVisitor, Param};
+use crate::cpu_gemm::{Backing, PackedWeight, RawDtype, RawMatrix, WeightFormat};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_store::{ApplyError, KeyRemapper, ModuleAdapter, ModuleSnapshot, SafetensorsStore};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -144,7 +145,8 @@ impl Checkpoint {
         read_json(&path)
     }
 
-    /// Loads the weights into `module`, converted to `dtype`.
+    /// Loads the weights into `module`: converted to `spec`'s dtype, or (a [`LoadSpec`] that
+    /// packs) with the Linear weights packed straight from the files for the CPU kernels.
     ///
     /// Errors name the file and key: a weight the model needs that the checkpoint lacks, a
     /// checkpoint weight the model has no place for, a shape or dtype that does not fit.
@@ -152,7 +154,180 @@ impl Checkpoint {
         &self,
         module: &mut M,
         keys: &KeyMap,
+        spec: impl Into<LoadSpec>,
+    ) -> Result<()> {
+        let spec = spec.into();
+        match spec.pack {
+            None => self.load_burn(module, keys, spec.dtype, &BTreeSet::new()),
+            Some(format) => self.load_packed(module, keys, format),
+        }
+    }
+
+    /// [`Checkpoint::load_into`] with [`crate::packed`]'s weights (Linear weights and
+    /// `embed_tokens`) read from the files and packed in `format` (bf16 files without
+    /// conversion, one tensor in memory at a time), everything else loaded as f32 by burn-store.
+    fn load_packed<M: ModuleSnapshot + Module>(
+        &self,
+        module: &mut M,
+        keys: &KeyMap,
+        format: WeightFormat,
+    ) -> Result<()> {
+        // Which parameters pack, by module path, with their ids and (lazy) shapes.
+        let mut found = Packable::default();
+        module.visit(&mut found);
+        let mut by_path = BTreeMap::new();
+        for key in self.tensors.keys() {
+            by_path.insert(keys.map_key(key)?, key.clone());
+        }
+        let mut packed_paths = BTreeSet::new();
+        let mut packed_keys = BTreeSet::new();
+        let mut buf = Vec::new();
+        let mut maps: HashMap<PathBuf, Backing> = HashMap::new();
+        let mut shapes = HashMap::new();
+        for (path, id, shape) in found.params {
+            let Some(key) = by_path.get(&path) else { continue };
+            let info = &self.tensors[key];
+            let Some(dtype) = RawDtype::from_safetensors(&info.dtype) else { continue };
+            // Linear stores [in, out], the file [out, in]; an embedding table is as stored.
+            let linear = found.linear.contains(&path);
+            let want: Vec<usize> = if linear { shape.iter().rev().copied().collect() } else { shape.clone() };
+            if info.shape != want {
+                return Err(NnError::Shape {
+                    path: info.file.clone(),
+                    key: key.clone(),
+                    expected: want,
+                    actual: info.shape.clone(),
+                });
+            }
+            let non_finite = || NnError::Load {
+                path: self.dir.clone(),
+                reason: format!("tensor '{key}' holds NaN or infinite values"),
+            };
+            let weight = if format == WeightFormat::Bf16 && dtype == RawDtype::Bf16 {
+                // bf16 in bf16: used in place, from the mapped file (or the converted bytes).
+                let backing: Backing = match self.converted.get(&info.file) {
+                    Some(bytes) => bytes.clone(),
+                    None => match maps.get(&info.file) {
+                        Some(map) => map.clone(),
+                        None => {
+                            let map: Backing = super::mmap::map(&info.file)?;
+                            maps.insert(info.file.clone(), map.clone());
+                            map
+                        }
+                    },
+                };
+                let offset = info.offset as usize;
+                let len = want[0] * want[1] * 2;
+                let bytes = (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
+                    path: info.file.clone(),
+                    reason: format!("tensor '{key}' runs past the file (changed since its header was read?)"),
+                })?;
+                if (RawMatrix { bytes, dtype, cols: want[1] }).has_non_finite() {
+                    return Err(non_finite());
+                }
+                PackedWeight::from_bf16_rows(backing.clone(), offset, want[0], want[1])
+            } else {
+                let bytes = self.read_into(key, info, dtype.size(), &mut buf)?;
+                let raw = RawMatrix { bytes, dtype, cols: want[1] };
+                if raw.has_non_finite() {
+                    return Err(non_finite());
+                }
+                PackedWeight::pack(&raw, want[0], want[1], format)
+            };
+            crate::packed::register(id, weight);
+            shapes.insert(id, [shape[0], shape[1]]);
+            packed_paths.insert(path);
+            packed_keys.insert(key.clone());
+        }
+        // Placeholders where the packed weights were, then the rest through burn-store as f32.
+        let mut swap = Placeholders { shapes };
+        *module = module.clone().map(&mut swap);
+        drop(buf);
+        // Keys the model has no place for and may ignore (a duplicate lm_head) are not read.
+        let allow_unused = KeyMap::matcher(&keys.allow_unused)?;
+        for (path, key) in &by_path {
+            if !found.all.contains(path) && allow_unused.as_ref().is_some_and(|r| r.is_match(path)) {
+                packed_keys.insert(key.clone());
+            }
+        }
+        let rest = self.without(&packed_keys)?;
+        rest.load_burn(module, keys, DType::F32, &packed_paths)?;
+        crate::packed::attach_biases(module);
+        Ok(())
+    }
+
+    /// The bytes of tensor `key` (`info` from the header; `size` bytes per element).
+    fn read_bytes(&self, key: &str, info: &TensorInfo, size: usize) -> Result<Vec<u8>> {
+        let len = info.shape.iter().product::<usize>() * size;
+        if let Some(bytes) = self.converted.get(&info.file) {
+            let start = info.offset as usize;
+            return bytes.get(start..start + len).map(<[u8]>::to_vec).ok_or_else(|| NnError::Safetensors {
+                path: info.file.clone(),
+                reason: format!("tensor '{key}' runs past the converted bytes"),
+            });
+        }
+        let mut buf = vec![0u8; len];
+        let file = std::fs::File::open(&info.file).map_err(|e| NnError::io(&info.file, e))?;
+        read_at(&file, &mut buf, info.offset).map_err(|e| NnError::io(&info.file, e))?;
+        Ok(buf)
+    }
+
+    /// The bytes of tensor `key` read into `buf` (reused across tensors: the kernel zeroes each
+    /// page once), in 16 MiB pieces over all cores.
+    fn read_into<'a>(&'a self, key: &str, info: &TensorInfo, size: usize, buf: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        let len = info.shape.iter().product::<usize>() * size;
+        if let Some(bytes) = self.converted.get(&info.file) {
+            let start = info.offset as usize;
+            return bytes.get(start..start + len).ok_or_else(|| NnError::Safetensors {
+                path: info.file.clone(),
+                reason: format!("tensor '{key}' runs past the converted bytes"),
+            });
+        }
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let file = std::fs::File::open(&info.file).map_err(|e| NnError::io(&info.file, e))?;
+        use rayon::prelude::*;
+        const PIECE: usize = 16 << 20;
+        buf[..len]
+            .par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| read_at(&file, piece, info.offset + (i * PIECE) as u64))
+            .map_err(|e| NnError::io(&info.file, e))?;
+        Ok(&buf[..len])
+    }
+
+    /// This checkpoint without the tensors `skip`: each file's other tensors as in-memory
+    /// safetensors bytes (under the file's own name, for messages).
+    fn without(&self, skip: &BTreeSet<String>) -> Result<Self> {
+        let mut converted = BTreeMap::new();
+        let mut tensors = BTreeMap::new();
+        for file in &self.files {
+            let mut raw = Vec::new();
+            for (key, info) in self.tensors.iter().filter(|(k, i)| &i.file == file && !skip.contains(*k)) {
+                let size = super::header::dtype_size(&info.dtype).unwrap_or(4);
+                raw.push(super::raw::RawTensor {
+                    name: key.clone(),
+                    dtype: info.dtype.clone(),
+                    shape: info.shape.clone(),
+                    data: self.read_bytes(key, info, size)?,
+                });
+            }
+            let bytes = super::raw::write_safetensors(&raw);
+            let len = bytes.len() as u64;
+            tensors.extend(parse_safetensors_header(file, std::io::Cursor::new(&bytes), len)?);
+            converted.insert(file.clone(), Arc::new(bytes));
+        }
+        Ok(Self { dir: self.dir.clone(), files: self.files.clone(), tensors, converted })
+    }
+
+    /// Loads through burn-store in `dtype`; module paths in `filled` were loaded already.
+    fn load_burn<M: ModuleSnapshot + Module>(
+        &self,
+        module: &mut M,
+        keys: &KeyMap,
         dtype: DType,
+        filled: &BTreeSet<String>,
     ) -> Result<()> {
         let renames = keys.compiled()?;
         // module path -> checkpoint key, for messages.
@@ -190,6 +365,7 @@ impl Checkpoint {
         let allow_missing = KeyMap::matcher(&keys.allow_missing)?;
         let missing: Vec<String> = module_paths
             .difference(&applied)
+            .filter(|p| !filled.contains(*p))
             .filter(|p| !allow_missing.as_ref().is_some_and(|r| r.is_match(p)))
             .cloned()
             .collect();
@@ -249,6 +425,99 @@ impl Checkpoint {
     }
 }
 
+/// How [`Checkpoint::load_into`] loads: the dtype of Burn's tensors, or packed weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// The dtype parameters load in (f32 for what is not packed).
+    pub dtype: DType,
+    /// Pack the Linear weights (and `embed_tokens`) for the CPU kernels in this format.
+    pub pack: Option<WeightFormat>,
+}
+
+impl From<DType> for LoadSpec {
+    fn from(dtype: DType) -> Self {
+        Self { dtype, pack: None }
+    }
+}
+
+impl LoadSpec {
+    /// Packed in `format`, the rest f32.
+    pub fn packed(format: WeightFormat) -> Self {
+        Self { dtype: DType::F32, pack: Some(format) }
+    }
+}
+
+/// The parameters [`crate::packed`] packs, by module path (as burn-store names them), with id
+/// and shape; read without initialising lazy parameters.
+#[derive(Default)]
+struct Packable {
+    path: Vec<(String, String)>,
+    params: Vec<(String, ParamId, Vec<usize>)>,
+    linear: BTreeSet<String>,
+    /// Every float parameter's path.
+    all: BTreeSet<String>,
+}
+
+impl ModuleVisitor for Packable {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self
+            .path
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .filter(|s| !s.is_empty() && !s.chars().next().is_some_and(char::is_uppercase))
+            .collect::<Vec<_>>()
+            .join(".");
+        self.all.insert(path.clone());
+        if D != 2 || !crate::packed::packs(&self.path) {
+            return;
+        }
+        if self.path.last().is_some_and(|(_, c)| c == "Struct:Linear") {
+            self.linear.insert(path.clone());
+        }
+        self.params.push((path, param.id, param.lazy_shape().dims::<2>().to_vec()));
+    }
+}
+
+/// Replaces the parameters in `shapes` by placeholders (without initialising them).
+struct Placeholders {
+    shapes: HashMap<ParamId, [usize; 2]>,
+}
+
+impl ModuleMapper for Placeholders {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.shapes.get(&param.id) {
+            Some(&[a, b]) if D == 2 => {
+                let device = param.lazy_device();
+                let mut dims = [0; D];
+                dims[0] = a;
+                dims[1] = b;
+                crate::packed::placeholder(param.id, dims, &device)
+            }
+            _ => param,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(mut file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
 /// Finds the first parameter holding a NaN or an infinity, by module path.
 #[derive(Default)]
 struct FiniteCheck {
@@ -266,7 +535,8 @@ impl ModuleVisitor for FiniteCheck {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.bad.is_some() {
+        // Packed weights were checked as they were read.
+        if self.bad.is_some() || crate::packed::contains(&param.id) {
             return;
         }
         let t = param.val();

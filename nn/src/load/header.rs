@@ -15,10 +15,12 @@ pub struct TensorInfo {
     pub dtype: String,
     /// The shape.
     pub shape: Vec<usize>,
+    /// Where its bytes start in the file (after the header).
+    pub offset: u64,
 }
 
 /// Bytes per element of a safetensors dtype, `None` for dtypes vlm-zoo does not read.
-fn dtype_size(dtype: &str) -> Option<usize> {
+pub(crate) fn dtype_size(dtype: &str) -> Option<usize> {
     Some(match dtype {
         "F64" | "I64" | "U64" => 8,
         "F32" | "I32" | "U32" => 4,
@@ -96,7 +98,7 @@ pub fn parse_safetensors_header(
             )));
         }
         ranges.push((begin, end, key.clone()));
-        out.insert(key, TensorInfo { file: path.to_path_buf(), dtype, shape });
+        out.insert(key, TensorInfo { file: path.to_path_buf(), dtype, shape, offset: 8 + header_len + begin });
     }
     // Tensors must not share bytes (a crafted header could alias one tensor into another).
     ranges.sort();

@@ -23,13 +23,14 @@ mod adapters;
 pub mod checkpoint;
 pub mod header;
 pub mod keymap;
+pub mod mmap;
 pub mod pytorch;
 pub mod raw;
 pub mod save;
 #[cfg(test)]
 mod tests;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, LoadSpec};
 pub use header::{TensorInfo, read_safetensors_header};
 pub use keymap::KeyMap;
 pub use save::save_safetensors;
