@@ -91,6 +91,17 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
            "total_s": last, "peak_rss_mib": peak_rss_mib()})
 }
 
+/// Bytes of weights one decode step reads: every parameter of the decoder once, at the bytes
+/// per value of how it is stored (f32 4, bf16 2, q8 1 plus a scale per output: ~1).
+fn decode_bytes(params: usize, compute: &Compute) -> f64 {
+    let per = match compute.weights {
+        Some(zoo_nn::cpu_gemm::WeightFormat::Q8) => 1.0,
+        Some(zoo_nn::cpu_gemm::WeightFormat::Bf16) => 2.0,
+        None => compute.dtype().size() as f64,
+    };
+    params as f64 * per
+}
+
 /// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
 pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value> {
     let device = &compute.device;
@@ -110,7 +121,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
     match kind.as_str() {
         "gemma" | "gemma2" => {
             let (model, config) = zoo_gemma::load_gemma(dir, load_spec, device)?;
-                let load_s = t.elapsed().as_secs_f64();
+            let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
                 model: &model,
                 max_len: config.max_position_embeddings,
@@ -120,11 +131,13 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
             prompt.extend(pattern(opts.prompt_len, config.vocab_size, 0));
             let n = prompt.len();
             let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
-            Ok(decoder_report(&kind, load_s, n, first, last, opts.new_tokens))
+            let mut r = decoder_report(&kind, load_s, n, first, last, opts.new_tokens);
+            r["decode_weight_bytes"] = json!(decode_bytes(model.num_params(), compute));
+            Ok(r)
         }
         "paligemma" => {
             let (model, config) = zoo_paligemma::load_paligemma(dir, load_spec, device)?;
-                let load_s = t.elapsed().as_secs_f64();
+            let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
             let mut prompt = vec![config.image_token_index; config.num_image_tokens()];
             prompt.push(2);
@@ -147,7 +160,9 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
                 device: device.clone(),
             };
             let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
-            Ok(decoder_report(&kind, load_s, n, first + vision_s, last + vision_s, opts.new_tokens))
+            let mut r = decoder_report(&kind, load_s, n, first + vision_s, last + vision_s, opts.new_tokens);
+            r["decode_weight_bytes"] = json!(decode_bytes(model.language_model.num_params(), compute));
+            Ok(r)
         }
         "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
         "siglip" | "clip" => {

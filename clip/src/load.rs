@@ -22,7 +22,11 @@ pub fn key_map() -> KeyMap {
 
 /// Loads a `CLIPModel` folder (config.json + weights), or an OpenCLIP export
 /// ([`crate::open_clip`]), as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
-pub fn load_clip(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(ClipModel, ClipConfig)> {
+pub fn load_clip(
+    dir: &Path,
+    dtype: impl Into<zoo_nn::LoadSpec>,
+    device: &Device,
+) -> Result<(ClipModel, ClipConfig)> {
     if crate::open_clip::is_open_clip(dir) {
         let (config, ckpt) = crate::open_clip::open(dir)?;
         let mut model = ClipModel::new(&config, device);

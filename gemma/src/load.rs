@@ -17,7 +17,11 @@ pub fn key_map(prefix: &str, tied: bool) -> KeyMap {
 }
 
 /// Loads a `GemmaForCausalLM` / `Gemma2ForCausalLM` folder as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
-pub fn load_gemma(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(GemmaForCausalLM, GemmaConfig)> {
+pub fn load_gemma(
+    dir: &Path,
+    dtype: impl Into<zoo_nn::LoadSpec>,
+    device: &Device,
+) -> Result<(GemmaForCausalLM, GemmaConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let config = GemmaConfig::from_value(ckpt.read_json("config.json")?)
         .map_err(|e| zoo_nn::NnError::Config(format!("{}: {e}", dir.join("config.json").display())))?;

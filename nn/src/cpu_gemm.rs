@@ -57,12 +57,18 @@ pub type Backing = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 enum Values {
     Bf16(Vec<u16>),
-    Q8 { q: Vec<i8>, scale: Vec<f32> },
+    Q8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
     /// Row-major `W[n, k]` bf16 as the checkpoint stores it (`k * 2` bytes per row from byte
     /// `offset` of the backing), borrowed without a copy; each product stages the panels it
     /// needs in a small per-task buffer (L2-resident), so loading costs nothing and the
     /// weights are read once per product, as for packed panels.
-    Bf16Rows { backing: Backing, offset: usize },
+    Bf16Rows {
+        backing: Backing,
+        offset: usize,
+    },
 }
 
 /// A weight matrix `W[n, k]` (one row per output, PyTorch's Linear layout) packed for the
@@ -189,12 +195,14 @@ impl RawMatrix<'_> {
         let bytes = self.bytes;
         match self.dtype {
             RawDtype::F32 => bytes.par_chunks(1 << 18).any(|c| {
-                c.chunks_exact(4).any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
+                c.chunks_exact(4)
+                    .any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000)
             }),
             RawDtype::Bf16 | RawDtype::F16 => {
                 let mask = if self.dtype == RawDtype::Bf16 { 0x7f80 } else { 0x7c00 };
                 bytes.par_chunks(1 << 18).any(|c| {
-                    c.chunks_exact(2).fold(false, |bad, b| bad | (u16::from_le_bytes([b[0], b[1]]) & mask == mask))
+                    c.chunks_exact(2)
+                        .fold(false, |bad, b| bad | (u16::from_le_bytes([b[0], b[1]]) & mask == mask))
                 })
             }
         }
@@ -303,7 +311,9 @@ impl PackedWeight {
     /// The bf16 rows of a [`Values::Bf16Rows`] weight.
     fn rows_bytes(&self) -> Option<&[u8]> {
         match &self.values {
-            Values::Bf16Rows { backing, offset } => Some(&(**backing).as_ref()[*offset..*offset + self.n * self.k * 2]),
+            Values::Bf16Rows { backing, offset } => {
+                Some(&(**backing).as_ref()[*offset..*offset + self.n * self.k * 2])
+            }
             _ => None,
         }
     }
@@ -408,8 +418,11 @@ impl PackedWeight {
         let threads = rayon::current_num_threads().max(1);
         // Rows per task: enough that one task's tiles reuse each panel from cache; panels per
         // task: about 4 tasks per thread.
+        // Weights staged from rows are staged once per row block: up to 512 rows in one.
         let mc = if m <= 4 * MR {
             m.next_multiple_of(MR.min(m))
+        } else if self.rows_bytes().is_some() {
+            m.min(512).next_multiple_of(MR)
         } else {
             (m.div_ceil(threads)).clamp(MR, 128).next_multiple_of(MR)
         };
@@ -433,7 +446,7 @@ impl PackedWeight {
     fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         let threads = rayon::current_num_threads().max(1);
-        let chunk = n.div_ceil(4 * threads).next_multiple_of(4).max(4);
+        let chunk = n.div_ceil(4 * threads).next_multiple_of(8).max(8);
         let out_ptr = SyncPtr(out.as_mut_ptr());
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let range = c * chunk..((c + 1) * chunk).min(n);
@@ -840,7 +853,8 @@ mod x86 {
     }
 
     /// `out[i, j] = a[i, :] · W[j, :]` for `m <= 4` rows and outputs `rows`, W row-major bf16
-    /// bytes (any alignment), four outputs at a time.
+    /// bytes (any alignment): eight outputs at a time for one row (eight read streams keep the
+    /// memory system busy), four for more.
     ///
     /// # Safety
     /// AVX-512F/BW present; `a` holds `m * k` f32, `w` `n * k` bf16, `out` `m * n` f32.
@@ -855,29 +869,51 @@ mod x86 {
         out: *mut f32,
     ) {
         unsafe {
+            match m {
+                1 => dot::<1, 8>(a, w, k, n, rows, out),
+                2 => dot::<2, 4>(a, w, k, n, rows, out),
+                3 => dot::<3, 4>(a, w, k, n, rows, out),
+                _ => dot::<4, 4>(a, w, k, n, rows, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn dot<const M: usize, const J: usize>(
+        a: *const f32,
+        w: *const u8,
+        k: usize,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        unsafe {
             let mut j = rows.start;
             while j < rows.end {
-                let nj = (rows.end - j).min(4);
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4]; // [output][row]
+                let nj = (rows.end - j).min(J);
+                let mut acc = [[_mm512_setzero_ps(); M]; J];
                 let mut kk = 0;
                 while kk < k {
                     let mask: u16 = if kk + 16 <= k { 0xffff } else { (1u16 << (k - kk)) - 1 };
-                    let mut wv = [_mm512_setzero_ps(); 4];
-                    for (o, wo) in wv.iter_mut().enumerate().take(nj) {
-                        let p = w.add(((j + o) * k + kk) * 2) as *const i16;
-                        let bits = _mm256_maskz_loadu_epi16(mask, p);
-                        *wo = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+                    let mut av = [_mm512_setzero_ps(); M];
+                    for (i, x) in av.iter_mut().enumerate() {
+                        *x = _mm512_maskz_loadu_ps(mask, a.add(i * k + kk));
                     }
-                    for i in 0..m {
-                        let av = _mm512_maskz_loadu_ps(mask, a.add(i * k + kk));
-                        for o in 0..nj {
-                            acc[o][i] = _mm512_fmadd_ps(av, wv[o], acc[o][i]);
+                    for o in 0..J {
+                        if o < nj {
+                            let p = w.add(((j + o) * k + kk) * 2) as *const i16;
+                            let bits = _mm256_maskz_loadu_epi16(mask, p);
+                            let wv =
+                                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+                            for i in 0..M {
+                                acc[o][i] = _mm512_fmadd_ps(av[i], wv, acc[o][i]);
+                            }
                         }
                     }
                     kk += 16;
                 }
                 for o in 0..nj {
-                    for i in 0..m {
+                    for i in 0..M {
                         *out.add(i * n + j + o) = _mm512_reduce_add_ps(acc[o][i]);
                     }
                 }
@@ -1028,7 +1064,12 @@ mod tests {
     fn bf16_rows_in_place_equal_packed_panels() {
         for &(m, n, k) in &[(1, 37, 65), (3, 40, 64), (20, 33, 31)] {
             let (a, w) = (data(m * k, 1), data(n * k, 2));
-            let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16);
+            let packed = PackedWeight::pack(
+                &Matrix { data: &w, cols: k, transposed: false },
+                n,
+                k,
+                WeightFormat::Bf16,
+            );
             let mut bytes = vec![7u8; 3]; // an odd offset: rows need not be aligned
             for x in &w {
                 bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());

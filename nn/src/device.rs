@@ -88,7 +88,6 @@ impl Compute {
     pub fn dtype(&self) -> DType {
         float_dtype(&self.device)
     }
-
 }
 
 /// The device named `name` with `dtype` as its default float type, so every float tensor made

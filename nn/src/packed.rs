@@ -66,7 +66,6 @@ struct Packer {
     path: Vec<(String, String)>,
 }
 
-
 impl ModuleMapper for Packer {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push((name.to_string(), container_type.to_string()));

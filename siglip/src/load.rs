@@ -26,7 +26,11 @@ pub fn key_map(prefix: &str) -> KeyMap {
 }
 
 /// Loads a `SiglipModel` folder (config.json + weights) as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
-pub fn load_siglip(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(SiglipModel, SiglipConfig)> {
+pub fn load_siglip(
+    dir: &Path,
+    dtype: impl Into<zoo_nn::LoadSpec>,
+    device: &Device,
+) -> Result<(SiglipModel, SiglipConfig)> {
     let ckpt = Checkpoint::open(dir)?;
     let config: SiglipConfig = ckpt.read_json("config.json")?;
     config.validate()?;

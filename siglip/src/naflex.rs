@@ -230,7 +230,11 @@ pub fn read_config(dir: &Path) -> Result<Siglip2Config> {
 }
 
 /// Loads a `siglip2` (NaFlex) folder as `dtype` (a dtype, or packed weights for CPU inference: [`zoo_nn::LoadSpec`]).
-pub fn load_siglip2(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(Siglip2Model, Siglip2Config)> {
+pub fn load_siglip2(
+    dir: &Path,
+    dtype: impl Into<zoo_nn::LoadSpec>,
+    device: &Device,
+) -> Result<(Siglip2Model, Siglip2Config)> {
     let config = read_config(dir)?;
     let ckpt = Checkpoint::open(dir)?;
     let mut model = Siglip2Model::new(&config, device);

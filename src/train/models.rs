@@ -152,7 +152,11 @@ impl Towers {
 
     /// Loads an HF SigLIP or CLIP folder (fine-tuning) with weights in `dtype`, returning its
     /// config too.
-    pub fn load(dir: &Path, dtype: impl Into<zoo_nn::LoadSpec>, device: &Device) -> Result<(Self, ModelConfig)> {
+    pub fn load(
+        dir: &Path,
+        dtype: impl Into<zoo_nn::LoadSpec>,
+        device: &Device,
+    ) -> Result<(Self, ModelConfig)> {
         match zoo_nn::model_type(dir)?.as_str() {
             "siglip" => {
                 let (m, c) = zoo_siglip::load_siglip(dir, dtype, device)?;

@@ -5,8 +5,8 @@ use super::adapters::{FloatCastFast, PyTorchToBurnFast, ScalarAsVector};
 use super::header::{TensorInfo, parse_safetensors_header, read_safetensors_header};
 use super::keymap::KeyMap;
 use super::{BIN_FILE, BIN_INDEX_FILE, INDEX_FILE, SINGLE_FILE, read_json};
-use crate::error::{NnError, Result};
 use crate::cpu_gemm::{Backing, PackedWeight, RawDtype, RawMatrix, WeightFormat};
+use crate::error::{NnError, Result};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -218,10 +218,13 @@ impl Checkpoint {
                 };
                 let offset = info.offset as usize;
                 let len = want[0] * want[1] * 2;
-                let bytes = (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
-                    path: info.file.clone(),
-                    reason: format!("tensor '{key}' runs past the file (changed since its header was read?)"),
-                })?;
+                let bytes =
+                    (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
+                        path: info.file.clone(),
+                        reason: format!(
+                            "tensor '{key}' runs past the file (changed since its header was read?)"
+                        ),
+                    })?;
                 if (RawMatrix { bytes, dtype, cols: want[1] }).has_non_finite() {
                     return Err(non_finite());
                 }
@@ -274,7 +277,13 @@ impl Checkpoint {
 
     /// The bytes of tensor `key` read into `buf` (reused across tensors: the kernel zeroes each
     /// page once), in 16 MiB pieces over all cores.
-    fn read_into<'a>(&'a self, key: &str, info: &TensorInfo, size: usize, buf: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+    fn read_into<'a>(
+        &'a self,
+        key: &str,
+        info: &TensorInfo,
+        size: usize,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
         let len = info.shape.iter().product::<usize>() * size;
         if let Some(bytes) = self.converted.get(&info.file) {
             let start = info.offset as usize;

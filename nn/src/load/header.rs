@@ -98,7 +98,10 @@ pub fn parse_safetensors_header(
             )));
         }
         ranges.push((begin, end, key.clone()));
-        out.insert(key, TensorInfo { file: path.to_path_buf(), dtype, shape, offset: 8 + header_len + begin });
+        out.insert(
+            key,
+            TensorInfo { file: path.to_path_buf(), dtype, shape, offset: 8 + header_len + begin },
+        );
     }
     // Tensors must not share bytes (a crafted header could alias one tensor into another).
     ranges.sort();
