@@ -1,11 +1,14 @@
 //! Packed bf16 / int8 weights for CPU inference (`--dtype bf16` and `--dtype q8` on the CPU).
 //!
-//! [`pack`] walks a loaded model once: every `Linear` weight (and each embedding named
-//! `embed_tokens`, which Gemma also uses as its tied output head) is packed into a
-//! [`PackedWeight`] for the kernels of [`crate::cpu_gemm`], kept in a process-wide table under
-//! its parameter id, and its Burn tensor is replaced by a zero-strided placeholder of the same
-//! shape (one element of memory), so the weights exist once. Every other float parameter
-//! (norms, convolutions, positions) becomes f32, the dtype activations flow in.
+//! Every `Linear` weight (and each embedding named `embed_tokens`, which Gemma also uses as its
+//! tied output head) becomes a [`PackedWeight`] for the kernels of [`crate::cpu_gemm`], kept in
+//! a process-wide table under its parameter id; the Burn parameter is replaced by a
+//! zero-strided placeholder of the same shape (one element of memory), so the weights exist
+//! once. Every other float parameter (norms, convolutions, positions) is f32, the dtype
+//! activations flow in. Checkpoints get there straight from their files
+//! (`Checkpoint::load_into` with [`crate::LoadSpec::packed`]: bf16 files used in place from a
+//! read-only map, others packed one tensor at a time); [`pack`] does it for a model already in
+//! memory.
 //!
 //! The model code calls [`linear`], [`embedding`] and [`tied_logits`] where it would call
 //! `Linear::forward` / `Embedding::forward` / a matmul by the embedding: a packed weight runs
