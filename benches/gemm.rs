@@ -10,20 +10,8 @@ use rayon::prelude::*;
 use std::time::Instant;
 use zoo_nn::cpu_gemm::{Kernel, Matrix, PackedWeight, WeightFormat};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Seconds per call of `f` (one warm-up call, then enough calls for ~1 s).
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let t = Instant::now();
-    let mut n = 0;
-    while n < 3 || t.elapsed().as_secs_f64() < 1.0 {
-        f();
-        n += 1;
-    }
-    t.elapsed().as_secs_f64() / n as f64
-}
+mod common;
+use common::time;
 
 /// Read bandwidth in bytes/s: all cores summing a 2 GiB buffer (best of 5 passes).
 fn read_bandwidth() -> f64 {

@@ -4,23 +4,9 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use std::time::Instant;
 
-// The allocator of the CLI, so host kernels pay what they pay there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Seconds per call of `f` (one warm-up call, then enough calls for ~1 s).
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let t = Instant::now();
-    let mut n = 0;
-    while n < 3 || t.elapsed().as_secs_f64() < 1.0 {
-        f();
-        n += 1;
-    }
-    t.elapsed().as_secs_f64() / n as f64
-}
+mod common;
+use common::time;
 
 /// (name, floating-point operations per call or 0, the call).
 type Op<'a> = (&'static str, f64, Box<dyn Fn() + 'a>);

@@ -163,26 +163,9 @@ fn packed_cpu_weights_keep_the_greedy_ids() {
     };
     let f = fixtures();
     for dtype in ["bf16", "q8"] {
+        let (v, r) = gemma_gqa_generate(&["--dtype", dtype]);
+        let ids = token_ids(&v);
         let dir = f.join("gemma-gqa");
-        let r = Reference::read(&dir.join("reference.safetensors"));
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-        let prompt = meta["prompts"][1].as_str().unwrap();
-        let (ok, stdout, stderr) = vlm_zoo(&[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--max-new-tokens",
-            "8",
-            "--json",
-            "--dtype",
-            dtype,
-        ]);
-        assert!(ok, "{stderr}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        let ids: Vec<i64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
         let want = expected(&dir, &r, dtype, "generated_1");
         let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
         assert_eq!(ids, want[..cut], "gemma-gqa {dtype}");
@@ -432,27 +415,36 @@ fn inspect_reads_headers() {
     assert!(v["parameters"].as_u64().unwrap() > 10_000);
 }
 
-#[test]
-fn generate_json_equals_transformers_greedy_ids() {
+/// `generate --json` on gemma-gqa's second reference prompt (8 new tokens) plus `extra`: the
+/// output and the fixture's reference.
+fn gemma_gqa_generate(extra: &[&str]) -> (serde_json::Value, Reference) {
     let dir = fixtures().join("gemma-gqa");
     let r = Reference::read(&dir.join("reference.safetensors"));
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let prompt = meta["prompts"][1].as_str().unwrap();
-    // The fixture generated without stopping at eos; the CLI stops there, so compare the prefix.
-    let (ok, stdout, stderr) = vlm_zoo(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        "8",
-        "--json",
-    ]);
+    let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt];
+    args.extend(["--max-new-tokens", "8", "--json"]);
+    args.extend(extra);
+    let (ok, stdout, stderr) = vlm_zoo(&args);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let ids: Vec<i64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    (serde_json::from_str(stdout.trim()).unwrap(), r)
+}
+
+/// The `token_ids` of one `generate --json` output.
+fn token_ids(v: &serde_json::Value) -> Vec<i64> {
+    v["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+#[test]
+fn generate_json_equals_transformers_greedy_ids() {
+    let dir = fixtures().join("gemma-gqa");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let prompt = meta["prompts"][1].as_str().unwrap();
+    // The fixture generated without stopping at eos; the CLI stops there, so compare the prefix.
+    let (v, r) = gemma_gqa_generate(&[]);
+    let ids = token_ids(&v);
     let want = r.i64("generated_1");
     let cut = want.iter().position(|&t| t == 1).unwrap_or(want.len());
     assert_eq!(ids, want[..cut]);

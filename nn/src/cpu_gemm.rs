@@ -275,6 +275,23 @@ impl PackedWeight {
                 q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
                     |(p, (panel, scales))| {
                         let cols = PANEL.min(n - p * PANEL);
+                        if source.bf16_row(0).is_some() {
+                            // Rows of bf16 bytes: widen a row, scale it, round it.
+                            let mut row = vec![0f32; k];
+                            for c in 0..cols {
+                                let bytes = source.bf16_row(p * PANEL + c).unwrap_or_default();
+                                for (x, b) in row.iter_mut().zip(bytes.chunks_exact(2)) {
+                                    *x = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                                }
+                                let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                                scales[c] = s;
+                                for (kk, x) in row.iter().enumerate() {
+                                    panel[at(kk, c)] = (x / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                                }
+                            }
+                            return;
+                        }
                         let mut max = [0f32; PANEL];
                         for kk in 0..k {
                             for c in 0..cols {

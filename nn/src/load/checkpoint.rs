@@ -181,7 +181,6 @@ impl Checkpoint {
         }
         let mut packed_paths = BTreeSet::new();
         let mut packed_keys = BTreeSet::new();
-        let mut buf = Vec::new();
         let mut maps: HashMap<PathBuf, Backing> = HashMap::new();
         let mut shapes = HashMap::new();
         for (path, id, shape) in found.params {
@@ -199,42 +198,37 @@ impl Checkpoint {
                     actual: info.shape.clone(),
                 });
             }
-            let non_finite = || NnError::Load {
-                path: self.dir.clone(),
-                reason: format!("tensor '{key}' holds NaN or infinite values"),
+            // The file's bytes in place: the converted bytes of a .bin; for bf16 kept in place,
+            // the whole file mapped (kept); otherwise this tensor's range, dropped once packed.
+            let in_place = format == WeightFormat::Bf16 && dtype == RawDtype::Bf16;
+            let len = want[0] * want[1] * dtype.size();
+            let (backing, offset): (Backing, usize) = match self.converted.get(&info.file) {
+                Some(bytes) => (bytes.clone(), info.offset as usize),
+                None if in_place => match maps.get(&info.file) {
+                    Some(map) => (map.clone(), info.offset as usize),
+                    None => {
+                        let map: Backing = super::mmap::map(&info.file)?;
+                        maps.insert(info.file.clone(), map.clone());
+                        (map, info.offset as usize)
+                    }
+                },
+                None => (super::mmap::map_range(&info.file, info.offset, len)?, 0),
             };
-            let weight = if format == WeightFormat::Bf16 && dtype == RawDtype::Bf16 {
-                // bf16 in bf16: used in place, from the mapped file (or the converted bytes).
-                let backing: Backing = match self.converted.get(&info.file) {
-                    Some(bytes) => bytes.clone(),
-                    None => match maps.get(&info.file) {
-                        Some(map) => map.clone(),
-                        None => {
-                            let map: Backing = super::mmap::map(&info.file)?;
-                            maps.insert(info.file.clone(), map.clone());
-                            map
-                        }
-                    },
-                };
-                let offset = info.offset as usize;
-                let len = want[0] * want[1] * 2;
-                let bytes =
-                    (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
-                        path: info.file.clone(),
-                        reason: format!(
-                            "tensor '{key}' runs past the file (changed since its header was read?)"
-                        ),
-                    })?;
-                if (RawMatrix { bytes, dtype, cols: want[1] }).has_non_finite() {
-                    return Err(non_finite());
-                }
+            let bytes =
+                (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
+                    path: info.file.clone(),
+                    reason: format!("tensor '{key}' runs past the file (changed since its header was read?)"),
+                })?;
+            let raw = RawMatrix { bytes, dtype, cols: want[1] };
+            if raw.has_non_finite() {
+                return Err(NnError::Load {
+                    path: self.dir.clone(),
+                    reason: format!("tensor '{key}' holds NaN or infinite values"),
+                });
+            }
+            let weight = if in_place {
                 PackedWeight::from_bf16_rows(backing.clone(), offset, want[0], want[1])
             } else {
-                let bytes = self.read_into(key, info, dtype.size(), &mut buf)?;
-                let raw = RawMatrix { bytes, dtype, cols: want[1] };
-                if raw.has_non_finite() {
-                    return Err(non_finite());
-                }
                 PackedWeight::pack(&raw, want[0], want[1], format)
             };
             crate::packed::register(id, weight);
@@ -245,7 +239,6 @@ impl Checkpoint {
         // Placeholders where the packed weights were, then the rest through burn-store as f32.
         let mut swap = Placeholders { shapes };
         *module = module.clone().map(&mut swap);
-        drop(buf);
         // Keys the model has no place for and may ignore (a duplicate lm_head) are not read.
         let allow_unused = KeyMap::matcher(&keys.allow_unused)?;
         for (path, key) in &by_path {
@@ -273,37 +266,6 @@ impl Checkpoint {
         let file = std::fs::File::open(&info.file).map_err(|e| NnError::io(&info.file, e))?;
         read_at(&file, &mut buf, info.offset).map_err(|e| NnError::io(&info.file, e))?;
         Ok(buf)
-    }
-
-    /// The bytes of tensor `key` read into `buf` (reused across tensors: the kernel zeroes each
-    /// page once), in 16 MiB pieces over all cores.
-    fn read_into<'a>(
-        &'a self,
-        key: &str,
-        info: &TensorInfo,
-        size: usize,
-        buf: &'a mut Vec<u8>,
-    ) -> Result<&'a [u8]> {
-        let len = info.shape.iter().product::<usize>() * size;
-        if let Some(bytes) = self.converted.get(&info.file) {
-            let start = info.offset as usize;
-            return bytes.get(start..start + len).ok_or_else(|| NnError::Safetensors {
-                path: info.file.clone(),
-                reason: format!("tensor '{key}' runs past the converted bytes"),
-            });
-        }
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let file = std::fs::File::open(&info.file).map_err(|e| NnError::io(&info.file, e))?;
-        use rayon::prelude::*;
-        const PIECE: usize = 16 << 20;
-        buf[..len]
-            .par_chunks_mut(PIECE)
-            .enumerate()
-            .try_for_each(|(i, piece)| read_at(&file, piece, info.offset + (i * PIECE) as u64))
-            .map_err(|e| NnError::io(&info.file, e))?;
-        Ok(&buf[..len])
     }
 
     /// This checkpoint without the tensors `skip`: each file's other tensors as in-memory

@@ -20,3 +20,13 @@ pub fn map(path: &Path) -> Result<Arc<memmap2::Mmap>> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| NnError::io(path, e))?;
     Ok(Arc::new(map))
 }
+
+/// `len` bytes of `path` from `offset`, mapped read-only (for one tensor that is converted and
+/// then dropped, so its pages leave the process with it).
+pub fn map_range(path: &Path, offset: u64, len: usize) -> Result<Arc<memmap2::Mmap>> {
+    let file = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
+    // SAFETY: see the module docs: a read-only map of a checkpoint file.
+    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(&file) }
+        .map_err(|e| NnError::io(path, e))?;
+    Ok(Arc::new(map))
+}

@@ -2,6 +2,7 @@
 
 use super::adapters::transpose_bytes;
 use super::*;
+use crate::cpu_gemm::WeightFormat;
 use crate::norm::{Norm, NormConfig, NormKind};
 use crate::testing::{assert_slices_close, device, to_vec};
 use burn::module::Module;
@@ -284,4 +285,67 @@ fn save_failures_are_named_as_saves() {
     let path = dir.path().join("no/such/folder/model.safetensors");
     let e = save_safetensors(&tiny(&device(), NormKind::Layer), &path, &[], &[]).unwrap_err().to_string();
     assert!(e.contains("cannot save") && e.contains("model.safetensors"), "{e}");
+}
+
+/// Packed loading (`--dtype bf16|q8` on the CPU): every Linear weight packed from the file
+/// (bf16 files in place, f32 and f16 converted), biases and norms loaded as f32; products
+/// equal the f32-loaded model's within the format's rounding; a NaN in a packed weight and a
+/// packed weight of the wrong shape are named by key.
+#[test]
+fn packed_loading_follows_the_f32_model_and_names_bad_tensors() {
+    let dev = device();
+    let tensors = pytorch_tensors();
+    let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, -1.2, 0.7, 1.1, 0.0, -0.4], [2, 3]), &dev);
+    let dir = tempfile::tempdir().unwrap();
+    write_single(dir.path(), &tensors, Dtype::F32);
+    let reference = load(dir.path()).unwrap();
+    let run = |m: &Tiny| {
+        let h = crate::packed::linear(&m.layers[1].fc, x.clone());
+        to_vec(crate::packed::linear(&m.head, h))
+    };
+    let want = run(&reference);
+    for (file_dtype, format, tol) in [
+        (Dtype::BF16, WeightFormat::Bf16, 1e-2),
+        (Dtype::F32, WeightFormat::Bf16, 1e-2),
+        (Dtype::F16, WeightFormat::Q8, 3e-2),
+        (Dtype::BF16, WeightFormat::Q8, 3e-2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_single(dir.path(), &tensors, file_dtype);
+        let mut model = tiny(&dev, NormKind::Layer);
+        Checkpoint::open(dir.path())
+            .unwrap()
+            .load_into(&mut model, &keymap(), LoadSpec::packed(format))
+            .unwrap();
+        assert!(crate::packed::is_packed(&model.head) && crate::packed::is_packed(&model.layers[0].fc));
+        assert_eq!(model.head.weight.val().dims(), [2, 4], "the placeholder keeps Burn's shape");
+        assert_slices_close(&run(&model), &want, tol, &format!("{file_dtype:?} as {format:?}"));
+        crate::packed::release(&model);
+    }
+    // A NaN in a packed weight.
+    let mut bad = tensors.clone();
+    bad[0].2[1] = f32::NAN;
+    let dir = tempfile::tempdir().unwrap();
+    write_single(dir.path(), &bad, Dtype::BF16);
+    let mut model = tiny(&dev, NormKind::Layer);
+    let e = Checkpoint::open(dir.path()).unwrap().load_into(
+        &mut model,
+        &keymap(),
+        LoadSpec::packed(WeightFormat::Bf16),
+    );
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.fc.weight") && e.contains("NaN"), "{e}");
+    // A packed weight of the wrong shape.
+    let mut bad = tensors.clone();
+    bad[0] = (bad[0].0.clone(), vec![3, 2], bad[0].2.clone());
+    let dir = tempfile::tempdir().unwrap();
+    write_single(dir.path(), &bad, Dtype::F32);
+    let mut model = tiny(&dev, NormKind::Layer);
+    let e = Checkpoint::open(dir.path()).unwrap().load_into(
+        &mut model,
+        &keymap(),
+        LoadSpec::packed(WeightFormat::Q8),
+    );
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.fc.weight") && e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
 }
