@@ -673,7 +673,10 @@ fn available() -> Vec<Kernel> {
     let mut has = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
             has.push(Kernel::Avx512);
             if is_x86_feature_detected!("avx512bf16") {
                 has.push(Kernel::Avx512Bf16);
@@ -783,7 +786,7 @@ mod x86 {
     /// f32-FMA tiles over f32 activation pairs; `$load` gives 16 columns at k even and odd.
     macro_rules! fma_tile {
         ($tile:ident, $wt:ty, $load:ident) => {
-            #[target_feature(enable = "avx512f,avx512bw")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
             unsafe fn $tile<const R: usize, const P: usize>(
                 a: *const f32,
                 w: *const $wt,
@@ -858,7 +861,7 @@ mod x86 {
 
     /// 16 columns x 2 k of int8 as f32: (k even, k odd).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn split_q8(w: *const i8) -> (__m512, __m512) {
         unsafe {
             // Each 32-bit lane: the pair sign-extended from 16 bits, `e0 | e1 << 8`.
@@ -875,7 +878,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F/BW present; `a` holds `m * k` f32, `w` `n * k` bf16, `out` `m * n` f32.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn dot_rows(
         a: *const f32,
         m: usize,
@@ -895,7 +898,7 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn dot<const M: usize, const J: usize>(
         a: *const f32,
         w: *const u8,
