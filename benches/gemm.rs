@@ -55,7 +55,7 @@ fn main() {
         for format in [WeightFormat::Bf16, WeightFormat::Q8] {
             let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
             let mut out = vec![0f32; m * n];
-            for kernel in Kernel::available() {
+            for &kernel in Kernel::available() {
                 if kernel == Kernel::Portable || (kernel == Kernel::Avx2 && m > 1) {
                     continue; // minutes; the AVX2 loop is timed on decode.
                 }

@@ -664,12 +664,18 @@ impl Kernel {
     }
 
     /// The kernels this CPU can run, the default first.
-    pub fn available() -> Vec<Kernel> {
+    pub fn available() -> &'static [Kernel] {
         available()
     }
 }
 
-fn available() -> Vec<Kernel> {
+/// The kernels this CPU can run, detected once (the check runs on every product).
+fn available() -> &'static [Kernel] {
+    static HAS: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+    HAS.get_or_init(detect_available)
+}
+
+fn detect_available() -> Vec<Kernel> {
     let mut has = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -1144,7 +1150,7 @@ mod tests {
                 out
             };
             let base = run(Kernel::Portable);
-            for kernel in Kernel::available() {
+            for &kernel in Kernel::available() {
                 // bf16 activations (Avx512Bf16) round the inputs: a looser bound.
                 let tol = if kernel == Kernel::Avx512Bf16 { 2e-2 } else { 1e-5 };
                 let got = run(kernel);
