@@ -11,9 +11,9 @@ pub fn available_bytes() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-/// Bytes per parameter assumed by the check: the smallest dtype weights load in (bf16), so only
-/// configs that cannot fit in any supported dtype are refused.
-pub const MIN_BYTES_PER_PARAM: f64 = 2.0;
+/// Bytes per parameter assumed by the check: the smallest form weights load in (int8, `--dtype
+/// q8` on the CPU), so only configs that cannot fit in any supported dtype are refused.
+pub const MIN_BYTES_PER_PARAM: f64 = 1.0;
 
 /// Refuses a config whose weights (`parts`: config key -> parameters it accounts for) cannot
 /// fit in the available memory; `what` names the config.
@@ -29,7 +29,7 @@ pub fn check_weights(what: &str, parts: &[(String, f64)]) -> Result<()> {
         .iter()
         .fold((String::new(), -1.0), |(bk, bn), (k, n)| if *n > bn { (k.clone(), *n) } else { (bk, bn) });
     Err(NnError::Config(format!(
-        "{what}: the config asks for about {:.3e} parameters ({:.1} GB even in bf16; {key} accounts for most), more than the {} of memory available",
+        "{what}: the config asks for about {:.3e} parameters ({:.1} GB even in int8; {key} accounts for most), more than the {} of memory available",
         params,
         bytes / 1e9,
         if available.is_finite() { format!("{:.1} GB", available / 1e9) } else { "machine's".into() }
