@@ -25,6 +25,15 @@
 use half::bf16;
 use rayon::prelude::*;
 
+/// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation
+/// makes it: adding and subtracting 1.5 * 2^23 rounds in the FPU's default mode (nearest even)
+/// without a call to `rintf` (the baseline x86-64 target has no rounding instruction).
+#[inline(always)]
+fn quantize(v: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((v.clamp(-127.0, 127.0) + MAGIC) - MAGIC) as i8
+}
+
 /// Output columns per panel (one 512-bit register of f32 accumulators).
 const PANEL: usize = 16;
 /// Activation rows per tile.
@@ -287,7 +296,7 @@ impl PackedWeight {
                                 let s = if max > 0.0 { max / 127.0 } else { 1.0 };
                                 scales[c] = s;
                                 for (kk, x) in row.iter().enumerate() {
-                                    panel[at(kk, c)] = (x / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                                    panel[at(kk, c)] = quantize(x / s);
                                 }
                             }
                             return;
@@ -303,8 +312,7 @@ impl PackedWeight {
                         }
                         for kk in 0..k {
                             for c in 0..cols {
-                                let v = (source.get(p * PANEL + c, kk) / scales[c]).round_ties_even();
-                                panel[at(kk, c)] = v.clamp(-127.0, 127.0) as i8;
+                                panel[at(kk, c)] = quantize(source.get(p * PANEL + c, kk) / scales[c]);
                             }
                         }
                     },
@@ -1111,6 +1119,18 @@ mod tests {
             packed.row(n - 1, &mut r1);
             rows.row(n - 1, &mut r2);
             assert_eq!(r1, r2);
+        }
+    }
+
+    /// The magic-number rounding equals `round_ties_even` then clamp, ties included.
+    #[test]
+    fn quantize_rounds_half_to_even() {
+        let mut v = -130.0f32;
+        while v <= 130.0 {
+            for x in [v, v + 0.5, v - 1e-4, v + 1e-4] {
+                assert_eq!(quantize(x), x.round_ties_even().clamp(-127.0, 127.0) as i8, "{x}");
+            }
+            v += 0.25;
         }
     }
 
