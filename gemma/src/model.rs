@@ -192,21 +192,17 @@ impl GemmaForCausalLM {
     /// # Shapes
     /// - `h`: `[B, L, C]`; output `[B, L, V]`
     pub fn logits(&self, h: Tensor<3>) -> Tensor<3> {
-        let embed = &self.model.embed_tokens;
         let logits = match &self.lm_head {
             Some(head) => zoo_nn::packed::linear(head, h),
-            // The tied head on packed CPU weights (`--dtype bf16|q8`).
-            None if zoo_nn::packed::is_packed_embedding(embed) => {
-                zoo_nn::packed::tied_logits(embed, h).expect("checked packed")
-            }
-            None => {
-                // [V, C] @ [C, B*L]: the embedding matrix is used as stored (no transposed copy
-                // of the largest weight on every decode step).
+            // The tied head: on packed CPU weights (`--dtype bf16|q8`) the host kernels, else
+            // [V, C] @ [C, B*L] with the embedding matrix used as stored (no transposed copy of
+            // the largest weight on every decode step).
+            None => zoo_nn::packed::tied_logits(&self.model.embed_tokens, h.clone()).unwrap_or_else(|| {
                 let [b, l, c] = h.dims();
                 let w = self.model.embed_tokens.weight.val();
                 let v = w.dims()[0];
                 w.matmul(h.reshape([b * l, c]).transpose()).transpose().reshape([b, l, v])
-            }
+            }),
         };
         match self.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,

@@ -52,7 +52,7 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// Parses `bf16` or `q8`.
+    /// `bf16` or `q8`, as `--dtype` spells it.
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::Bf16 => "bf16",
@@ -128,29 +128,6 @@ impl<T: Copy + Sync + Into<f32>> Source for Matrix<'_, T> {
     fn get(&self, row: usize, col: usize) -> f32 {
         let i = if self.transposed { col * self.cols + row } else { row * self.cols + col };
         self.data[i].into()
-    }
-}
-
-/// A `[rows, cols]` slice of bf16 (read without widening the whole matrix).
-pub struct Bf16Matrix<'a>(pub Matrix<'a, bf16>);
-
-impl Source for Bf16Matrix<'_> {
-    #[inline]
-    fn get(&self, row: usize, col: usize) -> f32 {
-        self.0.data[self.index(row, col)].to_f32()
-    }
-
-    #[inline]
-    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
-        self.0.data[self.index(row, col)].to_bits()
-    }
-}
-
-impl Bf16Matrix<'_> {
-    #[inline]
-    fn index(&self, row: usize, col: usize) -> usize {
-        let m = &self.0;
-        if m.transposed { col * m.cols + row } else { row * m.cols + col }
     }
 }
 

@@ -15,7 +15,7 @@
 //! on the host kernels, any other (f32 CPU, CUDA, training) takes Burn's path unchanged.
 //! [`release`] drops a model's entries from the table.
 
-use crate::cpu_gemm::{Bf16Matrix, Matrix, PackedWeight, WeightFormat};
+use crate::cpu_gemm::{Matrix, PackedWeight, WeightFormat};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
@@ -53,11 +53,6 @@ pub fn release<M: Module>(model: &M) {
     }
 }
 
-/// Whether the table of `embedding` is packed.
-pub fn is_packed_embedding(embedding: &Embedding) -> bool {
-    lookup(&embedding.weight.id).is_some()
-}
-
 /// Whether the weight of `linear` is packed.
 pub fn is_packed(linear: &Linear) -> bool {
     lookup(&linear.weight.id).is_some()
@@ -93,7 +88,7 @@ impl ModuleMapper for Packer {
         let weight = match data.dtype() {
             DType::BF16 => {
                 let values = data.as_slice::<half::bf16>().unwrap_or_default();
-                let src = Bf16Matrix(Matrix { data: values, cols: dims[1], transposed });
+                let src = Matrix { data: values, cols: dims[1], transposed };
                 PackedWeight::pack(&src, n, k, self.format)
             }
             _ => {

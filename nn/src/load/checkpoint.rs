@@ -252,8 +252,15 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The bytes of tensor `key` (`info` from the header; `size` bytes per element).
-    fn read_bytes(&self, key: &str, info: &TensorInfo, size: usize) -> Result<Vec<u8>> {
+    /// The bytes of tensor `key` (`info` from the header; `size` bytes per element), from the
+    /// converted bytes or the open `file`.
+    fn read_bytes(
+        &self,
+        key: &str,
+        info: &TensorInfo,
+        size: usize,
+        file: Option<&std::fs::File>,
+    ) -> Result<Vec<u8>> {
         let len = info.shape.iter().product::<usize>() * size;
         if let Some(bytes) = self.converted.get(&info.file) {
             let start = info.offset as usize;
@@ -262,9 +269,10 @@ impl Checkpoint {
                 reason: format!("tensor '{key}' runs past the converted bytes"),
             });
         }
+        let file =
+            file.ok_or_else(|| NnError::Load { path: info.file.clone(), reason: "not opened".into() })?;
         let mut buf = vec![0u8; len];
-        let file = std::fs::File::open(&info.file).map_err(|e| NnError::io(&info.file, e))?;
-        read_at(&file, &mut buf, info.offset).map_err(|e| NnError::io(&info.file, e))?;
+        read_at(file, &mut buf, info.offset).map_err(|e| NnError::io(&info.file, e))?;
         Ok(buf)
     }
 
@@ -274,6 +282,11 @@ impl Checkpoint {
         let mut converted = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         for file in &self.files {
+            // One handle per shard (a .bin's converted bytes need none).
+            let handle = match self.converted.contains_key(file) {
+                true => None,
+                false => Some(std::fs::File::open(file).map_err(|e| NnError::io(file, e))?),
+            };
             let mut raw = Vec::new();
             for (key, info) in self.tensors.iter().filter(|(k, i)| &i.file == file && !skip.contains(*k)) {
                 let size = super::header::dtype_size(&info.dtype).unwrap_or(4);
@@ -281,7 +294,7 @@ impl Checkpoint {
                     name: key.clone(),
                     dtype: info.dtype.clone(),
                     shape: info.shape.clone(),
-                    data: self.read_bytes(key, info, size)?,
+                    data: self.read_bytes(key, info, size, handle.as_ref())?,
                 });
             }
             let bytes = super::raw::write_safetensors(&raw);
