@@ -38,9 +38,14 @@ pub struct GenerateArgs {
     /// Print one JSON object per prompt (an array for several) instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    /// PaliGemma `detect` prompts: write the image with its boxes here (OUT-N.png for several pairs).
+    /// PaliGemma `detect` / `segment` prompts: write the image with its boxes (and masks) here
+    /// (OUT-N.png for several pairs).
     #[arg(long)]
     pub draw: Option<PathBuf>,
+    /// PaliGemma `segment` prompts: the mask decoder's weights, big_vision's `vae-oid.npz`
+    /// [default: vae-oid.npz next to the model, else any snapshot in the HF cache holding one].
+    #[arg(long)]
+    pub seg_model: Option<PathBuf>,
     /// Device and dtype.
     #[command(flatten)]
     pub compute: ComputeArgs,
@@ -73,7 +78,13 @@ impl GenerateArgs {
         }
         let compute = self.compute.compute()?;
         let dir = self.model.model.resolve()?;
-        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &compute, on_text)
+        let seg_model = zoo_paligemma::segment::find_seg_model(
+            self.seg_model.as_deref(),
+            &dir,
+            crate::hub::cache_dir().as_deref(),
+        );
+        let opts = Options { seg_model: seg_model.as_deref() };
+        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &compute, &opts, on_text)
     }
 
     /// Where `--draw` writes the image of row `i` of `n`.
@@ -85,6 +96,14 @@ impl GenerateArgs {
         let stem = draw.file_stem().map_or("draw".into(), |s| s.to_string_lossy().into_owned());
         Some(draw.with_file_name(format!("{stem}-{i}.png")))
     }
+}
+
+/// What else [`generate_text`] may use.
+#[derive(Debug, Clone, Default)]
+pub struct Options<'a> {
+    /// `vae-oid.npz` for PaliGemma `segment` prompts; without it their masks are not decoded (a
+    /// note says so) and only the text is returned.
+    pub seg_model: Option<&'a Path>,
 }
 
 /// What [`generate_text`] returns: one output per prompt, and notes for the user (a fallback
@@ -113,6 +132,13 @@ pub struct GenerationOutput {
     /// For `detect ...` prompts: boxes parsed from `<locYYYY>` tokens, in pixels of the input image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detections: Option<Vec<zoo_paligemma::Detection>>,
+    /// For `segment ...` prompts with the mask decoder: one mask per well-formed group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masks: Option<Vec<zoo_paligemma::SegmentMask>>,
+    /// For `segment ...` prompts: one line per group that could not be read (the others are in
+    /// `masks`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segment_errors: Vec<String>,
 }
 
 /// End-of-sequence ids: generation_config.json's, else config.json's.
@@ -141,13 +167,14 @@ pub fn generate_text(
     images: &[PathBuf],
     sampling: &Sampling,
     compute: &Compute,
+    opts: &Options,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
     let device = &compute.device;
     let kind = model_type(dir)?;
     match kind.as_str() {
         "gemma" | "gemma2" => {}
-        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, compute, on_text),
+        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, compute, opts, on_text),
         other => {
             return Err(NnError::Config(format!(
                 "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
@@ -191,6 +218,8 @@ pub fn generate_text(
                 token_ids: g.token_ids,
                 stop_reason: g.stop_reason,
                 detections: None,
+                masks: None,
+                segment_errors: Vec::new(),
             })
         })
         .collect::<Result<_>>()?;
@@ -204,6 +233,7 @@ fn generate_paligemma(
     images: &[PathBuf],
     sampling: &Sampling,
     compute: &Compute,
+    opts: &Options,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
     let device = &compute.device;
@@ -228,6 +258,22 @@ fn generate_paligemma(
         paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
     let pixels = proc.images.batch(&decoded, device)?;
     let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
+    // The mask decoder is read before generating, so a bad file fails fast.
+    let mut notes = proc.notes.clone();
+    let seg = if prompts.iter().any(|p| zoo_paligemma::is_segment_prompt(p)) {
+        match opts.seg_model {
+            Some(path) => Some(zoo_paligemma::SegmentationDecoder::load(path, device)?),
+            None => {
+                notes.push(format!(
+                    "segment masks need the decoder's weights, {} (big_vision / the PaliGemma space): give --seg-model PATH or put it next to the model; masks not decoded",
+                    zoo_paligemma::segment::SEG_MODEL_FILE
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_spec(), device)?;
     let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
     let decoder = zoo_paligemma::PaliGemmaDecoder {
@@ -244,8 +290,15 @@ fn generate_paligemma(
         .enumerate()
         .map(|(i, (g, prompt_token_ids))| {
             let text = tok.decode(&g.token_ids)?;
+            let (w, h) = (decoded[i].width(), decoded[i].height());
             let detections = zoo_paligemma::is_detect_prompt(&prompts[i])
-                .then(|| zoo_paligemma::parse_detections(&text, decoded[i].width(), decoded[i].height()));
+                .then(|| zoo_paligemma::parse_detections(&text, w, h));
+            let (mut masks, mut segment_errors) = (None, Vec::new());
+            if zoo_paligemma::is_segment_prompt(&prompts[i]) {
+                let parsed = zoo_paligemma::parse_segments(&text, w, h);
+                masks = seg.as_ref().map(|d| zoo_paligemma::decode_masks(d, &parsed, w, h));
+                segment_errors = parsed.errors;
+            }
             Ok(GenerationOutput {
                 model_type: "paligemma".into(),
                 text,
@@ -253,19 +306,55 @@ fn generate_paligemma(
                 token_ids: g.token_ids,
                 stop_reason: g.stop_reason,
                 detections,
+                masks,
+                segment_errors,
             })
         })
-        .collect::<Result<_>>()?;
-    Ok(Generation { outputs, notes: proc.notes.clone() })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, o) in outputs.iter().enumerate() {
+        notes.extend(o.segment_errors.iter().map(|e| format!("prompt {}: {e}", i + 1)));
+    }
+    Ok(Generation { outputs, notes })
 }
+
+const COLOURS: [[u8; 3]; 5] = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]];
 
 /// Draws detection boxes and labels on the image and writes it to `out`.
 pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], out: &Path) -> Result<()> {
     let mut img = zoo_nn::open_image(image)?.to_rgb8();
+    draw_boxes(&mut img, detections);
+    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
+}
+
+/// Paints each mask translucently (half its colour) with its box and label, and writes the image
+/// to `out`.
+pub fn draw_masks(image: &Path, masks: &[zoo_paligemma::SegmentMask], out: &Path) -> Result<()> {
+    let mut img = zoo_nn::open_image(image)?.to_rgb8();
+    let w = img.width();
+    for (i, m) in masks.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        if m.mask_rle.size != [img.height(), w] {
+            continue;
+        }
+        for (j, inside) in m.mask_rle.decode().into_iter().enumerate() {
+            if inside {
+                let p = img.get_pixel_mut(j as u32 % w, j as u32 / w);
+                p.0 = std::array::from_fn(|k| ((p.0[k] as u16 + c[k] as u16) / 2) as u8);
+            }
+        }
+    }
+    let boxes: Vec<zoo_paligemma::Detection> = masks
+        .iter()
+        .map(|m| zoo_paligemma::Detection { label: m.label.clone(), bbox: m.bbox.map(|v| v as f32) })
+        .collect();
+    draw_boxes(&mut img, &boxes);
+    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
+}
+
+fn draw_boxes(img: &mut image::RgbImage, detections: &[zoo_paligemma::Detection]) {
     let (w, h) = img.dimensions();
-    let colours = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]];
     for (i, d) in detections.iter().enumerate() {
-        let c = image::Rgb(colours[i % colours.len()]);
+        let c = image::Rgb(COLOURS[i % COLOURS.len()]);
         let [x1, y1, x2, y2] = d.bbox.map(|v| v.max(0.0) as u32);
         let (x2, y2) = (x2.min(w.saturating_sub(1)), y2.min(h.saturating_sub(1)));
         for t in 0..2u32 {
@@ -285,7 +374,6 @@ pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], ou
             }
         }
         let scale = (w / 200).clamp(1, 4);
-        crate::font::draw_text(&mut img, x1 + 3, y1 + 3, &d.label, scale, c.0);
+        crate::font::draw_text(img, x1 + 3, y1 + 3, &d.label, scale, c.0);
     }
-    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
 }

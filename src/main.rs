@@ -97,8 +97,16 @@ fn main() {
         {
             std::process::exit(141);
         }
-        // Library errors carry the file, key and expectation in their own message.
-        note!("error: {e:#}");
+        // Library errors carry the file, key and expectation in their own message, most with
+        // their cause in it already: a cause is added only when the message lacks it.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg = format!("{msg}: {c}");
+            }
+        }
+        note!("error: {msg}");
         std::process::exit(1);
     }
 }
@@ -153,8 +161,12 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     }
     let out = out.outputs;
     for (i, o) in out.iter().enumerate() {
-        if let (Some(dets), Some(path)) = (&o.detections, args.draw_path(i, out.len())) {
-            let image = &args.images[i.min(args.images.len() - 1)];
+        let Some(path) = args.draw_path(i, out.len()) else { continue };
+        let image = &args.images[i.min(args.images.len() - 1)];
+        if let Some(masks) = &o.masks {
+            vlm_zoo::generate::draw_masks(image, masks, &path)?;
+            note!("note: wrote {}", path.display());
+        } else if let Some(dets) = &o.detections {
             vlm_zoo::generate::draw_detections(image, dets, &path)?;
             note!("note: wrote {}", path.display());
         }

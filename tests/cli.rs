@@ -636,6 +636,97 @@ fn detections_are_drawn() {
 }
 
 #[test]
+fn segment_prompts_give_masks_and_report_malformed_groups() {
+    let img = fixtures().join("images/rgb_300x200.png");
+    let model = fixtures().join("paligemma-a");
+    let npz = fixtures().join("paligemma-seg/vae-oid.npz");
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("masks.png");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["generate", "--model", model.to_str().unwrap(), "--image", img.to_str().unwrap()]
+                .map(String::from)
+                .to_vec();
+        a.extend(["--prompt", "segment circle", "--max-new-tokens", "24"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |args: Vec<String>, cache: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
+            .args(&args)
+            .env("HF_HUB_CACHE", cache)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let empty = tmp.path().join("hub");
+    let (ok, stdout, stderr) =
+        run(base(&["--seg-model", npz.to_str().unwrap(), "--json", "--draw", png.to_str().unwrap()]), &empty);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The random fixture writes <loc>/<seg> tokens out of order: every group it wrote is either a
+    // mask or a reported error, as the library's parser sees the same text.
+    let parsed = zoo_paligemma::parse_segments(v["text"].as_str().unwrap(), 300, 200);
+    assert_eq!(v["masks"].as_array().unwrap().len(), parsed.groups.len(), "{v}");
+    let errors: Vec<&str> = v["segment_errors"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e.as_str().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(errors, parsed.errors.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!errors.is_empty() && stderr.contains(errors[0]), "{stderr}");
+    assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (300, 200));
+
+    // Found in the HF cache when not given (a space's snapshot, as the PaliGemma space ships it).
+    let snap = empty.join("spaces--big-vision--paligemma-hf/snapshots/abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::copy(&npz, snap.join("vae-oid.npz")).unwrap();
+    let (ok, stdout, stderr) = run(base(&["--json"]), &empty);
+    assert!(ok && !stderr.contains("need the decoder"), "{stderr}");
+    assert!(serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["masks"].is_array());
+
+    // Nowhere to be found: the text and a note saying what is missing.
+    let (ok, stdout, stderr) = run(base(&["--json"]), &tmp.path().join("none"));
+    assert!(ok && stderr.contains("vae-oid.npz") && stderr.contains("--seg-model"), "{stderr}");
+    assert!(serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap().get("masks").is_none());
+
+    // A bad --seg-model fails before generating and names the file.
+    let bad = tmp.path().join("bad.npz");
+    std::fs::write(&bad, b"PK\x03\x04 truncated").unwrap();
+    let (ok, _, stderr) = run(base(&["--seg-model", bad.to_str().unwrap()]), &empty);
+    assert!(!ok && stderr.contains("bad.npz") && stderr.lines().count() == 1, "{stderr}");
+}
+
+#[test]
+fn masks_are_drawn_translucently() {
+    let img = fixtures().join("images/rgb_300x200.png");
+    let out = tempfile::tempdir().unwrap();
+    let png = out.path().join("masks.png");
+    let mut inside = vec![false; 300 * 200];
+    for y in 50..100 {
+        for x in 100..150 {
+            inside[y * 300 + x] = true;
+        }
+    }
+    let mask = zoo_paligemma::SegmentMask {
+        label: "circle".into(),
+        bbox: [90, 40, 160, 110],
+        mask_rle: zoo_paligemma::segment::CocoRle::encode(&inside, 300, 200),
+    };
+    vlm_zoo::generate::draw_masks(&img, &[mask], &png).unwrap();
+    let (orig, drawn) = (image::open(&img).unwrap().to_rgb8(), image::open(&png).unwrap().to_rgb8());
+    let blend = |o: [u8; 3]| -> [u8; 3] {
+        std::array::from_fn(|k| ((o[k] as u16 + [230, 25, 75][k] as u16) / 2) as u8)
+    };
+    assert_eq!(drawn.get_pixel(125, 75).0, blend(orig.get_pixel(125, 75).0), "inside the mask");
+    assert_eq!(drawn.get_pixel(95, 75).0, orig.get_pixel(95, 75).0, "in the box, outside the mask");
+    assert_eq!(drawn.get_pixel(90, 75).0, [230, 25, 75], "box edge");
+}
+
+#[test]
 fn train_init_takes_hub_ids_like_every_model_argument() {
     let tmp = tempfile::tempdir().unwrap();
     let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 40, 32, 1).unwrap();

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod load;
 pub mod model;
 pub mod processor;
+pub mod segment;
 
 pub use config::PaliGemmaConfig;
 pub use decoder::{ImageTextModel, PaliGemmaDecoder};
@@ -19,3 +20,4 @@ pub use detect::{Detection, is_detect_prompt, parse_detections};
 pub use load::load_paligemma;
 pub use model::PaliGemmaForConditionalGeneration;
 pub use processor::PaliGemmaProcessor;
+pub use segment::{SegmentMask, SegmentationDecoder, decode_masks, is_segment_prompt, parse_segments};
