@@ -1,13 +1,22 @@
 //! Trains a tiny CLIP on synthetic coloured shapes and prints held-out recall rising far above
-//! chance: `cargo run --release --example train_contrastive [-- --quick]`.
+//! chance: `cargo run --release --example train_contrastive [-- --quick] [--out DIR]`. With
+//! `--out` the run's folder (the HF export, losses.csv, metrics.csv, metrics.png) is kept there.
 use vlm_zoo::train::{TrainArgs, models::Arch};
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let keep =
+        args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
+    if let Some(out) = &keep
+        && out.exists()
+    {
+        anyhow::bail!("{}: already exists (give a new folder)", out.display());
+    }
     let dir = tempfile::tempdir()?;
     let (n, epochs) = if quick { (300, 2) } else { (2000, 12) };
     let data = vlm_zoo::synthetic::write_dataset(&dir.path().join("data"), n, 32, 1)?;
-    let out = dir.path().join("clip");
+    let out = keep.clone().unwrap_or_else(|| dir.path().join("clip"));
     let report = vlm_zoo::train::train(&TrainArgs {
         arch: Arch::Clip,
         data,
@@ -26,6 +35,9 @@ fn main() -> anyhow::Result<()> {
     println!("chance R@1 = {:.3}", 1.0 / held_out);
     for (e, r) in report.recall.iter().enumerate() {
         println!("epoch {:>2}: image->text R@1 {:.3}  R@5 {:.3}", e + 1, r.i2t[0], r.i2t[1]);
+    }
+    if let Some(out) = keep {
+        println!("plot: {}", out.join("metrics.png").display());
     }
     Ok(())
 }

@@ -203,6 +203,7 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     let start = Instant::now();
     let mut step = 0;
     let mut last_loss = f64::NAN;
+    let (mut losses, mut lrs) = (Vec::new(), Vec::new());
     for epoch in 0..args.epochs {
         let batches = data::epoch_batches(
             &train_pairs,
@@ -223,7 +224,10 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
             last_loss = zoo_nn::host::scalar(loss.clone().inner());
             epoch_loss += last_loss;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(learning_rate(step, total, 30, 3e-3), model, grads);
+            let lr = learning_rate(step, total, 30, 3e-3);
+            model = optim.step(lr, model, grads);
+            losses.push(last_loss);
+            lrs.push(lr);
             step += 1;
         }
         on_epoch(&EpochLog {
@@ -266,6 +270,23 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     let model_dir = out.join("model");
     save_paligemma(&model, &config, &model_dir, &tok_dir, &pre)?;
     grid(&out.join("captions.png"), &test_pairs, &generated)?;
+    use crate::train::plot;
+    let exact = [("held-out exact match", vec![(args.epochs as f64, accuracy)])];
+    crate::draw::figure(
+        &out.join("metrics.png"),
+        &format!(
+            "vlm-zoo demo: captioning {} shapes ({} held out), {} epochs, batch {batch_size}",
+            train_pairs.len(),
+            test_pairs.len(),
+            args.epochs
+        ),
+        &[
+            plot::loss_panel(&losses),
+            plot::epoch_panel("Held-out captions", "exact match", &exact, "no held-out images"),
+            plot::lr_panel(&lrs),
+        ],
+        plot::SIZE,
+    )?;
     Ok(DemoReport {
         accuracy,
         test_images: test_pairs.len(),
@@ -291,23 +312,30 @@ fn grid(path: &Path, pairs: &[data::Pair], generated: &[String]) -> Result<()> {
         let pic = image::imageops::resize(&pic, 96, 96, image::imageops::FilterType::Nearest);
         image::imageops::overlay(&mut img, &pic, (cx + 4) as i64, (cy + 4) as i64);
         let colour = if *g == p.caption { [20, 140, 40] } else { [200, 30, 30] };
-        let words: Vec<&str> = g.split(' ').collect();
-        let mut line = String::new();
-        let mut y = cy + 8;
-        for w in words {
-            if line.len() + w.len() + 1 > 14 {
-                crate::font::draw_text(&mut img, cx + 106, y, &line, 3, colour);
-                y += 20;
-                line.clear();
-            }
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(w);
+        let mut y = cy as i32 + 8;
+        for line in wrap(g, 18) {
+            crate::draw::label(&mut img, cx as i32 + 106, y, &line, 17.0, colour);
+            y += 21;
         }
-        crate::font::draw_text(&mut img, cx + 106, y, &line, 3, colour);
     }
-    img.save(path).map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })
+    crate::draw::save_png(path, &img)
+}
+
+/// Words joined into lines of at most `width` characters (a longer word gets its own line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for w in text.split_whitespace() {
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() && last.chars().count() + 1 + w.chars().count() > width {
+            lines.push(w.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(w);
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -317,6 +345,12 @@ mod tests {
     #[test]
     fn command_line_defaults_are_the_library_defaults() {
         assert_eq!(crate::args::parse_from::<DemoArgs>(&["demo"]), DemoArgs::default());
+    }
+
+    #[test]
+    fn captions_wrap_at_word_boundaries() {
+        assert_eq!(wrap("a small red circle at the top", 12), vec!["a small red", "circle at", "the top"]);
+        assert_eq!(wrap("", 12), vec![""]);
     }
 
     #[test]

@@ -323,7 +323,7 @@ const COLOURS: [[u8; 3]; 5] = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245
 pub fn draw_detections(image: &Path, detections: &[zoo_paligemma::Detection], out: &Path) -> Result<()> {
     let mut img = zoo_nn::open_image(image)?.to_rgb8();
     draw_boxes(&mut img, detections);
-    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
+    crate::draw::save_png(out, &img)
 }
 
 /// Paints each mask translucently (half its colour) with its box and label, and writes the image
@@ -348,7 +348,7 @@ pub fn draw_masks(image: &Path, masks: &[zoo_paligemma::SegmentMask], out: &Path
         .map(|m| zoo_paligemma::Detection { label: m.label.clone(), bbox: m.bbox.map(|v| v as f32) })
         .collect();
     draw_boxes(&mut img, &boxes);
-    img.save(out).map_err(|e| NnError::Save { path: out.to_path_buf(), reason: e.to_string() })
+    crate::draw::save_png(out, &img)
 }
 
 fn draw_boxes(img: &mut image::RgbImage, detections: &[zoo_paligemma::Detection]) {
@@ -373,7 +373,7 @@ fn draw_boxes(img: &mut image::RgbImage, detections: &[zoo_paligemma::Detection]
                 }
             }
         }
-        let scale = (w / 200).clamp(1, 4);
-        crate::font::draw_text(img, x1 + 3, y1 + 3, &d.label, scale, c.0);
+        let size = (w as f64 / 25.0).clamp(12.0, 40.0);
+        crate::draw::label(img, x1 as i32 + 4, y1 as i32 + 4, &d.label, size, c.0);
     }
 }

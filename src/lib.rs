@@ -19,7 +19,7 @@ pub mod args;
 pub mod bench;
 pub mod compose;
 pub mod demo;
-pub mod font;
+pub mod draw;
 pub mod generate;
 pub mod hub;
 pub mod inspect;

@@ -240,7 +240,12 @@ fn demo(args: &DemoArgs) -> Result<()> {
         r.train_seconds,
         r.final_loss
     );
-    say!("model: {}  grid: {}", r.model_dir.display(), args.out.join("captions.png").display());
+    say!(
+        "model: {}  grid: {}  plot: {}",
+        r.model_dir.display(),
+        args.out.join("captions.png").display(),
+        args.out.join("metrics.png").display()
+    );
     Ok(())
 }
 

@@ -590,7 +590,7 @@ fn demo_in_a_reduced_setting_saves_a_paligemma_folder_that_generate_loads() {
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("held-out exact-caption accuracy"), "{stdout}");
-    assert!(out.join("captions.png").is_file());
+    assert!(out.join("captions.png").is_file() && out.join("metrics.png").is_file());
     let img = out.join("data/test/img00000.png");
     let (ok, stdout, stderr) = vlm_zoo(&[
         "generate",

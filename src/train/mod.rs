@@ -523,15 +523,17 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         bar.finish_and_clear();
     }
     save_ckpt(&model, &optim, &state)?;
-    let losses_csv: String =
-        state.losses.iter().enumerate().map(|(i, l)| format!("{},{l:.9}\n", i + 1)).collect();
-    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss\n{losses_csv}").as_bytes())?;
+    let lrs: Vec<f64> =
+        (0..state.losses.len()).map(|i| learning_rate(i, total_steps, args.warmup_steps, args.lr)).collect();
+    let losses_csv: String = state
+        .losses
+        .iter()
+        .zip(lrs)
+        .enumerate()
+        .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
+        .collect();
+    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
     checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
-    plot::plot(
-        &args.out.join("metrics.png"),
-        &state.losses,
-        &recalls.iter().map(|r| r.i2t[0]).collect::<Vec<_>>(),
-    )?;
 
     let valid = model.valid();
     export(&args.out, &valid, &config, &pre, &tok_dir)?;
@@ -541,6 +543,23 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         _ => None,
     };
+    let arch = format!("{:?}", args.arch).to_lowercase();
+    let model_name = match &args.init {
+        Some(init) => format!("{arch} from {init}"),
+        None => format!("{arch} {}", format!("{:?}", args.preset).to_lowercase()),
+    };
+    let title = format!(
+        "{model_name}: {} pairs ({} train, {} held out), {} epochs, batch {}",
+        train_pairs.len() + held_out.len(),
+        train_pairs.len(),
+        held_out.len(),
+        args.epochs,
+        args.batch_size
+    );
+    // From the files just written, so the figure shows exactly what the CSVs hold.
+    let mut run = plot::Run::read(&args.out, &title)?;
+    run.zero_shot = zero_shot_accuracy;
+    run.plot(&args.out.join("metrics.png"))?;
     Ok(TrainReport {
         steps: state.step,
         losses: state.losses,
