@@ -206,26 +206,8 @@ impl Vlm {
         prefix: &[usize],
         suffix_len: &[usize],
     ) -> Result<Tensor<1>> {
-        let device = pixels.device();
         let logits = self.forward(pixels, ids, prefix.to_vec())?;
-        let [b, l, v] = logits.dims();
-        let logp = burn::tensor::activation::log_softmax(logits.slice([0..b, 0..l - 1, 0..v]), 2);
-        let mut targets = Vec::with_capacity(b * (l - 1));
-        let mut weights = Vec::with_capacity(b * (l - 1));
-        let mut count = 0usize;
-        for (row, r) in ids.iter().enumerate() {
-            for t in 0..l - 1 {
-                let next = t + 1;
-                let on = next >= prefix[row] && next < prefix[row] + suffix_len[row];
-                targets.push(r[next] as i64);
-                weights.push(if on { 1.0f32 } else { 0.0 });
-                count += on as usize;
-            }
-        }
-        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, l - 1, 1]), &device);
-        let picked = logp.gather(2, targets).reshape([b, l - 1]);
-        let weights = Tensor::<2>::from_data(TensorData::new(weights, [b, l - 1]), &device);
-        Ok(-(picked * weights).sum() / count.max(1) as f64)
+        Ok(zoo_nn::loss::suffix_cross_entropy(logits, ids, prefix, suffix_len))
     }
 }
 
