@@ -175,7 +175,11 @@ fn chart(area: &Area, panel: &Panel) -> std::result::Result<(), Box<dyn std::err
     } else if panel.series.iter().any(|s| !s.name.is_empty()) {
         c.configure_series_labels()
             // Rates (0..1) rise to the top as training goes: their legend sits low.
-            .position(if panel.y_range.is_some() { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+            .position(if panel.y_range.is_some() {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .label_font((FONT, 13))

@@ -20,6 +20,7 @@ pub mod bench;
 pub mod compose;
 pub mod demo;
 pub mod draw;
+pub mod finetune;
 pub mod generate;
 pub mod hub;
 pub mod inspect;

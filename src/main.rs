@@ -45,6 +45,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Train a CLIP or SigLIP on image-text pairs (CSV/JSONL file or a folder of images + .txt).
     Train(TrainArgs),
+    /// Fine-tune PaliGemma on (image, prefix, suffix) rows (JSONL/CSV): attention, decoder, all, or LoRA.
+    Finetune(vlm_zoo::finetune::FinetuneArgs),
     /// Offline demo: train a tiny composed VLM to caption synthetic shapes, then caption held-out images.
     Demo(DemoArgs),
     /// Benchmark a folder, printing one JSON line (compare with scripts/bench_torch.py): Gemma and
@@ -116,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ZeroShot(args) => zero_shot(&args),
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
+        Command::Finetune(args) => finetune(&args),
         Command::Demo(args) => demo(&args),
         Command::Bench { model, options, compute } => bench(&model, &options, &compute),
         Command::Inspect { model, json } => inspect(&model, json),
@@ -211,6 +214,26 @@ fn train(args: &TrainArgs) -> Result<()> {
     }
     say!(
         "{} steps, final loss {:.4}; model written to {}",
+        report.steps,
+        report.losses.last().copied().unwrap_or(f64::NAN),
+        report.export.display()
+    );
+    Ok(())
+}
+
+fn finetune(args: &vlm_zoo::finetune::FinetuneArgs) -> Result<()> {
+    let report = vlm_zoo::finetune::finetune(args, |line| {
+        // Progress only: a failed write shows up in the summary line below.
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    })?;
+    if !report.skipped.is_empty() {
+        note!("note: skipped {} rows whose image did not decode", report.skipped.len());
+        for s in report.skipped.iter().take(5) {
+            note!("note:   skipped {s}");
+        }
+    }
+    say!(
+        "{} steps, final loss {:.4}; fine-tuned model written to {}",
         report.steps,
         report.losses.last().copied().unwrap_or(f64::NAN),
         report.export.display()

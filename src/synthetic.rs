@@ -118,3 +118,46 @@ pub fn write_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathB
     std::fs::write(&jsonl, lines).map_err(|e| NnError::io(&jsonl, e))?;
     Ok(jsonl)
 }
+
+/// The `<loc>` box PaliGemma would answer for a shape at `position` (the nominal box, jitter
+/// left out): `<locY1><locX1><locY2><locX2>`, each `round(v · 1024)` of the side.
+pub fn detection_answer(position: usize) -> String {
+    let (fx, fy) = POSITIONS[position].1;
+    let r = 0.18f32;
+    let loc = |v: f32| format!("<loc{:04}>", ((v * 1024.0).round() as i64).clamp(0, 1023));
+    format!("{}{}{}{}", loc(fy - r), loc(fx - r), loc(fy + r), loc(fx + r))
+}
+
+/// A synthetic detection task for `vlm-zoo finetune`: `n` images of one shape in one of the four
+/// corners, with rows `{"image", "prefix": "detect SHAPE", "suffix": "<loc>x4 SHAPE"}` in
+/// `data.jsonl` (returned).
+pub fn write_detection_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
+    let mut rng = Rng::new(seed);
+    let pick = |rng: &mut Rng, k: usize| (rng.next_f64() * k as f64) as usize % k;
+    let mut lines = String::new();
+    for i in 0..n {
+        let scene = Scene {
+            colour: pick(&mut rng, COLOURS.len()),
+            shape: pick(&mut rng, 2),
+            position: pick(&mut rng, 4),
+        };
+        let name = format!("img{i:05}.png");
+        let path = dir.join(&name);
+        scene
+            .render(size, &mut rng)
+            .save(&path)
+            .map_err(|e| NnError::Save { path: path.clone(), reason: e.to_string() })?;
+        let shape = SHAPES[scene.shape];
+        let row = serde_json::json!({
+            "image": name,
+            "prefix": format!("detect {shape}"),
+            "suffix": format!("{} {shape}", detection_answer(scene.position)),
+        });
+        lines.push_str(&row.to_string());
+        lines.push('\n');
+    }
+    let jsonl = dir.join("data.jsonl");
+    std::fs::write(&jsonl, lines).map_err(|e| NnError::io(&jsonl, e))?;
+    Ok(jsonl)
+}

@@ -95,6 +95,40 @@ pub fn siglip_loss_chunked(
     total.unwrap_or_else(|| Tensor::zeros([1], &device)) / n as f64
 }
 
+/// Next-token cross-entropy on the suffix only, as transformers' PaliGemma computes it with the
+/// processor's `labels` (-100 on the image, the prompt and the padding): position `t` predicts
+/// token `t + 1` for `prefix[b] <= t + 1 < prefix[b] + suffix_len[b]`; the mean over those
+/// tokens of the whole batch (not per row). Rows are padded after their suffix.
+///
+/// # Shapes
+/// - `logits`: `[B, L, V]`; `ids`: `[B][L]`; `prefix`, `suffix_len`: `[B]`; output `[1]`
+pub fn suffix_cross_entropy(
+    logits: Tensor<3>,
+    ids: &[Vec<u32>],
+    prefix: &[usize],
+    suffix_len: &[usize],
+) -> Tensor<1> {
+    let device = logits.device();
+    let [b, l, v] = logits.dims();
+    let logp = log_softmax(logits.slice([0..b, 0..l - 1, 0..v]), 2);
+    let mut targets = Vec::with_capacity(b * (l - 1));
+    let mut weights = Vec::with_capacity(b * (l - 1));
+    let mut count = 0usize;
+    for (row, r) in ids.iter().enumerate() {
+        for t in 0..l - 1 {
+            let next = t + 1;
+            let on = next >= prefix[row] && next < prefix[row] + suffix_len[row];
+            targets.push(if on { r[next] as i64 } else { 0 });
+            weights.push(if on { 1.0f32 } else { 0.0 });
+            count += on as usize;
+        }
+    }
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, l - 1, 1]), &device);
+    let picked = logp.gather(2, targets).reshape([b, l - 1]);
+    let weights = Tensor::<2>::from_data(TensorData::new(weights, [b, l - 1]), &device);
+    -(picked * weights).sum() / count.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,33 +189,4 @@ mod tests {
         let sum = (to_vec(l0)[0] * 2.0 + to_vec(l1)[0] * 2.0) / n as f32;
         assert!((sum - want).abs() < 1e-4, "{sum} vs {want}");
     }
-}
-
-/// Next-token cross-entropy on the suffix only, as transformers' PaliGemma computes it with the
-/// processor's `labels` (-100 on the image, the prompt and the padding): position `t` predicts
-/// token `t + 1` for `prefix[b] <= t + 1 < prefix[b] + suffix_len[b]`; the mean over those
-/// tokens of the whole batch (not per row). Rows are padded after their suffix.
-///
-/// # Shapes
-/// - `logits`: `[B, L, V]`; `ids`: `[B][L]`; `prefix`, `suffix_len`: `[B]`; output `[1]`
-pub fn suffix_cross_entropy(logits: Tensor<3>, ids: &[Vec<u32>], prefix: &[usize], suffix_len: &[usize]) -> Tensor<1> {
-    let device = logits.device();
-    let [b, l, v] = logits.dims();
-    let logp = log_softmax(logits.slice([0..b, 0..l - 1, 0..v]), 2);
-    let mut targets = Vec::with_capacity(b * (l - 1));
-    let mut weights = Vec::with_capacity(b * (l - 1));
-    let mut count = 0usize;
-    for (row, r) in ids.iter().enumerate() {
-        for t in 0..l - 1 {
-            let next = t + 1;
-            let on = next >= prefix[row] && next < prefix[row] + suffix_len[row];
-            targets.push(if on { r[next] as i64 } else { 0 });
-            weights.push(if on { 1.0f32 } else { 0.0 });
-            count += on as usize;
-        }
-    }
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, l - 1, 1]), &device);
-    let picked = logp.gather(2, targets).reshape([b, l - 1]);
-    let weights = Tensor::<2>::from_data(TensorData::new(weights, [b, l - 1]), &device);
-    -(picked * weights).sum() / count.max(1) as f64
 }

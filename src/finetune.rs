@@ -1,0 +1,747 @@
+//! `vlm-zoo finetune`: PaliGemma (or a composed VLM saved as one) fine-tuned on your own
+//! (image, prefix, suffix) rows, as Google ships it to be used.
+//!
+//! The loss is transformers' with the processor's `labels`: cross-entropy on the suffix and its
+//! `<eos>` only, full attention over image + prefix, causal over the suffix
+//! ([`zoo_nn::loss::suffix_cross_entropy`]; parity: paligemma/tests/finetune.rs). What trains:
+//! `--train attention` (the decoder's attention, Google's recipe; vision tower and projector
+//! frozen), `decoder` (the whole Gemma), `all`; or LoRA adapters (`--lora-rank`) on the decoder's
+//! named projections, Burn's own `Lora` reparameterisation, merged into the weights at export.
+//! Each epoch ends with held-out exact match and a few sampled answers; the run ends with an HF
+//! PaliGemma folder (the source's config and tokenizer files + the trained weights) that
+//! `vlm-zoo generate` and transformers load.
+
+use crate::args::{DeviceArgs, ModelSource};
+use crate::train::{checkpoint, data::csv_fields, learning_rate, plot};
+use burn::module::{Lora, Module, ParamGroup};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use std::path::{Path, PathBuf};
+use zoo_nn::{NnError, Result, Rng, Sampling};
+use zoo_paligemma::{PaliGemmaDecoder, PaliGemmaForConditionalGeneration, PaliGemmaProcessor};
+
+/// Which parameters `--train` updates (without LoRA).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trainable {
+    /// The decoder's attention projections (q, k, v, o of every layer): Google's recipe.
+    #[default]
+    Attention,
+    /// The whole Gemma decoder, embeddings included.
+    Decoder,
+    /// Everything: vision tower, projector and decoder.
+    All,
+}
+
+/// The projections LoRA may wrap, per decoder layer.
+pub const LORA_TARGETS: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// `vlm-zoo finetune`'s options.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct FinetuneArgs {
+    /// The PaliGemma folder or hub id to start from.
+    #[arg(long)]
+    pub model: ModelSource,
+    /// JSONL (`{"image", "prefix", "suffix"}` per line) or CSV with those columns; images relative
+    /// to the file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: the fine-tuned HF folder, checkpoints, losses.csv, metrics.csv, metrics.png,
+    /// samples.tsv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// What trains (ignored with --lora-rank, where only the adapters train).
+    #[arg(long, value_enum, default_value_t = Trainable::Attention)]
+    pub train: Trainable,
+    /// Passes over the training rows.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Rows per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW) [default: 3e-5; 3e-4 with --lora-rank].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// Linear warm-up steps, then cosine decay to 10% of the peak.
+    #[arg(long, default_value_t = 10)]
+    pub warmup_steps: usize,
+    /// Batches whose gradients are summed before each step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Gradient-norm clipping (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Fraction of the rows held out for exact match.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Stop after this many steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// LoRA rank: train rank-R adapters on --lora-targets instead of the weights.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scale numerator (adapters add alpha / rank · A·B) [default: the rank].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// The decoder projections LoRA wraps, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    pub lora_targets: Vec<String>,
+    /// Held-out answers printed (and written to samples.tsv) after each epoch.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+    /// Seed of the split, the batch order and the adapters' initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Show a progress bar.
+    #[arg(skip = true)]
+    pub progress: bool,
+}
+
+impl Default for FinetuneArgs {
+    fn default() -> Self {
+        Self {
+            model: ModelSource(PathBuf::new()),
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            train: Trainable::Attention,
+            epochs: 3,
+            batch_size: 8,
+            lr: None,
+            warmup_steps: 10,
+            grad_accum: 1,
+            grad_clip: 1.0,
+            weight_decay: 0.0,
+            val_fraction: 0.1,
+            max_steps: None,
+            lora_rank: None,
+            lora_alpha: None,
+            lora_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            samples: 3,
+            seed: 0,
+            resume: false,
+            device: DeviceArgs::default(),
+            progress: true,
+        }
+    }
+}
+
+/// One training row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The image.
+    pub image: PathBuf,
+    /// The task prompt (`detect cat`, `caption en`, ...).
+    pub prefix: String,
+    /// The answer to learn.
+    pub suffix: String,
+}
+
+/// Reads rows from a JSONL or CSV file (`image` relative to the file). A row without `image`,
+/// `prefix` or `suffix` is an error naming its line.
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let text = zoo_nn::load::read_text(path, 4 << 30)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let missing = |line: usize, what: &str| {
+        NnError::Config(format!(
+            "{}:{line}: no \"{what}\" (each row needs image, prefix and suffix)",
+            path.display()
+        ))
+    };
+    let mut rows = Vec::new();
+    if path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| NnError::Config(format!("{}:{}: invalid JSON: {e}", path.display(), i + 1)))?;
+            let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| missing(i + 1, k));
+            rows.push(Row {
+                image: base.join(field("image")?),
+                prefix: field("prefix")?,
+                suffix: field("suffix")?,
+            });
+        }
+    } else {
+        let mut lines = text.lines().enumerate();
+        let header = csv_fields(lines.next().map_or("", |(_, l)| l));
+        let col = |name: &str| header.iter().position(|h| h.trim() == name);
+        let (Some(ic), Some(pc), Some(sc)) = (col("image"), col("prefix"), col("suffix")) else {
+            return Err(NnError::Config(format!(
+                "{}: the CSV header must have columns \"image\", \"prefix\" and \"suffix\" (found {header:?})",
+                path.display()
+            )));
+        };
+        for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+            let f = csv_fields(line);
+            let get = |c: usize, k: &str| f.get(c).cloned().ok_or_else(|| missing(i + 1, k));
+            rows.push(Row {
+                image: base.join(get(ic, "image")?.trim()),
+                prefix: get(pc, "prefix")?,
+                suffix: get(sc, "suffix")?,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Err(NnError::Config(format!("{}: no rows", path.display())));
+    }
+    Ok(rows)
+}
+
+/// A row made ready: ids = prompt + suffix + `<eos>`.
+#[derive(Debug, Clone)]
+struct Example {
+    row: Row,
+    prompt: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+/// What [`finetune`] returns.
+#[derive(Debug, Clone)]
+pub struct FinetuneReport {
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Loss of every step.
+    pub losses: Vec<f64>,
+    /// Held-out exact match before the first step (a fresh run with held-out rows).
+    pub exact_match_before: Option<f64>,
+    /// Held-out exact match after each epoch (of this process).
+    pub exact_match: Vec<f64>,
+    /// Rows whose image did not decode (path: reason), left out.
+    pub skipped: Vec<String>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// The HF folder written.
+    pub export: PathBuf,
+    /// Sampled held-out answers of the last epoch.
+    pub samples: Vec<Sample>,
+}
+
+/// One held-out answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The image.
+    pub image: PathBuf,
+    /// The prompt.
+    pub prefix: String,
+    /// What the model answered (greedy).
+    pub generated: String,
+    /// The row's suffix.
+    pub expected: String,
+}
+
+/// The parameter groups `--train` and `--lora-targets` name.
+fn trainable_group(model: &PaliGemmaForConditionalGeneration, args: &FinetuneArgs) -> Result<ParamGroup> {
+    let layers = &model.language_model.model.layers;
+    if args.lora_rank.is_some() {
+        let bad: Vec<&String> =
+            args.lora_targets.iter().filter(|t| !LORA_TARGETS.contains(&t.as_str())).collect();
+        if !bad.is_empty() || args.lora_targets.is_empty() {
+            return Err(NnError::Config(format!(
+                "--lora-targets {:?} names no decoder layer; valid names: {}",
+                bad,
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        let mut ids = Vec::new();
+        for l in layers {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            for t in &args.lora_targets {
+                let lin = match t.as_str() {
+                    "q_proj" => &a.q_proj,
+                    "k_proj" => &a.k_proj,
+                    "v_proj" => &a.v_proj,
+                    "o_proj" => &a.o_proj,
+                    "gate_proj" => &m.gate_proj,
+                    "up_proj" => &m.up_proj,
+                    _ => &m.down_proj,
+                };
+                ids.push(lin.weight.id);
+            }
+        }
+        return Ok(ParamGroup::from_ids(ids));
+    }
+    Ok(match args.train {
+        Trainable::All => ParamGroup::all(),
+        Trainable::Decoder => ParamGroup::ids_from_module(model.language_model.clone()),
+        Trainable::Attention => layers
+            .iter()
+            .map(|l| ParamGroup::ids_from_module(l.self_attn.clone()))
+            .reduce(|a, b| a.fuse(&b))
+            .unwrap_or_else(|| ParamGroup::from_ids(Vec::new())),
+    })
+}
+
+/// Counts the parameters that require gradients.
+fn count_trainable<M: Module>(m: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            if p.is_require_grad() {
+                self.0 += p.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    m.visit(&mut c);
+    c.0
+}
+
+fn validate(args: &FinetuneArgs) -> Result<()> {
+    let bad = |what: String| Err(NnError::Config(what));
+    if args.epochs == 0 || args.batch_size == 0 || args.grad_accum == 0 {
+        return bad("--epochs, --batch-size and --grad-accum must be at least 1".into());
+    }
+    if let Some(lr) = args.lr
+        && !(lr.is_finite() && lr > 0.0)
+    {
+        return bad(format!("--lr {lr}: expected a positive number"));
+    }
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        return bad(format!("--val-fraction {}: expected 0 <= f < 1", args.val_fraction));
+    }
+    if args.lora_rank == Some(0) {
+        return bad("--lora-rank 0: expected at least 1".into());
+    }
+    if args.lora_alpha.is_some_and(|a| !a.is_finite() || a <= 0.0) {
+        return bad("--lora-alpha: expected a positive number".into());
+    }
+    if !args.grad_clip.is_finite()
+        || args.grad_clip < 0.0
+        || !args.weight_decay.is_finite()
+        || args.weight_decay < 0.0
+    {
+        return bad("--grad-clip and --weight-decay must be non-negative numbers".into());
+    }
+    Ok(())
+}
+
+/// Runs fine-tuning; see [`FinetuneArgs`]. `on_line` receives what a user watching wants to read
+/// (epoch summaries, sampled answers).
+pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<FinetuneReport> {
+    validate(args)?;
+    let src = args.model.resolve()?;
+    let config = zoo_paligemma::load::read_config(&src)?;
+    let proc = PaliGemmaProcessor::from_dir(&src, &config)?;
+    let rows = read_rows(&args.data)?;
+    let max_len = config.text_config.max_position_embeddings;
+
+    // Rows: tokenised and length-checked now; images decoded once so a broken one is left out
+    // (and counted) before any step.
+    let mut examples = Vec::with_capacity(rows.len());
+    let mut skipped = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        if let Err(e) = zoo_nn::open_image(&row.image) {
+            skipped.push(e.to_string());
+            continue;
+        }
+        let prompt = proc.prompt_ids(&row.prefix)?;
+        let suffix = proc.suffix_ids(&row.suffix)?;
+        if prompt.len() + suffix.len() > max_len {
+            return Err(NnError::Config(format!(
+                "{} row {}: image + prefix ({} tokens) + suffix and <eos> ({}) = {} exceeds the model's {max_len} positions",
+                args.data.display(),
+                i + 1,
+                prompt.len(),
+                suffix.len(),
+                prompt.len() + suffix.len()
+            )));
+        }
+        examples.push(Example { row, prompt, suffix });
+    }
+    let mut rng = Rng::new(args.seed);
+    crate::train::data::shuffle(&mut examples, &mut rng);
+    let n_val = if args.val_fraction > 0.0 && examples.len() > 1 {
+        ((examples.len() as f64 * args.val_fraction).round() as usize).clamp(1, examples.len() - 1)
+    } else {
+        0
+    };
+    let held_out: Vec<Example> = examples.drain(..n_val).collect();
+    let train_rows = examples;
+    if train_rows.len() < args.batch_size {
+        return Err(NnError::Config(format!(
+            "--batch-size {} is larger than the {} training rows",
+            args.batch_size,
+            train_rows.len()
+        )));
+    }
+
+    std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
+    let _lock = checkpoint::lock(&args.out)?;
+    let previous = checkpoint::latest(&args.out)?;
+    if previous.is_some() && !args.resume {
+        return Err(NnError::Config(format!(
+            "{} holds the checkpoints of an earlier run: --resume continues it; choose another --out to start over",
+            args.out.display()
+        )));
+    }
+    let export_dir = args.out.join("model");
+    if export_dir.exists() && !args.resume {
+        return Err(NnError::Config(format!(
+            "{}: already exists (choose another --out)",
+            export_dir.display()
+        )));
+    }
+
+    let device = args.device.device()?.autodiff();
+    device.seed(args.seed);
+    let (model, _) = zoo_paligemma::load_paligemma(&src, burn::tensor::DType::F32, &device)?;
+    let group = trainable_group(&model, args)?;
+    let mut model = match args.lora_rank {
+        Some(rank) => {
+            model.apply_lora(Lora::new(rank, args.lora_alpha.unwrap_or(rank as f64)).set_param_group(group))
+        }
+        None => model.freeze().unfreeze_group(group),
+    };
+    let trainable_params = count_trainable(&model);
+    let lr_peak = args.lr.unwrap_or(if args.lora_rank.is_some() { 3e-4 } else { 3e-5 });
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(args.weight_decay as f32)
+        .with_grad_clipping(
+            (args.grad_clip > 0.0)
+                .then_some(burn::grad_clipping::GradientClippingConfig::Norm(args.grad_clip)),
+        )
+        .init();
+    let mut state = checkpoint::TrainState::default();
+    if let Some(dir) = previous {
+        let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
+        model
+            .load_from(&mut store)
+            .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
+        optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })?;
+        state = zoo_nn::read_json(&dir.join("state.json"))?;
+    }
+    let save_ckpt = |model: &PaliGemmaForConditionalGeneration,
+                     optim: &burn::optim::ModuleOptimizer,
+                     state: &checkpoint::TrainState| {
+        checkpoint::save(&args.out, state, |dir| {
+            let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
+            model
+                .save_into(&mut store)
+                .map_err(|e| NnError::Save { path: dir.join("model.bpk"), reason: e.to_string() })?;
+            optim
+                .save(dir.join("optim.bpk"))
+                .map_err(|e| NnError::Save { path: dir.join("optim.bpk"), reason: e.to_string() })
+        })
+    };
+
+    let per_epoch = train_rows.len() / args.batch_size;
+    let total_steps = (per_epoch * args.epochs).div_ceil(args.grad_accum).max(1);
+    let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let bar = args.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  eta {eta}  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(state.step as u64);
+        bar
+    });
+    let mut say = |s: &str| match &bar {
+        Some(b) => b.suspend(|| on_line(s)),
+        None => on_line(s),
+    };
+    say(&format!(
+        "fine-tuning {} on {} rows ({} held out, {} skipped): {} trainable parameters ({})",
+        src.display(),
+        train_rows.len() + held_out.len(),
+        held_out.len(),
+        skipped.len(),
+        trainable_params,
+        match args.lora_rank {
+            Some(r) => format!("LoRA rank {r} on {}", args.lora_targets.join(",")),
+            None => format!("--train {}", format!("{:?}", args.train).to_lowercase()),
+        }
+    ));
+    let pixels_of = |rows: &[&Example], device: &Device| -> Result<Tensor<4>> {
+        let paths: Vec<PathBuf> = rows.iter().map(|e| e.row.image.clone()).collect();
+        proc.images.batch_from_files(&paths, device)
+    };
+    // Greedy answers to the held-out prefixes: (exact match, right, the first few answers).
+    let evaluate = |model: &PaliGemmaForConditionalGeneration| -> Result<(f64, usize, Vec<Sample>)> {
+        let valid = model.valid();
+        let cpu = device.clone().inner();
+        let (mut right, mut shown) = (0usize, Vec::new());
+        let longest = held_out.iter().map(|e| e.suffix.len()).max().unwrap_or(1);
+        for chunk in held_out.chunks(args.batch_size.max(1)) {
+            let rows: Vec<&Example> = chunk.iter().collect();
+            let decoder = PaliGemmaDecoder {
+                image_features: valid.image_features(pixels_of(&rows, &cpu)?),
+                model: &valid,
+                max_len,
+                device: cpu.clone(),
+            };
+            let prompts: Vec<Vec<u32>> = rows.iter().map(|e| e.prompt.clone()).collect();
+            let sampling = Sampling {
+                max_new_tokens: (longest + 2).min(max_len.saturating_sub(1)).max(1),
+                ..Default::default()
+            };
+            let out = zoo_nn::generate(&decoder, &prompts, &proc.eos, &sampling, |_, _| {})?;
+            for (e, g) in rows.iter().zip(out) {
+                let text = proc.tokenizer.decode(&g.token_ids)?;
+                right += (text.trim() == e.row.suffix.trim()) as usize;
+                if shown.len() < args.samples {
+                    shown.push(Sample {
+                        image: e.row.image.clone(),
+                        prefix: e.row.prefix.clone(),
+                        generated: text.trim().to_string(),
+                        expected: e.row.suffix.clone(),
+                    });
+                }
+            }
+        }
+        Ok((right as f64 / held_out.len().max(1) as f64, right, shown))
+    };
+    let mut exact_match_before = None;
+    if state.step == 0 && !held_out.is_empty() {
+        let (em, right, _) = evaluate(&model)?;
+        say(&format!(
+            "before fine-tuning: held-out exact match {:.1}% ({right}/{})",
+            100.0 * em,
+            held_out.len()
+        ));
+        exact_match_before = Some(em);
+    }
+    let mut metrics = String::from("epoch,step,loss,exact_match\n");
+    if let Some(em) = exact_match_before {
+        metrics.push_str(&format!("0,0,,{em:.4}\n"));
+    }
+    let mut exact_match = Vec::new();
+    let mut samples = Vec::new();
+    let mut samples_txt = String::new();
+    let mut accum = GradientsAccumulator::new();
+    let mut in_accum = 0;
+    while state.epoch < args.epochs && state.step < total_steps {
+        let mut order: Vec<usize> = (0..train_rows.len()).collect();
+        crate::train::data::shuffle(
+            &mut order,
+            &mut Rng::new(args.seed.wrapping_add(1000 * state.epoch as u64 + 1)),
+        );
+        for (bi, chunk) in order.chunks_exact(args.batch_size).enumerate().skip(state.batch_in_epoch) {
+            let batch: Vec<&Example> = chunk.iter().map(|&i| &train_rows[i]).collect();
+            let width = batch.iter().map(|e| e.prompt.len() + e.suffix.len()).max().unwrap_or(0);
+            let ids: Vec<Vec<u32>> = batch
+                .iter()
+                .map(|e| {
+                    let mut r = [e.prompt.as_slice(), e.suffix.as_slice()].concat();
+                    r.resize(width, 0);
+                    r
+                })
+                .collect();
+            let prefix: Vec<usize> = batch.iter().map(|e| e.prompt.len()).collect();
+            let suffix_len: Vec<usize> = batch.iter().map(|e| e.suffix.len()).collect();
+            let types: Vec<Vec<u32>> =
+                prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
+            let logits = model.forward(pixels_of(&batch, &device)?, &ids, &types)?;
+            let loss = zoo_nn::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len)
+                / args.grad_accum as f64;
+            let value = zoo_nn::host::scalar(loss.clone().inner()) * args.grad_accum as f64;
+            if !value.is_finite() {
+                return Err(NnError::Config(format!(
+                    "loss became {value} at step {} (epoch {}); stopping (lower --lr?)",
+                    state.step, state.epoch
+                )));
+            }
+            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            in_accum += 1;
+            state.batch_in_epoch = bi + 1;
+            if in_accum < args.grad_accum {
+                continue;
+            }
+            in_accum = 0;
+            let lr = learning_rate(state.step, total_steps, args.warmup_steps, lr_peak);
+            model = optim.step(lr, model, accum.grads());
+            state.step += 1;
+            state.losses.push(value);
+            if let Some(bar) = &bar {
+                bar.set_position(state.step as u64);
+                bar.set_message(format!("loss {value:.4}  lr {lr:.2e}"));
+            }
+            if state.step >= total_steps {
+                break;
+            }
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        // Held-out exact match and a few answers.
+        let (em, right, shown) = evaluate(&model)?;
+        if !held_out.is_empty() {
+            exact_match.push(em);
+            metrics.push_str(&format!(
+                "{},{},{:.6},{em:.4}\n",
+                state.epoch,
+                state.step,
+                state.losses.last().copied().unwrap_or(f64::NAN)
+            ));
+            say(&format!(
+                "epoch {}/{}: loss {:.4}, held-out exact match {:.1}% ({right}/{})",
+                state.epoch,
+                args.epochs,
+                state.losses.last().copied().unwrap_or(f64::NAN),
+                100.0 * em,
+                held_out.len()
+            ));
+            for x in &shown {
+                let mark = if x.generated == x.expected.trim() { "=" } else { "≠" };
+                say(&format!("  {:?} -> {:?} {mark} {:?}", x.prefix, x.generated, x.expected));
+                samples_txt.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    state.epoch,
+                    x.image.display(),
+                    x.prefix,
+                    x.generated,
+                    x.expected
+                ));
+            }
+            samples = shown;
+        }
+        save_ckpt(&model, &optim, &state)?;
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+
+    // The outputs: losses, metrics, samples, plot, then the HF folder with merged weights.
+    let lrs = (0..state.losses.len()).map(|i| learning_rate(i, total_steps, args.warmup_steps, lr_peak));
+    let losses_csv: String = state
+        .losses
+        .iter()
+        .zip(lrs.clone())
+        .enumerate()
+        .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
+        .collect();
+    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
+    checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
+    checkpoint::write_atomic(
+        &args.out.join("samples.tsv"),
+        format!("epoch\timage\tprefix\tgenerated\texpected\n{samples_txt}").as_bytes(),
+    )?;
+    let points: Vec<(f64, f64)> = metrics
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.first()?.parse().ok()?, f.get(3)?.parse().ok()?))
+        })
+        .collect();
+    let what = match args.lora_rank {
+        Some(r) => format!("LoRA rank {r}"),
+        None => format!("--train {}", format!("{:?}", args.train).to_lowercase()),
+    };
+    crate::draw::figure(
+        &args.out.join("metrics.png"),
+        &format!(
+            "finetune {} ({what}): {} rows ({} held out), {} epochs, batch {}",
+            src.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+            train_rows.len() + held_out.len(),
+            held_out.len(),
+            args.epochs,
+            args.batch_size
+        ),
+        &[
+            plot::loss_panel(&state.losses),
+            plot::epoch_panel(
+                "Held-out answers",
+                "exact match",
+                &[("exact match", points)],
+                "no held-out rows",
+            ),
+            plot::lr_panel(&lrs.collect::<Vec<_>>()),
+        ],
+        plot::SIZE,
+    )?;
+    export(&src, &export_dir, model.valid().materialize())?;
+    Ok(FinetuneReport {
+        steps: state.step,
+        losses: state.losses,
+        exact_match_before,
+        exact_match,
+        skipped,
+        trainable_params,
+        export: export_dir,
+        samples,
+    })
+}
+
+/// Writes `model` as an HF PaliGemma folder at `dir`: every file of the source folder but its
+/// weights (config, tokenizer, processor and generation configs, as the user had them) and the
+/// weights as one `model.safetensors` (f32). Written beside `dir` and renamed into place.
+pub fn export(src: &Path, dir: &Path, model: PaliGemmaForConditionalGeneration) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| NnError::io(&tmp, e))?;
+    let is_weights = |n: &str| {
+        n.ends_with(".safetensors")
+            || n.ends_with(".safetensors.index.json")
+            || n.ends_with(".bin")
+            || n.ends_with(".pt")
+    };
+    for entry in std::fs::read_dir(src).map_err(|e| NnError::io(src, e))?.flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if path.is_file() && !is_weights(&n) && !n.starts_with('.') {
+            std::fs::copy(&path, tmp.join(&n)).map_err(|e| NnError::io(&path, e))?;
+        }
+    }
+    zoo_nn::load::save_safetensors(
+        &model,
+        &tmp.join("model.safetensors"),
+        &[(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")],
+        &[],
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| NnError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_need_image_prefix_and_suffix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("d.jsonl");
+        std::fs::write(&p, "{\"image\": \"a.png\", \"prefix\": \"caption en\", \"suffix\": \"a cat\"}\n\n{\"image\": \"b.png\", \"prefix\": \"x\"}\n").unwrap();
+        let e = read_rows(&p).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:3") && e.contains("\"suffix\""), "{e}");
+        let c = tmp.path().join("d.csv");
+        std::fs::write(
+            &c,
+            "image,prefix,suffix\na.png,detect cat,\"<loc0001><loc0002><loc0003><loc0004> cat\"\n",
+        )
+        .unwrap();
+        let rows = read_rows(&c).unwrap();
+        assert_eq!(rows[0].image, tmp.path().join("a.png"));
+        assert_eq!(rows[0].suffix, "<loc0001><loc0002><loc0003><loc0004> cat");
+        std::fs::write(&c, "image,caption\na.png,x\n").unwrap();
+        assert!(read_rows(&c).unwrap_err().to_string().contains("\"prefix\""));
+    }
+
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let a = crate::args::parse_from::<FinetuneArgs>(&[
+            "finetune", "--model", "m", "--data", "d", "--out", "o",
+        ]);
+        let want = FinetuneArgs {
+            model: ModelSource(PathBuf::from("m")),
+            data: "d".into(),
+            out: "o".into(),
+            ..Default::default()
+        };
+        assert_eq!(a, FinetuneArgs { progress: true, ..want });
+    }
+}
