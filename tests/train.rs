@@ -170,3 +170,69 @@ fn bad_data_gets_clear_errors() {
     let e = vlm_zoo::train::data::load_pairs(&csv, true).unwrap_err().to_string();
     assert!(e.contains("missing.png") || e.contains("empty caption"), "{e}");
 }
+
+/// What `AutoProcessor.from_pretrained(export)(text=..., padding=...)` does, from the exported
+/// files alone: tokenizer.json's encoding, `model_max_length` / `padding_side` / `pad_token` /
+/// `model_input_names` from tokenizer_config.json, padding to `model_max_length` (SigLIP,
+/// `padding="max_length"`) or to the longest text (CLIP, `padding=True`). The ids so made give
+/// `zero-shot`'s text embeddings (scripts/check_train_export.py runs transformers itself: equal
+/// within 1.2e-7 for both archs when this was written).
+#[test]
+fn the_export_gives_zero_shot_numbers_through_transformers_documented_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 64, 32, 4).unwrap();
+    let texts = ["a red circle at the top left".to_string(), "a blue square".to_string()];
+    let image = tmp.path().join("data/img00000.png");
+    for arch in [Arch::Siglip, Arch::Clip] {
+        let out = tmp.path().join(format!("{arch:?}"));
+        let mut a = args(&data, &out, arch);
+        a.epochs = 1;
+        vlm_zoo::train::train(&a).unwrap();
+        let json = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap()
+        };
+        let (config, tok_config) = (json("config.json"), json("tokenizer_config.json"));
+        let processor = json("processor_config.json");
+        let max_len = tok_config["model_max_length"].as_u64().unwrap() as usize;
+        assert_eq!(max_len as u64, config["text_config"]["max_position_embeddings"].as_u64().unwrap());
+        assert_eq!(tok_config["padding_side"], "right");
+        let want_class = if arch == Arch::Siglip { "SiglipProcessor" } else { "CLIPProcessor" };
+        assert_eq!(processor["processor_class"], want_class);
+        assert!(json("preprocessor_config.json")["image_processor_type"].is_string());
+        // Every special id the config names is inside the vocabulary (or null).
+        let vocab = config["text_config"]["vocab_size"].as_u64().unwrap();
+        for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            let v = &config["text_config"][k];
+            assert!(v.is_null() || v.as_u64().unwrap() < vocab, "{arch:?} {k} = {v}");
+        }
+        let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        let pad = tok.token_to_id(tok_config["pad_token"].as_str().unwrap()).unwrap();
+        let mut ids: Vec<Vec<u32>> =
+            texts.iter().map(|t| tok.encode(t.as_str(), true).unwrap().get_ids().to_vec()).collect();
+        let width = if arch == Arch::Siglip { max_len } else { ids.iter().map(Vec::len).max().unwrap() };
+        let mask: Vec<Vec<bool>> = ids.iter().map(|r| (0..width).map(|i| i < r.len()).collect()).collect();
+        for r in &mut ids {
+            r.resize(width, pad);
+        }
+        let dev = zoo_nn::testing::device();
+        let (model, _) = vlm_zoo::train::models::Towers::load(&out, burn::tensor::DType::F32, &dev).unwrap();
+        let txt = match &model {
+            vlm_zoo::train::models::Towers::Siglip(m) => {
+                // No attention mask: SigLIP's tokenizer gives only input_ids.
+                assert_eq!(tok_config["model_input_names"], serde_json::json!(["input_ids"]));
+                m.text_features(zoo_nn::host::ids_tensor(&ids, &dev))
+            }
+            vlm_zoo::train::models::Towers::Clip(m) => m.text_features(&ids, &mask, &dev),
+        };
+        let txt = zoo_nn::testing::to_vec(zoo_nn::l2_normalize(txt));
+        let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();
+        let z = vlm_zoo::zero_shot::zero_shot(&out, &[image.clone()], &texts, &compute).unwrap();
+        let want: Vec<f32> = z.text_embeds.concat();
+        zoo_nn::testing::assert_slices_close(
+            &txt,
+            &want,
+            zoo_nn::testing::PARITY_TOL,
+            &format!("{arch:?} text embeds"),
+        );
+    }
+}

@@ -260,16 +260,44 @@ fn export(
     model.save_hf(&out.join("model.safetensors"))?;
     let json = serde_json::to_vec_pretty(&config.to_hf_json()).map_err(|e| NnError::Config(e.to_string()))?;
     checkpoint::write_atomic(&out.join("config.json"), &json)?;
-    let pre = serde_json::to_vec_pretty(proc).map_err(|e| NnError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out.join("preprocessor_config.json"), &pre)?;
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        let src = tok_dir.join(f);
-        if src.is_file() && tok_dir != out {
-            let bytes = std::fs::read(&src).map_err(|e| NnError::io(&src, e))?;
-            checkpoint::write_atomic(&out.join(f), &bytes)?;
-        }
+    let src = tok_dir.join("tokenizer.json");
+    if src.is_file() && tok_dir != out {
+        let bytes = std::fs::read(&src).map_err(|e| NnError::io(&src, e))?;
+        checkpoint::write_atomic(&out.join("tokenizer.json"), &bytes)?;
     }
-    Ok(())
+    // What transformers' AutoProcessor needs to give `zero-shot`'s numbers with the documented
+    // calls: `model_max_length` (SigLIP pools the last of `padding="max_length"` positions),
+    // right padding, the special tokens, and the processor class.
+    let tc = tok_dir.join("tokenizer_config.json");
+    let mut tok_config: serde_json::Value =
+        if tc.is_file() { zoo_nn::read_json(&tc)? } else { serde_json::json!({}) };
+    if !tok_config.is_object() {
+        tok_config = serde_json::json!({});
+    }
+    tok_config["model_max_length"] = serde_json::json!(config.text_len());
+    tok_config["padding_side"] = serde_json::json!("right");
+    if tok_config.get("tokenizer_class").is_none() {
+        tok_config["tokenizer_class"] = serde_json::json!("PreTrainedTokenizerFast");
+    }
+    let (processor, image_processor) = match config {
+        ModelConfig::Siglip(_) => ("SiglipProcessor", "SiglipImageProcessor"),
+        ModelConfig::Clip(_) => ("CLIPProcessor", "CLIPImageProcessor"),
+    };
+    tok_config["processor_class"] = serde_json::json!(processor);
+    if let ModelConfig::Siglip(_) = config {
+        // SigLIP's text tower attends to its padding (it was trained so, and pools the last
+        // position): its tokenizer gives no attention mask, as the hub's SiglipTokenizer.
+        tok_config["model_input_names"] = serde_json::json!(["input_ids"]);
+    }
+    let json = serde_json::to_vec_pretty(&tok_config).map_err(|e| NnError::Config(e.to_string()))?;
+    checkpoint::write_atomic(&out.join("tokenizer_config.json"), &json)?;
+    let mut pre_json = serde_json::to_value(proc).map_err(|e| NnError::Config(e.to_string()))?;
+    pre_json["image_processor_type"] = serde_json::json!(image_processor);
+    pre_json["processor_class"] = serde_json::json!(processor);
+    let pre_bytes = serde_json::to_vec_pretty(&pre_json).map_err(|e| NnError::Config(e.to_string()))?;
+    checkpoint::write_atomic(&out.join("preprocessor_config.json"), &pre_bytes)?;
+    let processor_json = serde_json::json!({"processor_class": processor});
+    checkpoint::write_atomic(&out.join("processor_config.json"), processor_json.to_string().as_bytes())
 }
 
 /// Runs training; see [`TrainArgs`].
@@ -376,11 +404,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let vocab = tok.inner().get_vocab_size(true);
             let specials = tokenizer::specials(args.arch);
             let id = |t: &str| tok.token_to_id(t).unwrap_or(0);
-            let (pad, eos) = match args.arch {
-                Arch::Siglip => (id(specials[0]), id(specials[1])),
-                Arch::Clip => (id(specials[0]), id(specials[0])),
+            let ids = match args.arch {
+                Arch::Siglip => (id(specials[0]), id(specials[1]), None),
+                Arch::Clip => (id(specials[0]), id(specials[0]), Some(id(specials[1]))),
             };
-            let config = ModelConfig::preset(args.arch, args.preset, vocab, pad, eos, args.norm);
+            let config = ModelConfig::preset(args.arch, args.preset, vocab, ids, args.norm);
             (Towers::new(&config, &device), config)
         }
     };

@@ -41,8 +41,16 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
-    /// A preset of `arch` for a vocabulary of `vocab` tokens, with `norm` in every block.
-    pub fn preset(arch: Arch, preset: Preset, vocab: usize, pad: u32, eos: u32, norm: NormKind) -> Self {
+    /// A preset of `arch` for a vocabulary of `vocab` tokens with these special ids (`bos: None`
+    /// for SigLIP, whose texts have none; written as `null`, never transformers' default 49406
+    /// outside a small vocabulary), with `norm` in every block.
+    pub fn preset(
+        arch: Arch,
+        preset: Preset,
+        vocab: usize,
+        (pad, eos, bos): (u32, u32, Option<u32>),
+        norm: NormKind,
+    ) -> Self {
         let (image, patch, width, layers, heads, text_len) = match preset {
             Preset::Tiny => (32, 8, 64, 2, 4, 16),
             Preset::Small => (64, 8, 192, 6, 6, 32),
@@ -58,6 +66,7 @@ impl ModelConfig {
         text["max_position_embeddings"] = json!(text_len);
         text["pad_token_id"] = json!(pad);
         text["eos_token_id"] = json!(eos);
+        text["bos_token_id"] = json!(bos);
         match arch {
             Arch::Siglip => {
                 vision["vision_use_head"] = json!(true);
