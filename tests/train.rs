@@ -226,7 +226,7 @@ fn the_export_gives_zero_shot_numbers_through_transformers_documented_calls() {
         };
         let txt = zoo_nn::testing::to_vec(zoo_nn::l2_normalize(txt));
         let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();
-        let z = vlm_zoo::zero_shot::zero_shot(&out, &[image.clone()], &texts, &compute).unwrap();
+        let z = vlm_zoo::zero_shot::zero_shot(&out, std::slice::from_ref(&image), &texts, &compute).unwrap();
         let want: Vec<f32> = z.text_embeds.concat();
         zoo_nn::testing::assert_slices_close(
             &txt,
