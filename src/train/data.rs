@@ -27,6 +27,11 @@ pub struct Skipped {
 
 /// Splits a CSV line into fields (double quotes, `""` escapes).
 pub fn csv_fields(line: &str) -> Vec<String> {
+    split_fields(line, ',')
+}
+
+/// Splits a line at `sep` (double quotes, `""` escapes).
+pub fn split_fields(line: &str, sep: char) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -38,7 +43,7 @@ pub fn csv_fields(line: &str) -> Vec<String> {
                 chars.next();
             }
             ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, false) if c == sep => out.push(std::mem::take(&mut cur)),
             _ => cur.push(c),
         }
     }
@@ -49,19 +54,81 @@ pub fn csv_fields(line: &str) -> Vec<String> {
 /// Reads pairs from a CSV or JSONL file or a folder. Images are checked to decode; rows that do
 /// not are skipped and counted (or, with `strict`, an error naming the row).
 pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
+    load_pairs_with(path, strict, &super::sources::SourceOptions::default())
+}
+
+/// Image files a folder dataset may hold.
+const FOLDER_IMAGE_EXTS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff"];
+
+/// Every file under `dir`, sorted (img2dataset's `00000/000000012.jpg` trees included).
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
+    if depth > 16 {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| NnError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out, depth + 1)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// [`load_pairs`] with the caption key and CSV layout of `opts`:
+/// - a folder with `metadata.jsonl` (HF imagefolder: `file_name`, `text`);
+/// - a folder, searched recursively, of images with a same-named `.txt` caption or `.json`
+///   (`--caption-key`, else `caption`): img2dataset's output;
+/// - a CSV/TSV file (open_clip: tab-separated `filepath` / `title`; or `image` / `caption`);
+/// - a JSONL file (`image`, `caption` or `--caption-key`).
+pub fn load_pairs_with(
+    path: &Path,
+    strict: bool,
+    opts: &super::sources::SourceOptions,
+) -> Result<(Vec<Pair>, Skipped)> {
     let mut pairs = Vec::new();
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| NnError::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x != "txt"))
-            .collect();
-        entries.sort();
-        for image in entries {
-            let txt = image.with_extension("txt");
-            if txt.is_file() {
-                let caption = std::fs::read_to_string(&txt).map_err(|e| NnError::io(&txt, e))?;
-                pairs.push(Pair { image, caption: caption.trim().to_string() });
+    let mut missing_captions = 0usize;
+    let caption_field = opts.caption_key.as_deref().unwrap_or("caption");
+    if path.is_dir() && path.join("metadata.jsonl").is_file() {
+        let meta = path.join("metadata.jsonl");
+        let text = zoo_nn::load::read_text(&meta, 4 << 30)?;
+        let field = opts.caption_key.as_deref().unwrap_or("text");
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| NnError::Config(format!("{}:{}: invalid JSON: {e}", meta.display(), i + 1)))?;
+            let Some(file) = v["file_name"].as_str() else {
+                return Err(NnError::Config(format!("{}:{}: no \"file_name\"", meta.display(), i + 1)));
+            };
+            match v[field].as_str() {
+                Some(c) => pairs.push(Pair { image: path.join(file), caption: c.trim().to_string() }),
+                None => missing_captions += 1,
+            }
+        }
+    } else if path.is_dir() {
+        let mut files = Vec::new();
+        walk(path, &mut files, 0)?;
+        for image in files {
+            let ext = image.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if !FOLDER_IMAGE_EXTS.contains(&ext.as_str()) {
+                continue;
+            }
+            let (txt, json) = (image.with_extension("txt"), image.with_extension("json"));
+            let caption = if opts.caption_key.is_none() && txt.is_file() {
+                Some(std::fs::read_to_string(&txt).map_err(|e| NnError::io(&txt, e))?)
+            } else if json.is_file() {
+                let v: serde_json::Value = zoo_nn::read_json(&json)?;
+                v[caption_field].as_str().map(str::to_string)
+            } else {
+                None
+            };
+            match caption {
+                Some(c) => pairs.push(Pair { image, caption: c.trim().to_string() }),
+                None => missing_captions += 1,
             }
         }
     } else {
@@ -74,9 +141,9 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
                     NnError::Config(format!("{}:{}: invalid JSON: {e}", path.display(), i + 1))
                 })?;
-                let (Some(image), Some(caption)) = (v["image"].as_str(), v["caption"].as_str()) else {
+                let (Some(image), Some(caption)) = (v["image"].as_str(), v[caption_field].as_str()) else {
                     return Err(NnError::Config(format!(
-                        "{}:{}: each line needs string fields \"image\" and \"caption\"",
+                        "{}:{}: each line needs string fields \"image\" and \"{caption_field}\"",
                         path.display(),
                         i + 1
                     )));
@@ -84,24 +151,43 @@ pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
                 pairs.push(Pair { image: base.join(image), caption: caption.to_string() });
             }
         } else {
+            let tsv = path.extension().is_some_and(|e| e == "tsv");
+            let sep = opts.csv_separator.unwrap_or(if tsv { '\t' } else { ',' });
             let mut lines = text.lines();
-            let header = csv_fields(lines.next().unwrap_or_default());
+            let header = split_fields(lines.next().unwrap_or_default(), sep);
             let col = |name: &str| header.iter().position(|h| h.trim() == name);
-            let (Some(ic), Some(cc)) = (col("image"), col("caption")) else {
+            let pick = |given: &Option<String>, defaults: [&str; 2]| match given {
+                Some(k) => col(k),
+                None => defaults.iter().find_map(|d| col(d)),
+            };
+            let (Some(ic), Some(cc)) = (
+                pick(&opts.csv_img_key, ["filepath", "image"]),
+                pick(&opts.csv_caption_key, ["title", "caption"]),
+            ) else {
                 return Err(NnError::Config(format!(
-                    "{}: the CSV header must have columns \"image\" and \"caption\" (found {header:?})",
-                    path.display()
+                    "{}: no image / caption columns {} (found {header:?}, separator {sep:?}; see --csv-img-key, --csv-caption-key, --csv-separator)",
+                    path.display(),
+                    match (&opts.csv_img_key, &opts.csv_caption_key) {
+                        (Some(i), Some(c)) => format!("\"{i}\" / \"{c}\""),
+                        _ => "(filepath/title or image/caption)".to_string(),
+                    }
                 )));
             };
             for line in lines.filter(|l| !l.trim().is_empty()) {
-                let f = csv_fields(line);
+                let f = split_fields(line, sep);
                 if let (Some(image), Some(caption)) = (f.get(ic), f.get(cc)) {
                     pairs.push(Pair { image: base.join(image.trim()), caption: caption.clone() });
                 }
             }
         }
     }
-    let mut skipped = Skipped::default();
+    if strict && missing_captions > 0 {
+        return Err(NnError::Config(format!(
+            "{}: {missing_captions} image(s) without a caption (--strict)",
+            path.display()
+        )));
+    }
+    let mut skipped = Skipped { empty_captions: missing_captions, ..Default::default() };
     let mut kept = Vec::with_capacity(pairs.len());
     for p in pairs {
         if p.caption.trim().is_empty() {
@@ -166,7 +252,16 @@ pub struct Augment {
 
 /// Decodes, augments (deterministically per `(seed, epoch, index)`) and preprocesses one image.
 pub fn load_image(path: &Path, proc: &ImageProcessor, aug: Augment, seed: u64) -> Result<Vec<f32>> {
-    let mut img = zoo_nn::open_image(path)?;
+    augment(zoo_nn::open_image(path)?, proc, aug, seed)
+}
+
+/// Augments (deterministically per `seed`) and preprocesses a decoded image.
+pub fn augment(
+    mut img: image::DynamicImage,
+    proc: &ImageProcessor,
+    aug: Augment,
+    seed: u64,
+) -> Result<Vec<f32>> {
     let mut rng = Rng::new(seed);
     if let Some(min_scale) = aug.crop_min_scale {
         let (w, h) = (img.width() as f64, img.height() as f64);

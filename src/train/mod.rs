@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod models;
 pub mod plot;
+pub mod sources;
 pub mod tokenizer;
 
 use crate::args::{DeviceArgs, ModelSource};
@@ -28,9 +29,15 @@ pub struct TrainArgs {
     /// siglip or clip.
     #[arg(long, value_enum)]
     pub arch: Arch,
-    /// CSV or JSONL (`image`, `caption`) or a folder of images with same-named .txt captions.
+    /// The pairs: CSV/TSV (open_clip's `filepath`/`title` or `image`/`caption` columns), JSONL
+    /// (`image`, `caption`), a folder (images + same-named .txt, recursive: img2dataset's
+    /// output; or an HF imagefolder with metadata.jsonl), WebDataset tar shards
+    /// (`shards/{00000..00127}.tar`, several joined with `::`) or parquet files.
     #[arg(long)]
     pub data: PathBuf,
+    /// Caption fields, CSV layout, and the stream options (shuffle buffer, samples per epoch).
+    #[command(flatten)]
+    pub source: sources::SourceOptions,
     /// Output folder: the HF-format model, checkpoints, losses.csv, metrics.csv, metrics.png.
     #[arg(long)]
     pub out: PathBuf,
@@ -160,6 +167,7 @@ impl Default for TrainArgs {
         Self {
             arch: Arch::Siglip,
             data: PathBuf::new(),
+            source: sources::SourceOptions::default(),
             out: PathBuf::new(),
             preset: Preset::Tiny,
             norm: NormKind::Layer,
@@ -303,10 +311,47 @@ fn export(
 /// Runs training; see [`TrainArgs`].
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     args.validate()?;
-    let (pairs, skipped) = data::load_pairs(&args.data, args.strict)?;
-    let (train_pairs, held_out) = data::split(pairs, args.val_fraction, args.seed);
-    let mut skipped_samples: std::collections::BTreeSet<String> =
-        skipped.bad_images.iter().map(|p| format!("{p}: missing or not a readable image")).collect();
+    // A stream (shards, parquet) is read from disk every epoch; a list is held as paths.
+    let stream = if sources::is_stream(&args.data) {
+        Some(sources::Stream::open(&args.data, &args.source)?)
+    } else {
+        None
+    };
+    let (train_pairs, held_out, skipped, stream_len) = match &stream {
+        None => {
+            let (pairs, skipped) = data::load_pairs_with(&args.data, args.strict, &args.source)?;
+            let (train, held) = data::split(pairs, args.val_fraction, args.seed);
+            (train, held, skipped, None)
+        }
+        Some(s) => {
+            std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
+            let (held, bad) = sources::held_out(
+                s,
+                args.val_fraction,
+                args.seed,
+                args.source.val_max,
+                &args.out.join("held-out"),
+            )?;
+            let total = match args.source.train_num_samples {
+                Some(n) => n,
+                None => ((s.count()? as f64) * (1.0 - args.val_fraction)).floor() as usize,
+            };
+            // The tokenizer (when one is trained) learns from the first captions of the stream.
+            let captions: Vec<Pair> = sources::Stream::read(s.files.clone(), s.opts.clone())
+                .filter_map(|i| i.ok())
+                .take(50_000)
+                .map(|r| Pair { image: PathBuf::new(), caption: r.caption })
+                .collect();
+            let skipped = data::Skipped { bad_images: bad, empty_captions: 0 };
+            (captions, held, skipped, Some(total))
+        }
+    };
+    let train_len = stream_len.unwrap_or(train_pairs.len());
+    let mut skipped_samples: std::collections::BTreeSet<String> = skipped
+        .bad_images
+        .iter()
+        .map(|p| if stream.is_some() { p.clone() } else { format!("{p}: missing or not a readable image") })
+        .collect();
     // The held-out images are decoded once now, so an evaluation never meets a broken one.
     let held_out: Vec<Pair> = held_out
         .into_iter()
@@ -318,11 +363,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             }
         })
         .collect();
-    if train_pairs.len() < args.batch_size {
+    if train_len < args.batch_size {
         return Err(NnError::Config(format!(
-            "--batch-size {} is larger than the {} training pairs",
+            "--batch-size {} is larger than the {train_len} training pairs",
             args.batch_size,
-            train_pairs.len()
         )));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
@@ -337,13 +381,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let device = args.device.device()?.autodiff();
     let init = args.init.as_ref().map(ModelSource::resolve).transpose()?;
     let grad_accum = args.grad_accum;
-    if (train_pairs.len() / args.batch_size) * args.epochs < grad_accum {
+    if (train_len / args.batch_size) * args.epochs < grad_accum {
         return Err(NnError::Config(format!(
             "--grad-accum {grad_accum} needs at least {grad_accum} batches, but {} epochs of {} training pairs at --batch-size {} give {}",
             args.epochs,
-            train_pairs.len(),
+            train_len,
             args.batch_size,
-            (train_pairs.len() / args.batch_size) * args.epochs
+            (train_len / args.batch_size) * args.epochs
         )));
     }
     if let Some(path) = &args.labels
@@ -438,7 +482,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         state = zoo_nn::read_json(&dir.join("state.json"))?;
     }
 
-    let per_epoch = train_pairs.len() / args.batch_size;
+    let per_epoch = train_len / args.batch_size;
     let total_steps = (per_epoch * args.epochs).div_ceil(grad_accum).max(1);
     let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let bar = args.progress.then(|| {
@@ -468,15 +512,28 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
 
     while state.epoch < args.epochs && state.step < total_steps {
         let order_seed = args.seed.wrapping_add(1000 * state.epoch as u64 + 1);
-        let batches = data::epoch_batches(
-            &train_pairs,
-            args.batch_size,
-            order_seed,
-            args.augment,
-            &proc,
-            args.workers,
-            state.batch_in_epoch,
-        );
+        let batches = match &stream {
+            None => data::epoch_batches(
+                &train_pairs,
+                args.batch_size,
+                order_seed,
+                args.augment,
+                &proc,
+                args.workers,
+                state.batch_in_epoch,
+            ),
+            Some(st) => sources::stream_batches(
+                st,
+                (args.val_fraction, args.seed),
+                args.batch_size,
+                per_epoch,
+                order_seed,
+                args.augment,
+                &proc,
+                args.workers,
+                state.batch_in_epoch,
+            ),
+        };
         for batch in batches {
             let batch = batch?;
             skipped_samples.extend(batch.skipped.iter().cloned());
@@ -578,8 +635,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let title = format!(
         "{model_name}: {} pairs ({} train, {} held out), {} epochs, batch {}",
-        train_pairs.len() + held_out.len(),
-        train_pairs.len(),
+        train_len + held_out.len(),
+        train_len,
         held_out.len(),
         args.epochs,
         args.batch_size
