@@ -212,6 +212,7 @@ fn train(args: &TrainArgs) -> Result<()> {
     if let Some(acc) = report.zero_shot_accuracy {
         say!("zero-shot accuracy {acc:.3}");
     }
+    say!("throughput: {}", report.throughput);
     say!(
         "{} steps, final loss {:.4}; model written to {}",
         report.steps,

@@ -236,3 +236,23 @@ fn the_export_gives_zero_shot_numbers_through_transformers_documented_calls() {
         );
     }
 }
+
+/// `--precision bf16` on the CPU (flex): the loss falls as in f32 and the export holds the f32
+/// master weights.
+#[test]
+fn bf16_mixed_precision_trains_and_exports_f32_masters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 96, 32, 2).unwrap();
+    let out = tmp.path().join("bf16");
+    let mut a = args(&data, &out, Arch::Siglip);
+    a.precision = vlm_zoo::train::Precision::Bf16;
+    a.epochs = 3;
+    a.device = vlm_zoo::args::DeviceArgs { device: "flex".into() };
+    let r = vlm_zoo::train::train(&a).unwrap();
+    assert!(r.losses.iter().all(|l| l.is_finite()));
+    let (first, last) =
+        (r.losses[..3].iter().sum::<f64>(), r.losses[r.losses.len() - 3..].iter().sum::<f64>());
+    assert!(last < first, "{:?}", r.losses);
+    let header = zoo_nn::load::read_safetensors_header(&out.join("model.safetensors")).unwrap();
+    assert!(header.values().all(|t| t.dtype == "F32"), "master weights exported in f32");
+}

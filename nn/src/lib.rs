@@ -37,6 +37,7 @@ pub mod kv_cache;
 pub mod load;
 pub mod loss;
 pub mod memory;
+pub mod mixed;
 pub mod mlp;
 pub mod norm;
 pub mod ops;

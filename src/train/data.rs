@@ -291,6 +291,8 @@ pub struct Batch {
     pub captions: Vec<String>,
     /// Samples of this batch that failed to decode or preprocess (`path: reason`), left out.
     pub skipped: Vec<String>,
+    /// Seconds one worker spent reading, decoding and augmenting this batch.
+    pub load_seconds: f64,
 }
 
 /// Yields the batches of one epoch, prepared by `workers` threads while training runs.
@@ -322,6 +324,7 @@ pub fn epoch_batches(
             let (wtx, batches, pairs, proc) = (wtx.clone(), batches.clone(), pairs.clone(), proc.clone());
             std::thread::spawn(move || {
                 for b in (skip + w..total).step_by(workers) {
+                    let started = std::time::Instant::now();
                     let mut pixels = Vec::new();
                     let mut captions = Vec::new();
                     let mut skipped = Vec::new();
@@ -341,7 +344,8 @@ pub fn epoch_batches(
                             Err(e) => skipped.push(e.to_string()),
                         }
                     }
-                    let item = Ok(Batch { index: b, pixels, captions, skipped });
+                    let load_seconds = started.elapsed().as_secs_f64();
+                    let item = Ok(Batch { index: b, pixels, captions, skipped, load_seconds });
                     if wtx.send((b, item)).is_err() {
                         return;
                     }

@@ -22,6 +22,36 @@ use zoo_nn::{
     ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
 };
 
+/// The loader's and the step's speeds, shown with the progress.
+#[derive(Debug, Default)]
+struct Throughput {
+    loaded: f64,
+    load_seconds: f64,
+    wait_seconds: f64,
+}
+
+impl Throughput {
+    /// `data N img/s (alone)  train M img/s  waiting P%` after `elapsed` seconds.
+    fn line(&self, elapsed: f64) -> String {
+        format!(
+            "data {:.0} img/s  train {:.0} img/s  waiting for data {:.0}%",
+            self.loaded / self.load_seconds.max(1e-9),
+            self.loaded / elapsed.max(1e-9),
+            100.0 * self.wait_seconds / elapsed.max(1e-9)
+        )
+    }
+}
+
+/// Training precision.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 compute with f32 master weights, optimiser state and loss.
+    Bf16,
+}
+
 /// Everything `vlm-zoo train` takes: the command's options, with their one set of defaults
 /// ([`Default`]).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -101,6 +131,10 @@ pub struct TrainArgs {
     /// Random-resized-crop / flip.
     #[command(flatten)]
     pub augment: Augment,
+    /// Compute precision: f32, or bf16 (forward and backward in bf16 on a cast of the f32 master
+    /// weights; gradients, optimiser state and the loss in f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Data loading threads.
     #[arg(long, default_value_t = TrainArgs::default().workers)]
     pub workers: usize,
@@ -168,6 +202,7 @@ impl Default for TrainArgs {
             arch: Arch::Siglip,
             data: PathBuf::new(),
             source: sources::SourceOptions::default(),
+            precision: Precision::F32,
             out: PathBuf::new(),
             preset: Preset::Tiny,
             norm: NormKind::Layer,
@@ -218,6 +253,9 @@ pub struct TrainReport {
     pub skipped_samples: Vec<String>,
     /// The HF folder written.
     pub export: PathBuf,
+    /// The loader's speed alone, the training speed and the share of time spent waiting for
+    /// data (`data N img/s  train M img/s  waiting for data P%`).
+    pub throughput: String,
 }
 
 /// Warm-up then cosine decay to 10% of the peak.
@@ -496,6 +534,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     });
     let mut metrics = String::from("epoch,step,loss,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10\n");
     let mut recalls = Vec::new();
+    let mut speed = Throughput::default();
+    let run_started = std::time::Instant::now();
     let mut accum = GradientsAccumulator::new();
     let mut in_accum = 0;
     let save_ckpt = |model: &Towers, optim: &burn::optim::ModuleOptimizer, state: &TrainState| {
@@ -534,8 +574,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                 state.batch_in_epoch,
             ),
         };
-        for batch in batches {
+        loop {
+            let waited = std::time::Instant::now();
+            let Ok(batch) = batches.recv() else { break };
             let batch = batch?;
+            // Throughput: what the loader could deliver alone (images per second of one worker's
+            // time, times the workers) next to what the step consumes; the wait says who limits.
+            speed.wait_seconds += waited.elapsed().as_secs_f64();
+            speed.loaded += batch.captions.len() as f64;
+            speed.load_seconds += batch.load_seconds / args.workers.max(1) as f64;
             skipped_samples.extend(batch.skipped.iter().cloned());
             let n = batch.captions.len();
             if n < 2 {
@@ -546,7 +593,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let s = config.image_size();
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &device);
             let text = tok.encode_batch(&batch.captions, model.text_padding(), &device)?;
-            let (img, txt) = model.embed(pixels, &text);
+            let (img, txt) = match args.precision {
+                Precision::F32 => model.embed(pixels, &text),
+                Precision::Bf16 => {
+                    let half = zoo_nn::mixed::autocast(&model, burn::tensor::DType::BF16);
+                    let (i, t) = half.embed(pixels.cast(burn::tensor::DType::BF16), &text);
+                    (i.cast(burn::tensor::DType::F32), t.cast(burn::tensor::DType::F32))
+                }
+            };
             let loss = model.loss(img, txt, args.chunk_size) / grad_accum as f64;
             let value = zoo_nn::host::scalar(loss.clone().inner()) * grad_accum as f64;
             if !value.is_finite() {
@@ -572,7 +626,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             state.losses.push(value);
             if let Some(bar) = &bar {
                 bar.set_position(state.step as u64);
-                bar.set_message(format!("loss {value:.4}  lr {lr:.2e}"));
+                bar.set_message(format!(
+                    "loss {value:.4}  lr {lr:.2e}  {}",
+                    speed.line(run_started.elapsed().as_secs_f64())
+                ));
             }
             if state.step % args.checkpoint_every.max(1) == 0 {
                 save_ckpt(&model, &optim, &state)?;
@@ -654,6 +711,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         skipped_samples: skipped_samples.into_iter().collect(),
         skipped_captions: skipped.empty_captions,
         export: args.out.clone(),
+        throughput: speed.line(run_started.elapsed().as_secs_f64()),
     })
 }
 

@@ -626,6 +626,7 @@ pub fn stream_batches(
                 loop {
                     let job = work_rx.lock().map(|r| r.recv());
                     let Ok(Ok((index, samples, mut skipped))) = job else { return };
+                    let started = std::time::Instant::now();
                     let mut pixels = Vec::new();
                     let mut captions = Vec::new();
                     for (j, s) in samples.into_iter().enumerate() {
@@ -643,7 +644,11 @@ pub fn stream_batches(
                             Err(e) => skipped.push(e),
                         }
                     }
-                    if done_tx.send((index, Ok(Batch { index, pixels, captions, skipped }))).is_err() {
+                    let load_seconds = started.elapsed().as_secs_f64();
+                    if done_tx
+                        .send((index, Ok(Batch { index, pixels, captions, skipped, load_seconds })))
+                        .is_err()
+                    {
                         return;
                     }
                 }
