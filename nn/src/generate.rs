@@ -78,6 +78,8 @@ pub enum StopReason {
     MaxNewTokens,
     /// The model's context (`max_position_embeddings`) filled before `max_new_tokens`.
     Context,
+    /// The caller stopped the row (a client that went away).
+    Cancelled,
 }
 
 /// One row's result.
@@ -176,8 +178,35 @@ pub fn generate<D: Decoder>(
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generated>> {
     sampling.validate()?;
+    // Row i draws from seed + i, so rows of one batch differ.
+    let rows: Vec<Sampling> = (0..prompts.len())
+        .map(|i| Sampling { seed: sampling.seed.wrapping_add(i as u64), ..sampling.clone() })
+        .collect();
+    generate_each(model, prompts, eos, &rows, |row, id| {
+        on_token(row, id);
+        true
+    })
+}
+
+/// [`generate`] with each row's own sampling (temperature, top-k/p, penalty, seed as given,
+/// `max_new_tokens`): what a server batching unrelated requests needs. `on_token(row, id)`
+/// returns whether the row goes on; `false` stops it (`StopReason::Cancelled`) and the others
+/// continue.
+pub fn generate_each<D: Decoder>(
+    model: &D,
+    prompts: &[Vec<u32>],
+    eos: &[u32],
+    samplings: &[Sampling],
+    mut on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<Generated>> {
+    for s in samplings {
+        s.validate()?;
+    }
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(NnError::Config("empty prompt: nothing to condition on".into()));
+    }
+    if samplings.len() != prompts.len() {
+        return Err(NnError::Config(format!("{} samplings for {} prompts", samplings.len(), prompts.len())));
     }
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= model.vocab_limit()) {
@@ -192,7 +221,8 @@ pub fn generate<D: Decoder>(
             model.max_len()
         )));
     }
-    let total = (width + sampling.max_new_tokens).min(model.max_len());
+    let max_new = samplings.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
+    let total = (width + max_new).min(model.max_len());
     let b = prompts.len();
     // Left padding: real tokens at the end of each row.
     let mut valid: Vec<Vec<bool>> =
@@ -206,9 +236,9 @@ pub fn generate<D: Decoder>(
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Option<Generated>> = vec![None; b];
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut rngs: Vec<Rng> = (0..b).map(|i| Rng::new(sampling.seed.wrapping_add(i as u64))).collect();
+    let mut rngs: Vec<Rng> = samplings.iter().map(|s| Rng::new(s.seed)).collect();
     let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
-    for step in 0..sampling.max_new_tokens {
+    for step in 0..max_new {
         let rows = host_rows(logits);
         if let Some(row) = rows.iter().position(|r| r.iter().any(|v| v.is_nan())) {
             return Err(NnError::Config(format!(
@@ -220,20 +250,30 @@ pub fn generate<D: Decoder>(
             if out[i].is_some() {
                 continue;
             }
-            let t = choose(&mut row, &history[i], sampling, &mut rngs[i]);
+            let t = choose(&mut row, &history[i], &samplings[i], &mut rngs[i]);
             tokens[i] = t;
             if eos.contains(&t) {
                 out[i] = Some(Generated {
                     token_ids: std::mem::take(&mut generated[i]),
                     stop_reason: StopReason::Eos,
                 });
+                continue;
+            }
+            generated[i].push(t);
+            history[i].push(t);
+            let keep = on_token(i, t);
+            let reason = if !keep {
+                Some(StopReason::Cancelled)
+            } else if generated[i].len() >= samplings[i].max_new_tokens {
+                Some(StopReason::MaxNewTokens)
             } else {
-                generated[i].push(t);
-                history[i].push(t);
-                on_token(i, t);
+                None
+            };
+            if let Some(stop_reason) = reason {
+                out[i] = Some(Generated { token_ids: std::mem::take(&mut generated[i]), stop_reason });
             }
         }
-        let last = step + 1 == sampling.max_new_tokens || width + step + 1 >= total;
+        let last = step + 1 == max_new || width + step + 1 >= total;
         if out.iter().all(Option::is_some) || last {
             break;
         }
@@ -246,13 +286,11 @@ pub fn generate<D: Decoder>(
     Ok(out
         .into_iter()
         .zip(generated)
-        .map(|(o, g)| {
+        .zip(samplings)
+        .map(|((o, g), s)| {
             o.unwrap_or_else(|| {
-                let stop_reason = if g.len() < sampling.max_new_tokens {
-                    StopReason::Context
-                } else {
-                    StopReason::MaxNewTokens
-                };
+                let stop_reason =
+                    if g.len() < s.max_new_tokens { StopReason::Context } else { StopReason::MaxNewTokens };
                 Generated { token_ids: g, stop_reason }
             })
         })
