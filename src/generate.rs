@@ -3,7 +3,7 @@
 use crate::args::{ComputeArgs, ModelArgs};
 use std::path::{Path, PathBuf};
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer, generate_stream, model_type};
+use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer, model_type};
 
 /// `vlm-zoo generate`'s options.
 #[derive(clap::Args, Debug, Clone)]
@@ -159,8 +159,9 @@ pub fn eos_ids(dir: &Path, fallback: &[u32]) -> Result<Vec<u32>> {
     Ok(fallback.to_vec())
 }
 
-/// Generates for every prompt with a text-only Gemma model; `on_text(row, piece)` receives the
-/// text as it is produced.
+/// Generates for every prompt with a text-only Gemma model;
+/// `on_text(row, piece)` receives the text as it is produced. With PaliGemma, one image per
+/// prompt (a single image serves every prompt), generated as one batch.
 pub fn generate_text(
     dir: &Path,
     prompts: &[String],
@@ -170,19 +171,22 @@ pub fn generate_text(
     opts: &Options,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
-    let device = &compute.device;
     let kind = model_type(dir)?;
-    match kind.as_str() {
-        "gemma" | "gemma2" => {}
-        "paligemma" => return generate_paligemma(dir, prompts, images, sampling, compute, opts, on_text),
-        other => {
+    if kind == "paligemma" {
+        if images.is_empty() {
             return Err(NnError::Config(format!(
-                "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
+                "{}: PaliGemma needs an --image for each --prompt",
                 dir.display()
             )));
         }
-    }
-    if !images.is_empty() {
+        if images.len() != 1 && images.len() != prompts.len() {
+            return Err(NnError::Config(format!(
+                "{} images for {} prompts: give one image per prompt (or one for all)",
+                images.len(),
+                prompts.len()
+            )));
+        }
+    } else if !images.is_empty() && (kind == "gemma" || kind == "gemma2") {
         return Err(NnError::Config(format!(
             "{}: --image given, but {kind} is a text-only model",
             dir.display()
@@ -192,129 +196,243 @@ pub fn generate_text(
         return Err(NnError::Config("empty prompt: give some text with --prompt".into()));
     }
     sampling.validate()?;
-    let tok = TextTokenizer::from_dir(dir)?;
-    let (model, config) = zoo_gemma::load_gemma(dir, compute.load_spec(), device)?;
-    tok.check_vocab(config.vocab_size)?;
-    let eos = eos_ids(dir, &config.eos_token_id)?;
-    let mut ids = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let enc = tok.inner().encode(p.as_str(), true).map_err(|e| NnError::Tokenizer {
-            path: tok.path().to_path_buf(),
-            reason: format!("encoding {p:?}: {e}"),
-        })?;
-        ids.push(enc.get_ids().to_vec());
-    }
-    let decoder =
-        GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: device.clone() };
-    let out = generate_stream(&decoder, &ids, &eos, sampling, |ids| tok.decode(ids).ok(), &mut on_text)?;
-    let outputs = out
-        .into_iter()
-        .zip(ids)
-        .map(|(g, prompt_token_ids)| {
-            Ok(GenerationOutput {
-                model_type: kind.clone(),
-                text: tok.decode(&g.token_ids)?,
-                prompt_token_ids,
-                token_ids: g.token_ids,
-                stop_reason: g.stop_reason,
-                detections: None,
-                masks: None,
-                segment_errors: Vec::new(),
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(Generation { outputs, notes: Vec::new() })
-}
-
-/// PaliGemma: one image per prompt (a single image serves every prompt), generated as one batch.
-fn generate_paligemma(
-    dir: &Path,
-    prompts: &[String],
-    images: &[PathBuf],
-    sampling: &Sampling,
-    compute: &Compute,
-    opts: &Options,
-    mut on_text: impl FnMut(usize, &str),
-) -> Result<Generation> {
-    let device = &compute.device;
-    if images.is_empty() {
-        return Err(NnError::Config(format!(
-            "{}: PaliGemma needs an --image for each --prompt",
-            dir.display()
-        )));
-    }
-    if images.len() != 1 && images.len() != prompts.len() {
-        return Err(NnError::Config(format!(
-            "{} images for {} prompts: give one image per prompt (or one for all)",
-            images.len(),
-            prompts.len()
-        )));
-    }
-    sampling.validate()?;
-    let config = zoo_paligemma::load::read_config(dir)?;
-    let proc = zoo_paligemma::PaliGemmaProcessor::from_dir(dir, &config)?;
-    let paths: Vec<PathBuf> = (0..prompts.len()).map(|i| images[i.min(images.len() - 1)].clone()).collect();
+    // The mask decoder is read only when a prompt asks for segmentation.
+    let wants_seg = prompts.iter().any(|p| zoo_paligemma::is_segment_prompt(p));
+    let seg = if wants_seg { opts.seg_model } else { None };
     let decoded: Vec<image::DynamicImage> =
-        paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
-    let pixels = proc.images.batch(&decoded, device)?;
-    let ids = prompts.iter().map(|p| proc.prompt_ids(p)).collect::<Result<Vec<_>>>()?;
-    // The mask decoder is read before generating, so a bad file fails fast.
-    let mut notes = proc.notes.clone();
-    let seg = if prompts.iter().any(|p| zoo_paligemma::is_segment_prompt(p)) {
-        match opts.seg_model {
-            Some(path) => Some(zoo_paligemma::SegmentationDecoder::load(path, device)?),
-            None => {
-                notes.push(format!(
-                    "segment masks need the decoder's weights, {} (big_vision / the PaliGemma space): give --seg-model PATH or put it next to the model; masks not decoded",
-                    zoo_paligemma::segment::SEG_MODEL_FILE
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_spec(), device)?;
-    let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
-    let decoder = zoo_paligemma::PaliGemmaDecoder {
-        image_features: model.image_features(pixels),
-        model: &model,
-        max_len: config.text_config.max_position_embeddings,
-        device: device.clone(),
-    };
-    let tok = &proc.tokenizer;
-    let out = generate_stream(&decoder, &ids, &eos, sampling, |ids| tok.decode(ids).ok(), &mut on_text)?;
-    let outputs = out
-        .into_iter()
-        .zip(ids)
+        images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<_>>()?;
+    let generator = Generator::load(dir, compute, seg)?;
+    let requests: Vec<Request> = prompts
+        .iter()
         .enumerate()
-        .map(|(i, (g, prompt_token_ids))| {
-            let text = tok.decode(&g.token_ids)?;
-            let (w, h) = (decoded[i].width(), decoded[i].height());
-            let detections = zoo_paligemma::is_detect_prompt(&prompts[i])
-                .then(|| zoo_paligemma::parse_detections(&text, w, h));
-            let (mut masks, mut segment_errors) = (None, Vec::new());
-            if zoo_paligemma::is_segment_prompt(&prompts[i]) {
-                let parsed = zoo_paligemma::parse_segments(&text, w, h);
-                masks = seg.as_ref().map(|d| zoo_paligemma::decode_masks(d, &parsed, w, h));
-                segment_errors = parsed.errors;
-            }
-            Ok(GenerationOutput {
-                model_type: "paligemma".into(),
-                text,
-                prompt_token_ids,
-                token_ids: g.token_ids,
-                stop_reason: g.stop_reason,
-                detections,
-                masks,
-                segment_errors,
-            })
+        .map(|(i, p)| Request {
+            prompt: p.clone(),
+            image: (!decoded.is_empty()).then(|| decoded[i.min(decoded.len() - 1)].clone()),
+            // Row i draws from seed + i, as zoo_nn::generate does for a batch.
+            sampling: Sampling { seed: sampling.seed.wrapping_add(i as u64), ..sampling.clone() },
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
+    let mut notes = generator.notes.clone();
+    let outputs = generator.run(&requests, |row, piece| {
+        on_text(row, piece);
+        true
+    })?;
+    if wants_seg && generator.seg.is_none() && kind == "paligemma" {
+        notes.push(format!(
+            "segment masks need the decoder's weights, {} (big_vision / the PaliGemma space): give --seg-model PATH or put it next to the model; masks not decoded",
+            zoo_paligemma::segment::SEG_MODEL_FILE
+        ));
+    }
     for (i, o) in outputs.iter().enumerate() {
         notes.extend(o.segment_errors.iter().map(|e| format!("prompt {}: {e}", i + 1)));
     }
     Ok(Generation { outputs, notes })
+}
+
+/// One generation request: a prompt, its image (PaliGemma), and how to sample.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The prompt.
+    pub prompt: String,
+    /// The image (PaliGemma; ignored by Gemma).
+    pub image: Option<image::DynamicImage>,
+    /// Sampling (the seed as given: this row draws from it).
+    pub sampling: Sampling,
+}
+
+enum GenModel {
+    Gemma {
+        model: zoo_gemma::GemmaForCausalLM,
+        max_len: usize,
+        tok: TextTokenizer,
+    },
+    PaliGemma {
+        model: zoo_paligemma::PaliGemmaForConditionalGeneration,
+        max_len: usize,
+        proc: zoo_paligemma::PaliGemmaProcessor,
+    },
+}
+
+/// A Gemma or PaliGemma model loaded once, generating for many batches of requests (the CLI's
+/// `generate` and the server's endpoints).
+pub struct Generator {
+    /// `gemma`, `gemma2` or `paligemma`.
+    pub kind: String,
+    model: GenModel,
+    eos: Vec<u32>,
+    /// The segmentation decoder, when one was given (PaliGemma).
+    pub seg: Option<zoo_paligemma::SegmentationDecoder>,
+    device: burn::prelude::Device,
+    /// Notes for the user (fallbacks taken while loading).
+    pub notes: Vec<String>,
+}
+
+impl Generator {
+    /// Loads the model in `dir`; `seg_model` is big_vision's vae-oid.npz for PaliGemma
+    /// `segment` prompts (read now, so a bad file fails before any generation).
+    pub fn load(dir: &Path, compute: &Compute, seg_model: Option<&Path>) -> Result<Self> {
+        let device = compute.device.clone();
+        let kind = model_type(dir)?;
+        match kind.as_str() {
+            "gemma" | "gemma2" => {
+                let tok = TextTokenizer::from_dir(dir)?;
+                let (model, config) = zoo_gemma::load_gemma(dir, compute.load_spec(), &device)?;
+                tok.check_vocab(config.vocab_size)?;
+                let eos = eos_ids(dir, &config.eos_token_id)?;
+                let max_len = config.max_position_embeddings;
+                Ok(Self {
+                    kind,
+                    model: GenModel::Gemma { model, max_len, tok },
+                    eos,
+                    seg: None,
+                    device,
+                    notes: Vec::new(),
+                })
+            }
+            "paligemma" => {
+                let config = zoo_paligemma::load::read_config(dir)?;
+                let proc = zoo_paligemma::PaliGemmaProcessor::from_dir(dir, &config)?;
+                let seg =
+                    seg_model.map(|p| zoo_paligemma::SegmentationDecoder::load(p, &device)).transpose()?;
+                let (model, _) = zoo_paligemma::load_paligemma(dir, compute.load_spec(), &device)?;
+                let eos = eos_ids(dir, &config.text_config.eos_token_id)?;
+                let notes = proc.notes.clone();
+                let max_len = config.text_config.max_position_embeddings;
+                Ok(Self {
+                    kind,
+                    model: GenModel::PaliGemma { model, max_len, proc },
+                    eos,
+                    seg,
+                    device,
+                    notes,
+                })
+            }
+            other => Err(NnError::Config(format!(
+                "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Context length.
+    pub fn max_len(&self) -> usize {
+        match &self.model {
+            GenModel::Gemma { max_len, .. } | GenModel::PaliGemma { max_len, .. } => *max_len,
+        }
+    }
+
+    /// Whether requests need an image.
+    pub fn needs_image(&self) -> bool {
+        matches!(self.model, GenModel::PaliGemma { .. })
+    }
+
+    /// The prompt ids of `prompt` (with the image tokens for PaliGemma).
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        match &self.model {
+            GenModel::Gemma { tok, .. } => {
+                let enc = tok.inner().encode(prompt, true).map_err(|e| NnError::Tokenizer {
+                    path: tok.path().to_path_buf(),
+                    reason: format!("encoding {prompt:?}: {e}"),
+                })?;
+                Ok(enc.get_ids().to_vec())
+            }
+            GenModel::PaliGemma { proc, .. } => proc.prompt_ids(prompt),
+        }
+    }
+
+    fn tokenizer(&self) -> &TextTokenizer {
+        match &self.model {
+            GenModel::Gemma { tok, .. } => tok,
+            GenModel::PaliGemma { proc, .. } => &proc.tokenizer,
+        }
+    }
+
+    /// Whether the tokenizer has `token`.
+    pub fn has_token(&self, token: &str) -> bool {
+        self.tokenizer().token_to_id(token).is_some()
+    }
+
+    /// Generates for every request as one batch; `on_text(row, piece)` receives each row's text
+    /// as it is produced and returns whether that row goes on (`false`: stopped, `cancelled`).
+    pub fn run(
+        &self,
+        requests: &[Request],
+        mut on_text: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<GenerationOutput>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = requests.iter().map(|r| self.prompt_ids(&r.prompt)).collect::<Result<Vec<_>>>()?;
+        let samplings: Vec<Sampling> = requests.iter().map(|r| r.sampling.clone()).collect();
+        let tok = self.tokenizer();
+        let decode = |ids: &[u32]| tok.decode(ids).ok();
+        let mut streams: Vec<zoo_nn::generate::TextStream> =
+            requests.iter().map(|_| Default::default()).collect();
+        let mut on_token = |row: usize, id: u32| {
+            let piece = streams[row].push(id, decode);
+            piece.is_empty() || on_text(row, &piece)
+        };
+        let out = match &self.model {
+            GenModel::Gemma { model, max_len, .. } => {
+                let decoder = GemmaDecoder { model, max_len: *max_len, device: self.device.clone() };
+                zoo_nn::generate_each(&decoder, &ids, &self.eos, &samplings, &mut on_token)?
+            }
+            GenModel::PaliGemma { model, max_len, proc } => {
+                let images: Vec<image::DynamicImage> = requests
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        r.image.clone().ok_or_else(|| {
+                            NnError::Config(format!("request {}: PaliGemma needs an image", i + 1))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let pixels = proc.images.batch(&images, &self.device)?;
+                let decoder = zoo_paligemma::PaliGemmaDecoder {
+                    image_features: model.image_features(pixels),
+                    model,
+                    max_len: *max_len,
+                    device: self.device.clone(),
+                };
+                zoo_nn::generate_each(&decoder, &ids, &self.eos, &samplings, &mut on_token)?
+            }
+        };
+        for (row, stream) in streams.iter_mut().enumerate() {
+            let rest = stream.finish(decode);
+            if !rest.is_empty() {
+                on_text(row, &rest);
+            }
+        }
+        out.into_iter()
+            .zip(ids)
+            .zip(requests)
+            .map(|((g, prompt_token_ids), r)| {
+                let text = tok.decode(&g.token_ids)?;
+                let (mut detections, mut masks, mut segment_errors) = (None, None, Vec::new());
+                if let (Some(img), true) = (&r.image, self.needs_image()) {
+                    let (w, h) = (img.width(), img.height());
+                    if zoo_paligemma::is_detect_prompt(&r.prompt) {
+                        detections = Some(zoo_paligemma::parse_detections(&text, w, h));
+                    }
+                    if zoo_paligemma::is_segment_prompt(&r.prompt) {
+                        let parsed = zoo_paligemma::parse_segments(&text, w, h);
+                        masks = self.seg.as_ref().map(|d| zoo_paligemma::decode_masks(d, &parsed, w, h));
+                        segment_errors = parsed.errors;
+                    }
+                }
+                Ok(GenerationOutput {
+                    model_type: self.kind.clone(),
+                    text,
+                    prompt_token_ids,
+                    token_ids: g.token_ids,
+                    stop_reason: g.stop_reason,
+                    detections,
+                    masks,
+                    segment_errors,
+                })
+            })
+            .collect()
+    }
 }
 
 const COLOURS: [[u8; 3]; 5] = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]];

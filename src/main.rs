@@ -47,6 +47,8 @@ enum Command {
     Train(TrainArgs),
     /// Fine-tune PaliGemma on (image, prefix, suffix) rows (JSONL/CSV): attention, decoder, all, or LoRA.
     Finetune(vlm_zoo::finetune::FinetuneArgs),
+    /// Serve a model over HTTP: OpenAI-compatible chat, generate, embeddings, zero-shot, a web page.
+    Serve(vlm_zoo::serve::ServeArgs),
     /// Offline demo: train a tiny composed VLM to caption synthetic shapes, then caption held-out images.
     Demo(DemoArgs),
     /// Benchmark a folder, printing one JSON line (compare with scripts/bench_torch.py): Gemma and
@@ -119,6 +121,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
         Command::Finetune(args) => finetune(&args),
+        Command::Serve(args) => {
+            vlm_zoo::serve::serve(&args, |addr| {
+                note!("serving {} on http://{addr} (Ctrl-C or SIGTERM to stop)", args.model);
+            })?;
+            note!("stopped");
+            Ok(())
+        }
         Command::Demo(args) => demo(&args),
         Command::Bench { model, options, compute } => bench(&model, &options, &compute),
         Command::Inspect { model, json } => inspect(&model, json),

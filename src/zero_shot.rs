@@ -79,64 +79,117 @@ fn processor(dir: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Resul
 
 /// Scores `images` against `texts` with the SigLIP or CLIP model in `dir`.
 pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], compute: &Compute) -> Result<ZeroShot> {
-    let device = &compute.device;
     if images.is_empty() {
         return Err(NnError::Config("zero-shot needs at least one --image".into()));
     }
     if texts.is_empty() {
         return Err(NnError::Config("zero-shot needs at least one --text".into()));
     }
-    let kind = model_type(dir)?;
-    if kind != "siglip" && kind != "clip" && kind != "siglip2" {
-        return Err(NnError::Config(format!(
-            "{}: model_type '{kind}' is not supported by zero-shot (expected siglip, siglip2 or clip)",
-            dir.display()
-        )));
-    }
-    let mut notes = Vec::new();
-    let tok = TextTokenizer::from_dir(dir)?;
-    let spec = compute.load_spec();
-    // Construction is the only per-family step: the model and how its images become features
-    // (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
-    let (model, image_embeds): (Box<dyn ContrastiveModel>, Tensor<2>) = if kind == "siglip2" {
-        let (model, config) = zoo_siglip::naflex::load_siglip2(dir, spec, device)?;
-        tok.check_vocab(config.siglip.text_config.vocab_size)?;
-        let proc = zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?;
-        let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
-        let features = model.image_features(&proc.batch(&decoded, device)?);
-        (Box::new(model), features)
-    } else {
-        let (model, config) = Towers::load(dir, spec, device)?;
-        tok.check_vocab(config.vocab_size())?;
-        let proc = processor(dir, &config, &mut notes)?;
-        let features = model.encode_image(proc.batch_from_files(images, device)?);
-        (Box::new(model), features)
-    };
-    let text = tok.encode_batch(texts, model.text_padding(), device)?;
-    let image_embeds = zoo_nn::l2_normalize(image_embeds);
-    let text_embeds = zoo_nn::l2_normalize(model.encode_text(&text));
-    let logits = model.logits(image_embeds.clone(), text_embeds.clone());
-    let probs = model.probs(logits.clone());
-    let out = ZeroShot {
-        model_type: kind,
-        image_embeds: rows(image_embeds),
-        text_embeds: rows(text_embeds),
-        logits_per_image: rows(logits),
-        probs: rows(probs),
-        notes,
-    };
-    for (stage, values) in [
-        ("image embeddings", &out.image_embeds),
-        ("text embeddings", &out.text_embeds),
-        ("logits", &out.logits_per_image),
-        ("probabilities", &out.probs),
-    ] {
-        if values.iter().flatten().any(|v| !v.is_finite()) {
+    let scorer = Scorer::load(dir, compute)?;
+    let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
+    scorer.score(&decoded, texts)
+}
+
+/// A loaded model and how its images become its inputs.
+enum Loaded {
+    Fixed(Towers, ImageProcessor),
+    Naflex(zoo_siglip::naflex::Siglip2Model, zoo_siglip::naflex::NaflexProcessor),
+}
+
+/// A SigLIP / SigLIP 2 / CLIP model loaded once, scoring and embedding many times (the CLI's
+/// `zero-shot` and the server's `/v1/zero-shot` and `/v1/embeddings`).
+pub struct Scorer {
+    /// `siglip`, `siglip2` or `clip`.
+    pub kind: String,
+    dir: PathBuf,
+    loaded: Loaded,
+    tok: TextTokenizer,
+    device: Device,
+    /// Notes for the user (fallbacks taken while loading).
+    pub notes: Vec<String>,
+}
+
+impl Scorer {
+    /// Loads the model in `dir`.
+    pub fn load(dir: &Path, compute: &Compute) -> Result<Self> {
+        let device = compute.device.clone();
+        let kind = model_type(dir)?;
+        if kind != "siglip" && kind != "clip" && kind != "siglip2" {
             return Err(NnError::Config(format!(
-                "{}: the {stage} are not finite (NaN or infinity): the weights or the config (e.g. layer_norm_eps, image_std) are broken",
+                "{}: model_type '{kind}' is not supported by zero-shot (expected siglip, siglip2 or clip)",
                 dir.display()
             )));
         }
+        let mut notes = Vec::new();
+        let tok = TextTokenizer::from_dir(dir)?;
+        let spec = compute.load_spec();
+        // Construction is the only per-family step: the model and how its images become
+        // features (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
+        let loaded = if kind == "siglip2" {
+            let (model, config) = zoo_siglip::naflex::load_siglip2(dir, spec, &device)?;
+            tok.check_vocab(config.siglip.text_config.vocab_size)?;
+            Loaded::Naflex(model, zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?)
+        } else {
+            let (model, config) = Towers::load(dir, spec, &device)?;
+            tok.check_vocab(config.vocab_size())?;
+            let proc = processor(dir, &config, &mut notes)?;
+            Loaded::Fixed(model, proc)
+        };
+        Ok(Self { kind, dir: dir.to_path_buf(), loaded, tok, device, notes })
     }
-    Ok(out)
+
+    fn model(&self) -> &dyn ContrastiveModel {
+        match &self.loaded {
+            Loaded::Fixed(m, _) => m,
+            Loaded::Naflex(m, _) => m,
+        }
+    }
+
+    /// L2-normalised image embeddings, `[n][dim]`.
+    pub fn embed_images(&self, images: &[image::DynamicImage]) -> Result<Tensor<2>> {
+        let features = match &self.loaded {
+            Loaded::Fixed(m, proc) => m.encode_image(proc.batch(images, &self.device)?),
+            Loaded::Naflex(m, proc) => m.image_features(&proc.batch(images, &self.device)?),
+        };
+        Ok(zoo_nn::l2_normalize(features))
+    }
+
+    /// L2-normalised text embeddings, `[n][dim]`.
+    pub fn embed_texts(&self, texts: &[String]) -> Result<Tensor<2>> {
+        let text = self.tok.encode_batch(texts, self.model().text_padding(), &self.device)?;
+        Ok(zoo_nn::l2_normalize(self.model().encode_text(&text)))
+    }
+
+    /// Scores of every image against every text.
+    pub fn score(&self, images: &[image::DynamicImage], texts: &[String]) -> Result<ZeroShot> {
+        if images.is_empty() || texts.is_empty() {
+            return Err(NnError::Config("zero-shot needs at least one image and one text".into()));
+        }
+        let image_embeds = self.embed_images(images)?;
+        let text_embeds = self.embed_texts(texts)?;
+        let logits = self.model().logits(image_embeds.clone(), text_embeds.clone());
+        let probs = self.model().probs(logits.clone());
+        let out = ZeroShot {
+            model_type: self.kind.clone(),
+            image_embeds: rows(image_embeds),
+            text_embeds: rows(text_embeds),
+            logits_per_image: rows(logits),
+            probs: rows(probs),
+            notes: self.notes.clone(),
+        };
+        for (stage, values) in [
+            ("image embeddings", &out.image_embeds),
+            ("text embeddings", &out.text_embeds),
+            ("logits", &out.logits_per_image),
+            ("probabilities", &out.probs),
+        ] {
+            if values.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(NnError::Config(format!(
+                    "{}: the {stage} are not finite (NaN or infinity): the weights or the config (e.g. layer_norm_eps, image_std) are broken",
+                    self.dir.display()
+                )));
+            }
+        }
+        Ok(out)
+    }
 }

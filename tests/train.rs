@@ -151,7 +151,10 @@ fn bad_data_gets_clear_errors() {
     let csv = tmp.path().join("data/pairs.csv");
     std::fs::write(&csv, "file,text\nimg00000.png,a cat\n").unwrap();
     let e = vlm_zoo::train::train(&args(&csv, &out, Arch::Clip)).unwrap_err().to_string();
-    assert!(e.contains("pairs.csv") && e.contains("image/caption") && e.contains("\"file\", \"text\""), "{e}");
+    assert!(
+        e.contains("pairs.csv") && e.contains("image/caption") && e.contains("\"file\", \"text\""),
+        "{e}"
+    );
     // A batch larger than the data.
     let mut a = args(&data, &out, Arch::Clip);
     a.batch_size = 64;

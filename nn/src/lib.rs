@@ -54,7 +54,9 @@ pub use contrastive::ContrastiveModel;
 pub use device::{Compute, device_with_dtype, parse_device, parse_dtype};
 pub use encoder::{Encoder, EncoderConfig, EncoderLayer};
 pub use error::{NnError, Result};
-pub use generate::{Decoder, Generated, Sampling, StopReason, TextStream, generate, generate_stream};
+pub use generate::{
+    Decoder, Generated, Sampling, StopReason, TextStream, generate, generate_each, generate_stream,
+};
 pub use image::{ImageProcessor, PreprocessorConfig, open_image};
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use load::{Checkpoint, KeyMap, LoadSpec, model_type, read_json};
