@@ -138,10 +138,13 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
+/// Count, summed seconds and histogram buckets of one route and status.
+type Latency = (u64, f64, [u64; 11]);
+
 /// Request counts and latency histograms per endpoint and status, for /metrics.
 #[derive(Default)]
 struct Metrics {
-    by_route: Mutex<BTreeMap<(String, u16), (u64, f64, [u64; 11])>>,
+    by_route: Mutex<BTreeMap<(String, u16), Latency>>,
     in_flight: AtomicUsize,
     rejected_full: AtomicU64,
 }
@@ -290,6 +293,13 @@ fn sampling(
     top_k: Option<usize>,
     seed: Option<u64>,
 ) -> ApiResult<Sampling> {
+    // First: a model that does not generate has no context to check max_tokens against.
+    if !st.generates {
+        return Err(ApiError::bad(format!(
+            "this server's model is a {}, which does not generate text",
+            st.kind
+        )));
+    }
     let max = max_tokens.unwrap_or(Sampling::default().max_new_tokens as i64);
     if max < 1 {
         return Err(ApiError::bad(format!("max_tokens {max}: expected at least 1")));
@@ -703,7 +713,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         s.push_str(&format!("vlm_zoo_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
     }
     s.push_str("# HELP vlm_zoo_request_seconds Request latency.\n# TYPE vlm_zoo_request_seconds histogram\n");
-    let mut per_route: BTreeMap<&str, (u64, f64, [u64; 11])> = BTreeMap::new();
+    let mut per_route: BTreeMap<&str, Latency> = BTreeMap::new();
     for ((route, _), (n, sum, b)) in &m {
         let e = per_route.entry(route.as_str()).or_insert((0, 0.0, [0; 11]));
         e.0 += n;
@@ -822,7 +832,11 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
         needs_image,
         chat_template,
         max_len,
-        api_key: args.api_key.clone().or_else(|| std::env::var("VLM_ZOO_API_KEY").ok()).filter(|k| !k.is_empty()),
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("VLM_ZOO_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
         max_pixels: (args.max_image_mp * 1e6) as u64,
         timeout: Duration::from_secs(args.timeout_s),
         started: Instant::now(),

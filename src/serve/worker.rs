@@ -38,7 +38,8 @@ pub enum Job {
     ZeroShot(Vec<image::DynamicImage>, Vec<String>, oneshot::Sender<Result<ZeroShot>>),
 }
 
-/// The loaded model.
+/// The loaded model (one per process, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// Gemma / PaliGemma.
     Generator(Generator),
@@ -187,7 +188,8 @@ fn embed_batch(loaded: &Loaded, jobs: Vec<EmbedJob>) {
     };
     let all_images: Vec<image::DynamicImage> = jobs.iter().flat_map(|(i, _, _)| i.iter().cloned()).collect();
     let all_texts: Vec<String> = jobs.iter().flat_map(|(_, t, _)| t.iter().cloned()).collect();
-    let run = || -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    type Rows = Vec<Vec<f32>>;
+    let run = || -> Result<(Rows, Rows)> {
         let images =
             if all_images.is_empty() { Vec::new() } else { zoo_nn::host::rows(s.embed_images(&all_images)?) };
         let texts =
