@@ -12,7 +12,7 @@
 //! `vlm-zoo generate` and transformers load.
 
 use crate::args::{DeviceArgs, ModelSource};
-use crate::train::{checkpoint, data::csv_fields, learning_rate, plot};
+use crate::train::{Precision, checkpoint, data::csv_fields, learning_rate, plot};
 use burn::module::{Lora, Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -99,6 +99,10 @@ pub struct FinetuneArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Compute precision: f32, or bf16 (forward and backward in bf16 on a cast of the f32
+    /// weights; gradients, AdamW state and the loss in f32; the export in f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -129,6 +133,7 @@ impl Default for FinetuneArgs {
             samples: 3,
             seed: 0,
             resume: false,
+            precision: Precision::F32,
             device: DeviceArgs::default(),
             progress: true,
         }
@@ -542,7 +547,15 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
             let suffix_len: Vec<usize> = batch.iter().map(|e| e.suffix.len()).collect();
             let types: Vec<Vec<u32>> =
                 prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
-            let logits = model.forward(pixels_of(&batch, &device)?, &ids, &types)?;
+            let pixels = pixels_of(&batch, &device)?;
+            let logits = match args.precision {
+                Precision::F32 => model.forward(pixels, &ids, &types)?,
+                Precision::Bf16 => {
+                    let bf16 = burn::tensor::DType::BF16;
+                    let half = zoo_nn::mixed::autocast(&model, bf16);
+                    half.forward(pixels.cast(bf16), &ids, &types)?.cast(burn::tensor::DType::F32)
+                }
+            };
             let loss = zoo_nn::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len)
                 / args.grad_accum as f64;
             let value = zoo_nn::host::scalar(loss.clone().inner()) * args.grad_accum as f64;

@@ -256,3 +256,29 @@ fn bad_input_gets_one_clear_line() {
     ]);
     assert!(!ok && one_line(&stderr), "{stderr}");
 }
+
+#[test]
+fn bf16_precision_trains_full_and_lora() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_detection_dataset(&tmp.path().join("data"), 48, 56, 13).unwrap();
+    for (name, extra) in [
+        ("full", vec!["--train", "decoder", "--lr", "3e-3"]),
+        ("lora", vec!["--lora-rank", "4", "--lr", "1e-2"]),
+    ] {
+        let out = tmp.path().join(name);
+        let mut a = vec!["--precision", "bf16", "--epochs", "2"];
+        a.extend(extra);
+        let (ok, _, stderr) = finetune(&data, &out, &a);
+        assert!(ok, "{name}: {stderr}");
+        let losses: Vec<f64> = std::fs::read_to_string(out.join("losses.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
+        assert!(losses[losses.len() - 1] < losses[0], "{name}: {losses:?}");
+        let header = zoo_nn::load::read_safetensors_header(&out.join("model/model.safetensors")).unwrap();
+        assert!(header.values().all(|t| t.dtype == "F32"), "{name}: the export is f32");
+    }
+}
