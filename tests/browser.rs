@@ -5,13 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+use common::{Server, fixtures};
+use std::process::Command;
 
 fn chromium() -> String {
     for b in ["chromium", "chromium-browser"] {
@@ -22,38 +18,8 @@ fn chromium() -> String {
     panic!("no chromium on PATH: run scripts/install_chromium.sh (as .ci/run does)");
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(model: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
-        .args(["serve", "--model", fixtures().join(model).to_str().unwrap(), "--port", "0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("{line}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
-    Server(child, addr)
+    Server::start(model, &[])
 }
 
 /// The page's <body> attributes after it ran, as (name, value) pairs, HTML entities undone.
@@ -96,7 +62,7 @@ fn get<'a>(attrs: &'a [(String, String)], name: &str) -> &'a str {
 fn the_page_streams_and_draws_detections() {
     let srv = serve("paligemma-a");
     let prompt = "circle ; square";
-    let attrs = run_page(&srv.1, &format!("&task=detect&arg={}", prompt.replace(' ', "%20")));
+    let attrs = run_page(&srv.addr, &format!("&task=detect&arg={}", prompt.replace(' ', "%20")));
     assert_eq!(get(&attrs, "data-status"), "done", "{attrs:?}");
     assert_eq!(get(&attrs, "data-streamed-matches"), "true", "the streamed pieces add up to the answer");
     assert!(get(&attrs, "data-pieces").parse::<usize>().unwrap() > 1, "tokens arrived one by one");
@@ -122,7 +88,7 @@ fn the_page_streams_and_draws_detections() {
 #[test]
 fn the_page_shows_zero_shot_bars() {
     let srv = serve("siglip-a");
-    let attrs = run_page(&srv.1, "&labels=a%20red%20circle|a%20blue%20square|two%20green%20triangles");
+    let attrs = run_page(&srv.addr, "&labels=a%20red%20circle|a%20blue%20square|two%20green%20triangles");
     assert_eq!(get(&attrs, "data-status"), "done", "{attrs:?}");
     assert_eq!(get(&attrs, "data-bars"), "3");
 }

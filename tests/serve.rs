@@ -5,63 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// A server process on a free port, stopped (SIGTERM) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(model: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
-            .args(["serve", "--model", fixtures().join(model).to_str().unwrap(), "--port", "0"])
-            .args(extra)
-            .env("HF_HUB_OFFLINE", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap_or_else(|| panic!("{line}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = err.read_to_string(&mut sink);
-        });
-        Server { child, addr }
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{Server, fixtures};
 
 struct Reply {
     status: u16,
@@ -182,6 +133,8 @@ fn paligemma_endpoints_answer_as_the_cli() {
     let health = http(a, "GET", "/health", "text/plain", b"", &[]);
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["model_type"], "paligemma");
+    let models = http(a, "GET", "/v1/models", "text/plain", b"", &[]).json();
+    assert!(models["data"][0]["id"].as_str().unwrap().ends_with("paligemma-a"), "{models}");
     let page = http(a, "GET", "/", "text/plain", b"", &[]);
     assert!(page.status == 200 && page.body.contains("<title>vlm-zoo</title>"));
 

@@ -600,6 +600,21 @@ struct EmbedBody {
 
 const MAX_ITEMS: usize = 256;
 
+fn decode_images(images: &[String], max_pixels: u64) -> ApiResult<Vec<image::DynamicImage>> {
+    images.iter().enumerate().map(|(i, s)| decode_image(s, max_pixels, &format!("images[{i}]"))).collect()
+}
+
+/// The model thread's answer to a queued job, within the request timeout.
+async fn reply<T>(st: &AppState, rx: oneshot::Receiver<zoo_nn::Result<T>>) -> ApiResult<T> {
+    tokio::time::timeout(st.timeout, rx)
+        .await
+        .map_err(|_| {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {} s", st.timeout.as_secs()))
+        })?
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model thread stopped"))?
+        .map_err(ApiError::from)
+}
+
 async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let b: EmbedBody = json_body(&headers, &body)?;
     check_model_field(&st, &b.model)?;
@@ -622,20 +637,12 @@ async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     if texts.len() + b.images.len() > MAX_ITEMS {
         return Err(ApiError::bad(format!("at most {MAX_ITEMS} images and texts per request")));
     }
-    let images = b
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, s)| decode_image(s, st.max_pixels, &format!("images[{i}]")))
-        .collect::<ApiResult<Vec<_>>>()?;
+    let images = decode_images(&b.images, st.max_pixels)?;
     if !st.generates {
         let (tx, rx) = oneshot::channel();
         let n_texts = texts.len();
         enqueue(&st, Job::Embed(images, texts, tx))?;
-        let out = tokio::time::timeout(st.timeout, rx)
-            .await
-            .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timed out"))?
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model thread stopped"))??;
+        let out = reply(&st, rx).await?;
         if openai {
             let data: Vec<serde_json::Value> = out
                 .text_embeds
@@ -675,18 +682,10 @@ async fn zero_shot(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
     if b.images.is_empty() || b.texts.is_empty() || b.images.len() + b.texts.len() > MAX_ITEMS {
         return Err(ApiError::bad(format!("give 1 or more images and texts (at most {MAX_ITEMS} in all)")));
     }
-    let images = b
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, s)| decode_image(s, st.max_pixels, &format!("images[{i}]")))
-        .collect::<ApiResult<Vec<_>>>()?;
+    let images = decode_images(&b.images, st.max_pixels)?;
     let (tx, rx) = oneshot::channel();
     enqueue(&st, Job::ZeroShot(images, b.texts, tx))?;
-    let out = tokio::time::timeout(st.timeout, rx)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timed out"))?
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model thread stopped"))??;
+    let out = reply(&st, rx).await?;
     Ok(axum::Json(out).into_response())
 }
 

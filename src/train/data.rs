@@ -353,19 +353,25 @@ pub fn epoch_batches(
             });
         }
         drop(wtx);
-        let mut pending = std::collections::BTreeMap::new();
-        let mut next = skip;
-        for (b, item) in wrx {
-            pending.insert(b, item);
-            while let Some(item) = pending.remove(&next) {
-                if tx.send(item).is_err() {
-                    return;
-                }
-                next += 1;
-            }
-        }
+        in_order(wrx, &tx, skip);
     });
     rx
+}
+
+/// Forwards `(index, item)` pairs that arrive in any order as items in index order from
+/// `start` (a small reorder buffer behind parallel workers); stops when the receiver goes away.
+pub(crate) fn in_order<T>(from: mpsc::Receiver<(usize, T)>, to: &mpsc::SyncSender<T>, start: usize) {
+    let mut pending = std::collections::BTreeMap::new();
+    let mut next = start;
+    for (b, item) in from {
+        pending.insert(b, item);
+        while let Some(item) = pending.remove(&next) {
+            if to.send(item).is_err() {
+                return;
+            }
+            next += 1;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -688,17 +688,7 @@ pub fn stream_batches(
                 }
             }
         });
-        let mut pending = std::collections::BTreeMap::new();
-        let mut next = skip;
-        for (b, item) in done_rx {
-            pending.insert(b, item);
-            while let Some(item) = pending.remove(&next) {
-                if tx.send(item).is_err() {
-                    return;
-                }
-                next += 1;
-            }
-        }
+        super::data::in_order(done_rx, &tx, skip);
         let _ = reader.join();
     });
     rx
