@@ -1,6 +1,7 @@
 //! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
 
 use crate::args::{ComputeArgs, ModelArgs};
+use burn::prelude::Tensor;
 use std::path::{Path, PathBuf};
 use zoo_gemma::GemmaDecoder;
 use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer, model_type};
@@ -364,76 +365,222 @@ impl Generator {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = requests.iter().map(|r| self.prompt_ids(&r.prompt)).collect::<Result<Vec<_>>>()?;
-        let samplings: Vec<Sampling> = requests.iter().map(|r| r.sampling.clone()).collect();
-        let tok = self.tokenizer();
-        let decode = |ids: &[u32]| tok.decode(ids).ok();
-        let mut streams: Vec<zoo_nn::generate::TextStream> =
-            requests.iter().map(|_| Default::default()).collect();
-        let mut on_token = |row: usize, id: u32| {
-            let piece = streams[row].push(id, decode);
-            piece.is_empty() || on_text(row, &piece)
-        };
-        let out = match &self.model {
-            GenModel::Gemma { model, max_len, .. } => {
-                let decoder = GemmaDecoder { model, max_len: *max_len, device: self.device.clone() };
-                zoo_nn::generate_each(&decoder, &ids, &self.eos, &samplings, &mut on_token)?
+        let tags: Vec<usize> = (0..requests.len()).collect();
+        let mut session = self.start(requests, &tags, 0)?;
+        let mut out: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
+        while !session.is_done() {
+            for (tag, o) in self.step(&mut session, &mut on_text)? {
+                out[tag] = Some(o);
             }
-            GenModel::PaliGemma { model, max_len, proc } => {
-                let images: Vec<image::DynamicImage> = requests
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        r.image.clone().ok_or_else(|| {
-                            NnError::Config(format!("request {}: PaliGemma needs an image", i + 1))
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-                let pixels = proc.images.batch(&images, &self.device)?;
-                let decoder = zoo_paligemma::PaliGemmaDecoder {
-                    image_features: model.image_features(pixels),
+        }
+        Ok(out.into_iter().map(|o| o.expect("every request finishes")).collect())
+    }
+
+    /// The features of each request's image (PaliGemma), `[B, N, C]`.
+    fn image_features(&self, requests: &[&Request]) -> Result<Option<Tensor<3>>> {
+        let GenModel::PaliGemma { model, proc, .. } = &self.model else { return Ok(None) };
+        let images: Vec<image::DynamicImage> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.image
+                    .clone()
+                    .ok_or_else(|| NnError::Config(format!("request {}: PaliGemma needs an image", i + 1)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(model.image_features(proc.images.batch(&images, &self.device)?)))
+    }
+
+    /// Runs `f` with this model's decoder (holding `features` for a PaliGemma prefill).
+    fn with_decoder<T>(&self, features: Option<Tensor<3>>, f: impl FnOnce(&dyn DecoderRef) -> T) -> T {
+        match &self.model {
+            GenModel::Gemma { model, max_len, .. } => {
+                f(&GemmaDecoder { model, max_len: *max_len, device: self.device.clone() })
+            }
+            GenModel::PaliGemma { model, max_len, .. } => {
+                // A step embeds no image: an empty feature tensor stands in.
+                let image_features = features.unwrap_or_else(|| Tensor::zeros([1, 1, 1], &self.device));
+                f(&zoo_paligemma::PaliGemmaDecoder {
+                    image_features,
                     model,
                     max_len: *max_len,
                     device: self.device.clone(),
-                };
-                zoo_nn::generate_each(&decoder, &ids, &self.eos, &samplings, &mut on_token)?
-            }
-        };
-        for (row, stream) in streams.iter_mut().enumerate() {
-            let rest = stream.finish(decode);
-            if !rest.is_empty() {
-                on_text(row, &rest);
+                })
             }
         }
-        out.into_iter()
+    }
+
+    /// Starts a batch that requests can join between steps (continuous batching); `tags`
+    /// name the requests in what [`Generator::step`] reports; `room` positions are kept free
+    /// for requests that join later.
+    pub fn start(&self, requests: &[Request], tags: &[usize], room: usize) -> Result<Session> {
+        let ids = requests.iter().map(|r| self.prompt_ids(&r.prompt)).collect::<Result<Vec<_>>>()?;
+        let samplings: Vec<Sampling> = requests.iter().map(|r| r.sampling.clone()).collect();
+        let features = self.image_features(&requests.iter().collect::<Vec<_>>())?;
+        let running = self.with_decoder(features, |d| d.start(&ids, &samplings, tags, room))?;
+        let rows = requests
+            .iter()
             .zip(ids)
-            .zip(requests)
-            .map(|((g, prompt_token_ids), r)| {
-                let text = tok.decode(&g.token_ids)?;
-                let (mut detections, mut masks, mut segment_errors) = (None, None, Vec::new());
-                if let (Some(img), true) = (&r.image, self.needs_image()) {
-                    let (w, h) = (img.width(), img.height());
-                    if zoo_paligemma::is_detect_prompt(&r.prompt) {
-                        detections = Some(zoo_paligemma::parse_detections(&text, w, h));
-                    }
-                    if zoo_paligemma::is_segment_prompt(&r.prompt) {
-                        let parsed = zoo_paligemma::parse_segments(&text, w, h);
-                        masks = self.seg.as_ref().map(|d| zoo_paligemma::decode_masks(d, &parsed, w, h));
-                        segment_errors = parsed.errors;
-                    }
+            .zip(tags)
+            .map(|((r, ids), &tag)| (tag, SessionRow { request: r.clone(), ids, stream: Default::default() }))
+            .collect();
+        Ok(Session { running, rows })
+    }
+
+    /// Whether `request` can join `session` now (its prompt fits the columns cached so far and
+    /// its tokens the room left).
+    pub fn can_join(&self, session: &Session, request: &Request) -> Result<bool> {
+        let ids = self.prompt_ids(&request.prompt)?;
+        Ok(session.running.can_join(ids.len(), request.sampling.max_new_tokens))
+    }
+
+    /// Adds `request` to `session` before its next step.
+    pub fn join(&self, session: &mut Session, request: &Request, tag: usize) -> Result<()> {
+        let ids = self.prompt_ids(&request.prompt)?;
+        let features = self.image_features(&[request])?;
+        self.with_decoder(features, |d| d.join(&mut session.running, &ids, &request.sampling, tag))?;
+        session.rows.insert(tag, SessionRow { request: request.clone(), ids, stream: Default::default() });
+        Ok(())
+    }
+
+    /// One decode step of `session`: `on_text(tag, piece)` receives new text and returns whether
+    /// that request goes on; returns the requests that finished.
+    pub fn step(
+        &self,
+        session: &mut Session,
+        mut on_text: impl FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<(usize, GenerationOutput)>> {
+        let tok = self.tokenizer();
+        let decode = |ids: &[u32]| tok.decode(ids).ok();
+        let rows = &mut session.rows;
+        let finished = self.with_decoder(None, |d| {
+            d.step(&mut session.running, &self.eos, &mut |tag: usize, id: u32| {
+                let Some(row) = rows.get_mut(&tag) else { return false };
+                let piece = row.stream.push(id, decode);
+                piece.is_empty() || on_text(tag, &piece)
+            })
+        })?;
+        finished
+            .into_iter()
+            .map(|(tag, g)| {
+                let mut row =
+                    session.rows.remove(&tag).ok_or_else(|| NnError::Config(format!("unknown row {tag}")))?;
+                let rest = row.stream.finish(decode);
+                if !rest.is_empty() {
+                    on_text(tag, &rest);
                 }
-                Ok(GenerationOutput {
-                    model_type: self.kind.clone(),
-                    text,
-                    prompt_token_ids,
-                    token_ids: g.token_ids,
-                    stop_reason: g.stop_reason,
-                    detections,
-                    masks,
-                    segment_errors,
-                })
+                Ok((tag, self.output(&row.request, row.ids, g)?))
             })
             .collect()
+    }
+
+    fn output(
+        &self,
+        r: &Request,
+        prompt_token_ids: Vec<u32>,
+        g: zoo_nn::Generated,
+    ) -> Result<GenerationOutput> {
+        let text = self.tokenizer().decode(&g.token_ids)?;
+        let (mut detections, mut masks, mut segment_errors) = (None, None, Vec::new());
+        if let (Some(img), true) = (&r.image, self.needs_image()) {
+            let (w, h) = (img.width(), img.height());
+            if zoo_paligemma::is_detect_prompt(&r.prompt) {
+                detections = Some(zoo_paligemma::parse_detections(&text, w, h));
+            }
+            if zoo_paligemma::is_segment_prompt(&r.prompt) {
+                let parsed = zoo_paligemma::parse_segments(&text, w, h);
+                masks = self.seg.as_ref().map(|d| zoo_paligemma::decode_masks(d, &parsed, w, h));
+                segment_errors = parsed.errors;
+            }
+        }
+        Ok(GenerationOutput {
+            model_type: self.kind.clone(),
+            text,
+            prompt_token_ids,
+            token_ids: g.token_ids,
+            stop_reason: g.stop_reason,
+            detections,
+            masks,
+            segment_errors,
+        })
+    }
+}
+
+/// A batch of requests being generated ([`Generator::start`]), which more can join.
+pub struct Session {
+    running: zoo_nn::generate::Running,
+    rows: std::collections::HashMap<usize, SessionRow>,
+}
+
+impl Session {
+    /// Whether every request has finished.
+    pub fn is_done(&self) -> bool {
+        self.running.is_done()
+    }
+
+    /// Requests still generating.
+    pub fn live(&self) -> usize {
+        self.running.live()
+    }
+}
+
+struct SessionRow {
+    request: Request,
+    ids: Vec<u32>,
+    stream: zoo_nn::generate::TextStream,
+}
+
+/// The three things a session does with a decoder, object-safe so Gemma and PaliGemma share the
+/// session code.
+trait DecoderRef {
+    fn start(
+        &self,
+        ids: &[Vec<u32>],
+        samplings: &[Sampling],
+        tags: &[usize],
+        room: usize,
+    ) -> Result<zoo_nn::generate::Running>;
+    fn join(
+        &self,
+        run: &mut zoo_nn::generate::Running,
+        ids: &[u32],
+        sampling: &Sampling,
+        tag: usize,
+    ) -> Result<()>;
+    fn step(
+        &self,
+        run: &mut zoo_nn::generate::Running,
+        eos: &[u32],
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<(usize, zoo_nn::Generated)>>;
+}
+
+impl<D: zoo_nn::Decoder> DecoderRef for D {
+    fn start(
+        &self,
+        ids: &[Vec<u32>],
+        samplings: &[Sampling],
+        tags: &[usize],
+        room: usize,
+    ) -> Result<zoo_nn::generate::Running> {
+        zoo_nn::generate::Running::start(self, ids, samplings, tags, room)
+    }
+    fn join(
+        &self,
+        run: &mut zoo_nn::generate::Running,
+        ids: &[u32],
+        sampling: &Sampling,
+        tag: usize,
+    ) -> Result<()> {
+        run.join(self, ids, sampling, tag)
+    }
+    fn step(
+        &self,
+        run: &mut zoo_nn::generate::Running,
+        eos: &[u32],
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<(usize, zoo_nn::Generated)>> {
+        run.step(self, eos, on_token)
     }
 }
 

@@ -232,6 +232,55 @@ fn paligemma_endpoints_answer_as_the_cli() {
 }
 
 #[test]
+fn a_request_joins_the_running_batch() {
+    // No start window: the second request can only share the decoder by joining mid-run.
+    let srv = Server::start("paligemma-a", &["--batch-window-ms", "0"]);
+    let a = &srv.addr;
+    let image = fixtures().join("images/rgb_64x48.png");
+    let long = cli_generate(&image, "caption en", 37);
+    let short = cli_generate(&image, "caption en", 6);
+    let body = serde_json::json!({"prompt": "caption en", "image": data_url(&image), "max_tokens": 37, "stream": true})
+        .to_string();
+    let mut s = TcpStream::connect(a).unwrap();
+    let head = format!(
+        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    // Wait for the first token: the long request is decoding.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("data: {\"text\"") {
+        s.read_exact(&mut byte).unwrap();
+        seen.push(byte[0]);
+    }
+    let joined = post(
+        a,
+        "/v1/generate",
+        &serde_json::json!({"prompt": "caption en", "image": data_url(&image), "max_tokens": 6}),
+    );
+    assert_eq!(joined.json()["token_ids"], short["token_ids"]);
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    let done =
+        rest.split("event: done\ndata: ").nth(1).unwrap_or_else(|| panic!("{rest}")).lines().next().unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(done).unwrap()["token_ids"], long["token_ids"]);
+    let metrics = http(a, "GET", "/metrics", "text/plain", b"", &[]).body;
+    let joins: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("vlm_zoo_joined_total "))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The short request arrived with 36 of the long one's tokens still to come (~50 ms here).
+    assert!(joins >= 1, "the second request did not join the running batch:\n{metrics}");
+}
+
+#[test]
 fn bad_requests_get_a_status_and_a_json_error() {
     let srv = Server::start("paligemma-a", &["--max-body-mb", "1"]);
     let a = &srv.addr;

@@ -136,3 +136,47 @@ fn seeded_sampling_is_reproducible_and_bad_input_is_refused() {
     let e = generate(&decoder, &[long], &[], &s, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("does not fit the context"), "{e}");
 }
+
+/// Continuous batching: a request that joins a running batch between decode steps (left-padded
+/// to the columns cached so far, prefilled into its own cache, appended) gets the greedy ids it
+/// gets alone, as do the rows already running, while finished rows leave the batch.
+#[test]
+fn a_request_joining_a_running_batch_gets_its_own_answer() {
+    let dev = device();
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let r = Reference::read(&dir.join("reference.safetensors"));
+        let (model, config) = load_gemma(&dir, DType::F32, &dev).unwrap();
+        let decoder =
+            GemmaDecoder { model: &model, max_len: config.max_position_embeddings, device: dev.clone() };
+        let prompts: Vec<Vec<u32>> =
+            (0..3).map(|i| r.i64(&format!("input_ids_{i}")).iter().map(|&v| v as u32).collect()).collect();
+        let short = Sampling { max_new_tokens: 3, ..Default::default() };
+        let long = Sampling { max_new_tokens: 8, ..Default::default() };
+        // Rows 0 (8 tokens) and 1 (3 tokens) start; row 2 joins after two steps.
+        let mut run = zoo_nn::generate::Running::start(
+            &decoder,
+            &prompts[..2],
+            &[long.clone(), short.clone()],
+            &[0, 1],
+            16,
+        )
+        .unwrap();
+        let mut got: Vec<Option<Vec<u32>>> = vec![None; 3];
+        let mut steps = 0;
+        while !run.is_done() {
+            if steps == 2 {
+                assert!(run.can_join(prompts[2].len(), 8));
+                run.join(&decoder, &prompts[2], &long, 2).unwrap();
+            }
+            for (tag, g) in run.step(&decoder, &[], |_, _| true).unwrap() {
+                got[tag] = Some(g.token_ids);
+            }
+            steps += 1;
+        }
+        for (i, s) in [&long, &short, &long].into_iter().enumerate() {
+            let alone = generate(&decoder, std::slice::from_ref(&prompts[i]), &[], s, |_, _| {}).unwrap();
+            assert_eq!(got[i].as_ref().unwrap(), &alone[0].token_ids, "{name}: row {i}");
+        }
+    }
+}

@@ -125,4 +125,44 @@ impl KvCache {
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(LayerKvCache::reset);
     }
+
+    /// Appends the rows of `other` after this cache's rows (continuous batching: a request joins
+    /// a running batch). Both must hold the same number of positions and capacity.
+    pub fn append_rows(&mut self, other: KvCache) -> crate::Result<()> {
+        if other.seq_len() != self.seq_len()
+            || other.max_len != self.max_len
+            || other.layers.len() != self.layers.len()
+        {
+            return Err(crate::NnError::Config(format!(
+                "joining KV caches of {} / {} positions (capacity {} / {})",
+                self.seq_len(),
+                other.seq_len(),
+                self.max_len,
+                other.max_len
+            )));
+        }
+        for (a, b) in self.layers.iter_mut().zip(other.layers) {
+            let cat = |x: Option<Tensor<4>>, y: Option<Tensor<4>>| match (x, y) {
+                (Some(x), Some(y)) => Some(Tensor::cat(vec![x, y], 0)),
+                (x, _) => x,
+            };
+            a.keys = cat(a.keys.take(), b.keys);
+            a.values = cat(a.values.take(), b.values);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the rows `rows` (in that order): finished requests leave a running batch.
+    pub fn keep_rows(&mut self, rows: &[usize]) {
+        for layer in &mut self.layers {
+            for buf in [&mut layer.keys, &mut layer.values] {
+                if let Some(t) = buf.take() {
+                    let device = t.device();
+                    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                    let n = idx.len();
+                    *buf = Some(t.select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device)));
+                }
+            }
+        }
+    }
 }

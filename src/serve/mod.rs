@@ -49,7 +49,8 @@ pub struct ServeArgs {
     /// Most requests run as one batch.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
-    /// How long the model thread waits for more requests to batch with the first, in ms.
+    /// How long an idle model thread waits for more requests to start a batch with, in ms
+    /// (later requests join the running batch at its next step).
     #[arg(long, default_value_t = 5)]
     pub batch_window_ms: u64,
     /// Most requests waiting; beyond it requests get 503 with Retry-After.
@@ -744,6 +745,8 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     for (label, c) in ["1", "2-4", "5-8", "9-16", "17+"].iter().zip(&ws.batch_sizes) {
         s.push_str(&format!("vlm_zoo_batches_total{{size=\"{label}\"}} {}\n", c.load(Ordering::Relaxed)));
     }
+    s.push_str("# HELP vlm_zoo_joined_total Requests that joined a running batch.\n# TYPE vlm_zoo_joined_total counter\n");
+    s.push_str(&format!("vlm_zoo_joined_total {}\n", ws.joined.load(Ordering::Relaxed)));
     let tokens = ws.tokens.load(Ordering::Relaxed);
     let secs = ws.generate_micros.load(Ordering::Relaxed) as f64 / 1e6;
     s.push_str("# HELP vlm_zoo_generated_tokens_total Tokens generated.\n# TYPE vlm_zoo_generated_tokens_total counter\n");

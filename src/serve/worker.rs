@@ -1,9 +1,11 @@
-//! The model thread: one loaded model, fed by a bounded queue. Requests that arrive within a
-//! short window are run as one batch: generation rows share the decoder (each with its own
-//! sampling, stopping when its client goes away), image and text encodings share one forward.
+//! The model thread: one loaded model, fed by a bounded queue. Generation is continuously
+//! batched: rows share the decoder, each with its own sampling and length, a request joins the
+//! running batch at the next decode step and leaves it when it ends or its client goes away.
+//! Image and text encodings queued together share one forward.
 
-use crate::generate::{GenerationOutput, Generator, Request};
+use crate::generate::{GenerationOutput, Generator, Request, Session};
 use crate::zero_shot::{Scorer, ZeroShot};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -68,6 +70,8 @@ pub struct WorkerStats {
     pub tokens: AtomicUsize,
     /// Microseconds spent generating.
     pub generate_micros: AtomicUsize,
+    /// Requests that joined a running batch.
+    pub joined: AtomicUsize,
 }
 
 impl WorkerStats {
@@ -83,8 +87,11 @@ impl WorkerStats {
     }
 }
 
-/// Runs the worker loop on the current thread until the queue closes: takes a job, gathers what
-/// else arrives within `window` (up to `max_batch`), runs them, repeats.
+/// Runs the worker loop on the current thread until the queue closes. Generation is
+/// continuous: requests that arrive within `window` of an idle moment start a batch, and later
+/// ones join the running batch at its next decode step (when their prompt fits the positions
+/// cached so far; otherwise they start the next batch), up to `max_batch` rows. Embedding and
+/// zero-shot jobs run between decode steps, those queued together as one forward.
 pub fn run(
     loaded: Loaded,
     mut rx: mpsc::Receiver<Job>,
@@ -92,30 +99,55 @@ pub fn run(
     window: Duration,
     stats: Arc<WorkerStats>,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + window;
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(500));
+    let mut session: Option<(Session, HashMap<usize, Client>)> = None;
+    let mut waiting: VecDeque<(Request, Client)> = VecDeque::new();
+    let mut next_tag = 0usize;
+    let mut open = true;
+    loop {
+        // Take what has arrived; block only when there is nothing to do.
+        let mut jobs = Vec::new();
+        if session.is_none() && waiting.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.blocking_recv() {
+                Some(j) => jobs.push(j),
+                None => return,
+            }
+            let deadline = Instant::now() + window;
+            while jobs.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+        } else {
+            loop {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
         stats.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-        let (mut gen_jobs, mut embed_jobs, mut score_jobs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut embed_jobs, mut score_jobs) = (Vec::new(), Vec::new());
         for j in jobs {
             match j {
-                Job::Generate(r, tx) => gen_jobs.push((r, tx)),
+                Job::Generate(r, tx) => waiting.push_back((r, tx)),
                 Job::Embed(i, t, tx) => embed_jobs.push((i, t, tx)),
                 Job::ZeroShot(i, t, tx) => score_jobs.push((i, t, tx)),
             }
-        }
-        if !gen_jobs.is_empty() {
-            stats.record_batch(gen_jobs.len());
-            generate_batch(&loaded, gen_jobs, &stats);
         }
         if !embed_jobs.is_empty() {
             stats.record_batch(embed_jobs.len());
@@ -129,52 +161,121 @@ pub fn run(
             };
             let _ = tx.send(out);
         }
+        let Loaded::Generator(g) = &loaded else {
+            for (_, tx) in waiting.drain(..) {
+                let _ = tx.send(Event::Done(Err(not_served(loaded.kind(), "text generation"))));
+            }
+            continue;
+        };
+        // Clients that left while waiting are dropped before any work.
+        waiting.retain(|(_, tx)| !tx.is_closed());
+        admit(g, &mut session, &mut waiting, &mut next_tag, max_batch, &stats);
+        let Some((s, clients)) = &mut session else { continue };
+        let started = Instant::now();
+        let result = g.step(s, |tag, piece| {
+            clients.get(&tag).is_some_and(|tx| tx.send(Event::Piece(piece.to_string())).is_ok())
+        });
+        stats.generate_micros.fetch_add(started.elapsed().as_micros() as usize, Ordering::Relaxed);
+        match result {
+            Ok(finished) => {
+                for (tag, o) in finished {
+                    stats.tokens.fetch_add(o.token_ids.len(), Ordering::Relaxed);
+                    if let Some(tx) = clients.remove(&tag) {
+                        let _ = tx.send(Event::Done(Ok(o)));
+                    }
+                }
+                if s.is_done() {
+                    session = None;
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, tx) in clients.drain() {
+                    let _ = tx.send(Event::Done(Err(NnError::Config(msg.clone()))));
+                }
+                session = None;
+            }
+        }
+    }
+}
+
+type Client = mpsc::UnboundedSender<Event>;
+
+/// Starts a batch from the waiting requests, or lets them join the running one.
+fn admit(
+    g: &Generator,
+    session: &mut Option<(Session, HashMap<usize, Client>)>,
+    waiting: &mut VecDeque<(Request, Client)>,
+    next_tag: &mut usize,
+    max_batch: usize,
+    stats: &WorkerStats,
+) {
+    // A request that cannot run at all (its prompt too long, no image) is answered now.
+    waiting.retain(|(r, tx)| match g.prompt_ids(&r.prompt) {
+        Ok(ids) if ids.len() < g.max_len() && (!g.needs_image() || r.image.is_some()) => true,
+        Ok(ids) => {
+            let why = if ids.len() >= g.max_len() {
+                format!("prompt of {} tokens does not fit the context of {} tokens", ids.len(), g.max_len())
+            } else {
+                "PaliGemma needs an image".to_string()
+            };
+            let _ = tx.send(Event::Done(Err(NnError::Config(why))));
+            false
+        }
+        Err(e) => {
+            let _ = tx.send(Event::Done(Err(e)));
+            false
+        }
+    });
+    match session {
+        None if !waiting.is_empty() => {
+            let n = waiting.len().min(max_batch);
+            let batch: Vec<(Request, Client)> = waiting.drain(..n).collect();
+            let requests: Vec<Request> = batch.iter().map(|(r, _)| r.clone()).collect();
+            let tags: Vec<usize> = (0..n).map(|i| *next_tag + i).collect();
+            *next_tag += n;
+            // Room for requests that join later: as many tokens as this batch asks for.
+            let room = requests.iter().map(|r| r.sampling.max_new_tokens).max().unwrap_or(0);
+            stats.record_batch(n);
+            match g.start(&requests, &tags, room) {
+                Ok(s) => {
+                    *session = Some((s, tags.into_iter().zip(batch.into_iter().map(|(_, tx)| tx)).collect()))
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (_, tx) in batch {
+                        let _ = tx.send(Event::Done(Err(NnError::Config(msg.clone()))));
+                    }
+                }
+            }
+        }
+        Some((s, clients)) => {
+            let mut still = VecDeque::new();
+            while let Some((r, tx)) = waiting.pop_front() {
+                if s.live() >= max_batch || !g.can_join(s, &r).unwrap_or(false) {
+                    still.push_back((r, tx));
+                    continue;
+                }
+                let tag = *next_tag;
+                *next_tag += 1;
+                match g.join(s, &r, tag) {
+                    Ok(()) => {
+                        stats.joined.fetch_add(1, Ordering::Relaxed);
+                        clients.insert(tag, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::Done(Err(e)));
+                    }
+                }
+            }
+            *waiting = still;
+        }
+        None => {}
     }
 }
 
 fn not_served(kind: &str, what: &str) -> NnError {
     NnError::Config(format!("this server's model is a {kind}, which does not do {what}"))
-}
-
-fn generate_batch(loaded: &Loaded, jobs: Vec<(Request, mpsc::UnboundedSender<Event>)>, stats: &WorkerStats) {
-    let Loaded::Generator(g) = loaded else {
-        for (_, tx) in jobs {
-            let _ = tx.send(Event::Done(Err(not_served(loaded.kind(), "text generation"))));
-        }
-        return;
-    };
-    // Clients that left while queued are dropped before any work.
-    let jobs: Vec<_> = jobs.into_iter().filter(|(_, tx)| !tx.is_closed()).collect();
-    if jobs.is_empty() {
-        return;
-    }
-    let requests: Vec<Request> = jobs.iter().map(|(r, _)| r.clone()).collect();
-    let started = Instant::now();
-    let result = g.run(&requests, |row, piece| jobs[row].1.send(Event::Piece(piece.to_string())).is_ok());
-    stats.generate_micros.fetch_add(started.elapsed().as_micros() as usize, Ordering::Relaxed);
-    match result {
-        Ok(outputs) => {
-            for ((_, tx), o) in jobs.iter().zip(outputs) {
-                stats.tokens.fetch_add(o.token_ids.len(), Ordering::Relaxed);
-                let _ = tx.send(Event::Done(Ok(o)));
-            }
-        }
-        Err(e) if jobs.len() > 1 => {
-            // One bad request must not fail the others: each is run alone.
-            let _ = e;
-            for (r, tx) in jobs {
-                let out = g
-                    .run(std::slice::from_ref(&r), |_, piece| {
-                        tx.send(Event::Piece(piece.to_string())).is_ok()
-                    })
-                    .map(|mut v| v.remove(0));
-                let _ = tx.send(Event::Done(out));
-            }
-        }
-        Err(e) => {
-            let _ = jobs[0].1.send(Event::Done(Err(e)));
-        }
-    }
 }
 
 type EmbedJob = (Vec<image::DynamicImage>, Vec<String>, oneshot::Sender<Result<Embeddings>>);
