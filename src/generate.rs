@@ -434,12 +434,15 @@ impl Generator {
         Ok(session.running.can_join(ids.len(), request.sampling.max_new_tokens))
     }
 
-    /// Adds `request` to `session` before its next step.
-    pub fn join(&self, session: &mut Session, request: &Request, tag: usize) -> Result<()> {
-        let ids = self.prompt_ids(&request.prompt)?;
-        let features = self.image_features(&[request])?;
-        self.with_decoder(features, |d| d.join(&mut session.running, &ids, &request.sampling, tag))?;
-        session.rows.insert(tag, SessionRow { request: request.clone(), ids, stream: Default::default() });
+    /// Adds `requests` (tagged `tags`) to `session` before its next step, prefilled together.
+    pub fn join(&self, session: &mut Session, requests: &[Request], tags: &[usize]) -> Result<()> {
+        let ids = requests.iter().map(|r| self.prompt_ids(&r.prompt)).collect::<Result<Vec<_>>>()?;
+        let samplings: Vec<Sampling> = requests.iter().map(|r| r.sampling.clone()).collect();
+        let features = self.image_features(&requests.iter().collect::<Vec<_>>())?;
+        self.with_decoder(features, |d| d.join(&mut session.running, &ids, &samplings, tags))?;
+        for ((r, ids), &tag) in requests.iter().zip(ids).zip(tags) {
+            session.rows.insert(tag, SessionRow { request: r.clone(), ids, stream: Default::default() });
+        }
         Ok(())
     }
 
@@ -543,9 +546,9 @@ trait DecoderRef {
     fn join(
         &self,
         run: &mut zoo_nn::generate::Running,
-        ids: &[u32],
-        sampling: &Sampling,
-        tag: usize,
+        ids: &[Vec<u32>],
+        samplings: &[Sampling],
+        tags: &[usize],
     ) -> Result<()>;
     fn step(
         &self,
@@ -568,11 +571,11 @@ impl<D: zoo_nn::Decoder> DecoderRef for D {
     fn join(
         &self,
         run: &mut zoo_nn::generate::Running,
-        ids: &[u32],
-        sampling: &Sampling,
-        tag: usize,
+        ids: &[Vec<u32>],
+        samplings: &[Sampling],
+        tags: &[usize],
     ) -> Result<()> {
-        run.join(self, ids, sampling, tag)
+        run.join(self, ids, samplings, tags)
     }
     fn step(
         &self,

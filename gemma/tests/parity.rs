@@ -167,7 +167,7 @@ fn a_request_joining_a_running_batch_gets_its_own_answer() {
         while !run.is_done() {
             if steps == 2 {
                 assert!(run.can_join(prompts[2].len(), 8));
-                run.join(&decoder, &prompts[2], &long, 2).unwrap();
+                run.join(&decoder, &prompts[2..], std::slice::from_ref(&long), &[2]).unwrap();
             }
             for (tag, g) in run.step(&decoder, &[], |_, _| true).unwrap() {
                 got[tag] = Some(g.token_ids);

@@ -332,43 +332,51 @@ impl Running {
         !self.is_done() && len <= self.columns() && self.columns() + max_new <= self.total
     }
 
-    /// Adds a request before the next step: `prefiller` prefills it (a decoder over the same
-    /// weights; for an image-text model, one holding this request's image features).
+    /// Adds requests before the next step, prefilled together: `prefiller` prefills them (a
+    /// decoder over the same weights; for an image-text model, one holding these requests' image
+    /// features, in order).
     pub fn join<D: Decoder>(
         &mut self,
         prefiller: &D,
-        prompt: &[u32],
-        sampling: &Sampling,
-        tag: usize,
+        prompts: &[Vec<u32>],
+        samplings: &[Sampling],
+        tags: &[usize],
     ) -> Result<()> {
-        check_prompts(prefiller, std::slice::from_ref(&prompt.to_vec()), std::slice::from_ref(sampling))?;
-        let width = self.columns();
-        if !self.can_join(prompt.len(), sampling.max_new_tokens) {
-            return Err(NnError::Config(format!(
-                "a prompt of {} tokens (+{}) cannot join a batch at {width} of {} positions",
-                prompt.len(),
-                sampling.max_new_tokens,
-                self.total
-            )));
+        if prompts.is_empty() {
+            return Ok(());
         }
-        let (padded, mut valid) = left_pad(&[prompt.to_vec()], width);
-        let mut cache = prefiller.cache(1, self.total);
+        check_prompts(prefiller, prompts, samplings)?;
+        let width = self.columns();
+        for (p, s) in prompts.iter().zip(samplings) {
+            if !self.can_join(p.len(), s.max_new_tokens) {
+                return Err(NnError::Config(format!(
+                    "a prompt of {} tokens (+{}) cannot join a batch at {width} of {} positions",
+                    p.len(),
+                    s.max_new_tokens,
+                    self.total
+                )));
+            }
+        }
+        let (padded, valid) = left_pad(prompts, width);
+        let mut cache = prefiller.cache(prompts.len(), self.total);
         let logits = prefiller.prefill(&padded, &valid, &mut cache)?;
         self.cache.append_rows(cache)?;
         self.logits = Some(match self.logits.take() {
             Some(l) => Tensor::cat(vec![l, logits], 0),
             None => logits,
         });
-        self.rows.push(Row {
-            tag,
-            sampling: sampling.clone(),
-            rng: Rng::new(sampling.seed),
-            history: prompt.to_vec(),
-            generated: Vec::new(),
-            next_pos: prompt.len() as i64,
-            valid: valid.remove(0),
-            done: false,
-        });
+        for (((p, s), &tag), valid) in prompts.iter().zip(samplings).zip(tags).zip(valid) {
+            self.rows.push(Row {
+                tag,
+                sampling: s.clone(),
+                rng: Rng::new(s.seed),
+                history: p.clone(),
+                generated: Vec::new(),
+                next_pos: p.len() as i64,
+                valid,
+                done: false,
+            });
+        }
         Ok(())
     }
 

@@ -234,8 +234,9 @@ fn admit(
             let requests: Vec<Request> = batch.iter().map(|(r, _)| r.clone()).collect();
             let tags: Vec<usize> = (0..n).map(|i| *next_tag + i).collect();
             *next_tag += n;
-            // Room for requests that join later: as many tokens as this batch asks for.
-            let room = requests.iter().map(|r| r.sampling.max_new_tokens).max().unwrap_or(0);
+            // Room for requests that join later: twice the tokens this batch asks for (the
+            // positions cost memory and attention for every row; the model's context caps it).
+            let room = 2 * requests.iter().map(|r| r.sampling.max_new_tokens).max().unwrap_or(0);
             stats.record_batch(n);
             match g.start(&requests, &tags, room) {
                 Ok(s) => {
@@ -250,25 +251,34 @@ fn admit(
             }
         }
         Some((s, clients)) => {
+            // Every waiting request that fits joins now, prefilled together.
             let mut still = VecDeque::new();
+            let mut joining = Vec::new();
             while let Some((r, tx)) = waiting.pop_front() {
-                if s.live() >= max_batch || !g.can_join(s, &r).unwrap_or(false) {
+                if s.live() + joining.len() >= max_batch || !g.can_join(s, &r).unwrap_or(false) {
                     still.push_back((r, tx));
-                    continue;
-                }
-                let tag = *next_tag;
-                *next_tag += 1;
-                match g.join(s, &r, tag) {
-                    Ok(()) => {
-                        stats.joined.fetch_add(1, Ordering::Relaxed);
-                        clients.insert(tag, tx);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Event::Done(Err(e)));
-                    }
+                } else {
+                    joining.push((r, tx));
                 }
             }
             *waiting = still;
+            if !joining.is_empty() {
+                let requests: Vec<Request> = joining.iter().map(|(r, _)| r.clone()).collect();
+                let tags: Vec<usize> = (0..joining.len()).map(|i| *next_tag + i).collect();
+                *next_tag += joining.len();
+                match g.join(s, &requests, &tags) {
+                    Ok(()) => {
+                        stats.joined.fetch_add(joining.len(), Ordering::Relaxed);
+                        clients.extend(tags.into_iter().zip(joining.into_iter().map(|(_, tx)| tx)));
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for (_, tx) in joining {
+                            let _ = tx.send(Event::Done(Err(NnError::Config(msg.clone()))));
+                        }
+                    }
+                }
+            }
         }
         None => {}
     }
