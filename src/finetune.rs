@@ -103,6 +103,11 @@ pub struct FinetuneArgs {
     /// weights; gradients, AdamW state and the loss in f32; the export in f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Gradient checkpointing: recompute memory-bound activations (norms, activations,
+    /// softmax) in the backward pass instead of keeping them, for larger batches in the same
+    /// memory (Burn's balanced strategy; the results are the same).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -134,6 +139,7 @@ impl Default for FinetuneArgs {
             seed: 0,
             resume: false,
             precision: Precision::F32,
+            gradient_checkpointing: false,
             device: DeviceArgs::default(),
             progress: true,
         }
@@ -397,6 +403,8 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
     }
 
     let device = args.device.device()?.autodiff();
+    // Recompute the memory-bound activations in the backward pass instead of keeping them.
+    let device = if args.gradient_checkpointing { device.gradient_checkpointing() } else { device };
     device.seed(args.seed);
     let (model, _) = zoo_paligemma::load_paligemma(&src, burn::tensor::DType::F32, &device)?;
     let group = trainable_group(&model, args)?;

@@ -259,3 +259,21 @@ fn bf16_mixed_precision_trains_and_exports_f32_masters() {
     let header = zoo_nn::load::read_safetensors_header(&out.join("model.safetensors")).unwrap();
     assert!(header.values().all(|t| t.dtype == "F32"), "master weights exported in f32");
 }
+
+/// `--gradient-checkpointing` recomputes activations in the backward pass: the same losses.
+#[test]
+fn gradient_checkpointing_gives_the_same_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 48, 32, 6).unwrap();
+    let mut losses = Vec::new();
+    for (name, on) in [("plain", false), ("checkpointed", true)] {
+        let mut a = args(&data, &tmp.path().join(name), Arch::Clip);
+        a.epochs = 2;
+        a.gradient_checkpointing = on;
+        losses.push(vlm_zoo::train::train(&a).unwrap().losses);
+    }
+    assert_eq!(losses[0].len(), losses[1].len());
+    for (x, y) in losses[0].iter().zip(&losses[1]) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{:?} vs {:?}", losses[0], losses[1]);
+    }
+}

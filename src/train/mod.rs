@@ -147,6 +147,11 @@ pub struct TrainArgs {
     /// Show a progress bar (on for the command line).
     #[arg(skip = true)]
     pub progress: bool,
+    /// Gradient checkpointing: recompute memory-bound activations (norms, activations,
+    /// softmax) in the backward pass instead of keeping them, for larger batches in the same
+    /// memory (Burn's balanced strategy; the results are the same).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -203,6 +208,7 @@ impl Default for TrainArgs {
             data: PathBuf::new(),
             source: sources::SourceOptions::default(),
             precision: Precision::F32,
+            gradient_checkpointing: false,
             out: PathBuf::new(),
             preset: Preset::Tiny,
             norm: NormKind::Layer,
@@ -417,6 +423,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         )));
     }
     let device = args.device.device()?.autodiff();
+    // Recompute the memory-bound activations in the backward pass instead of keeping them.
+    let device = if args.gradient_checkpointing { device.gradient_checkpointing() } else { device };
     let init = args.init.as_ref().map(ModelSource::resolve).transpose()?;
     let grad_accum = args.grad_accum;
     if (train_len / args.batch_size) * args.epochs < grad_accum {
