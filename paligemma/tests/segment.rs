@@ -94,6 +94,11 @@ fn a_broken_npz_names_what_is_wrong() {
         .into_iter()
         .map(|(k, s)| (k, s.into_iter().map(|d| d as u64).collect()))
         .collect();
+    // The real file also holds the VQ-VAE's encoder: other keys are ignored.
+    all.push(("encoder.0.weight".to_string(), vec![8, 3, 3, 3]));
+    let refs: Vec<(&str, Vec<u64>)> = all.iter().map(|(k, s)| (k.as_str(), s.clone())).collect();
+    write(&refs);
+    SegmentationDecoder::load(&p, &dev).unwrap();
     all[0].1 = vec![64, 512];
     let refs: Vec<(&str, Vec<u64>)> = all.iter().map(|(k, s)| (k.as_str(), s.clone())).collect();
     write(&refs);
