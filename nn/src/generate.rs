@@ -226,6 +226,22 @@ struct Row {
     done: bool,
 }
 
+impl Row {
+    /// A row about to generate after `prompt`, whose cached columns are `valid`.
+    fn new(tag: usize, prompt: &[u32], sampling: &Sampling, valid: Vec<bool>) -> Self {
+        Self {
+            tag,
+            sampling: sampling.clone(),
+            rng: Rng::new(sampling.seed),
+            history: prompt.to_vec(),
+            generated: Vec::new(),
+            next_pos: prompt.len() as i64,
+            valid,
+            done: false,
+        }
+    }
+}
+
 /// A batch being generated, that requests can join between steps (continuous batching): a
 /// joining prompt is left-padded to the columns already cached and prefilled into its own cache,
 /// which is appended to the batch's; finished rows leave it.
@@ -297,16 +313,7 @@ impl Running {
             .zip(samplings)
             .zip(tags)
             .zip(valid)
-            .map(|(((p, s), &tag), valid)| Row {
-                tag,
-                sampling: s.clone(),
-                rng: Rng::new(s.seed),
-                history: p.clone(),
-                generated: Vec::new(),
-                next_pos: p.len() as i64,
-                valid,
-                done: false,
-            })
+            .map(|(((p, s), &tag), valid)| Row::new(tag, p, s, valid))
             .collect();
         Ok(Self { cache, logits: Some(logits), rows, total })
     }
@@ -366,16 +373,7 @@ impl Running {
             None => logits,
         });
         for (((p, s), &tag), valid) in prompts.iter().zip(samplings).zip(tags).zip(valid) {
-            self.rows.push(Row {
-                tag,
-                sampling: s.clone(),
-                rng: Rng::new(s.seed),
-                history: p.clone(),
-                generated: Vec::new(),
-                next_pos: p.len() as i64,
-                valid,
-                done: false,
-            });
+            self.rows.push(Row::new(tag, p, s, valid));
         }
         Ok(())
     }
