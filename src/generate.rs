@@ -427,13 +427,6 @@ impl Generator {
         Ok(Session { running, rows })
     }
 
-    /// Whether `request` can join `session` now (its prompt fits the columns cached so far and
-    /// its tokens the room left).
-    pub fn can_join(&self, session: &Session, request: &Request) -> Result<bool> {
-        let ids = self.prompt_ids(&request.prompt)?;
-        Ok(session.running.can_join(ids.len(), request.sampling.max_new_tokens))
-    }
-
     /// Adds `requests` (tagged `tags`) to `session` before its next step, prefilled together.
     pub fn join(&self, session: &mut Session, requests: &[Request], tags: &[usize]) -> Result<()> {
         let ids = requests.iter().map(|r| self.prompt_ids(&r.prompt)).collect::<Result<Vec<_>>>()?;
@@ -524,6 +517,12 @@ impl Session {
     /// Requests still generating.
     pub fn live(&self) -> usize {
         self.running.live()
+    }
+
+    /// Whether a request whose prompt is `len` tokens (image tokens included) and which wants
+    /// `max_new` more can join now.
+    pub fn can_join(&self, len: usize, max_new: usize) -> bool {
+        self.running.can_join(len, max_new)
     }
 }
 

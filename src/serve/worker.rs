@@ -100,7 +100,8 @@ pub fn run(
     stats: Arc<WorkerStats>,
 ) {
     let mut session: Option<(Session, HashMap<usize, Client>)> = None;
-    let mut waiting: VecDeque<(Request, Client)> = VecDeque::new();
+    // Waiting requests with their prompt's length in tokens (counted once, on arrival).
+    let mut waiting: VecDeque<(Request, Client, usize)> = VecDeque::new();
     let mut next_tag = 0usize;
     let mut open = true;
     loop {
@@ -144,7 +145,16 @@ pub fn run(
         let (mut embed_jobs, mut score_jobs) = (Vec::new(), Vec::new());
         for j in jobs {
             match j {
-                Job::Generate(r, tx) => waiting.push_back((r, tx)),
+                Job::Generate(r, tx) => match &loaded {
+                    Loaded::Generator(g) => {
+                        if let Some(len) = runnable(g, &r, &tx) {
+                            waiting.push_back((r, tx, len));
+                        }
+                    }
+                    Loaded::Scorer(s) => {
+                        let _ = tx.send(Event::Done(Err(not_served(&s.kind, "text generation"))));
+                    }
+                },
                 Job::Embed(i, t, tx) => embed_jobs.push((i, t, tx)),
                 Job::ZeroShot(i, t, tx) => score_jobs.push((i, t, tx)),
             }
@@ -161,14 +171,9 @@ pub fn run(
             };
             let _ = tx.send(out);
         }
-        let Loaded::Generator(g) = &loaded else {
-            for (_, tx) in waiting.drain(..) {
-                let _ = tx.send(Event::Done(Err(not_served(loaded.kind(), "text generation"))));
-            }
-            continue;
-        };
+        let Loaded::Generator(g) = &loaded else { continue };
         // Clients that left while waiting are dropped before any work.
-        waiting.retain(|(_, tx)| !tx.is_closed());
+        waiting.retain(|(_, tx, _)| !tx.is_closed());
         admit(g, &mut session, &mut waiting, &mut next_tag, max_batch, &stats);
         let Some((s, clients)) = &mut session else { continue };
         let started = Instant::now();
@@ -201,36 +206,38 @@ pub fn run(
 
 type Client = mpsc::UnboundedSender<Event>;
 
+/// The prompt length of a request that can run at all; one that cannot (its prompt too long for
+/// the context, no image for PaliGemma) is answered now.
+fn runnable(g: &Generator, r: &Request, tx: &Client) -> Option<usize> {
+    let why = match g.prompt_ids(&r.prompt) {
+        Ok(ids) if ids.len() < g.max_len() && (!g.needs_image() || r.image.is_some()) => {
+            return Some(ids.len());
+        }
+        Ok(ids) if ids.len() >= g.max_len() => NnError::Config(format!(
+            "prompt of {} tokens does not fit the context of {} tokens",
+            ids.len(),
+            g.max_len()
+        )),
+        Ok(_) => NnError::Config("PaliGemma needs an image".into()),
+        Err(e) => e,
+    };
+    let _ = tx.send(Event::Done(Err(why)));
+    None
+}
+
 /// Starts a batch from the waiting requests, or lets them join the running one.
 fn admit(
     g: &Generator,
     session: &mut Option<(Session, HashMap<usize, Client>)>,
-    waiting: &mut VecDeque<(Request, Client)>,
+    waiting: &mut VecDeque<(Request, Client, usize)>,
     next_tag: &mut usize,
     max_batch: usize,
     stats: &WorkerStats,
 ) {
-    // A request that cannot run at all (its prompt too long, no image) is answered now.
-    waiting.retain(|(r, tx)| match g.prompt_ids(&r.prompt) {
-        Ok(ids) if ids.len() < g.max_len() && (!g.needs_image() || r.image.is_some()) => true,
-        Ok(ids) => {
-            let why = if ids.len() >= g.max_len() {
-                format!("prompt of {} tokens does not fit the context of {} tokens", ids.len(), g.max_len())
-            } else {
-                "PaliGemma needs an image".to_string()
-            };
-            let _ = tx.send(Event::Done(Err(NnError::Config(why))));
-            false
-        }
-        Err(e) => {
-            let _ = tx.send(Event::Done(Err(e)));
-            false
-        }
-    });
     match session {
         None if !waiting.is_empty() => {
             let n = waiting.len().min(max_batch);
-            let batch: Vec<(Request, Client)> = waiting.drain(..n).collect();
+            let batch: Vec<(Request, Client)> = waiting.drain(..n).map(|(r, tx, _)| (r, tx)).collect();
             let requests: Vec<Request> = batch.iter().map(|(r, _)| r.clone()).collect();
             let tags: Vec<usize> = (0..n).map(|i| *next_tag + i).collect();
             *next_tag += n;
@@ -254,9 +261,9 @@ fn admit(
             // Every waiting request that fits joins now, prefilled together.
             let mut still = VecDeque::new();
             let mut joining = Vec::new();
-            while let Some((r, tx)) = waiting.pop_front() {
-                if s.live() + joining.len() >= max_batch || !g.can_join(s, &r).unwrap_or(false) {
-                    still.push_back((r, tx));
+            while let Some((r, tx, len)) = waiting.pop_front() {
+                if s.live() + joining.len() >= max_batch || !s.can_join(len, r.sampling.max_new_tokens) {
+                    still.push_back((r, tx, len));
                 } else {
                     joining.push((r, tx));
                 }
