@@ -84,6 +84,31 @@ PY
 "$BIN" bench --model $F/siglip-a --train --batch 4 --steps 3 --device cuda | tee "$OUT/bench-train-cuda.json" || { echo "FAIL train bench on cuda"; fail=1; }
 "$BIN" demo --out "$OUT/demo" --train-images 64 --test-images 8 --epochs 1 --device cuda > "$OUT/demo.txt" 2>&1 \
   || { echo "FAIL demo on cuda: $(tail -1 "$OUT/demo.txt")"; fail=1; }
+# Training on the GPU in f32 and bf16 mixed precision, with the same seed: the loss curves
+# side by side with the CPU's (losses.csv of each); fine-tuning on cpu and cuda (losses.csv
+# of each), and the server on cuda.
+mkdir -p "$OUT/shapes"
+printf '{"image": "%s", "caption": "a red circle"}\n{"image": "%s", "caption": "a grey square"}\n' \
+  "$(realpath $I/rgb_64x48.png)" "$(realpath $I/grey_40x40.png)" > "$OUT/shapes/pairs.jsonl"
+for i in $(seq 1 15); do sed -n 1,2p "$OUT/shapes/pairs.jsonl"; done > "$OUT/shapes/many.jsonl"
+for dev_prec in "cpu f32" "cuda f32" "cuda bf16"; do
+  set -- $dev_prec
+  "$BIN" train --arch siglip --data "$OUT/shapes/many.jsonl" --out "$OUT/train-$1-$2" --epochs 2 --batch-size 8 \
+    --val-fraction 0 --device $1 --precision $2 > "$OUT/train-$1-$2.txt" 2>&1 || { echo "FAIL train $1 $2"; fail=1; }
+done
+for i in $(seq 1 8); do
+  printf '{"image": "%s", "prefix": "detect circle", "suffix": "<loc0100><loc0200><loc0300><loc0400> circle"}\n' "$(realpath $I/rgb_64x48.png)"
+done > "$OUT/shapes/rows.jsonl"
+for dev in cpu cuda; do
+  "$BIN" finetune --model $F/paligemma-a --data "$OUT/shapes/rows.jsonl" --out "$OUT/finetune-$dev" --device $dev \
+    --train all --epochs 2 --batch-size 4 --lr 3e-3 > "$OUT/finetune-$dev.txt" 2>&1 || { echo "FAIL finetune on $dev"; fail=1; }
+done
+"$BIN" serve --model $F/paligemma-a --device cuda --port 18181 > "$OUT/serve-cuda.txt" 2>&1 &
+SERVE=$!; sleep 20
+curl -s -X POST localhost:18181/v1/generate -H 'content-type: application/json' \
+  -d "{\"prompt\": \"caption en\", \"image\": \"$(base64 -w0 $I/rgb_64x48.png)\", \"max_tokens\": 6}" \
+  | tee "$OUT/serve-cuda.json" | grep -q token_ids || { echo "FAIL serve on cuda"; fail=1; }
+kill -TERM $SERVE; wait $SERVE
 for m in gemma2-a paligemma2-a; do
   for dt in f32 bf16; do
     "$BIN" bench --model $F/$m --device cuda --dtype $dt --prompt-len 16 --new-tokens 32 | tee -a "$OUT/bench-cuda.jsonl" || fail=1
