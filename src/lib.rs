@@ -24,6 +24,7 @@ pub mod finetune;
 pub mod generate;
 pub mod hub;
 pub mod inspect;
+pub mod quantize;
 pub mod serve;
 pub mod synthetic;
 pub mod train;

@@ -47,6 +47,8 @@ enum Command {
     Train(TrainArgs),
     /// Fine-tune PaliGemma on (image, prefix, suffix) rows (JSONL/CSV): attention, decoder, all, or LoRA.
     Finetune(vlm_zoo::finetune::FinetuneArgs),
+    /// Quantise a checkpoint's weights to int8 once, saved next to it, so --dtype q8 loads them in place.
+    Quantize(vlm_zoo::quantize::QuantizeArgs),
     /// Serve a model over HTTP: OpenAI-compatible chat, generate, embeddings, zero-shot, a web page.
     Serve(vlm_zoo::serve::ServeArgs),
     /// Offline demo: train a tiny composed VLM to caption synthetic shapes, then caption held-out images.
@@ -121,6 +123,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
         Command::Finetune(args) => finetune(&args),
+        Command::Quantize(args) => {
+            let q = vlm_zoo::quantize::quantize(&args)?;
+            say!(
+                "{} {} ({:.1} MB); --dtype q8 loads it in place",
+                if q.existed { "up to date:" } else { "wrote" },
+                q.path.display(),
+                q.bytes as f64 / 1e6
+            );
+            Ok(())
+        }
         Command::Serve(args) => {
             vlm_zoo::serve::serve(&args, |addr| {
                 note!("serving {} on http://{addr} (Ctrl-C or SIGTERM to stop)", args.model);

@@ -822,3 +822,53 @@ fn sentencepiece_folders_with_bad_models_or_other_classes_get_one_line_errors() 
     assert!(!ok && stderr.contains("T5Tokenizer") && stderr.contains("not supported"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// `vlm-zoo quantize` saves the q8 panels once; `--dtype q8` then uses them in place (the same
+/// answers as quantising at load), notices when the checkpoint changed, and really reads them.
+#[test]
+fn saved_q8_weights_load_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_copy("gemma-gqa", &tmp.path().join("m"), &[]);
+    let d = dir.to_str().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let prompt = meta["prompts"][1].as_str().unwrap();
+    let run = || {
+        let (ok, stdout, stderr) = vlm_zoo(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "8",
+            "--json",
+            "--dtype",
+            "q8",
+        ]);
+        assert!(ok, "{stderr}");
+        token_ids(&serde_json::from_str(stdout.trim()).unwrap())
+    };
+    let quantised_at_load = run();
+    let (ok, stdout, stderr) = vlm_zoo(&["quantize", "--model", d]);
+    assert!(ok && stdout.contains("wrote") && dir.join("model.q8.safetensors").is_file(), "{stdout}{stderr}");
+    let (_, stdout, _) = vlm_zoo(&["quantize", "--model", d]);
+    assert!(stdout.contains("up to date"), "{stdout}");
+    assert_eq!(run(), quantised_at_load, "saved panels give the same ids");
+    // The saved panels are what a q8 load reads: zeroed, the answer changes.
+    let q8 = dir.join("model.q8.safetensors");
+    let mut bytes = std::fs::read(&q8).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header..].iter_mut().for_each(|b| *b = 0);
+    std::fs::write(&q8, &bytes).unwrap();
+    assert_ne!(run(), quantised_at_load, "the saved file is read");
+    // A checkpoint that changed makes the saved file stale: quantised at load again.
+    let weights = dir.join("model.safetensors");
+    let data = std::fs::read(&weights).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(&weights, data).unwrap();
+    assert_eq!(run(), quantised_at_load, "a stale file is not used");
+    let (_, stdout, _) = vlm_zoo(&["quantize", "--model", d]);
+    assert!(stdout.contains("wrote"), "{stdout}");
+    assert_eq!(run(), quantised_at_load);
+}

@@ -78,6 +78,14 @@ enum Values {
         backing: Backing,
         offset: usize,
     },
+    /// Int8 panels as [`Values::Q8`] keeps them, read in place from a saved file
+    /// (`vlm-zoo quantize`): `len` bytes from `offset` of the backing.
+    Q8Mapped {
+        backing: Backing,
+        offset: usize,
+        len: usize,
+        scale: Vec<f32>,
+    },
 }
 
 /// A weight matrix `W[n, k]` (one row per output, PyTorch's Linear layout) packed for the
@@ -360,8 +368,55 @@ impl PackedWeight {
     pub fn format(&self) -> WeightFormat {
         match self.values {
             Values::Bf16(_) | Values::Bf16Rows { .. } => WeightFormat::Bf16,
-            Values::Q8 { .. } => WeightFormat::Q8,
+            Values::Q8 { .. } | Values::Q8Mapped { .. } => WeightFormat::Q8,
         }
+    }
+
+    /// The int8 panels and per-output scales of a q8 weight.
+    fn q8(&self) -> Option<(&[i8], &[f32])> {
+        match &self.values {
+            Values::Q8 { q, scale } => Some((q, scale)),
+            Values::Q8Mapped { backing, offset, len, scale } => {
+                let bytes = &(**backing).as_ref()[*offset..*offset + *len];
+                // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+                // pattern is a valid i8); the slice borrows the backing, which `self` keeps.
+                let q = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) };
+                Some((q, scale))
+            }
+            _ => None,
+        }
+    }
+
+    /// A q8 weight's panels as bytes and its scales (what `vlm-zoo quantize` saves).
+    pub fn q8_panels(&self) -> Option<(&[u8], &[f32])> {
+        let (q, scale) = self.q8()?;
+        // SAFETY: as in `q8`, the other way: every i8 is a valid u8 of the same layout.
+        let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len()) };
+        Some((bytes, scale))
+    }
+
+    /// Bytes of the int8 panels of an `n x k` weight (scales: `n` rounded up to 16).
+    pub fn q8_panel_len(n: usize, k: usize) -> usize {
+        n.div_ceil(PANEL) * k.div_ceil(2) * PANEL * 2
+    }
+
+    /// A q8 weight from panels saved by [`PackedWeight::q8_panels`]: `q8_panel_len(n, k)` bytes
+    /// at `offset` of `backing`, used in place, and its scales. `None` when the sizes disagree.
+    pub fn from_q8_panels(
+        backing: Backing,
+        offset: usize,
+        scale: Vec<f32>,
+        n: usize,
+        k: usize,
+    ) -> Option<Self> {
+        let len = Self::q8_panel_len(n, k);
+        let fits = (*backing).as_ref().len() >= offset + len && scale.len() == n.div_ceil(PANEL) * PANEL;
+        fits.then(|| Self {
+            n,
+            k,
+            kp2: k.div_ceil(2),
+            values: Values::Q8Mapped { backing, offset, len, scale },
+        })
     }
 
     /// Bytes the packed values take (what one full product reads).
@@ -369,6 +424,7 @@ impl PackedWeight {
         match &self.values {
             Values::Bf16(v) => v.len() * 2,
             Values::Q8 { q, scale } => q.len() + scale.len() * 4,
+            Values::Q8Mapped { len, scale, .. } => len + scale.len() * 4,
             Values::Bf16Rows { .. } => self.n * self.k * 2,
         }
     }
@@ -384,12 +440,13 @@ impl PackedWeight {
         }
         let (p, c) = (row / PANEL, row % PANEL);
         let base = p * self.kp2 * PANEL * 2;
+        let q8 = self.q8();
         for (kk, o) in out.iter_mut().enumerate().take(self.k) {
             let i = base + ((kk / 2) * PANEL + c) * 2 + kk % 2;
-            *o = match &self.values {
-                Values::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
-                Values::Q8 { q, scale } => q[i] as f32 * scale[row],
-                Values::Bf16Rows { .. } => unreachable!("read above"),
+            *o = match (&self.values, q8) {
+                (Values::Bf16(v), _) => f32::from_bits((v[i] as u32) << 16),
+                (_, Some((q, scale))) => q[i] as f32 * scale[row],
+                _ => unreachable!("bf16 rows are read above"),
             };
         }
     }
@@ -533,6 +590,7 @@ impl PackedWeight {
         let block_len = self.kp2 * h;
         debug_assert!(rows.start.is_multiple_of(h));
         let mut scratch = Vec::new();
+        let scales = self.q8().map(|(_, s)| s);
         let mut p = ps.start;
         while p < ps.end {
             let np = if ps.end - p >= NR { NR } else { 1 };
@@ -543,12 +601,9 @@ impl PackedWeight {
                     self.stage(self.rows_bytes().unwrap_or_default(), p, np, &mut scratch);
                     Some(&scratch[..])
                 }
-                Values::Q8 { .. } => None,
+                Values::Q8 { .. } | Values::Q8Mapped { .. } => None,
             };
-            let q8: Option<&[i8]> = match &self.values {
-                Values::Q8 { q, .. } => Some(&q[p * panel_len..(p + np) * panel_len]),
-                _ => None,
-            };
+            let q8: Option<&[i8]> = self.q8().map(|(q, _)| &q[p * panel_len..(p + np) * panel_len]);
             let mut r = rows.start;
             while r < rows.end {
                 let mr = (rows.end - r).min(h);
@@ -593,9 +648,9 @@ impl PackedWeight {
                         if col >= self.n {
                             break;
                         }
-                        let v = match &self.values {
-                            Values::Q8 { scale, .. } => acc_row[j] * scale[col],
-                            _ => acc_row[j],
+                        let v = match scales {
+                            Some(scale) => acc_row[j] * scale[col],
+                            None => acc_row[j],
                         };
                         unsafe { *out.add((r + i) * self.n + col) = v };
                     }

@@ -149,6 +149,11 @@ pub fn register(id: ParamId, weight: PackedWeight) {
     }
 }
 
+/// Runs `f` on parameter `id`'s packed weight, when it is packed.
+pub fn with_weight<T>(id: &ParamId, f: impl FnOnce(&PackedWeight) -> T) -> Option<T> {
+    lookup(id).map(|e| f(&e.weight))
+}
+
 /// Whether parameter `id` is packed.
 pub fn contains(id: &ParamId) -> bool {
     lookup(id).is_some()

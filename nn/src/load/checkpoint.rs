@@ -159,7 +159,7 @@ impl Checkpoint {
         let spec = spec.into();
         match spec.pack {
             None => self.load_burn(module, keys, spec.dtype, &BTreeSet::new()),
-            Some(format) => self.load_packed(module, keys, format),
+            Some(format) => self.load_packed(module, keys, format, spec.save_q8),
         }
     }
 
@@ -171,7 +171,11 @@ impl Checkpoint {
         module: &mut M,
         keys: &KeyMap,
         format: WeightFormat,
+        save_q8: bool,
     ) -> Result<()> {
+        // Saved q8 panels, when they were made from these very files.
+        let saved = if format == WeightFormat::Q8 { self.q8_saved()? } else { None };
+        let mut to_save: Vec<(String, ParamId)> = Vec::new();
         // Which parameters pack, by module path, with their ids and (lazy) shapes.
         let mut found = Packable::default();
         module.visit(&mut found);
@@ -197,6 +201,28 @@ impl Checkpoint {
                     expected: want,
                     actual: info.shape.clone(),
                 });
+            }
+            if let Some((backing, tensors)) = &saved
+                && let (Some(q), Some(sc)) = (tensors.get(key), tensors.get(&format!("{key}.scale")))
+            {
+                let n_scales = (sc.shape.iter().product::<usize>()).min(1 << 28);
+                let scale_bytes = (**backing)
+                    .as_ref()
+                    .get(sc.offset as usize..sc.offset as usize + n_scales * 4)
+                    .unwrap_or_default();
+                let scale: Vec<f32> = scale_bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if let Some(weight) =
+                    PackedWeight::from_q8_panels(backing.clone(), q.offset as usize, scale, want[0], want[1])
+                {
+                    crate::packed::register(id, weight);
+                    shapes.insert(id, [shape[0], shape[1]]);
+                    packed_paths.insert(path);
+                    packed_keys.insert(key.clone());
+                    continue;
+                }
             }
             // The file's bytes in place: the converted bytes of a .bin; for bf16 kept in place,
             // the whole file mapped (kept); otherwise this tensor's range, dropped once packed.
@@ -232,9 +258,13 @@ impl Checkpoint {
                 PackedWeight::pack(&raw, want[0], want[1], format)
             };
             crate::packed::register(id, weight);
+            to_save.push((key.clone(), id));
             shapes.insert(id, [shape[0], shape[1]]);
             packed_paths.insert(path);
             packed_keys.insert(key.clone());
+        }
+        if save_q8 && format == WeightFormat::Q8 && saved.is_none() {
+            self.write_q8(&to_save)?;
         }
         // Placeholders where the packed weights were, then the rest through burn-store as f32.
         let mut swap = Placeholders { shapes };
@@ -250,6 +280,84 @@ impl Checkpoint {
         rest.load_burn(module, keys, DType::F32, &packed_paths)?;
         crate::packed::attach_biases(module);
         Ok(())
+    }
+
+    /// The saved q8 panels of this checkpoint (mapped, with their header), when [`Q8_FILE`]
+    /// exists and [`Q8_SOURCES`] matches the checkpoint's files as they are now.
+    fn q8_saved(&self) -> Result<Option<(Backing, BTreeMap<String, TensorInfo>)>> {
+        let (file, stamp) = (self.dir.join(Q8_FILE), self.dir.join(Q8_SOURCES));
+        if !file.is_file() || !stamp.is_file() {
+            return Ok(None);
+        }
+        let recorded: serde_json::Value = crate::read_json(&stamp)?;
+        if recorded != q8_stamp(&self.files) {
+            return Ok(None); // made from other files: quantised again
+        }
+        let tensors = super::header::read_safetensors_header(&file)?;
+        let map: Backing = super::mmap::map(&file)?;
+        Ok(Some((map, tensors)))
+    }
+
+    /// Writes the packed q8 weights `ids` (by checkpoint key) to [`Q8_FILE`] beside the
+    /// checkpoint, streaming them from the packed table (no second copy), atomically, then
+    /// [`Q8_SOURCES`].
+    fn write_q8(&self, ids: &[(String, ParamId)]) -> Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(Q8_FILE);
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "vlm-zoo-q8-panels-1"}));
+        let mut offset = 0usize;
+        let mut order = Vec::new();
+        for (key, id) in ids {
+            let Some((q, s)) =
+                crate::packed::with_weight(id, |w| w.q8_panels().map(|(q, s)| (q.len(), s.len()))).flatten()
+            else {
+                continue;
+            };
+            header.insert(
+                key.clone(),
+                serde_json::json!({"dtype": "U8", "shape": [q], "data_offsets": [offset, offset + q]}),
+            );
+            offset += q;
+            header.insert(
+                format!("{key}.scale"),
+                serde_json::json!({"dtype": "F32", "shape": [s], "data_offsets": [offset, offset + 4 * s]}),
+            );
+            offset += 4 * s;
+            order.push(id);
+        }
+        let mut head = serde_json::to_vec(&header).map_err(|e| NnError::Config(e.to_string()))?;
+        while head.len() % 8 != 0 {
+            head.push(b' ');
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let save = |e: std::io::Error| NnError::Save { path: path.clone(), reason: e.to_string() };
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            f.write_all(&(head.len() as u64).to_le_bytes())?;
+            f.write_all(&head)?;
+            for id in &order {
+                crate::packed::with_weight(id, |w| -> std::io::Result<()> {
+                    if let Some((q, s)) = w.q8_panels() {
+                        f.write_all(q)?;
+                        for v in s {
+                            f.write_all(&v.to_le_bytes())?;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap_or(Ok(()))?;
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()
+        };
+        if let Err(e) = write().and_then(|_| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(save(e));
+        }
+        let stamp =
+            serde_json::to_vec_pretty(&q8_stamp(&self.files)).map_err(|e| NnError::Config(e.to_string()))?;
+        std::fs::write(self.dir.join(Q8_SOURCES), stamp)
+            .map_err(|e| NnError::io(self.dir.join(Q8_SOURCES), e))
     }
 
     /// The bytes of tensor `key` (`info` from the header; `size` bytes per element), from the
@@ -416,18 +524,49 @@ pub struct LoadSpec {
     pub dtype: DType,
     /// Pack the Linear weights (and `embed_tokens`) for the CPU kernels in this format.
     pub pack: Option<WeightFormat>,
+    /// With q8: write the quantised weights next to the checkpoint ([`Q8_FILE`]), so later q8
+    /// loads use them in place instead of quantising again (`vlm-zoo quantize`).
+    pub save_q8: bool,
+}
+
+/// The file `vlm-zoo quantize` writes next to a checkpoint: every packed weight's int8 panels
+/// (`KEY`, U8) and scales (`KEY.scale`, F32), used in place by q8 loads while
+/// [`Q8_SOURCES`] still describes the checkpoint's files.
+pub const Q8_FILE: &str = "model.q8.safetensors";
+/// The sizes and modification times of the files [`Q8_FILE`] was made from.
+pub const Q8_SOURCES: &str = "model.q8.json";
+
+/// What [`Q8_SOURCES`] records of `files`.
+fn q8_stamp(files: &[PathBuf]) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f).ok();
+            let modified = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "file": f.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "bytes": meta.map_or(0, |m| m.len()),
+                "modified": modified,
+            })
+        })
+        .collect();
+    serde_json::json!({"format": "vlm-zoo-q8-panels-1", "sources": files})
 }
 
 impl From<DType> for LoadSpec {
     fn from(dtype: DType) -> Self {
-        Self { dtype, pack: None }
+        Self { dtype, pack: None, save_q8: false }
     }
 }
 
 impl LoadSpec {
     /// Packed in `format`, the rest f32.
     pub fn packed(format: WeightFormat) -> Self {
-        Self { dtype: DType::F32, pack: Some(format) }
+        Self { dtype: DType::F32, pack: Some(format), save_q8: false }
     }
 }
 

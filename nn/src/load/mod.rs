@@ -30,7 +30,7 @@ pub mod save;
 #[cfg(test)]
 mod tests;
 
-pub use checkpoint::{Checkpoint, LoadSpec};
+pub use checkpoint::{Checkpoint, LoadSpec, Q8_FILE, Q8_SOURCES};
 pub use header::{TensorInfo, read_safetensors_header};
 pub use keymap::KeyMap;
 pub use save::save_safetensors;
