@@ -40,7 +40,10 @@ pub fn quantize(args: &QuantizeArgs) -> Result<Quantized> {
         "siglip" | "clip" => drop(crate::train::models::Towers::load(&dir, spec, &device)?),
         "siglip2" => drop(zoo_siglip::naflex::load_siglip2(&dir, spec, &device)?),
         other => {
-            return Err(NnError::Config(format!("{}: model_type '{other}' has no q8 weights", dir.display())));
+            return Err(NnError::Config(format!(
+                "{}: model_type '{other}' has no q8 weights",
+                dir.display()
+            )));
         }
     }
     let meta = std::fs::metadata(&path).map_err(|e| NnError::io(&path, e))?;
