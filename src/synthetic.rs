@@ -97,6 +97,17 @@ impl Scene {
     }
 }
 
+/// Renders `scene` as `dir/imgNNNNN.png` (`i` numbers it); returns the file name.
+fn save_scene(dir: &Path, i: usize, scene: &Scene, size: u32, rng: &mut Rng) -> Result<String> {
+    let name = format!("img{i:05}.png");
+    let path = dir.join(&name);
+    scene
+        .render(size, rng)
+        .save(&path)
+        .map_err(|e| NnError::Save { path: path.clone(), reason: e.to_string() })?;
+    Ok(name)
+}
+
 /// Writes `n` random scenes as PNGs plus `captions.jsonl` into `dir`; returns the JSONL path.
 pub fn write_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
@@ -105,12 +116,7 @@ pub fn write_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Result<PathB
     let mut lines = String::new();
     for i in 0..n {
         let scene = scenes[(rng.next_f64() * scenes.len() as f64) as usize % scenes.len()];
-        let name = format!("img{i:05}.png");
-        let path = dir.join(&name);
-        scene
-            .render(size, &mut rng)
-            .save(&path)
-            .map_err(|e| NnError::Save { path: path.clone(), reason: e.to_string() })?;
+        let name = save_scene(dir, i, &scene, size, &mut rng)?;
         lines.push_str(&serde_json::json!({"image": name, "caption": scene.caption()}).to_string());
         lines.push('\n');
     }
@@ -142,12 +148,7 @@ pub fn write_detection_dataset(dir: &Path, n: usize, size: u32, seed: u64) -> Re
             shape: pick(&mut rng, 2),
             position: pick(&mut rng, 4),
         };
-        let name = format!("img{i:05}.png");
-        let path = dir.join(&name);
-        scene
-            .render(size, &mut rng)
-            .save(&path)
-            .map_err(|e| NnError::Save { path: path.clone(), reason: e.to_string() })?;
+        let name = save_scene(dir, i, &scene, size, &mut rng)?;
         let shape = SHAPES[scene.shape];
         let row = serde_json::json!({
             "image": name,

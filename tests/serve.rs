@@ -74,6 +74,23 @@ fn dechunk(s: &str) -> String {
     out
 }
 
+/// A POST to /v1/generate whose reply is left unread on the returned socket (streams, slow
+/// clients, clients that leave).
+fn open_stream(addr: &str, body: &str, extra: &[(&str, &str)]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s
+}
+
 fn post(addr: &str, path: &str, body: &serde_json::Value) -> Reply {
     http(addr, "POST", path, "application/json", body.to_string().as_bytes(), &[])
 }
@@ -241,13 +258,7 @@ fn a_request_joins_the_running_batch() {
     let short = cli_generate(&image, "caption en", 6);
     let body = serde_json::json!({"prompt": "caption en", "image": data_url(&image), "max_tokens": 37, "stream": true})
         .to_string();
-    let mut s = TcpStream::connect(a).unwrap();
-    let head = format!(
-        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
+    let mut s = open_stream(a, &body, &[]);
     // Wait for the first token: the long request is decoding.
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
@@ -406,16 +417,7 @@ fn limits_queue_key_disconnects_and_sigterm() {
 
     // A client that leaves mid-stream, and one that never reads: others are still served.
     let stream_body = serde_json::json!({"prompt": "caption en", "image": data_url(&fixtures().join("images/rgb_64x48.png")), "max_tokens": 60, "stream": true}).to_string();
-    let open = |a: &str| {
-        let mut s = TcpStream::connect(a).unwrap();
-        let head = format!(
-            "POST /v1/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            stream_body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(stream_body.as_bytes()).unwrap();
-        s
-    };
+    let open = |a: &str| open_stream(a, &stream_body, &[("Authorization", "Bearer s3cret")]);
     let mut leaver = open(&a);
     let mut first = [0u8; 64];
     let _ = leaver.read(&mut first).unwrap();
