@@ -165,16 +165,19 @@ pub fn scaled_dot_product_attention(
     let group = h / kh;
     // Fold the query heads that share a key/value head into the query axis: no copy of K or V.
     let q = q.reshape([b, kh, group * l, d]); // (B, K, G*L, D)
-    let mut scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale; // (B, K, G*L, S)
-    if let Some(cap) = softcap {
-        scores = (scores / cap).tanh() * cap;
-    }
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // (B, K, G*L, S)
+    // Without a soft cap the scale is folded into the fused softmax (one pass fewer each way).
+    let (scores, scale) = match softcap {
+        Some(cap) => (((scores * scale) / cap).tanh() * cap, 1.0),
+        None => (scores, scale),
+    };
     let mut scores = scores.reshape([b, h, l, s]); // (B, H, L, S)
     if let Some(mask) = mask {
         let mask = mask.clone().expand([b, h, l, s]);
         scores = scores.mask_fill(mask, f32::MIN);
     }
-    let probs = crate::cpu_kernels::softmax_last(scores).cast(v.dtype()).reshape([b, kh, group * l, s]);
+    let probs =
+        crate::fused::softmax_last(scores, scale as f32).cast(v.dtype()).reshape([b, kh, group * l, s]);
     probs.matmul(v).reshape([b, h, l, d])
 }
 

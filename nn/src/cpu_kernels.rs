@@ -1,26 +1,19 @@
-//! Host kernels for the two elementwise hot spots of CPU inference, where Burn's CPU backends
-//! call the scalar libm `exp` on one core: softmax over the last axis and `x * sigmoid(x * g(x))`
-//! (tanh-GELU and quick-GELU). Measured on a SigLIP-B/16 batch-8 forward (`cargo bench --bench
-//! ops`): Flex's softmax of `[8,12,197,197]` took 17.5 ms against PyTorch's 2.3 ms and tanh-GELU
-//! of `[8,197,3072]` 46 ms against 4.9 ms, together a third of the forward.
+//! Host kernels on f32 slices for the elementwise chains that Burn's CPU backends run as many
+//! one-core passes: softmax over the last axis, `x * sigmoid(x * g(x))` (tanh-GELU and
+//! quick-GELU) and LayerNorm, each with its backward pass. [`crate::fused`] calls them for f32
+//! tensors on Flex and ndarray, in inference and (through its autodiff implementation) in
+//! training; other backends and dtypes compose the same functions from tensor operations.
 //!
-//! The kernels run only on CPU devices without autodiff and on f32 tensors; everything else
-//! (training, CUDA, bf16/f16) takes the tensor-op path, which computes the same function. The
-//! `exp` here is a branch-free Cody-Waite reduction with a degree-6 polynomial (relative error
-//! below 3e-7, 2.5 ulp) that the compiler vectorises; rows are split over the cores with rayon.
+//! Measured on a SigLIP-B/16 batch-8 forward (`cargo bench --bench ops`): Flex's softmax of
+//! `[8,12,197,197]` took 17.5 ms against PyTorch's 2.3 ms and tanh-GELU of `[8,197,3072]` 46 ms
+//! against 4.9 ms, together a third of the forward. Under autodiff each of these chains was
+//! 5-20 recorded ops, each with its own pass and buffer forward and backward.
+//!
+//! The `exp` here is a branch-free Cody-Waite reduction with a degree-6 polynomial (relative
+//! error below 3e-7, 2.5 ulp) that the compiler vectorises; rows are split over the cores with
+//! rayon.
 
-use burn::prelude::*;
-use burn::tensor::DType;
 use rayon::prelude::*;
-
-/// Whether `t` lives on a CPU backend without autodiff, as f32 (the kernels' domain).
-fn on_host<const D: usize>(t: &Tensor<D>) -> bool {
-    let device = t.device();
-    t.dtype() == DType::F32
-        && !device.is_autodiff()
-        && (Some(&device) == crate::device::flex_device().as_ref()
-            || Some(&device) == crate::device::ndarray_device().as_ref())
-}
 
 /// `e^x` for f32, branch-free: `x = n ln2 + r`, `e^r` by a degree-6 polynomial on
 /// `|r| <= ln2 / 2`, `2^n` by building the exponent bits. Inputs are clamped to `[-87, 88]`
@@ -44,65 +37,153 @@ fn exp(x: f32) -> f32 {
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 16 * 1024;
 
-fn into_vec<const D: usize>(t: Tensor<D>) -> (Vec<f32>, [usize; D], Device) {
-    let (dims, device) = (t.dims(), t.device());
-    let v = t.into_data().try_into_vec::<f32>().unwrap_or_default();
-    (v, dims, device)
+/// Rows of `n` per rayon task.
+fn rows_per_task(n: usize) -> usize {
+    (CHUNK / n.max(1)).max(1)
 }
 
-fn from_vec<const D: usize>(v: Vec<f32>, dims: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(v, dims), (device, DType::F32))
+/// `softmax(scale * x)` over rows of `n` (`scale > 0`). A row of equal values (a fully masked
+/// row, all `f32::MIN`) comes out uniform, as the tensor-op softmax makes it.
+pub fn softmax(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
+    let n = n.max(1);
+    let mut out = vec![0f32; x.len()];
+    let step = rows_per_task(n) * n;
+    out.par_chunks_mut(step).zip(x.par_chunks(step)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+            softmax_row(x, o, scale);
+        }
+    });
+    out
 }
 
-/// Softmax over the last axis.
-pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !on_host(&x) {
-        return burn::tensor::activation::softmax(x, D - 1);
+#[inline(always)]
+fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = exp((x - max) * scale);
+        sum += *o;
     }
-    let (mut v, dims, device) = into_vec(x);
-    let n = dims[D - 1].max(1);
-    let rows_per_task = (CHUNK / n).max(1);
-    v.par_chunks_mut(rows_per_task * n).for_each(|rows| {
-        for row in rows.chunks_mut(n) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for e in row.iter_mut() {
-                *e = exp(*e - max);
-            }
-            let inv = 1.0 / row.iter().sum::<f32>();
-            for e in row.iter_mut() {
-                *e *= inv;
+    let inv = 1.0 / sum;
+    for o in o.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// The gradient of `softmax(scale * x)` over rows of `n` for the output gradient `g`:
+/// `scale * y * (g - sum(g * y))`, with `y` recomputed from `x` (nothing saved but the input).
+pub fn softmax_backward(x: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> {
+    let n = n.max(1);
+    let mut out = vec![0f32; x.len()];
+    let step = rows_per_task(n) * n;
+    out.par_chunks_mut(step).zip(x.par_chunks(step)).zip(g.par_chunks(step)).for_each(|((o, x), g)| {
+        for ((o, x), g) in o.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+            softmax_row(x, o, scale);
+            let dot: f32 = o.iter().zip(g).map(|(y, g)| y * g).sum();
+            for (o, &g) in o.iter_mut().zip(g) {
+                *o = scale * *o * (g - dot);
             }
         }
     });
-    from_vec(v, dims, &device)
+    out
 }
 
 /// `x * sigmoid(x * (a + b x^2))`: tanh-GELU with `a = 2 sqrt(2/pi)`, `b = 0.044715 a`;
-/// quick-GELU with `a = 1.702`, `b = 0`. Tensors that are not host f32 tensors go to
-/// `tensor_ops`, which must compute the same function with tensor operations.
-pub fn x_sigmoid<const D: usize>(
-    x: Tensor<D>,
-    a: f32,
-    b: f32,
-    tensor_ops: impl FnOnce(Tensor<D>) -> Tensor<D>,
-) -> Tensor<D> {
-    if !on_host(&x) {
-        return tensor_ops(x);
-    }
-    let (mut v, dims, device) = into_vec(x);
-    v.par_chunks_mut(CHUNK).for_each(|chunk| {
-        for e in chunk.iter_mut() {
-            let x = *e;
-            *e = x / (1.0 + exp(-x * (a + b * x * x)));
+/// quick-GELU with `a = 1.702`, `b = 0`.
+pub fn x_sigmoid(x: &[f32], a: f32, b: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = x / (1.0 + exp(-x * (a + b * x * x)));
         }
     });
-    from_vec(v, dims, &device)
+    out
+}
+
+/// The gradient of [`x_sigmoid`] for the output gradient `g`: with `z = x (a + b x^2)` and
+/// `s = sigmoid(z)`, `g * (s + x s (1 - s) (a + 3 b x^2))`.
+pub fn x_sigmoid_backward(x: &[f32], g: &[f32], a: f32, b: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((o, x), g)| {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            let s = 1.0 / (1.0 + exp(-x * (a + b * x * x)));
+            *o = g * (s + x * s * (1.0 - s) * (a + 3.0 * b * x * x));
+        }
+    });
+    out
+}
+
+/// Mean and `1 / sqrt(var + eps)` of a row (biased variance, two passes).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len().max(1) as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm over rows of `gamma.len()`: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let n = gamma.len().max(1);
+    let mut out = vec![0f32; x.len()];
+    let step = rows_per_task(n) * n;
+    out.par_chunks_mut(step).zip(x.par_chunks(step)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        }
+    });
+    out
+}
+
+/// The gradients of [`layer_norm`] for the output gradient `g`: `(dx, dgamma, dbeta)`, with
+/// `xhat = (x - mean) rstd`, `dxhat = g gamma`:
+/// `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`, `dgamma = sum_rows(g xhat)`,
+/// `dbeta = sum_rows(g)`. The statistics are recomputed from `x`.
+pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = gamma.len().max(1);
+    let mut dx = vec![0f32; x.len()];
+    let step = rows_per_task(n) * n;
+    let partial = |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| {
+        let mut acc = vec![0f32; 2 * n];
+        let (dgamma, dbeta) = acc.split_at_mut(n);
+        for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            let (mut sum_d, mut sum_dx) = (0f32, 0f32);
+            for (((&x, &g), &w), (dg, db)) in
+                x.iter().zip(g).zip(gamma).zip(dgamma.iter_mut().zip(dbeta.iter_mut()))
+            {
+                let xhat = (x - mean) * rstd;
+                let d = g * w;
+                sum_d += d;
+                sum_dx += d * xhat;
+                *dg += g * xhat;
+                *db += g;
+            }
+            let (mean_d, mean_dx) = (sum_d / n as f32, sum_dx / n as f32);
+            for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(gamma) {
+                let xhat = (x - mean) * rstd;
+                *dx = rstd * (g * w - mean_d - xhat * mean_dx);
+            }
+        }
+        acc
+    };
+    let acc = dx.par_chunks_mut(step).zip(x.par_chunks(step).zip(g.par_chunks(step))).map(partial).reduce(
+        || vec![0f32; 2 * n],
+        |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        },
+    );
+    let (dgamma, dbeta) = acc.split_at(n);
+    (dx, dgamma.to_vec(), dbeta.to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, device, tensor_from, to_vec};
 
     #[test]
     fn exp_is_accurate_over_the_range() {
@@ -117,34 +198,109 @@ mod tests {
         assert_eq!(exp(f32::MIN), exp(-87.0));
     }
 
+    fn data(len: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect()
+    }
+
+    fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    /// `sum(w * f(x))` for fixed weights `w`, in f64: a scalar whose gradient is the backward
+    /// pass's result for the output gradient `w`, checked by central differences.
+    fn numeric_grad(x: &[f32], f: impl Fn(&[f64]) -> Vec<f64>, w: &[f64]) -> Vec<f64> {
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let loss = |x: &[f64]| f(x).iter().zip(w).map(|(y, w)| y * w).sum::<f64>();
+        (0..x.len())
+            .map(|i| {
+                let h = 1e-5;
+                let (mut p, mut m) = (x.clone(), x.clone());
+                p[i] += h;
+                m[i] -= h;
+                (loss(&p) - loss(&m)) / (2.0 * h)
+            })
+            .collect()
+    }
+
+    fn softmax64(x: &[f64], n: usize, scale: f64) -> Vec<f64> {
+        x.chunks(n)
+            .flat_map(|r| {
+                let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = r.iter().map(|v| ((v - max) * scale).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.into_iter().map(move |v| v / s)
+            })
+            .collect()
+    }
+
+    fn layer_norm64(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+        let n = gamma.len();
+        x.chunks(n)
+            .flat_map(|r| {
+                let mean = r.iter().sum::<f64>() / n as f64;
+                let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+                let rstd = 1.0 / (var + eps).sqrt();
+                r.iter()
+                    .zip(gamma)
+                    .zip(beta)
+                    .map(move |((v, w), b)| (v - mean) * rstd * w + b)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     #[test]
-    fn kernels_equal_the_tensor_op_path() {
-        let dev = device();
-        let data: Vec<f32> = (0..3 * 5 * 7).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-        let x = tensor_from(&data, [3, 5, 7], &dev);
-        let want = to_vec(burn::tensor::activation::softmax(x.clone(), 2));
-        assert_close(softmax_last(x.clone()), &want, 1e-6, "softmax");
+    fn kernels_and_their_gradients_match_the_formulas() {
+        let (n, x) = (7, data(3 * 7));
+        let w: Vec<f64> = data(x.len()).iter().map(|&v| (v as f64 * 1.3).sin()).collect();
+        let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+
+        for scale in [1.0f32, 0.125] {
+            close(&softmax(&x, n, scale), &softmax64(&x64, n, scale as f64), 1e-6, "softmax");
+            let want = numeric_grad(&x, |x| softmax64(x, n, scale as f64), &w);
+            close(&softmax_backward(&x, &w32, n, scale), &want, 1e-5, "softmax backward");
+        }
         // A fully masked row stays uniform, as the tensor-op softmax makes it.
-        let masked = tensor_from(&[f32::MIN; 4], [1, 4], &dev);
-        assert_close(softmax_last(masked), &[0.25; 4], 1e-6, "masked row");
-        let c = 2.0 * (2.0 / std::f32::consts::PI).sqrt();
-        let gelu = x_sigmoid(x.clone(), c, c * 0.044715, |_| unreachable!("host tensor"));
-        let want: Vec<f32> = data
+        assert_eq!(softmax(&[f32::MIN; 4], 4, 0.5), vec![0.25; 4]);
+
+        let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+        for (a, b) in [(c, c * 0.044715), (1.702, 0.0)] {
+            let f =
+                |x: &[f64]| x.iter().map(|&v| v / (1.0 + (-v * (a + b * v * v)).exp())).collect::<Vec<_>>();
+            close(&x_sigmoid(&x, a as f32, b as f32), &f(&x64), 1e-6, "x_sigmoid");
+            let want = numeric_grad(&x, f, &w);
+            close(&x_sigmoid_backward(&x, &w32, a as f32, b as f32), &want, 1e-5, "x_sigmoid backward");
+        }
+        // tanh-GELU is x * sigmoid(2u).
+        let gelu = x_sigmoid(&x, c as f32, (c * 0.044715) as f32);
+        let want: Vec<f64> = x64
             .iter()
             .map(|&v| {
-                let v = v as f64;
-                (0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh()))
-                    as f32
+                0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
             })
             .collect();
-        assert_close(gelu, &want, 1e-5, "gelu tanh");
-        // Autodiff tensors take the tensor-op path.
-        let tracked = tensor_from(&data, [3, 5, 7], &dev.clone().autodiff());
-        let mut took_ops = false;
-        x_sigmoid(tracked, 1.702, 0.0, |t| {
-            took_ops = true;
-            t
-        });
-        assert!(took_ops);
+        close(&gelu, &want, 1e-6, "gelu tanh");
+
+        let gamma: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..n).map(|i| i as f32 * 0.05 - 0.1).collect();
+        let (g64, b64): (Vec<f64>, Vec<f64>) =
+            (gamma.iter().map(|&v| v as f64).collect(), beta.iter().map(|&v| v as f64).collect());
+        let eps = 1e-5;
+        close(
+            &layer_norm(&x, &gamma, &beta, eps as f32),
+            &layer_norm64(&x64, &g64, &b64, eps),
+            1e-5,
+            "layer_norm",
+        );
+        let (dx, dgamma, dbeta) = layer_norm_backward(&x, &gamma, &w32, eps as f32);
+        close(&dx, &numeric_grad(&x, |x| layer_norm64(x, &g64, &b64, eps), &w), 1e-4, "layer_norm dx");
+        let dg = numeric_grad(&gamma, |g| layer_norm64(&x64, g, &b64, eps), &w);
+        close(&dgamma, &dg, 1e-4, "layer_norm dgamma");
+        let db = numeric_grad(&beta, |b| layer_norm64(&x64, &g64, b, eps), &w);
+        close(&dbeta, &db, 1e-4, "layer_norm dbeta");
     }
 }

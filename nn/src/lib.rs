@@ -30,6 +30,7 @@ pub mod device;
 pub mod embed;
 pub mod encoder;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod host;
 pub mod image;

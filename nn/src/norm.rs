@@ -3,12 +3,13 @@
 //! Every model config in vlm-zoo carries a [`NormKind`] field defaulting to its checkpoint's own
 //! norm, so an architecture can be rebuilt and trained with any of the four.
 //!
-//! Weight names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`): LayerNorm,
-//! RMSNorm and BatchNorm are Burn's modules (their `gamma`/`beta` are renamed by burn-store's
-//! PyTorch adapters on load and save); Gemma's RMSNorm is [`GemmaRmsNorm`].
+//! Weight names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`): RMSNorm and
+//! BatchNorm are Burn's modules, [`LayerNorm`] has Burn's name and fields (their `gamma`/`beta`
+//! are renamed by burn-store's PyTorch adapters on load and save, which go by the struct name);
+//! Gemma's RMSNorm is [`GemmaRmsNorm`].
 
 use burn::module::{Module, Param};
-use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
@@ -73,9 +74,11 @@ impl NormConfig {
     /// Builds the norm with identity parameters (weight 1 / Gemma weight 0, bias 0).
     pub fn init(&self, device: &Device) -> Norm {
         match self.kind {
-            NormKind::Layer => {
-                Norm::Layer(LayerNormConfig::new(self.dim).with_epsilon(self.eps).init(device))
-            }
+            NormKind::Layer => Norm::Layer(LayerNorm {
+                gamma: Param::from_tensor(Tensor::ones([self.dim], device)),
+                beta: Some(Param::from_tensor(Tensor::zeros([self.dim], device))),
+                epsilon: self.eps,
+            }),
             NormKind::Rms => Norm::Rms(RmsNormConfig::new(self.dim).with_epsilon(self.eps).init(device)),
             NormKind::RmsGemma => Norm::RmsGemma(GemmaRmsNorm {
                 weight: Param::from_tensor(Tensor::zeros([self.dim], device)),
@@ -153,6 +156,35 @@ fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     bn.running_mean.update(mean.detach());
     bn.running_var.update(var.detach());
     out.output
+}
+
+/// LayerNorm: `(x - mean) / sqrt(var + eps) * gamma + beta` over the last dim, as one fused
+/// operation ([`crate::fused::layer_norm`]: a host kernel on the CPU, one backward pass under
+/// autodiff) computed in f32 (bf16/f16 inputs are widened, as Burn's LayerNorm does). Burn's
+/// name and fields, so checkpoints load and save through the same adapters; its `epsilon` is
+/// private there, which is why this is a struct of its own.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// `float[C]`, the scale (`weight` in checkpoints).
+    pub gamma: Param<Tensor<1>>,
+    /// `float[C]`, the shift (`bias` in checkpoints), absent in bias-free variants.
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Epsilon added to the variance.
+    pub epsilon: f64,
+}
+
+impl LayerNorm {
+    /// # Shapes
+    /// - input: `[..., C]`; output: same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let gamma = self.gamma.val().cast(DType::F32);
+        let beta = match &self.beta {
+            Some(beta) => beta.val().cast(DType::F32),
+            None => gamma.zeros_like(),
+        };
+        crate::fused::layer_norm(x.cast(DType::F32), gamma, beta, self.epsilon).cast(dtype)
+    }
 }
 
 /// Gemma's RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + weight)`, computed in f32 and cast back

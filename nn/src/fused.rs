@@ -1,0 +1,567 @@
+//! Fused operations with their own backward pass, as a Burn backend extension: softmax over the
+//! last axis (with a scale folded in), `x * sigmoid(x * (a + b x^2))` (tanh-GELU, quick-GELU)
+//! and LayerNorm.
+//!
+//! Each is one operation in the autodiff graph whose backward pass is one more: Burn's autodiff
+//! otherwise records the 5-10 primitive ops each of these chains is made of (LayerNorm's mean,
+//! subtraction, square, mean, sqrt, division, scale and shift) and replays each backward with
+//! its own pass and buffer, on one core for Flex's elementwise ops. On the CPU backends (Flex,
+//! ndarray) f32 tensors go to the host kernels of [`crate::cpu_kernels`]; other dtypes and the
+//! CUDA backend compose the same functions from tensor operations ([`composed`]), forward and
+//! backward. The backward passes keep only the inputs (checkpointed like Burn's own
+//! memory-bound ops, so gradient checkpointing recomputes them) and recompute what they need.
+
+// Burn 0.22 deprecates ndarray in favour of Flex; both are offered (see device.rs).
+#![allow(deprecated)]
+
+use crate::cpu_kernels as host;
+use burn::backend::autodiff::checkpoint::{
+    base::Checkpointer, retro_forward::RetroForward, state::BackwardStates, strategy::CheckpointStrategy,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor};
+use burn::prelude::*;
+use burn::tensor::DType;
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+/// The fused operations. Default bodies compose tensor operations ([`composed`]); the CPU
+/// backends override them with host kernels for f32, and `Autodiff<B, C>` records each as one
+/// operation with the backward below.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cuda"),
+    Autodiff,
+)]
+pub trait FusedOps: Backend {
+    /// `x * sigmoid(x * (a + b x^2))`.
+    fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+        composed::x_sigmoid::<Self>(x, a, b)
+    }
+
+    /// The input gradient of [`FusedOps::x_sigmoid`] for the output gradient `grad`.
+    fn x_sigmoid_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        a: f32,
+        b: f32,
+    ) -> FloatTensor<Self> {
+        composed::x_sigmoid_backward::<Self>(x, grad, a, b)
+    }
+
+    /// `softmax(scale * x)` over the last axis (`scale > 0`).
+    fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        composed::softmax_last::<Self>(x, scale)
+    }
+
+    /// The input gradient of [`FusedOps::softmax_last`] for the output gradient `grad`.
+    fn softmax_last_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        composed::softmax_last_backward::<Self>(x, grad, scale)
+    }
+
+    /// LayerNorm over the last axis: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composed::layer_norm::<Self>(x, gamma, beta, eps)
+    }
+
+    /// The gradients of [`FusedOps::fused_layer_norm`] for the output gradient `grad`:
+    /// `(dx, dgamma, dbeta)`.
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
+    }
+}
+
+/// `x * sigmoid(x * (a + b x^2))` on any device, differentiable as one operation.
+pub fn x_sigmoid<const D: usize>(x: Tensor<D>, a: f32, b: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::x_sigmoid(x.into_dispatch(), a, b))
+}
+
+/// `softmax(scale * x)` over the last axis on any device, differentiable as one operation.
+pub fn softmax_last<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_last(x.into_dispatch(), scale))
+}
+
+/// LayerNorm over the last axis on any device, differentiable as one operation.
+///
+/// # Shapes
+/// - `x`: `[..., C]`; `gamma`, `beta`: `[C]`; output like `x`
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    ))
+}
+
+/// The same functions from tensor operations, for any backend and dtype.
+pub mod composed {
+    use super::*;
+
+    fn last<B: Backend>(t: &FloatTensor<B>) -> usize {
+        t.shape().num_dims() - 1
+    }
+
+    /// See [`FusedOps::x_sigmoid`].
+    pub fn x_sigmoid<B: Backend>(x: FloatTensor<B>, a: f32, b: f32) -> FloatTensor<B> {
+        let s = B::sigmoid(z::<B>(x.clone(), a, b));
+        B::float_mul(x, s)
+    }
+
+    /// `x * (a + b x^2)`.
+    fn z<B: Backend>(x: FloatTensor<B>, a: f32, b: f32) -> FloatTensor<B> {
+        let x2 = B::float_mul(x.clone(), x.clone());
+        B::float_mul(B::float_add_scalar(B::float_mul_scalar(x2, (b as f64).into()), (a as f64).into()), x)
+    }
+
+    /// See [`FusedOps::x_sigmoid_backward`]: `g * (s + x s (1 - s) (a + 3 b x^2))`.
+    pub fn x_sigmoid_backward<B: Backend>(
+        x: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        a: f32,
+        b: f32,
+    ) -> FloatTensor<B> {
+        let s = B::sigmoid(z::<B>(x.clone(), a, b));
+        let ds = B::float_sub(s.clone(), B::float_mul(s.clone(), s.clone())); // s (1 - s)
+        let x2 = B::float_mul(x.clone(), x.clone());
+        let dz = B::float_add_scalar(B::float_mul_scalar(x2, (3.0 * b as f64).into()), (a as f64).into());
+        let d = B::float_add(s, B::float_mul(B::float_mul(x, ds), dz));
+        B::float_mul(grad, d)
+    }
+
+    /// See [`FusedOps::softmax_last`].
+    pub fn softmax_last<B: Backend>(x: FloatTensor<B>, scale: f32) -> FloatTensor<B> {
+        let dim = last::<B>(&x);
+        let x = if scale == 1.0 { x } else { B::float_mul_scalar(x, (scale as f64).into()) };
+        B::softmax(x, dim)
+    }
+
+    /// See [`FusedOps::softmax_last_backward`]: `scale * y * (g - sum(g * y))`.
+    pub fn softmax_last_backward<B: Backend>(
+        x: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        scale: f32,
+    ) -> FloatTensor<B> {
+        let dim = last::<B>(&x);
+        let y = softmax_last::<B>(x, scale);
+        let dot = B::float_sum_dim(B::float_mul(grad.clone(), y.clone()), dim);
+        let out = B::float_mul(y, B::float_sub(grad, dot));
+        if scale == 1.0 { out } else { B::float_mul_scalar(out, (scale as f64).into()) }
+    }
+
+    /// See [`FusedOps::fused_layer_norm`].
+    pub fn layer_norm<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
+        B::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// See [`FusedOps::fused_layer_norm_backward`].
+    pub fn layer_norm_backward<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        eps: f64,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let shape = x.shape();
+        let dim = last::<B>(&x);
+        let c = shape[dim];
+        let rows = shape.num_elements() / c.max(1);
+        let mean = B::float_mean_dim(x.clone(), dim);
+        let centered = B::float_sub(x, mean);
+        let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), dim);
+        let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())));
+        let xhat = B::float_mul(centered, rstd.clone());
+        let mut gamma_shape = vec![1; dim + 1];
+        gamma_shape[dim] = c;
+        let dxhat = B::float_mul(grad.clone(), B::float_reshape(gamma, Shape::from(gamma_shape)));
+        let mean_d = B::float_mean_dim(dxhat.clone(), dim);
+        let mean_dx = B::float_mean_dim(B::float_mul(dxhat.clone(), xhat.clone()), dim);
+        let inner = B::float_sub(B::float_sub(dxhat, mean_d), B::float_mul(xhat.clone(), mean_dx));
+        let dx = B::float_mul(rstd, inner);
+        let flat = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![rows, c]));
+        let col_sum =
+            |t: FloatTensor<B>| B::float_reshape(B::float_sum_dim(flat(t), 0), Shape::from(vec![c]));
+        let dgamma = col_sum(B::float_mul(grad.clone(), xhat));
+        let dbeta = col_sum(grad);
+        (dx, dgamma, dbeta)
+    }
+}
+
+/// A CPU backend whose f32 tensors the host kernels can read.
+trait Host: Backend {
+    /// The tensor's elements, row-major, when it is f32 (`None` otherwise).
+    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>>;
+
+    /// A tensor of `shape` from `values`, on `like`'s device.
+    fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_from_data(TensorData::new(values, shape), &like.device())
+    }
+}
+
+#[cfg(feature = "flex")]
+impl Host for burn::backend::Flex {
+    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        match t.as_slice::<f32>() {
+            Some(s) => Some(Cow::Borrowed(s)),
+            None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
+        }
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl Host for burn::backend::NdArray {
+    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let data = burn::tensor::try_read_sync(Self::float_into_data(t.clone()))?.ok()?;
+        data.into_vec::<f32>().ok().map(Cow::Owned)
+    }
+}
+
+/// `FusedOps` for a [`Host`] backend: the host kernels for f32, [`composed`] otherwise.
+macro_rules! host_fused_ops {
+    ($backend:ty) => {
+        impl FusedOps for $backend {
+            fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+                match Self::read(&x) {
+                    Some(v) => Self::write(host::x_sigmoid(&v, a, b), x.shape(), &x),
+                    None => composed::x_sigmoid::<Self>(x, a, b),
+                }
+            }
+
+            fn x_sigmoid_backward(
+                x: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                a: f32,
+                b: f32,
+            ) -> FloatTensor<Self> {
+                match (Self::read(&x), Self::read(&grad)) {
+                    (Some(v), Some(g)) => Self::write(host::x_sigmoid_backward(&v, &g, a, b), x.shape(), &x),
+                    _ => composed::x_sigmoid_backward::<Self>(x, grad, a, b),
+                }
+            }
+
+            fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+                let n = x.shape()[x.shape().num_dims() - 1];
+                match Self::read(&x) {
+                    Some(v) => Self::write(host::softmax(&v, n, scale), x.shape(), &x),
+                    None => composed::softmax_last::<Self>(x, scale),
+                }
+            }
+
+            fn softmax_last_backward(
+                x: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                scale: f32,
+            ) -> FloatTensor<Self> {
+                let n = x.shape()[x.shape().num_dims() - 1];
+                match (Self::read(&x), Self::read(&grad)) {
+                    (Some(v), Some(g)) => {
+                        Self::write(host::softmax_backward(&v, &g, n, scale), x.shape(), &x)
+                    }
+                    _ => composed::softmax_last_backward::<Self>(x, grad, scale),
+                }
+            }
+
+            fn fused_layer_norm(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                beta: FloatTensor<Self>,
+                eps: f64,
+            ) -> FloatTensor<Self> {
+                match (Self::read(&x), Self::read(&gamma), Self::read(&beta)) {
+                    (Some(v), Some(w), Some(b)) => {
+                        Self::write(host::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x)
+                    }
+                    _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
+                }
+            }
+
+            fn fused_layer_norm_backward(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                eps: f64,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                match (Self::read(&x), Self::read(&gamma), Self::read(&grad)) {
+                    (Some(v), Some(w), Some(g)) => {
+                        let (dx, dgamma, dbeta) = host::layer_norm_backward(&v, &w, &g, eps as f32);
+                        (
+                            Self::write(dx, x.shape(), &x),
+                            Self::write(dgamma, gamma.shape(), &gamma),
+                            Self::write(dbeta, gamma.shape(), &gamma),
+                        )
+                    }
+                    _ => composed::layer_norm_backward::<Self>(x, gamma, grad, eps),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "flex")]
+host_fused_ops!(burn::backend::Flex);
+#[cfg(feature = "ndarray")]
+host_fused_ops!(burn::backend::NdArray);
+#[cfg(feature = "cuda")]
+impl FusedOps for burn::backend::Cube {}
+
+/// Unary fused ops: which one, with its scalar arguments.
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    XSigmoid(f32, f32),
+    Softmax(f32),
+}
+
+impl Unary {
+    fn forward<B: FusedOps>(self, x: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Unary::XSigmoid(a, b) => B::x_sigmoid(x, a, b),
+            Unary::Softmax(scale) => B::softmax_last(x, scale),
+        }
+    }
+
+    fn backward<B: FusedOps>(self, x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Unary::XSigmoid(a, b) => B::x_sigmoid_backward(x, grad, a, b),
+            Unary::Softmax(scale) => B::softmax_last_backward(x, grad, scale),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UnaryBackward(Unary);
+
+impl<B: FusedOps> Backward<B, 1> for UnaryBackward {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| self.0.backward::<B>(x, grad));
+    }
+}
+
+/// Records `op` on `x` as one memory-bound operation with its fused backward.
+fn record_unary<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    op: Unary,
+) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct RetroUnary<B> {
+        input: NodeId,
+        op: Unary,
+        _backend: PhantomData<B>,
+    }
+    impl<B: FusedOps> RetroForward for RetroUnary<B> {
+        fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+            let x = states.get_state::<FloatTensor<B>>(&self.input);
+            states.save(out_node, self.op.forward::<B>(x))
+        }
+    }
+    let retro = RetroUnary::<B> { input: x.id(), op, _backend: PhantomData };
+    match UnaryBackward(op)
+        .prepare::<C>([x.node()])
+        .memory_bound()
+        .retro_forward(retro)
+        .parents([&x])
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = prep.checkpoint(&x);
+            prep.finish(state, op.forward::<B>(x.into_primitive()))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(op.forward::<B>(x.into_primitive())),
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward(f64);
+
+impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.0);
+        let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state.1);
+        let grad = grads.consume::<B>(&ops.node);
+        let (dx, dgamma, dbeta) = B::fused_layer_norm_backward(x, gamma, grad, self.0);
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+        record_unary::<B, C>(x, Unary::XSigmoid(a, b))
+    }
+
+    fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        record_unary::<B, C>(x, Unary::Softmax(scale))
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RetroLayerNorm<B> {
+            inputs: [NodeId; 3],
+            eps: f64,
+            _backend: PhantomData<B>,
+        }
+        impl<B: FusedOps> RetroForward for RetroLayerNorm<B> {
+            fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+                let [x, gamma, beta] = self.inputs.map(|id| states.get_state::<FloatTensor<B>>(&id));
+                states.save(out_node, B::fused_layer_norm(x, gamma, beta, self.eps))
+            }
+        }
+        let retro =
+            RetroLayerNorm::<B> { inputs: [x.id(), gamma.id(), beta.id()], eps, _backend: PhantomData };
+        let prep = LayerNormBackward(eps)
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .memory_bound()
+            .retro_forward(retro)
+            .parents([&x, &gamma, &beta]);
+        match prep.stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                let out = B::fused_layer_norm(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    eps,
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                eps,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_slices_close, tensor_from, to_vec};
+    use burn::tensor::activation;
+
+    fn data(len: usize, k: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i * k + 3) % 103) as f32 - 51.0) / 19.0).collect()
+    }
+
+    /// `sum(w * f(x))`'s value and its gradients for `x`, `gamma` and `beta`.
+    fn run(
+        device: &Device,
+        dtype: DType,
+        f: impl Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let shape = [2, 5, 24];
+        let leaf = |v: &[f32], s: &[usize]| -> Tensor<1> {
+            tensor_from(v, [v.len()], device).reshape([s.iter().product::<usize>()]).require_grad()
+        };
+        let x = tensor_from(&data(240, 7), shape, device).cast(dtype).require_grad();
+        let gamma = leaf(&data(24, 5), &[24]).cast(dtype);
+        let beta = leaf(&data(24, 11), &[24]).cast(dtype);
+        let w = tensor_from(&data(240, 13), shape, device).cast(dtype);
+        let y = f(x.clone(), gamma.clone(), beta.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let grad = |t: &Tensor<3>| to_vec(t.grad(&grads).expect("x has a gradient"));
+        let grad1 = |t: &Tensor<1>| t.grad(&grads).map(to_vec).unwrap_or_default();
+        (to_vec(y), grad(&x), grad1(&gamma), grad1(&beta))
+    }
+
+    #[test]
+    fn fused_ops_and_gradients_equal_the_tensor_ops() {
+        let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+        let (a, b) = (c as f32, (c * 0.044715) as f32);
+        type Op = Box<dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>>;
+        let cases: Vec<(&str, Op, Op)> = vec![
+            (
+                "gelu",
+                Box::new(move |x, _, _| x_sigmoid(x, a, b)),
+                Box::new(|x, _, _| activation::gelu_approximate(x)),
+            ),
+            (
+                "quick gelu",
+                Box::new(|x, _, _| x_sigmoid(x, 1.702, 0.0)),
+                Box::new(|x, _, _| x.clone() * activation::sigmoid(x * 1.702)),
+            ),
+            (
+                "softmax",
+                Box::new(|x, _, _| softmax_last(x, 0.25)),
+                Box::new(|x, _, _| activation::softmax(x * 0.25, 2)),
+            ),
+            (
+                "layer norm",
+                Box::new(|x, g, b| layer_norm(x, g, b, 1e-5)),
+                Box::new(|x, g, b| {
+                    let mean = x.clone().mean_dim(2);
+                    let xc = x - mean;
+                    let var = xc.clone().square().mean_dim(2);
+                    xc / (var + 1e-5).sqrt() * g.unsqueeze::<3>() + b.unsqueeze::<3>()
+                }),
+            ),
+        ];
+        let devices = [crate::device::flex_device(), crate::device::ndarray_device()];
+        for base in devices.into_iter().flatten() {
+            // ndarray is f32 only.
+            let dtypes: &[(DType, f32)] = if Some(&base) == crate::device::ndarray_device().as_ref() {
+                &[(DType::F32, 1e-5)]
+            } else {
+                &[(DType::F32, 1e-5), (DType::BF16, 3e-2)]
+            };
+            for device in [base.clone().autodiff(), base.clone().autodiff().gradient_checkpointing()] {
+                // f32 takes the host kernels; bf16 the composed tensor ops.
+                for &(dtype, tol) in dtypes {
+                    for (name, fused, reference) in &cases {
+                        let what = format!("{name} on {device:?} {dtype:?}");
+                        let got = run(&device, dtype, fused);
+                        let want = run(&device, dtype, reference);
+                        assert_slices_close(&got.0, &want.0, tol, &format!("{what}: output"));
+                        assert_slices_close(&got.1, &want.1, tol * 10.0, &format!("{what}: dx"));
+                        if *name == "layer norm" {
+                            assert_slices_close(&got.2, &want.2, tol * 10.0, &format!("{what}: dgamma"));
+                            assert_slices_close(&got.3, &want.3, tol * 10.0, &format!("{what}: dbeta"));
+                        }
+                    }
+                }
+            }
+            // Without autodiff: the same values.
+            let x = tensor_from(&data(240, 7), [2, 5, 24], &base);
+            let want = to_vec(activation::softmax(x.clone(), 2));
+            assert_slices_close(&to_vec(softmax_last(x, 1.0)), &want, 1e-6, "softmax, inference");
+        }
+    }
+}
