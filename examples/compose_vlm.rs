@@ -2,9 +2,10 @@
 //! Gemma 2 decoder with RMSNorm — train it briefly on synthetic shapes, and caption an image.
 //! `cargo run --release --example compose_vlm [-- --quick]`
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use serde_json::json;
 use vlm_zoo::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
+use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{Sampling, generate};
 
 fn main() -> anyhow::Result<()> {

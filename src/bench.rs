@@ -7,13 +7,14 @@
 //!   training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
 
 use crate::train::models::Towers;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 use zoo_gemma::GemmaDecoder;
+use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 

@@ -6,10 +6,11 @@ use crate::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
 use crate::synthetic::write_dataset;
 use crate::train::{checkpoint, data, learning_rate};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{
     ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate,
 };

@@ -14,10 +14,11 @@
 use crate::args::{DeviceArgs, ModelSource};
 use crate::train::{Precision, checkpoint, data::csv_fields, learning_rate, plot};
 use burn::module::{Lora, Module, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use std::path::{Path, PathBuf};
+use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{NnError, Result, Rng, Sampling};
 use zoo_paligemma::{PaliGemmaDecoder, PaliGemmaForConditionalGeneration, PaliGemmaProcessor};
 

@@ -181,6 +181,42 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Ve
     (dx, dgamma.to_vec(), dbeta.to_vec())
 }
 
+/// One AdamW step's constants: `lr`, the moments' `beta_1`/`beta_2`, `epsilon`, the decoupled
+/// decay `lr * weight_decay`, and the bias corrections `1 - beta_1^t`, `1 - beta_2^t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta_1: f32,
+    /// Second-moment decay.
+    pub beta_2: f32,
+    /// Added to the root of the corrected second moment.
+    pub epsilon: f32,
+    /// `lr * weight_decay`.
+    pub decay: f32,
+    /// `1 - beta_1^t`.
+    pub correction_1: f32,
+    /// `1 - beta_2^t`.
+    pub correction_2: f32,
+}
+
+/// AdamW in place, one pass: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p = p (1 - lr wd) - lr (m / c1) / (sqrt(v / c2) + eps)` (PyTorch's and Burn's AdamW).
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamWStep) {
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((p, g), (m, v))| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = h.beta_1 * *m + (1.0 - h.beta_1) * g;
+                *v = h.beta_2 * *v + (1.0 - h.beta_2) * g * g;
+                let update = (*m / h.correction_1) / ((*v / h.correction_2).sqrt() + h.epsilon);
+                *p = *p * (1.0 - h.decay) - h.lr * update;
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,36 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
     }
+
+    /// One AdamW step ([`host::adamw`]) on a parameter: `(param, m, v)` after it.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: host::AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::adamw_step::<Self>(param, grad, m, v, step)
+    }
+}
+
+/// One AdamW step on a parameter tensor `param` with gradient `grad` and moments `m`, `v`, as
+/// one pass (in place where the buffers are not shared): `(param, m, v)` after it.
+pub fn adamw_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    m: Tensor<D>,
+    v: Tensor<D>,
+    step: host::AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m, v) = <Dispatch as FusedOps>::adamw_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        step,
+    );
+    (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }
 
 /// `x * sigmoid(x * (a + b x^2))` on any device, differentiable as one operation.
@@ -163,6 +193,31 @@ pub mod composed {
         if scale == 1.0 { out } else { B::float_mul_scalar(out, (scale as f64).into()) }
     }
 
+    /// See [`FusedOps::adamw_step`].
+    pub fn adamw_step<B: Backend>(
+        param: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        m: FloatTensor<B>,
+        v: FloatTensor<B>,
+        h: host::AdamWStep,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let s = |x: f32| -> burn::backend::Scalar { (x as f64).into() };
+        let m = B::float_add(
+            B::float_mul_scalar(m, s(h.beta_1)),
+            B::float_mul_scalar(grad.clone(), s(1.0 - h.beta_1)),
+        );
+        let g2 = B::float_mul(grad.clone(), grad);
+        let v = B::float_add(B::float_mul_scalar(v, s(h.beta_2)), B::float_mul_scalar(g2, s(1.0 - h.beta_2)));
+        let root = B::float_add_scalar(
+            B::float_sqrt(B::float_div_scalar(v.clone(), s(h.correction_2))),
+            s(h.epsilon),
+        );
+        let update = B::float_div(B::float_div_scalar(m.clone(), s(h.correction_1)), root);
+        let param =
+            B::float_sub(B::float_mul_scalar(param, s(1.0 - h.decay)), B::float_mul_scalar(update, s(h.lr)));
+        (param, m, v)
+    }
+
     /// See [`FusedOps::fused_layer_norm`].
     pub fn layer_norm<B: Backend>(
         x: FloatTensor<B>,
@@ -210,6 +265,11 @@ trait Host: Backend {
     /// The tensor's elements, row-major, when it is f32 (`None` otherwise).
     fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>>;
 
+    /// The tensor's own f32 buffer for writing in place, when it is contiguous and not shared.
+    fn write_in_place(_t: &mut FloatTensor<Self>) -> Option<&mut [f32]> {
+        None
+    }
+
     /// A tensor of `shape` from `values`, on `like`'s device.
     fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_from_data(TensorData::new(values, shape), &like.device())
@@ -226,6 +286,13 @@ impl Host for burn::backend::Flex {
             Some(s) => Some(Cow::Borrowed(s)),
             None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
         }
+    }
+
+    fn write_in_place(t: &mut FloatTensor<Self>) -> Option<&mut [f32]> {
+        let n = t.shape().num_elements();
+        let whole = t.dtype() == DType::F32 && t.layout().contiguous_offsets() == Some((0, n));
+        let buffer = if whole { t.try_storage_mut::<f32>()? } else { return None };
+        (buffer.len() == n).then_some(buffer)
     }
 }
 
@@ -296,6 +363,43 @@ macro_rules! host_fused_ops {
                         Self::write(host::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x)
                     }
                     _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
+                }
+            }
+
+            fn adamw_step(
+                mut param: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                mut m: FloatTensor<Self>,
+                mut v: FloatTensor<Self>,
+                h: host::AdamWStep,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                let Some(g) = Self::read(&grad) else {
+                    return composed::adamw_step::<Self>(param, grad, m, v, h);
+                };
+                if let (Some(p), Some(mm), Some(vv)) = (
+                    Self::write_in_place(&mut param),
+                    Self::write_in_place(&mut m),
+                    Self::write_in_place(&mut v),
+                ) {
+                    host::adamw(p, &g, mm, vv, h);
+                    drop(g);
+                    return (param, m, v);
+                }
+                match (Self::read(&param), Self::read(&m), Self::read(&v)) {
+                    (Some(p), Some(mm), Some(vv)) => {
+                        let (mut p, mut mm, mut vv) = (p.into_owned(), mm.into_owned(), vv.into_owned());
+                        host::adamw(&mut p, &g, &mut mm, &mut vv, h);
+                        let shape = param.shape();
+                        (
+                            Self::write(p, shape.clone(), &param),
+                            Self::write(mm, shape.clone(), &param),
+                            Self::write(vv, shape, &param),
+                        )
+                    }
+                    _ => {
+                        drop(g);
+                        composed::adamw_step::<Self>(param, grad, m, v, h)
+                    }
                 }
             }
 

@@ -42,6 +42,7 @@ pub mod mixed;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
+pub mod optim;
 pub mod packed;
 pub mod rng;
 pub mod rope;

@@ -11,13 +11,14 @@ pub mod tokenizer;
 
 use crate::args::{DeviceArgs, ModelSource};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use checkpoint::TrainState;
 use data::{Augment, Pair};
 use models::{Arch, ModelConfig, Preset, Towers};
 use std::path::{Path, PathBuf};
+use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{
     ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
 };
