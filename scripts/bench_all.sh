@@ -54,6 +54,6 @@ cargo bench --bench gemm -- --bandwidth 2>/dev/null | grep '^{' |
 both siglip-b16-encode "$models/siglip-b16" --batch 1,8 --iters 3 -- --batch 1,8 --iters 3
 both clip-b32-encode "$models/clip-b32" --batch 1,8 --iters 5 -- --batch 1,8 --iters 5
 both gemma-100m "$models/gemma-100m" --prompt-len 64 --new-tokens 32 -- 64 32
-both siglip-tiny-train "$models/siglip-tiny" --train --batch 32 --steps 10 -- --train --batch 32 --steps 10
-both siglip-b16-train "$models/siglip-b16" --train --batch 8 --steps 2 -- --train --batch 8 --steps 2
+both siglip-tiny-train "$models/siglip-tiny" --train --batch 32 --steps 30 -- --train --batch 32 --steps 30
+both siglip-b16-train "$models/siglip-b16" --train --batch 8 --steps 4 -- --train --batch 8 --steps 4
 both paligemma-3b "$models/paligemma-3b" --prompt-len 10 --new-tokens 32 -- 10 32

@@ -37,6 +37,46 @@ fn exp(x: f32) -> f32 {
 /// Elements per rayon task: large enough that scheduling is noise.
 const CHUNK: usize = 16 * 1024;
 
+/// Lanes of the reductions below: separate accumulators let the compiler vectorise a sum
+/// (a single running `f32` sum is a serial chain it may not reorder).
+const LANES: usize = 16;
+
+/// `sum(f(x_i, y_i, z_i))` over equal-length slices, in [`LANES`] accumulators.
+#[inline(always)]
+fn reduce3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (xs, ys, zs) = (x.chunks_exact(LANES), y.chunks_exact(LANES), z.chunks_exact(LANES));
+    let tail: f32 = (xs.remainder().iter().zip(ys.remainder()).zip(zs.remainder()))
+        .map(|((&a, &b), &c)| f(a, b, c))
+        .sum();
+    for ((x, y), z) in xs.zip(ys).zip(zs) {
+        for i in 0..LANES {
+            acc[i] += f(x[i], y[i], z[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum(f(x_i))`, vectorised.
+#[inline(always)]
+fn reduce(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    reduce3(x, x, x, |a, _, _| f(a))
+}
+
+/// The largest element (`-inf` for an empty slice), vectorised.
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Rows of `n` per rayon task.
 fn rows_per_task(n: usize) -> usize {
     (CHUNK / n.max(1)).max(1)
@@ -58,13 +98,11 @@ pub fn softmax(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
 
 #[inline(always)]
 fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let max = max(x);
     for (o, &x) in o.iter_mut().zip(x) {
         *o = exp((x - max) * scale);
-        sum += *o;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / reduce(o, |v| v);
     for o in o.iter_mut() {
         *o *= inv;
     }
@@ -79,7 +117,7 @@ pub fn softmax_backward(x: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> 
     out.par_chunks_mut(step).zip(x.par_chunks(step)).zip(g.par_chunks(step)).for_each(|((o, x), g)| {
         for ((o, x), g) in o.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
             softmax_row(x, o, scale);
-            let dot: f32 = o.iter().zip(g).map(|(y, g)| y * g).sum();
+            let dot = reduce3(o, g, g, |y, g, _| y * g);
             for (o, &g) in o.iter_mut().zip(g) {
                 *o = scale * *o * (g - dot);
             }
@@ -117,8 +155,8 @@ pub fn x_sigmoid_backward(x: &[f32], g: &[f32], a: f32, b: f32) -> Vec<f32> {
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len().max(1) as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = reduce(x, |v| v) / n;
+    let var = reduce(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -151,15 +189,11 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Ve
         let (dgamma, dbeta) = acc.split_at_mut(n);
         for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
             let (mean, rstd) = row_stats(x, eps);
-            let (mut sum_d, mut sum_dx) = (0f32, 0f32);
-            for (((&x, &g), &w), (dg, db)) in
-                x.iter().zip(g).zip(gamma).zip(dgamma.iter_mut().zip(dbeta.iter_mut()))
-            {
-                let xhat = (x - mean) * rstd;
-                let d = g * w;
-                sum_d += d;
-                sum_dx += d * xhat;
-                *dg += g * xhat;
+            // sum(d) and sum(d xhat) with d = g gamma, xhat = (x - mean) rstd.
+            let sum_d = reduce3(g, gamma, g, |g, w, _| g * w);
+            let sum_dx = reduce3(g, gamma, x, |g, w, x| g * w * (x - mean)) * rstd;
+            for ((&x, &g), (dg, db)) in x.iter().zip(g).zip(dgamma.iter_mut().zip(dbeta.iter_mut())) {
+                *dg += g * (x - mean) * rstd;
                 *db += g;
             }
             let (mean_d, mean_dx) = (sum_d / n as f32, sum_dx / n as f32);
