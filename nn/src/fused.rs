@@ -5,10 +5,10 @@
 //! Each is one operation in the autodiff graph whose backward pass is one more: Burn's autodiff
 //! otherwise records the 5-10 primitive ops each of these chains is made of (LayerNorm's mean,
 //! subtraction, square, mean, sqrt, division, scale and shift) and replays each backward with
-//! its own pass and buffer, on one core for Flex's elementwise ops. On the CPU backends (Flex,
-//! ndarray) f32 tensors go to the host kernels of [`crate::cpu_kernels`]; other dtypes and the
-//! CUDA backend compose the same functions from tensor operations ([`composed`]), forward and
-//! backward. The backward passes keep only the inputs (checkpointed like Burn's own
+//! its own pass and buffer, on one core for Flex's elementwise ops. On Flex, f32 tensors go to
+//! the host kernels of [`crate::cpu_kernels`] (read and written in place, no copies); ndarray,
+//! other dtypes and the CUDA backend compose the same functions from tensor operations
+//! ([`composed`]), forward and backward. The backward passes keep only the inputs (checkpointed like Burn's own
 //! memory-bound ops, so gradient checkpointing recomputes them) and recompute what they need.
 
 // Burn 0.22 deprecates ndarray in favour of Flex; both are offered (see device.rs).
@@ -296,17 +296,6 @@ impl Host for burn::backend::Flex {
     }
 }
 
-#[cfg(feature = "ndarray")]
-impl Host for burn::backend::NdArray {
-    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>> {
-        if t.dtype() != DType::F32 {
-            return None;
-        }
-        let data = burn::tensor::try_read_sync(Self::float_into_data(t.clone()))?.ok()?;
-        data.into_vec::<f32>().ok().map(Cow::Owned)
-    }
-}
-
 /// `FusedOps` for a [`Host`] backend: the host kernels for f32, [`composed`] otherwise.
 macro_rules! host_fused_ops {
     ($backend:ty) => {
@@ -427,8 +416,50 @@ macro_rules! host_fused_ops {
 
 #[cfg(feature = "flex")]
 host_fused_ops!(burn::backend::Flex);
+// ndarray: the forward softmax and GELUs on owned tensors (moved out, not copied) take the host
+// kernels; everything else composes its tensor ops, since reading shared ndarray tensors out for
+// the kernels copies them element by element, which measured slower than its own ops (tiny
+// SigLIP training 15.1 -> 4.8 steps/s with every op on the host).
 #[cfg(feature = "ndarray")]
-host_fused_ops!(burn::backend::NdArray);
+impl FusedOps for burn::backend::NdArray {
+    fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+        match owned_f32(x) {
+            Ok((v, shape, device)) => {
+                Self::float_from_data(TensorData::new(host::x_sigmoid(&v, a, b), shape), &device)
+            }
+            Err(x) => composed::x_sigmoid::<Self>(x, a, b),
+        }
+    }
+
+    fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        match owned_f32(x) {
+            Ok((v, shape, device)) => {
+                let n = shape[shape.num_dims() - 1];
+                Self::float_from_data(TensorData::new(host::softmax(&v, n, scale), shape), &device)
+            }
+            Err(x) => composed::softmax_last::<Self>(x, scale),
+        }
+    }
+}
+
+/// The elements of an f32 tensor, moved out of it (`Err` with the tensor for other dtypes).
+#[cfg(feature = "ndarray")]
+type NdArrayFloat = FloatTensor<burn::backend::NdArray>;
+
+#[cfg(feature = "ndarray")]
+fn owned_f32(
+    x: NdArrayFloat,
+) -> Result<(Vec<f32>, Shape, <NdArrayFloat as TensorMetadata>::Device), NdArrayFloat> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let (shape, device) = (x.shape(), x.device());
+    let data = burn::tensor::try_read_sync(burn::backend::NdArray::float_into_data(x));
+    match data.and_then(Result::ok).map(|d| d.into_vec::<f32>()) {
+        Some(Ok(v)) => Ok((v, shape, device)),
+        _ => unreachable!("an f32 CPU tensor reads back as f32"),
+    }
+}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cube {}
 

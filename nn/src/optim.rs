@@ -97,7 +97,7 @@ mod tests {
     use burn::optim::GradientsParams;
 
     /// Five steps of this AdamW and of Burn's on the same module and batches, on Flex (in place)
-    /// and ndarray (through copies).
+    /// and ndarray (composed tensor ops).
     #[test]
     fn steps_equal_burns_adamw() {
         let devices = [crate::device::flex_device(), crate::device::ndarray_device()];
