@@ -260,25 +260,14 @@ pub mod composed {
     }
 }
 
-/// A CPU backend whose f32 tensors the host kernels can read.
-trait Host: Backend {
-    /// The tensor's elements, row-major, when it is f32 (`None` otherwise).
-    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>>;
-
-    /// The tensor's own f32 buffer for writing in place, when it is contiguous and not shared.
-    fn write_in_place(_t: &mut FloatTensor<Self>) -> Option<&mut [f32]> {
-        None
-    }
-
-    /// A tensor of `shape` from `values`, on `like`'s device.
-    fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_from_data(TensorData::new(values, shape), &like.device())
-    }
-}
-
+/// Flex's f32 tensors go to the host kernels, read and written in place (no copies).
 #[cfg(feature = "flex")]
-impl Host for burn::backend::Flex {
-    fn read(t: &FloatTensor<Self>) -> Option<Cow<'_, [f32]>> {
+mod flex {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// The tensor's elements, row-major, when it is f32 (`None` otherwise).
+    fn read(t: &FloatTensor<Flex>) -> Option<Cow<'_, [f32]>> {
         if t.dtype() != DType::F32 {
             return None;
         }
@@ -288,134 +277,126 @@ impl Host for burn::backend::Flex {
         }
     }
 
-    fn write_in_place(t: &mut FloatTensor<Self>) -> Option<&mut [f32]> {
+    /// The tensor's own f32 buffer for writing in place, when it is contiguous and not shared.
+    fn write_in_place(t: &mut FloatTensor<Flex>) -> Option<&mut [f32]> {
         let n = t.shape().num_elements();
         let whole = t.dtype() == DType::F32 && t.layout().contiguous_offsets() == Some((0, n));
         let buffer = if whole { t.try_storage_mut::<f32>()? } else { return None };
         (buffer.len() == n).then_some(buffer)
     }
-}
 
-/// `FusedOps` for a [`Host`] backend: the host kernels for f32, [`composed`] otherwise.
-macro_rules! host_fused_ops {
-    ($backend:ty) => {
-        impl FusedOps for $backend {
-            fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
-                match Self::read(&x) {
-                    Some(v) => Self::write(host::x_sigmoid(&v, a, b), x.shape(), &x),
-                    None => composed::x_sigmoid::<Self>(x, a, b),
-                }
+    /// A tensor of `shape` from `values` (moved in, not copied), on `like`'s device.
+    fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+        Flex::float_from_data(TensorData::new(values, shape), &like.device())
+    }
+
+    impl FusedOps for Flex {
+        fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+            match read(&x) {
+                Some(v) => write(host::x_sigmoid(&v, a, b), x.shape(), &x),
+                None => composed::x_sigmoid::<Self>(x, a, b),
             }
+        }
 
-            fn x_sigmoid_backward(
-                x: FloatTensor<Self>,
-                grad: FloatTensor<Self>,
-                a: f32,
-                b: f32,
-            ) -> FloatTensor<Self> {
-                match (Self::read(&x), Self::read(&grad)) {
-                    (Some(v), Some(g)) => Self::write(host::x_sigmoid_backward(&v, &g, a, b), x.shape(), &x),
-                    _ => composed::x_sigmoid_backward::<Self>(x, grad, a, b),
-                }
+        fn x_sigmoid_backward(
+            x: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            a: f32,
+            b: f32,
+        ) -> FloatTensor<Self> {
+            match (read(&x), read(&grad)) {
+                (Some(v), Some(g)) => write(host::x_sigmoid_backward(&v, &g, a, b), x.shape(), &x),
+                _ => composed::x_sigmoid_backward::<Self>(x, grad, a, b),
             }
+        }
 
-            fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
-                let n = x.shape()[x.shape().num_dims() - 1];
-                match Self::read(&x) {
-                    Some(v) => Self::write(host::softmax(&v, n, scale), x.shape(), &x),
-                    None => composed::softmax_last::<Self>(x, scale),
-                }
+        fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+            let n = x.shape()[x.shape().num_dims() - 1];
+            match read(&x) {
+                Some(v) => write(host::softmax(&v, n, scale), x.shape(), &x),
+                None => composed::softmax_last::<Self>(x, scale),
             }
+        }
 
-            fn softmax_last_backward(
-                x: FloatTensor<Self>,
-                grad: FloatTensor<Self>,
-                scale: f32,
-            ) -> FloatTensor<Self> {
-                let n = x.shape()[x.shape().num_dims() - 1];
-                match (Self::read(&x), Self::read(&grad)) {
-                    (Some(v), Some(g)) => {
-                        Self::write(host::softmax_backward(&v, &g, n, scale), x.shape(), &x)
-                    }
-                    _ => composed::softmax_last_backward::<Self>(x, grad, scale),
-                }
+        fn softmax_last_backward(
+            x: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            scale: f32,
+        ) -> FloatTensor<Self> {
+            let n = x.shape()[x.shape().num_dims() - 1];
+            match (read(&x), read(&grad)) {
+                (Some(v), Some(g)) => write(host::softmax_backward(&v, &g, n, scale), x.shape(), &x),
+                _ => composed::softmax_last_backward::<Self>(x, grad, scale),
             }
+        }
 
-            fn fused_layer_norm(
-                x: FloatTensor<Self>,
-                gamma: FloatTensor<Self>,
-                beta: FloatTensor<Self>,
-                eps: f64,
-            ) -> FloatTensor<Self> {
-                match (Self::read(&x), Self::read(&gamma), Self::read(&beta)) {
-                    (Some(v), Some(w), Some(b)) => {
-                        Self::write(host::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x)
-                    }
-                    _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
-                }
+        fn fused_layer_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            eps: f64,
+        ) -> FloatTensor<Self> {
+            match (read(&x), read(&gamma), read(&beta)) {
+                (Some(v), Some(w), Some(b)) => write(host::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x),
+                _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
             }
+        }
 
-            fn adamw_step(
-                mut param: FloatTensor<Self>,
-                grad: FloatTensor<Self>,
-                mut m: FloatTensor<Self>,
-                mut v: FloatTensor<Self>,
-                h: host::AdamWStep,
-            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-                let Some(g) = Self::read(&grad) else {
-                    return composed::adamw_step::<Self>(param, grad, m, v, h);
-                };
-                if let (Some(p), Some(mm), Some(vv)) = (
-                    Self::write_in_place(&mut param),
-                    Self::write_in_place(&mut m),
-                    Self::write_in_place(&mut v),
-                ) {
-                    host::adamw(p, &g, mm, vv, h);
+        fn adamw_step(
+            mut param: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            mut m: FloatTensor<Self>,
+            mut v: FloatTensor<Self>,
+            h: host::AdamWStep,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let Some(g) = read(&grad) else {
+                return composed::adamw_step::<Self>(param, grad, m, v, h);
+            };
+            if let (Some(p), Some(mm), Some(vv)) =
+                (write_in_place(&mut param), write_in_place(&mut m), write_in_place(&mut v))
+            {
+                host::adamw(p, &g, mm, vv, h);
+                drop(g);
+                return (param, m, v);
+            }
+            match (read(&param), read(&m), read(&v)) {
+                (Some(p), Some(mm), Some(vv)) => {
+                    let (mut p, mut mm, mut vv) = (p.into_owned(), mm.into_owned(), vv.into_owned());
+                    host::adamw(&mut p, &g, &mut mm, &mut vv, h);
+                    let shape = param.shape();
+                    (
+                        write(p, shape.clone(), &param),
+                        write(mm, shape.clone(), &param),
+                        write(vv, shape, &param),
+                    )
+                }
+                _ => {
                     drop(g);
-                    return (param, m, v);
-                }
-                match (Self::read(&param), Self::read(&m), Self::read(&v)) {
-                    (Some(p), Some(mm), Some(vv)) => {
-                        let (mut p, mut mm, mut vv) = (p.into_owned(), mm.into_owned(), vv.into_owned());
-                        host::adamw(&mut p, &g, &mut mm, &mut vv, h);
-                        let shape = param.shape();
-                        (
-                            Self::write(p, shape.clone(), &param),
-                            Self::write(mm, shape.clone(), &param),
-                            Self::write(vv, shape, &param),
-                        )
-                    }
-                    _ => {
-                        drop(g);
-                        composed::adamw_step::<Self>(param, grad, m, v, h)
-                    }
-                }
-            }
-
-            fn fused_layer_norm_backward(
-                x: FloatTensor<Self>,
-                gamma: FloatTensor<Self>,
-                grad: FloatTensor<Self>,
-                eps: f64,
-            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-                match (Self::read(&x), Self::read(&gamma), Self::read(&grad)) {
-                    (Some(v), Some(w), Some(g)) => {
-                        let (dx, dgamma, dbeta) = host::layer_norm_backward(&v, &w, &g, eps as f32);
-                        (
-                            Self::write(dx, x.shape(), &x),
-                            Self::write(dgamma, gamma.shape(), &gamma),
-                            Self::write(dbeta, gamma.shape(), &gamma),
-                        )
-                    }
-                    _ => composed::layer_norm_backward::<Self>(x, gamma, grad, eps),
+                    composed::adamw_step::<Self>(param, grad, m, v, h)
                 }
             }
         }
-    };
-}
 
-#[cfg(feature = "flex")]
-host_fused_ops!(burn::backend::Flex);
+        fn fused_layer_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            eps: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            match (read(&x), read(&gamma), read(&grad)) {
+                (Some(v), Some(w), Some(g)) => {
+                    let (dx, dgamma, dbeta) = host::layer_norm_backward(&v, &w, &g, eps as f32);
+                    (
+                        write(dx, x.shape(), &x),
+                        write(dgamma, gamma.shape(), &gamma),
+                        write(dbeta, gamma.shape(), &gamma),
+                    )
+                }
+                _ => composed::layer_norm_backward::<Self>(x, gamma, grad, eps),
+            }
+        }
+    }
+}
 // ndarray: the forward softmax and GELUs on owned tensors (moved out, not copied) take the host
 // kernels; everything else composes its tensor ops, since reading shared ndarray tensors out for
 // the kernels copies them element by element, which measured slower than its own ops (tiny
