@@ -94,6 +94,12 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed::adamw_step::<Self>(param, grad, m, v, step)
     }
+
+    /// `lhs · rhs` over the last two axes: `[..., M, K] x [..., K, N]`, the batch axes of `rhs`
+    /// equal to `lhs`'s or all 1 (one matrix for every batch entry, as a Linear weight is).
+    fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
 }
 
 /// One AdamW step on a parameter tensor `param` with gradient `grad` and moments `m`, `v`, as
@@ -113,6 +119,17 @@ pub fn adamw_step<const D: usize>(
         step,
     );
     (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
+}
+
+/// `lhs · rhs` over the last two axes on any device, with its own backward pass: on Flex in f32
+/// the products read transposed and strided operands in place and write fresh f32 buffers
+/// ([`crate::cpu_gemm::matmul_f32`]), and a weight shared by the batch gets its gradient from
+/// one product over all rows.
+///
+/// # Shapes
+/// - `lhs`: `[..., M, K]`; `rhs`: `[..., K, N]` with the batch axes of `lhs` or all 1
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_matmul(lhs.into_dispatch(), rhs.into_dispatch()))
 }
 
 /// `x * sigmoid(x * (a + b x^2))` on any device, differentiable as one operation.
@@ -290,7 +307,82 @@ mod flex {
         Flex::float_from_data(TensorData::new(values, shape), &like.device())
     }
 
+    /// `t`'s matrices as a [`host::Strided`] operand with `rows x cols` per matrix and the given
+    /// batch axes: `None` unless f32 with non-negative strides. `shared`: one matrix for all.
+    fn strided<'a>(
+        t: &'a FloatTensor<Flex>,
+        offsets: &'a mut Vec<usize>,
+        shared: bool,
+    ) -> Option<crate::cpu_gemm::Strided<'a>> {
+        let layout = t.layout();
+        let r = layout.num_dims();
+        if t.dtype() != DType::F32 || r < 2 || layout.strides().iter().any(|&s| s < 0) {
+            return None;
+        }
+        let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
+        let dims = layout.shape();
+        offsets.clear();
+        offsets.push(layout.start_offset());
+        if !shared {
+            // Row-major over the batch axes: each axis multiplies the offsets so far.
+            for axis in 0..r - 2 {
+                let (prev, step) = (std::mem::take(offsets), strides[axis]);
+                offsets.extend(prev.iter().flat_map(|&o| (0..dims[axis]).map(move |i| o + i * step)));
+            }
+        }
+        Some(crate::cpu_gemm::Strided {
+            data: t.storage::<f32>(),
+            offsets,
+            row_stride: strides[r - 2],
+            col_stride: strides[r - 1],
+        })
+    }
+
+    /// The product on the host, or `None` for shapes or layouts it does not take (broadcast
+    /// `lhs`, mismatched batch axes, bf16, negative strides).
+    fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<FloatTensor<Flex>> {
+        let (ls, rs) = (lhs.shape(), rhs.shape());
+        let r = ls.num_dims();
+        if rs.num_dims() != r || r < 2 || ls[r - 1] != rs[r - 2] {
+            return None;
+        }
+        let (lb, rb) = (&ls[..r - 2], &rs[..r - 2]);
+        let shared = rb.iter().all(|&d| d == 1);
+        if !shared && lb != rb {
+            return None;
+        }
+        let (m, k, n) = (ls[r - 2], ls[r - 1], rs[r - 1]);
+        let batch: usize = lb.iter().product();
+        let (mut lo, mut ro) = (Vec::new(), Vec::new());
+        let rhs_op = strided(rhs, &mut ro, shared)?;
+        // A shared weight and batch rows that follow one another at the row stride: one product
+        // over all `batch * m` rows.
+        let merged = shared && {
+            let st = lhs.layout().strides();
+            (0..r - 2)
+                .rev()
+                .try_fold(st[r - 2], |step, axis| {
+                    (ls[axis + 1] as isize * step == st[axis] || ls[axis] == 1).then_some(st[axis])
+                })
+                .is_some()
+                || batch == 1
+        };
+        let lhs_op = strided(lhs, &mut lo, merged)?;
+        let out = if merged {
+            crate::cpu_gemm::matmul_f32(1, batch * m, k, n, lhs_op, rhs_op)?
+        } else {
+            crate::cpu_gemm::matmul_f32(batch, m, k, n, lhs_op, rhs_op)?
+        };
+        let mut dims = lb.to_vec();
+        dims.extend([m, n]);
+        Some(write(out, Shape::from(dims), lhs))
+    }
+
     impl FusedOps for Flex {
+        fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+            host_matmul(&lhs, &rhs).unwrap_or_else(|| Self::float_matmul(lhs, rhs))
+        }
+
         fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
             match read(&x) {
                 Some(v) => write(host::x_sigmoid(&v, a, b), x.shape(), &x),
@@ -532,7 +624,64 @@ impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
     }
 }
 
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: FusedOps> Backward<B, 2> for MatmulBackward {
+    /// The checkpointed operands (each kept only when the other one needs it) and `rhs`'s shape.
+    type State = (Option<NodeId>, Option<NodeId>, Shape);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let (lhs, rhs, rhs_shape) = ops.state;
+        let lhs: Option<FloatTensor<B>> = lhs.map(|id| checkpointer.retrieve_node_output(id));
+        let rhs: Option<FloatTensor<B>> = rhs.map(|id| checkpointer.retrieve_node_output(id));
+        let t = |x: FloatTensor<B>| {
+            let r = x.shape().num_dims();
+            B::float_swap_dims(x, r - 2, r - 1)
+        };
+        let [lhs_node, rhs_node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let (Some(node), Some(rhs)) = (rhs_node, lhs) {
+            let r = rhs_shape.num_dims();
+            let shared =
+                rhs_shape[..r - 2].iter().all(|&d| d == 1) && grad.shape()[..r - 2].iter().any(|&d| d != 1);
+            let d = if shared {
+                // One weight for the whole batch: its gradient is one product over all rows.
+                let flat = |x: FloatTensor<B>| {
+                    let s = x.shape();
+                    let cols = s[r - 1];
+                    B::float_reshape(x, Shape::from(vec![s.num_elements() / cols.max(1), cols]))
+                };
+                let d = B::fused_matmul(t(flat(rhs)), flat(grad.clone()));
+                B::float_reshape(d, rhs_shape)
+            } else {
+                B::fused_matmul(t(rhs), grad.clone())
+            };
+            grads.register::<B>(node.id, d);
+        }
+        if let (Some(node), Some(rhs)) = (lhs_node, rhs) {
+            grads.register::<B>(node.id, B::fused_matmul(grad, t(rhs)));
+        }
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        let rhs_shape = rhs.shape();
+        match MatmulBackward.prepare::<C>([lhs.node(), rhs.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+                let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+                let out = B::fused_matmul(lhs.into_primitive(), rhs.into_primitive());
+                prep.finish((lhs_state, rhs_state, rhs_shape), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_matmul(lhs.into_primitive(), rhs.into_primitive()))
+            }
+        }
+    }
+
     fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
         record_unary::<B, C>(x, Unary::XSigmoid(a, b))
     }
@@ -678,6 +827,79 @@ mod tests {
             let x = tensor_from(&data(240, 7), [2, 5, 24], &base);
             let want = to_vec(activation::softmax(x.clone(), 2));
             assert_slices_close(&to_vec(softmax_last(x, 1.0)), &want, 1e-6, "softmax, inference");
+        }
+    }
+
+    /// Output and both gradients of `sum(w * f(lhs, rhs))`.
+    fn run_matmul<const D: usize>(
+        device: &Device,
+        lhs: (Vec<f32>, [usize; D]),
+        rhs: (Vec<f32>, [usize; D]),
+        prepare: impl Fn(Tensor<D>, Tensor<D>) -> (Tensor<D>, Tensor<D>),
+        f: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<D>,
+    ) -> [Vec<f32>; 3] {
+        let tracked = |t: Tensor<D>| if device.is_autodiff() { t.require_grad() } else { t };
+        let a = tracked(tensor_from(&lhs.0, lhs.1, device));
+        let b = tracked(tensor_from(&rhs.0, rhs.1, device));
+        let (pa, pb) = prepare(a.clone(), b.clone());
+        let y = f(pa, pb);
+        let w = tensor_from(&data(y.shape().num_elements(), 13), y.dims(), device);
+        if !device.is_autodiff() {
+            return [to_vec(y), Vec::new(), Vec::new()];
+        }
+        let grads = (y.clone() * w).sum().backward();
+        let g = |t: &Tensor<D>| t.grad(&grads).map(to_vec).expect("a gradient");
+        [to_vec(y), g(&a), g(&b)]
+    }
+
+    #[test]
+    fn fused_matmul_and_gradients_equal_burns() {
+        let devices = [crate::device::flex_device(), crate::device::ndarray_device()];
+        for base in devices.into_iter().flatten() {
+            for device in [base.clone(), base.clone().autodiff()] {
+                let check = |what: &str, got: [Vec<f32>; 3], want: [Vec<f32>; 3]| {
+                    for (i, part) in ["output", "d lhs", "d rhs"].iter().enumerate() {
+                        assert_slices_close(
+                            &got[i],
+                            &want[i],
+                            1e-5,
+                            &format!("{what} on {device:?}: {part}"),
+                        );
+                    }
+                };
+                // Batched, rhs a transposed view (attention's q k^T).
+                let (l, r) = ((data(120, 7), [2, 3, 5, 4]), (data(144, 5), [2, 3, 6, 4]));
+                let swap = |a: Tensor<4>, b: Tensor<4>| (a, b.swap_dims(2, 3));
+                check(
+                    "batched",
+                    run_matmul(&device, l.clone(), r.clone(), swap, matmul),
+                    run_matmul(&device, l, r, swap, |a, b| a.matmul(b)),
+                );
+                // A weight shared by the batch (Linear), lhs rows contiguous across the batch.
+                let (l, r) = ((data(40, 3), [2, 5, 4]), (data(24, 11), [1, 4, 6]));
+                let id = |a: Tensor<3>, b: Tensor<3>| (a, b);
+                check(
+                    "shared",
+                    run_matmul(&device, l.clone(), r.clone(), id, matmul),
+                    run_matmul(&device, l, r, id, |a, b| a.matmul(b)),
+                );
+                // Shared weight, lhs batch rows not contiguous (a transposed batch axis).
+                let (l, r) = ((data(40, 3), [5, 2, 4]), (data(24, 11), [1, 4, 6]));
+                let perm = |a: Tensor<3>, b: Tensor<3>| (a.swap_dims(0, 1), b);
+                check(
+                    "strided",
+                    run_matmul(&device, l.clone(), r.clone(), perm, matmul),
+                    run_matmul(&device, l, r, perm, |a, b| a.matmul(b)),
+                );
+                // Plain matrices, lhs transposed.
+                let (l, r) = ((data(12, 3), [4, 3]), (data(20, 11), [4, 5]));
+                let t = |a: Tensor<2>, b: Tensor<2>| (a.transpose(), b);
+                check(
+                    "2d",
+                    run_matmul(&device, l.clone(), r.clone(), t, matmul),
+                    run_matmul(&device, l, r, t, |a, b| a.matmul(b)),
+                );
+            }
         }
     }
 }

@@ -223,6 +223,15 @@ fn host_matmul<const D: usize>(entry: &Entry, x: Tensor<D>) -> Tensor<D> {
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     match lookup(&linear.weight.id) {
         Some(entry) => host_matmul(&entry, x),
+        None if D >= 2 => {
+            // Burn's `Linear::forward` with the product as one fused operation: the weight's
+            // gradient is one product over all rows instead of one per batch entry then summed.
+            let y = crate::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
+            match &linear.bias {
+                Some(bias) => y + bias.val().unsqueeze::<D>(),
+                None => y,
+            }
+        }
         None => linear.forward(x),
     }
 }

@@ -72,7 +72,9 @@ impl MultiheadAttention {
         let project = |x: Tensor<3>, i: usize, len: usize| {
             let wi = w.clone().slice([i * c..(i + 1) * c, 0..c]).transpose(); // (C, C) as [in, out]
             let bi = bias.clone().narrow(0, i * c, c);
-            (x.matmul(wi.unsqueeze::<3>()) + bi.unsqueeze::<3>()).reshape([b, len, h, d]).swap_dims(1, 2)
+            (zoo_nn::fused::matmul(x, wi.unsqueeze::<3>()) + bi.unsqueeze::<3>())
+                .reshape([b, len, h, d])
+                .swap_dims(1, 2)
         };
         let q = project(query, 0, q_len); // (B, h, Q, d)
         let k = project(kv.clone(), 1, n); // (B, h, N, d)
