@@ -1328,4 +1328,34 @@ mod tests {
             }
         }
     }
+
+    /// `matmul_f32` on each of its three schedules (one large product on every core, a batch of
+    /// small ones split over the cores, small work inline) against a plain triple loop, with a
+    /// transposed (column-major) rhs; out-of-bounds operands are refused.
+    #[test]
+    fn strided_f32_products_equal_the_definition() {
+        for (batch, m, k, n) in [(1, 200, 200, 200), (9, 64, 64, 64), (3, 5, 7, 4)] {
+            let a: Vec<f32> = (0..batch * m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect(); // [n, k] rows
+            let a_off: Vec<usize> = (0..batch).map(|i| i * m * k).collect();
+            let lhs = Strided { data: &a, offsets: &a_off, row_stride: k, col_stride: 1 };
+            let rhs = Strided { data: &b, offsets: &[0], row_stride: 1, col_stride: k };
+            let got = matmul_f32(batch, m, k, n, lhs, rhs).expect("in bounds");
+            for bi in 0..batch {
+                for r in 0..m {
+                    for c in 0..n {
+                        let want: f64 =
+                            (0..k).map(|j| a[bi * m * k + r * k + j] as f64 * b[c * k + j] as f64).sum();
+                        let v = got[(bi * m + r) * n + c] as f64;
+                        assert!(
+                            (v - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "{batch}x{m}x{k}x{n} [{bi},{r},{c}]: {v} vs {want}"
+                        );
+                    }
+                }
+            }
+            let short = Strided { data: &b[..k * n - 1], ..rhs };
+            assert!(matmul_f32(batch, m, k, n, lhs, short).is_none());
+        }
+    }
 }
