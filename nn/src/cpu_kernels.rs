@@ -272,10 +272,13 @@ pub struct AdamWStep {
     pub correction_2: f32,
 }
 
+/// Matching chunks of AdamW's parameter, gradient and moments.
+type Chunks<'a> = ((&'a mut [f32], &'a [f32]), (&'a mut [f32], &'a mut [f32]));
+
 /// AdamW in place, one pass: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
 /// `p = p (1 - lr wd) - lr (m / c1) / (sqrt(v / c2) + eps)` (PyTorch's and Burn's AdamW).
 pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamWStep) {
-    let body = |((p, g), (m, v)): ((&mut [f32], &[f32]), (&mut [f32], &mut [f32]))| {
+    let body = |((p, g), (m, v)): Chunks<'_>| {
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = h.beta_1 * *m + (1.0 - h.beta_1) * g;
             *v = h.beta_2 * *v + (1.0 - h.beta_2) * g * g;
