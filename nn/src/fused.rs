@@ -1,15 +1,17 @@
 //! Fused operations with their own backward pass, as a Burn backend extension: softmax over the
-//! last axis (with a scale folded in), `x * sigmoid(x * (a + b x^2))` (tanh-GELU, quick-GELU)
-//! and LayerNorm.
+//! last axis (with a scale folded in), `x * sigmoid(x * (a + b x^2))` (tanh-GELU, quick-GELU),
+//! LayerNorm, the matrix product, and AdamW's update ([`crate::optim::AdamW`]).
 //!
 //! Each is one operation in the autodiff graph whose backward pass is one more: Burn's autodiff
 //! otherwise records the 5-10 primitive ops each of these chains is made of (LayerNorm's mean,
 //! subtraction, square, mean, sqrt, division, scale and shift) and replays each backward with
 //! its own pass and buffer, on one core for Flex's elementwise ops. On Flex, f32 tensors go to
-//! the host kernels of [`crate::cpu_kernels`] (read and written in place, no copies); ndarray,
-//! other dtypes and the CUDA backend compose the same functions from tensor operations
-//! ([`composed`]), forward and backward. The backward passes keep only the inputs (checkpointed like Burn's own
-//! memory-bound ops, so gradient checkpointing recomputes them) and recompute what they need.
+//! the host kernels of [`crate::cpu_kernels`] and [`crate::cpu_gemm::matmul_f32`] (read in
+//! place, results in fresh f32 buffers); ndarray, other dtypes and the CUDA backend compose the
+//! same functions from tensor operations ([`composed`]), forward and backward. The elementwise
+//! backward passes keep only the inputs (checkpointed like Burn's own memory-bound ops, so
+//! gradient checkpointing recomputes them) and recompute what they need; the product keeps its
+//! operands as Burn's does.
 
 // Burn 0.22 deprecates ndarray in favour of Flex; both are offered (see device.rs).
 #![allow(deprecated)]
