@@ -1,7 +1,8 @@
 //! Trains a tiny CLIP on synthetic coloured shapes and prints held-out recall rising far above
 //! chance: `cargo run --release --example train_contrastive [-- --quick] [--out DIR]`. With
 //! `--out` the run's folder (the HF export, losses.csv, metrics.csv, metrics.png) is kept there.
-use vlm_zoo::train::{TrainArgs, models::Arch};
+use vlm_zoo::models::Arch;
+use vlm_zoo::train::TrainArgs;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -6,7 +6,7 @@
 //! - SigLIP / CLIP: image encoding (images/s at each batch size), or with `train` the
 //!   training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
 
-use crate::train::models::Towers;
+use crate::models::Towers;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;

@@ -4,7 +4,7 @@
 use crate::args::DeviceArgs;
 use crate::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
 use crate::synthetic::write_dataset;
-use crate::train::{checkpoint, data, learning_rate};
+use crate::train::{data, learning_rate};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -137,7 +137,7 @@ pub fn save_paligemma(
         "vision_config": vision_json, "text_config": config.text, "image_token_index": config.image_token_index,
         "projection_dim": text.hidden_size, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
     });
-    checkpoint::write_atomic(
+    crate::fs::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes(),
     )?;
@@ -148,13 +148,13 @@ pub fn save_paligemma(
         &[],
     )?;
     let pre = serde_json::to_vec_pretty(pre).map_err(|e| NnError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&dir.join("preprocessor_config.json"), &pre)?;
+    crate::fs::write_atomic(&dir.join("preprocessor_config.json"), &pre)?;
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         let bytes = std::fs::read(tok_dir.join(f)).map_err(|e| NnError::io(tok_dir.join(f), e))?;
-        checkpoint::write_atomic(&dir.join(f), &bytes)?;
+        crate::fs::write_atomic(&dir.join(f), &bytes)?;
     }
     let generation = serde_json::json!({"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0});
-    checkpoint::write_atomic(&dir.join("generation_config.json"), generation.to_string().as_bytes())
+    crate::fs::write_atomic(&dir.join("generation_config.json"), generation.to_string().as_bytes())
 }
 
 /// One finished training epoch, as [`run`] reports it.

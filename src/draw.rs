@@ -106,7 +106,7 @@ pub fn save_png(path: &Path, img: &image::RgbImage) -> Result<()> {
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| NnError::Save { path: path.to_path_buf(), reason: e.to_string() })?;
-    crate::train::checkpoint::write_atomic(path, &bytes)
+    crate::fs::write_atomic(path, &bytes)
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;

@@ -642,9 +642,9 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         .enumerate()
         .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
         .collect();
-    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
-    checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
-    checkpoint::write_atomic(
+    crate::fs::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
+    crate::fs::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
+    crate::fs::write_atomic(
         &args.out.join("samples.tsv"),
         format!("epoch\timage\tprefix\tgenerated\texpected\n{samples_txt}").as_bytes(),
     )?;

@@ -37,7 +37,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<Quantized> {
     match zoo_nn::model_type(&dir)?.as_str() {
         "gemma" | "gemma2" => drop(zoo_gemma::load_gemma(&dir, spec, &device)?),
         "paligemma" => drop(zoo_paligemma::load_paligemma(&dir, spec, &device)?),
-        "siglip" | "clip" => drop(crate::train::models::Towers::load(&dir, spec, &device)?),
+        "siglip" | "clip" => drop(crate::models::Towers::load(&dir, spec, &device)?),
         "siglip2" => drop(zoo_siglip::naflex::load_siglip2(&dir, spec, &device)?),
         other => {
             return Err(NnError::Config(format!(

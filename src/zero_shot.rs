@@ -1,7 +1,7 @@
 //! `vlm-zoo zero-shot`: image-text scores from a SigLIP or CLIP checkpoint folder.
 
 use crate::args::{ComputeArgs, ModelArgs};
-use crate::train::models::{ModelConfig, Towers};
+use crate::models::{ModelConfig, Towers};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use zoo_nn::host::rows;

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vlm_zoo::train::{TrainArgs, models::Arch};
+use vlm_zoo::models::Arch;
+use vlm_zoo::train::TrainArgs;
 
 /// `n` synthetic (png bytes, caption) samples.
 fn samples(dir: &Path, n: usize) -> Vec<(Vec<u8>, String)> {

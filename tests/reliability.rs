@@ -234,7 +234,7 @@ fn nonsensical_training_options_are_refused_up_front() {
 
 fn train_args(data: &Path, out: &Path) -> vlm_zoo::train::TrainArgs {
     vlm_zoo::train::TrainArgs {
-        arch: vlm_zoo::train::models::Arch::Clip,
+        arch: vlm_zoo::models::Arch::Clip,
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         epochs: 1,

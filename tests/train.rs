@@ -4,7 +4,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use vlm_zoo::train::{TrainArgs, models::Arch};
+use vlm_zoo::models::Arch;
+use vlm_zoo::train::TrainArgs;
 
 fn args(data: &Path, out: &Path, arch: Arch) -> TrainArgs {
     TrainArgs {
@@ -124,7 +125,7 @@ fn export_is_transformers_layout() {
     for name in ["siglip-a", "clip-a"] {
         let dir = zoo_nn::testing::fixture(name);
         let dev = zoo_nn::testing::device();
-        let (model, _) = vlm_zoo::train::models::Towers::load(&dir, burn::tensor::DType::F32, &dev).unwrap();
+        let (model, _) = vlm_zoo::models::Towers::load(&dir, burn::tensor::DType::F32, &dev).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("model.safetensors");
         model.save_hf(&file).unwrap();
@@ -218,14 +219,14 @@ fn the_export_gives_zero_shot_numbers_through_transformers_documented_calls() {
             r.resize(width, pad);
         }
         let dev = zoo_nn::testing::device();
-        let (model, _) = vlm_zoo::train::models::Towers::load(&out, burn::tensor::DType::F32, &dev).unwrap();
+        let (model, _) = vlm_zoo::models::Towers::load(&out, burn::tensor::DType::F32, &dev).unwrap();
         let txt = match &model {
-            vlm_zoo::train::models::Towers::Siglip(m) => {
+            vlm_zoo::models::Towers::Siglip(m) => {
                 // No attention mask: SigLIP's tokenizer gives only input_ids.
                 assert_eq!(tok_config["model_input_names"], serde_json::json!(["input_ids"]));
                 m.text_features(zoo_nn::host::ids_tensor(&ids, &dev))
             }
-            vlm_zoo::train::models::Towers::Clip(m) => m.text_features(&ids, &mask, &dev),
+            vlm_zoo::models::Towers::Clip(m) => m.text_features(&ids, &mask, &dev),
         };
         let txt = zoo_nn::testing::to_vec(zoo_nn::l2_normalize(txt));
         let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();

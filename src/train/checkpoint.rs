@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use crate::fs::write_atomic;
 use zoo_nn::{NnError, Result};
 
 /// Where training stands.
@@ -17,18 +18,6 @@ pub struct TrainState {
     pub batch_in_epoch: usize,
     /// Every step's loss so far.
     pub losses: Vec<f64>,
-}
-
-/// Writes `bytes` to `path` atomically: a scratch file in the same folder, synced, renamed over.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| NnError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        NnError::io(&tmp, e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| NnError::io(path, e))
 }
 
 /// The checkpoint folder under a run's output folder.

@@ -4,7 +4,6 @@
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
-pub mod models;
 pub mod plot;
 pub mod sources;
 pub mod tokenizer;
@@ -16,7 +15,7 @@ use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use checkpoint::TrainState;
 use data::{Augment, Pair};
-use models::{Arch, ModelConfig, Preset, Towers};
+use crate::models::{Arch, ModelConfig, Preset, Towers};
 use std::path::{Path, PathBuf};
 use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{
@@ -312,11 +311,11 @@ fn export(
     std::fs::create_dir_all(out).map_err(|e| NnError::io(out, e))?;
     model.save_hf(&out.join("model.safetensors"))?;
     let json = serde_json::to_vec_pretty(&config.to_hf_json()).map_err(|e| NnError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out.join("config.json"), &json)?;
+    crate::fs::write_atomic(&out.join("config.json"), &json)?;
     let src = tok_dir.join("tokenizer.json");
     if src.is_file() && tok_dir != out {
         let bytes = std::fs::read(&src).map_err(|e| NnError::io(&src, e))?;
-        checkpoint::write_atomic(&out.join("tokenizer.json"), &bytes)?;
+        crate::fs::write_atomic(&out.join("tokenizer.json"), &bytes)?;
     }
     // What transformers' AutoProcessor needs to give `zero-shot`'s numbers with the documented
     // calls: `model_max_length` (SigLIP pools the last of `padding="max_length"` positions),
@@ -343,14 +342,14 @@ fn export(
         tok_config["model_input_names"] = serde_json::json!(["input_ids"]);
     }
     let json = serde_json::to_vec_pretty(&tok_config).map_err(|e| NnError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out.join("tokenizer_config.json"), &json)?;
+    crate::fs::write_atomic(&out.join("tokenizer_config.json"), &json)?;
     let mut pre_json = serde_json::to_value(proc).map_err(|e| NnError::Config(e.to_string()))?;
     pre_json["image_processor_type"] = serde_json::json!(image_processor);
     pre_json["processor_class"] = serde_json::json!(processor);
     let pre_bytes = serde_json::to_vec_pretty(&pre_json).map_err(|e| NnError::Config(e.to_string()))?;
-    checkpoint::write_atomic(&out.join("preprocessor_config.json"), &pre_bytes)?;
+    crate::fs::write_atomic(&out.join("preprocessor_config.json"), &pre_bytes)?;
     let processor_json = serde_json::json!({"processor_class": processor});
-    checkpoint::write_atomic(&out.join("processor_config.json"), processor_json.to_string().as_bytes())
+    crate::fs::write_atomic(&out.join("processor_config.json"), processor_json.to_string().as_bytes())
 }
 
 /// Runs training; see [`TrainArgs`].
@@ -683,8 +682,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         .enumerate()
         .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
         .collect();
-    checkpoint::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
-    checkpoint::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
+    crate::fs::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
+    crate::fs::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
 
     let valid = model.valid();
     export(&args.out, &valid, &config, &pre, &tok_dir)?;

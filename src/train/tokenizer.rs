@@ -10,7 +10,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, TokenizerBuilder};
 use zoo_nn::{NnError, Result};
 
-use super::models::Arch;
+use crate::models::Arch;
 
 /// Special tokens of the trained tokenizer: `(pad, eos, [bos])`.
 pub fn specials(arch: Arch) -> Vec<&'static str> {
@@ -69,7 +69,7 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
                                          "bos_token": "<|startoftext|>", "unk_token": "<|endoftext|>",
                                          "tokenizer_class": "PreTrainedTokenizerFast"}),
     };
-    super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+    crate::fs::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
 }
 
 /// A decoder-side tokenizer for composed VLMs: byte-level BPE with `<pad>`=0, `<eos>`=1,
@@ -89,5 +89,5 @@ pub fn train_decoder_tokenizer(texts: &[String], vocab_size: usize, dir: &Path) 
     tok.save(dir.join("tokenizer.json"), false).map_err(|e| err(e.to_string()))?;
     let config = serde_json::json!({"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
                                     "tokenizer_class": "PreTrainedTokenizerFast"});
-    super::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+    crate::fs::write_atomic(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
 }
