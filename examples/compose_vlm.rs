@@ -12,9 +12,9 @@ fn main() -> anyhow::Result<()> {
     let steps = [200, 3][std::env::args().any(|a| a == "--quick") as usize];
     let dir = tempfile::tempdir()?;
     let data = vlm_zoo::synthetic::write_dataset(dir.path(), 64, 32, 1)?;
-    let (pairs, _) = vlm_zoo::train::data::load_pairs(&data, true)?;
+    let (pairs, _) = vlm_zoo::training::data::load_pairs(&data, true)?;
     let texts: Vec<String> = pairs.iter().map(|p| p.caption.clone()).collect();
-    vlm_zoo::train::tokenizer::train_decoder_tokenizer(&texts, 300, dir.path())?;
+    vlm_zoo::training::tokenizer::train_decoder_tokenizer(&texts, 300, dir.path())?;
     let tok = zoo_nn::TextTokenizer::from_dir(dir.path())?;
     let vision = json!({"image_size": 32, "patch_size": 8, "hidden_size": 64, "intermediate_size": 128,
                         "num_hidden_layers": 2, "num_attention_heads": 4, "norm": "batch"});

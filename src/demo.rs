@@ -3,17 +3,14 @@
 
 use crate::args::DeviceArgs;
 use crate::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
+use crate::draw::plot;
 use crate::synthetic::write_dataset;
-use crate::train::{data, learning_rate};
+use crate::training::{EpochEnd, Loaded, Precision, Run, Task, TrainLoop, data, tokenizer};
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-use zoo_nn::optim::AdamWConfig;
-use zoo_nn::{
-    ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate,
-};
+use burn::tensor::DType;
+use std::path::PathBuf;
+use zoo_nn::{ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate};
 
 /// Demo settings: `vlm-zoo demo`'s options, with their one set of defaults ([`Default`]).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -113,50 +110,6 @@ pub fn demo_config(vocab: usize, norm: Option<NormKind>) -> VlmConfig {
     }
 }
 
-/// Saves a SigLIP + linear + Gemma composition as an HF PaliGemma folder.
-pub fn save_paligemma(
-    model: &Vlm,
-    config: &VlmConfig,
-    dir: &Path,
-    tok_dir: &Path,
-    pre: &PreprocessorConfig,
-) -> Result<()> {
-    let VisionConfig::Siglip(vision) = &config.vision else {
-        return Err(NnError::Config("only a SigLIP tower saves as PaliGemma".into()));
-    };
-    if model.multi_modal_projector.linear_2.is_some() {
-        return Err(NnError::Config("only a linear projector saves as PaliGemma".into()));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
-    let text = config.text_config()?;
-    let mut vision_json = serde_json::to_value(vision).map_err(|e| NnError::Config(e.to_string()))?;
-    vision_json["model_type"] = serde_json::json!("siglip_vision_model");
-    vision_json["projection_dim"] = serde_json::json!(text.hidden_size);
-    let cfg = serde_json::json!({
-        "model_type": "paligemma", "architectures": ["PaliGemmaForConditionalGeneration"],
-        "vision_config": vision_json, "text_config": config.text, "image_token_index": config.image_token_index,
-        "projection_dim": text.hidden_size, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
-    });
-    crate::fs::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes(),
-    )?;
-    zoo_nn::load::save_safetensors(
-        model,
-        &dir.join("model.safetensors"),
-        &[(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")],
-        &[],
-    )?;
-    let pre = serde_json::to_vec_pretty(pre).map_err(|e| NnError::Config(e.to_string()))?;
-    crate::fs::write_atomic(&dir.join("preprocessor_config.json"), &pre)?;
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        let bytes = std::fs::read(tok_dir.join(f)).map_err(|e| NnError::io(tok_dir.join(f), e))?;
-        crate::fs::write_atomic(&dir.join(f), &bytes)?;
-    }
-    let generation = serde_json::json!({"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0});
-    crate::fs::write_atomic(&dir.join("generation_config.json"), generation.to_string().as_bytes())
-}
-
 /// One finished training epoch, as [`run`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpochLog {
@@ -168,6 +121,90 @@ pub struct EpochLog {
     pub loss: f64,
     /// Seconds since training started.
     pub seconds: f64,
+}
+
+const BATCH_SIZE: usize = 64;
+
+/// The demo as a training task: the caption loss on batches of synthetic scenes; each epoch is
+/// reported to `on_epoch`.
+struct Captioning<'a, F: FnMut(&EpochLog)> {
+    pairs: Vec<data::Pair>,
+    /// The held-out images, captioned after the last epoch.
+    test_pairs: &'a [data::Pair],
+    /// Their captions and the exact-match accuracy, once captioned.
+    generated: Vec<String>,
+    accuracy: Option<f64>,
+    proc: ImageProcessor,
+    tok: TextTokenizer,
+    prompt: Vec<u32>,
+    seed: u64,
+    epochs: usize,
+    device: Device,
+    on_epoch: &'a mut F,
+}
+
+impl<F: FnMut(&EpochLog)> Task for Captioning<'_, F> {
+    type Model = Vlm;
+    type Batch = data::Batch;
+
+    fn metrics_header(&self) -> String {
+        "epoch,step,loss,exact_match".into()
+    }
+
+    fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<data::Batch>>>> {
+        let order_seed = self.seed.wrapping_add(epoch as u64 * 7 + 1);
+        let rx = data::epoch_batches(&self.pairs, BATCH_SIZE, order_seed, Default::default(), &self.proc, 2, skip);
+        Box::new(rx.into_iter().map(|b| {
+            b.map(|b| Loaded {
+                index: b.index,
+                samples: b.captions.len(),
+                load_seconds: b.load_seconds / 2.0,
+                skipped: b.skipped.clone(),
+                batch: b,
+            })
+        }))
+    }
+
+    fn loss(&self, model: &Vlm, _cast: Option<(&Vlm, DType)>, batch: data::Batch) -> Result<Option<Tensor<1>>> {
+        let n = batch.captions.len();
+        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, 32, 32]), &self.device);
+        let (ids, prefix, suffix_len) = crate::compose::caption_batch(&self.tok, &self.prompt, &batch.captions, 1)?;
+        Ok(Some(model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?))
+    }
+
+    fn end_epoch(&mut self, model: &Vlm, end: &EpochEnd) -> Result<Vec<String>> {
+        (self.on_epoch)(&EpochLog { epoch: end.epoch, epochs: end.epochs, loss: end.mean_loss, seconds: end.seconds });
+        if !end.last {
+            return Ok(vec![format!("{},{},{:.6},", end.epoch, end.step, end.mean_loss)]);
+        }
+        // Caption the held-out images once, with the trained model.
+        let model = model.valid();
+        let cpu = self.device.clone().inner();
+        self.generated.clear();
+        for chunk in self.test_pairs.chunks(50) {
+            let paths: Vec<PathBuf> = chunk.iter().map(|p| p.image.clone()).collect();
+            let decoder = VlmDecoder {
+                image_features: model.image_features(self.proc.batch_from_files(&paths, &cpu)?),
+                model: &model,
+                max_len: 64,
+                device: cpu.clone(),
+            };
+            let prompts = vec![self.prompt.clone(); chunk.len()];
+            let sampling = Sampling { max_new_tokens: 24, ..Default::default() };
+            for g in generate(&decoder, &prompts, &[1], &sampling, |_, _| {})? {
+                self.generated.push(self.tok.decode(&g.token_ids)?.trim().to_string());
+            }
+        }
+        let correct = self.generated.iter().zip(self.test_pairs).filter(|(g, p)| **g == p.caption).count();
+        let accuracy = correct as f64 / self.test_pairs.len().max(1) as f64;
+        self.accuracy = Some(accuracy);
+        Ok(vec![format!("{},{},{:.6},{accuracy:.4}", end.epoch, end.step, end.mean_loss)])
+    }
+
+    fn panel(&self) -> crate::draw::Panel {
+        let exact: Vec<(f64, f64)> = self.accuracy.map(|a| (self.epochs as f64, a)).into_iter().collect();
+        plot::epoch_panel("Held-out captions", "exact match", &[("held-out exact match", exact)], "no held-out images")
+    }
 }
 
 /// Runs the demo; `on_epoch` sees each finished epoch (the CLI prints it).
@@ -182,7 +219,7 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     std::fs::create_dir_all(&tok_dir).map_err(|e| NnError::io(&tok_dir, e))?;
     let mut texts: Vec<String> = crate::synthetic::Scene::all().iter().map(|s| s.caption()).collect();
     texts.push(PROMPT.into());
-    crate::train::tokenizer::train_decoder_tokenizer(&texts, 320, &tok_dir)?;
+    tokenizer::train_decoder_tokenizer(&texts, 320, &tok_dir)?;
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let vocab = tok.inner().get_vocab_size(true);
     let config = demo_config(vocab, args.norm);
@@ -190,108 +227,55 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
 
     let device = args.device.device()?.autodiff();
     device.seed(args.seed);
-    let mut model = Vlm::new(&config, &device)?;
+    let model = Vlm::new(&config, &device)?;
     let pre = PreprocessorConfig::square(32);
     let proc = ImageProcessor::new(pre.clone());
     let prompt = prompt_ids(&tok, n_image)?;
-    let batch_size = 64;
-    let steps_per_epoch = train_pairs.len() / batch_size;
-    let total = steps_per_epoch * args.epochs;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(1e-4)
-        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
-        .init();
-    let start = Instant::now();
-    let mut step = 0;
-    let mut last_loss = f64::NAN;
-    let (mut losses, mut lrs) = (Vec::new(), Vec::new());
-    for epoch in 0..args.epochs {
-        let batches = data::epoch_batches(
-            &train_pairs,
-            batch_size,
-            args.seed.wrapping_add(epoch as u64 * 7 + 1),
-            Default::default(),
-            &proc,
-            2,
-            0,
-        );
-        let mut epoch_loss = 0.0;
-        for batch in batches {
-            let batch = batch?;
-            let n = batch.captions.len();
-            let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, 32, 32]), &device);
-            let (ids, prefix, suffix_len) = crate::compose::caption_batch(&tok, &prompt, &batch.captions, 1)?;
-            let loss = model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?;
-            last_loss = zoo_nn::host::scalar(loss.clone().inner());
-            epoch_loss += last_loss;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = learning_rate(step, total, 30, 3e-3);
-            model = optim.step(lr, model, grads);
-            losses.push(last_loss);
-            lrs.push(lr);
-            step += 1;
-        }
-        on_epoch(&EpochLog {
-            epoch: epoch + 1,
-            epochs: args.epochs,
-            loss: epoch_loss / steps_per_epoch.max(1) as f64,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-    }
-    let train_seconds = start.elapsed().as_secs_f64();
-
-    // Caption the held-out images.
-    let model = model.valid();
-    let cpu = device.clone().inner();
-    let mut generated = Vec::new();
-    for chunk in test_pairs.chunks(50) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|p| p.image.clone()).collect();
-        let pixels = proc.batch_from_files(&paths, &cpu)?;
-        let decoder = VlmDecoder {
-            image_features: model.image_features(pixels),
-            model: &model,
-            max_len: 64,
-            device: cpu.clone(),
-        };
-        let prompts = vec![prompt.clone(); chunk.len()];
-        let out = generate(
-            &decoder,
-            &prompts,
-            &[1],
-            &Sampling { max_new_tokens: 24, ..Default::default() },
-            |_, _| {},
-        )?;
-        for g in out {
-            generated.push(tok.decode(&g.token_ids)?.trim().to_string());
-        }
-    }
-    let correct = generated.iter().zip(&test_pairs).filter(|(g, p)| **g == p.caption).count();
-    let accuracy = correct as f64 / test_pairs.len().max(1) as f64;
-
-    let model_dir = out.join("model");
-    save_paligemma(&model, &config, &model_dir, &tok_dir, &pre)?;
-    grid(&out.join("captions.png"), &test_pairs, &generated)?;
-    use crate::train::plot;
-    let exact = [("held-out exact match", vec![(args.epochs as f64, accuracy)])];
-    crate::draw::figure(
-        &out.join("metrics.png"),
-        &format!(
-            "vlm-zoo demo: captioning {} shapes ({} held out), {} epochs, batch {batch_size}",
-            train_pairs.len(),
-            test_pairs.len(),
-            args.epochs
-        ),
-        &[
-            plot::loss_panel(&losses),
-            plot::epoch_panel("Held-out captions", "exact match", &exact, "no held-out images"),
-            plot::lr_panel(&lrs),
-        ],
-        plot::SIZE,
-    )?;
+    let train_loop = TrainLoop {
+        epochs: args.epochs,
+        batches_per_epoch: train_pairs.len() / BATCH_SIZE,
+        grad_accum: 1,
+        max_steps: None,
+        lr: 3e-3,
+        warmup_steps: 30,
+        weight_decay: 1e-4,
+        grad_clip: 1.0,
+        precision: Precision::F32,
+        checkpoint_every: None,
+        checkpoint_each_epoch: false,
+        progress: false,
+    };
+    let title = format!(
+        "vlm-zoo demo: captioning {} shapes ({} held out), {} epochs, batch {BATCH_SIZE}",
+        train_pairs.len(),
+        test_pairs.len(),
+        args.epochs
+    );
+    let run = Run::open(out, false)?;
+    let mut task = Captioning {
+        pairs: train_pairs.clone(),
+        test_pairs: &test_pairs,
+        generated: Vec::new(),
+        accuracy: None,
+        proc,
+        tok,
+        prompt,
+        seed: args.seed,
+        epochs: args.epochs,
+        device,
+        on_epoch: &mut on_epoch,
+    };
+    let done = run.train(model, &mut task, &train_loop, &title)?;
+    let (generated, accuracy) = (task.generated, task.accuracy.unwrap_or(0.0));
+    let last_loss = done.state.losses.last().copied().unwrap_or(f64::NAN);
+    let model_dir =
+        crate::export::composed_paligemma(&done.model.valid(), &config, &out.join("model"), &tok_dir, &pre)?;
+    let shown: Vec<(PathBuf, String)> = test_pairs.iter().map(|p| (p.image.clone(), p.caption.clone())).collect();
+    crate::draw::overlay::caption_grid(&out.join("captions.png"), &shown, &generated)?;
     Ok(DemoReport {
         accuracy,
         test_images: test_pairs.len(),
-        train_seconds,
+        train_seconds: done.seconds,
         final_loss: last_loss,
         samples: generated
             .iter()
@@ -303,42 +287,6 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     })
 }
 
-/// A PNG grid of held-out images with their generated captions (green: exact, red: not).
-fn grid(path: &Path, pairs: &[data::Pair], generated: &[String]) -> Result<()> {
-    let (cols, rows, cell_w, cell_h) = (4u32, 5u32, 300u32, 112u32);
-    let mut img = image::RgbImage::from_pixel(cols * cell_w, rows * cell_h, image::Rgb([255, 255, 255]));
-    for (i, (p, g)) in pairs.iter().zip(generated).take((cols * rows) as usize).enumerate() {
-        let (cx, cy) = ((i as u32 % cols) * cell_w, (i as u32 / cols) * cell_h);
-        let pic = zoo_nn::open_image(&p.image)?.to_rgb8();
-        let pic = image::imageops::resize(&pic, 96, 96, image::imageops::FilterType::Nearest);
-        image::imageops::overlay(&mut img, &pic, (cx + 4) as i64, (cy + 4) as i64);
-        let colour = if *g == p.caption { [20, 140, 40] } else { [200, 30, 30] };
-        let mut y = cy as i32 + 8;
-        for line in wrap(g, 18) {
-            crate::draw::label(&mut img, cx as i32 + 106, y, &line, 17.0, colour);
-            y += 21;
-        }
-    }
-    crate::draw::save_png(path, &img)
-}
-
-/// Words joined into lines of at most `width` characters (a longer word gets its own line).
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = vec![String::new()];
-    for w in text.split_whitespace() {
-        let last = lines.last_mut().expect("one line at least");
-        if !last.is_empty() && last.chars().count() + 1 + w.chars().count() > width {
-            lines.push(w.to_string());
-        } else {
-            if !last.is_empty() {
-                last.push(' ');
-            }
-            last.push_str(w);
-        }
-    }
-    lines
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,12 +294,6 @@ mod tests {
     #[test]
     fn command_line_defaults_are_the_library_defaults() {
         assert_eq!(crate::args::parse_from::<DemoArgs>(&["demo"]), DemoArgs::default());
-    }
-
-    #[test]
-    fn captions_wrap_at_word_boundaries() {
-        assert_eq!(wrap("a small red circle at the top", 12), vec!["a small red", "circle at", "the top"]);
-        assert_eq!(wrap("", 12), vec![""]);
     }
 
     #[test]

@@ -12,13 +12,14 @@
 //! `vlm-zoo generate` and transformers load.
 
 use crate::args::{DeviceArgs, ModelSource};
-use crate::train::{Precision, checkpoint, data::csv_fields, learning_rate, plot};
+use crate::draw::{Panel, plot};
+use crate::training::checkpoint::TrainState;
+use crate::training::data::{csv_fields, shuffle};
+use crate::training::{EpochEnd, Loaded, Precision, Run, Task, TrainLoop};
 use burn::module::{Lora, Module, ParamGroup};
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::DType;
 use std::path::{Path, PathBuf};
-use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{NnError, Result, Rng, Sampling};
 use zoo_paligemma::{PaliGemmaDecoder, PaliGemmaForConditionalGeneration, PaliGemmaProcessor};
 
@@ -370,7 +371,7 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         examples.push(Example { row, prompt, suffix });
     }
     let mut rng = Rng::new(args.seed);
-    crate::train::data::shuffle(&mut examples, &mut rng);
+    shuffle(&mut examples, &mut rng);
     let n_val = if args.val_fraction > 0.0 && examples.len() > 1 {
         ((examples.len() as f64 * args.val_fraction).round() as usize).clamp(1, examples.len() - 1)
     } else {
@@ -386,15 +387,7 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         )));
     }
 
-    std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    let _lock = checkpoint::lock(&args.out)?;
-    let previous = checkpoint::latest(&args.out)?;
-    if previous.is_some() && !args.resume {
-        return Err(NnError::Config(format!(
-            "{} holds the checkpoints of an earlier run: --resume continues it; choose another --out to start over",
-            args.out.display()
-        )));
-    }
+    let run = Run::open(&args.out, args.resume)?;
     let export_dir = args.out.join("model");
     if export_dir.exists() && !args.resume {
         return Err(NnError::Config(format!(
@@ -409,7 +402,7 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
     device.seed(args.seed);
     let (model, _) = zoo_paligemma::load_paligemma(&src, burn::tensor::DType::F32, &device)?;
     let group = trainable_group(&model, args)?;
-    let mut model = match args.lora_rank {
+    let model = match args.lora_rank {
         Some(rank) => {
             model.apply_lora(Lora::new(rank, args.lora_alpha.unwrap_or(rank as f64)).set_param_group(group))
         }
@@ -417,55 +410,33 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
     };
     let trainable_params = count_trainable(&model);
     let lr_peak = args.lr.unwrap_or(if args.lora_rank.is_some() { 3e-4 } else { 3e-5 });
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(args.weight_decay as f32)
-        .with_grad_clipping(
-            (args.grad_clip > 0.0)
-                .then_some(burn::grad_clipping::GradientClippingConfig::Norm(args.grad_clip)),
-        )
-        .init();
-    let mut state = checkpoint::TrainState::default();
-    if let Some(dir) = previous {
-        let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
-        model
-            .load_from(&mut store)
-            .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
-        optim = optim
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })?;
-        state = zoo_nn::read_json(&dir.join("state.json"))?;
-    }
-    let save_ckpt = |model: &PaliGemmaForConditionalGeneration,
-                     optim: &burn::optim::ModuleOptimizer,
-                     state: &checkpoint::TrainState| {
-        checkpoint::save(&args.out, state, |dir| {
-            let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
-            model
-                .save_into(&mut store)
-                .map_err(|e| NnError::Save { path: dir.join("model.bpk"), reason: e.to_string() })?;
-            optim
-                .save(dir.join("optim.bpk"))
-                .map_err(|e| NnError::Save { path: dir.join("optim.bpk"), reason: e.to_string() })
-        })
+    let train_loop = TrainLoop {
+        epochs: args.epochs,
+        batches_per_epoch: train_rows.len() / args.batch_size,
+        grad_accum: args.grad_accum,
+        max_steps: args.max_steps,
+        lr: lr_peak,
+        warmup_steps: args.warmup_steps,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        precision: args.precision,
+        checkpoint_every: None,
+        checkpoint_each_epoch: true,
+        progress: args.progress,
     };
-
-    let per_epoch = train_rows.len() / args.batch_size;
-    let total_steps = (per_epoch * args.epochs).div_ceil(args.grad_accum).max(1);
-    let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let bar = args.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  eta {eta}  {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_position(state.step as u64);
-        bar
-    });
-    let mut say = |s: &str| match &bar {
-        Some(b) => b.suspend(|| on_line(s)),
-        None => on_line(s),
+    let what = match args.lora_rank {
+        Some(r) => format!("LoRA rank {r}"),
+        None => format!("--train {}", format!("{:?}", args.train).to_lowercase()),
     };
-    say(&format!(
+    let title = format!(
+        "finetune {} ({what}): {} rows ({} held out), {} epochs, batch {}",
+        src.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+        train_rows.len() + held_out.len(),
+        held_out.len(),
+        args.epochs,
+        args.batch_size
+    );
+    let intro = format!(
         "fine-tuning {} on {} rows ({} held out, {} skipped): {} trainable parameters ({})",
         src.display(),
         train_rows.len() + held_out.len(),
@@ -476,35 +447,94 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
             Some(r) => format!("LoRA rank {r} on {}", args.lora_targets.join(",")),
             None => format!("--train {}", format!("{:?}", args.train).to_lowercase()),
         }
-    ));
-    let pixels_of = |rows: &[&Example], device: &Device| -> Result<Tensor<4>> {
-        let paths: Vec<PathBuf> = rows.iter().map(|e| e.row.image.clone()).collect();
-        proc.images.batch_from_files(&paths, device)
+    );
+    let mut task = Finetune {
+        args,
+        proc,
+        max_len,
+        train_rows: std::sync::Arc::new(train_rows),
+        held_out,
+        device,
+        on_line: &mut on_line,
+        intro: Some(intro),
+        exact_match_before: None,
+        exact_match: Vec::new(),
+        samples: Vec::new(),
+        samples_txt: String::new(),
+        points: Vec::new(),
     };
-    // Greedy answers to the held-out prefixes: (exact match, right, the first few answers).
-    let evaluate = |model: &PaliGemmaForConditionalGeneration| -> Result<(f64, usize, Vec<Sample>)> {
+    let done = run.train(model, &mut task, &train_loop, &title)?;
+    crate::fs::write_atomic(
+        &args.out.join("samples.tsv"),
+        format!("epoch\timage\tprefix\tgenerated\texpected\n{}", task.samples_txt).as_bytes(),
+    )?;
+    crate::export::paligemma_like(&src, &export_dir, &done.model.valid().materialize())?;
+    Ok(FinetuneReport {
+        steps: done.state.step,
+        losses: done.state.losses,
+        exact_match_before: task.exact_match_before,
+        exact_match: task.exact_match,
+        skipped,
+        trainable_params,
+        export: export_dir,
+        samples: task.samples,
+    })
+}
+
+/// `vlm-zoo finetune` as a training task: the suffix loss on batches of rows, held-out exact
+/// match and a few sampled answers after each epoch (and before the first step).
+struct Finetune<'a, F: FnMut(&str)> {
+    args: &'a FinetuneArgs,
+    proc: PaliGemmaProcessor,
+    max_len: usize,
+    train_rows: std::sync::Arc<Vec<Example>>,
+    held_out: Vec<Example>,
+    device: Device,
+    on_line: &'a mut F,
+    /// The first line, printed when training starts.
+    intro: Option<String>,
+    exact_match_before: Option<f64>,
+    exact_match: Vec<f64>,
+    samples: Vec<Sample>,
+    samples_txt: String,
+    /// `(epoch, exact match)` as metrics.csv holds them, for the figure.
+    points: Vec<(f64, f64)>,
+}
+
+/// Rows ready for the forward pass: ids padded to the longest, where each suffix starts, the
+/// suffix lengths, and the images.
+struct RowBatch {
+    ids: Vec<Vec<u32>>,
+    prefix: Vec<usize>,
+    suffix_len: Vec<usize>,
+    pixels: Tensor<4>,
+}
+
+impl<F: FnMut(&str)> Finetune<'_, F> {
+    /// Greedy answers to the held-out prefixes: (exact match, right, the first few answers).
+    fn evaluate(&self, model: &PaliGemmaForConditionalGeneration) -> Result<(f64, usize, Vec<Sample>)> {
         let valid = model.valid();
-        let cpu = device.clone().inner();
+        let cpu = self.device.clone().inner();
         let (mut right, mut shown) = (0usize, Vec::new());
-        let longest = held_out.iter().map(|e| e.suffix.len()).max().unwrap_or(1);
-        for chunk in held_out.chunks(args.batch_size.max(1)) {
-            let rows: Vec<&Example> = chunk.iter().collect();
+        let longest = self.held_out.iter().map(|e| e.suffix.len()).max().unwrap_or(1);
+        for chunk in self.held_out.chunks(self.args.batch_size.max(1)) {
+            let paths: Vec<PathBuf> = chunk.iter().map(|e| e.row.image.clone()).collect();
             let decoder = PaliGemmaDecoder {
-                image_features: valid.image_features(pixels_of(&rows, &cpu)?),
+                image_features: valid.image_features(self.proc.images.batch_from_files(&paths, &cpu)?),
                 model: &valid,
-                max_len,
+                max_len: self.max_len,
                 device: cpu.clone(),
             };
-            let prompts: Vec<Vec<u32>> = rows.iter().map(|e| e.prompt.clone()).collect();
+            let prompts: Vec<Vec<u32>> = chunk.iter().map(|e| e.prompt.clone()).collect();
             let sampling = Sampling {
-                max_new_tokens: (longest + 2).min(max_len.saturating_sub(1)).max(1),
+                max_new_tokens: (longest + 2).min(self.max_len.saturating_sub(1)).max(1),
                 ..Default::default()
             };
-            let out = zoo_nn::generate(&decoder, &prompts, &proc.eos, &sampling, |_, _| {})?;
-            for (e, g) in rows.iter().zip(out) {
-                let text = proc.tokenizer.decode(&g.token_ids)?;
+            let out = zoo_nn::generate(&decoder, &prompts, &self.proc.eos, &sampling, |_, _| {})?;
+            for (e, g) in chunk.iter().zip(out) {
+                let text = self.proc.tokenizer.decode(&g.token_ids)?;
                 right += (text.trim() == e.row.suffix.trim()) as usize;
-                if shown.len() < args.samples {
+                if shown.len() < self.args.samples {
                     shown.push(Sample {
                         image: e.row.image.clone(),
                         prefix: e.row.prefix.clone(),
@@ -514,35 +544,27 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
                 }
             }
         }
-        Ok((right as f64 / held_out.len().max(1) as f64, right, shown))
-    };
-    let mut exact_match_before = None;
-    if state.step == 0 && !held_out.is_empty() {
-        let (em, right, _) = evaluate(&model)?;
-        say(&format!(
-            "before fine-tuning: held-out exact match {:.1}% ({right}/{})",
-            100.0 * em,
-            held_out.len()
-        ));
-        exact_match_before = Some(em);
+        Ok((right as f64 / self.held_out.len().max(1) as f64, right, shown))
     }
-    let mut metrics = String::from("epoch,step,loss,exact_match\n");
-    if let Some(em) = exact_match_before {
-        metrics.push_str(&format!("0,0,,{em:.4}\n"));
+}
+
+impl<F: FnMut(&str)> Task for Finetune<'_, F> {
+    type Model = PaliGemmaForConditionalGeneration;
+    type Batch = RowBatch;
+
+    fn metrics_header(&self) -> String {
+        "epoch,step,loss,exact_match".into()
     }
-    let mut exact_match = Vec::new();
-    let mut samples = Vec::new();
-    let mut samples_txt = String::new();
-    let mut accum = GradientsAccumulator::new();
-    let mut in_accum = 0;
-    while state.epoch < args.epochs && state.step < total_steps {
-        let mut order: Vec<usize> = (0..train_rows.len()).collect();
-        crate::train::data::shuffle(
-            &mut order,
-            &mut Rng::new(args.seed.wrapping_add(1000 * state.epoch as u64 + 1)),
-        );
-        for (bi, chunk) in order.chunks_exact(args.batch_size).enumerate().skip(state.batch_in_epoch) {
-            let batch: Vec<&Example> = chunk.iter().map(|&i| &train_rows[i]).collect();
+
+    fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<RowBatch>>>> {
+        let mut order: Vec<usize> = (0..self.train_rows.len()).collect();
+        shuffle(&mut order, &mut Rng::new(self.args.seed.wrapping_add(1000 * epoch as u64 + 1)));
+        let (rows, images, device) = (self.train_rows.clone(), self.proc.images.clone(), self.device.clone());
+        let batch_size = self.args.batch_size;
+        let batches: Vec<Vec<usize>> = order.chunks_exact(batch_size).map(<[usize]>::to_vec).collect();
+        Box::new(batches.into_iter().enumerate().skip(skip).map(move |(index, chunk)| {
+            let started = std::time::Instant::now();
+            let batch: Vec<&Example> = chunk.iter().map(|&i| &rows[i]).collect();
             let width = batch.iter().map(|e| e.prompt.len() + e.suffix.len()).max().unwrap_or(0);
             let ids: Vec<Vec<u32>> = batch
                 .iter()
@@ -552,181 +574,92 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
                     r
                 })
                 .collect();
-            let prefix: Vec<usize> = batch.iter().map(|e| e.prompt.len()).collect();
-            let suffix_len: Vec<usize> = batch.iter().map(|e| e.suffix.len()).collect();
-            let types: Vec<Vec<u32>> =
-                prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
-            let pixels = pixels_of(&batch, &device)?;
-            let logits = match args.precision {
-                Precision::F32 => model.forward(pixels, &ids, &types)?,
-                Precision::Bf16 => {
-                    let bf16 = burn::tensor::DType::BF16;
-                    let half = zoo_nn::mixed::autocast(&model, bf16);
-                    half.forward(pixels.cast(bf16), &ids, &types)?.cast(burn::tensor::DType::F32)
-                }
-            };
-            let loss = zoo_nn::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len)
-                / args.grad_accum as f64;
-            let value = zoo_nn::host::scalar(loss.clone().inner()) * args.grad_accum as f64;
-            if !value.is_finite() {
-                return Err(NnError::Config(format!(
-                    "loss became {value} at step {} (epoch {}); stopping (lower --lr?)",
-                    state.step, state.epoch
-                )));
-            }
-            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-            in_accum += 1;
-            state.batch_in_epoch = bi + 1;
-            if in_accum < args.grad_accum {
-                continue;
-            }
-            in_accum = 0;
-            let lr = learning_rate(state.step, total_steps, args.warmup_steps, lr_peak);
-            model = optim.step(lr, model, accum.grads());
-            state.step += 1;
-            state.losses.push(value);
-            if let Some(bar) = &bar {
-                bar.set_position(state.step as u64);
-                bar.set_message(format!("loss {value:.4}  lr {lr:.2e}"));
-            }
-            if state.step >= total_steps {
-                break;
-            }
+            let paths: Vec<PathBuf> = batch.iter().map(|e| e.row.image.clone()).collect();
+            let pixels = images.batch_from_files(&paths, &device)?;
+            Ok(Loaded {
+                index,
+                samples: batch.len(),
+                load_seconds: started.elapsed().as_secs_f64(),
+                skipped: Vec::new(),
+                batch: RowBatch {
+                    ids,
+                    prefix: batch.iter().map(|e| e.prompt.len()).collect(),
+                    suffix_len: batch.iter().map(|e| e.suffix.len()).collect(),
+                    pixels,
+                },
+            })
+        }))
+    }
+
+    fn loss(
+        &self,
+        model: &Self::Model,
+        cast: Option<(&Self::Model, DType)>,
+        b: RowBatch,
+    ) -> Result<Option<Tensor<1>>> {
+        let width = b.ids.first().map_or(0, Vec::len);
+        let types: Vec<Vec<u32>> =
+            b.prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
+        let logits = match cast {
+            None => model.forward(b.pixels, &b.ids, &types)?,
+            Some((half, dtype)) => half.forward(b.pixels.cast(dtype), &b.ids, &types)?.cast(DType::F32),
+        };
+        Ok(Some(zoo_nn::loss::suffix_cross_entropy(logits, &b.ids, &b.prefix, &b.suffix_len)))
+    }
+
+    fn begin(&mut self, model: &Self::Model, state: &TrainState) -> Result<Vec<String>> {
+        if let Some(intro) = self.intro.take() {
+            (self.on_line)(&intro);
         }
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
+        if state.step != 0 || self.held_out.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (em, right, _) = self.evaluate(model)?;
+        (self.on_line)(&format!(
+            "before fine-tuning: held-out exact match {:.1}% ({right}/{})",
+            100.0 * em,
+            self.held_out.len()
+        ));
+        self.exact_match_before = Some(em);
+        self.points.push((0.0, plot::round4(em)));
+        Ok(vec![format!("0,0,,{em:.4}")])
+    }
+
+    fn end_epoch(&mut self, model: &Self::Model, end: &EpochEnd) -> Result<Vec<String>> {
         // Held-out exact match and a few answers.
-        let (em, right, shown) = evaluate(&model)?;
-        if !held_out.is_empty() {
-            exact_match.push(em);
-            metrics.push_str(&format!(
-                "{},{},{:.6},{em:.4}\n",
-                state.epoch,
-                state.step,
-                state.losses.last().copied().unwrap_or(f64::NAN)
-            ));
-            say(&format!(
-                "epoch {}/{}: loss {:.4}, held-out exact match {:.1}% ({right}/{})",
-                state.epoch,
-                args.epochs,
-                state.losses.last().copied().unwrap_or(f64::NAN),
-                100.0 * em,
-                held_out.len()
-            ));
-            for x in &shown {
-                let mark = if x.generated == x.expected.trim() { "=" } else { "≠" };
-                say(&format!("  {:?} -> {:?} {mark} {:?}", x.prefix, x.generated, x.expected));
-                samples_txt.push_str(&format!(
-                    "{}\t{}\t{}\t{}\t{}\n",
-                    state.epoch,
-                    x.image.display(),
-                    x.prefix,
-                    x.generated,
-                    x.expected
-                ));
-            }
-            samples = shown;
+        let (em, right, shown) = self.evaluate(model)?;
+        if self.held_out.is_empty() {
+            return Ok(Vec::new());
         }
-        save_ckpt(&model, &optim, &state)?;
-    }
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
+        self.exact_match.push(em);
+        (self.on_line)(&format!(
+            "epoch {}/{}: loss {:.4}, held-out exact match {:.1}% ({right}/{})",
+            end.epoch,
+            end.epochs,
+            end.loss,
+            100.0 * em,
+            self.held_out.len()
+        ));
+        for x in &shown {
+            let mark = if x.generated == x.expected.trim() { "=" } else { "≠" };
+            (self.on_line)(&format!("  {:?} -> {:?} {mark} {:?}", x.prefix, x.generated, x.expected));
+            self.samples_txt.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                end.epoch,
+                x.image.display(),
+                x.prefix,
+                x.generated,
+                x.expected
+            ));
+        }
+        self.samples = shown;
+        self.points.push((end.epoch as f64, plot::round4(em)));
+        Ok(vec![format!("{},{},{:.6},{em:.4}", end.epoch, end.step, end.loss)])
     }
 
-    // The outputs: losses, metrics, samples, plot, then the HF folder with merged weights.
-    let lrs = (0..state.losses.len()).map(|i| learning_rate(i, total_steps, args.warmup_steps, lr_peak));
-    let losses_csv: String = state
-        .losses
-        .iter()
-        .zip(lrs.clone())
-        .enumerate()
-        .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
-        .collect();
-    crate::fs::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
-    crate::fs::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
-    crate::fs::write_atomic(
-        &args.out.join("samples.tsv"),
-        format!("epoch\timage\tprefix\tgenerated\texpected\n{samples_txt}").as_bytes(),
-    )?;
-    let points: Vec<(f64, f64)> = metrics
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            Some((f.first()?.parse().ok()?, f.get(3)?.parse().ok()?))
-        })
-        .collect();
-    let what = match args.lora_rank {
-        Some(r) => format!("LoRA rank {r}"),
-        None => format!("--train {}", format!("{:?}", args.train).to_lowercase()),
-    };
-    crate::draw::figure(
-        &args.out.join("metrics.png"),
-        &format!(
-            "finetune {} ({what}): {} rows ({} held out), {} epochs, batch {}",
-            src.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-            train_rows.len() + held_out.len(),
-            held_out.len(),
-            args.epochs,
-            args.batch_size
-        ),
-        &[
-            plot::loss_panel(&state.losses),
-            plot::epoch_panel(
-                "Held-out answers",
-                "exact match",
-                &[("exact match", points)],
-                "no held-out rows",
-            ),
-            plot::lr_panel(&lrs.collect::<Vec<_>>()),
-        ],
-        plot::SIZE,
-    )?;
-    export(&src, &export_dir, model.valid().materialize())?;
-    Ok(FinetuneReport {
-        steps: state.step,
-        losses: state.losses,
-        exact_match_before,
-        exact_match,
-        skipped,
-        trainable_params,
-        export: export_dir,
-        samples,
-    })
-}
-
-/// Writes `model` as an HF PaliGemma folder at `dir`: every file of the source folder but its
-/// weights (config, tokenizer, processor and generation configs, as the user had them) and the
-/// weights as one `model.safetensors` (f32). Written beside `dir` and renamed into place.
-pub fn export(src: &Path, dir: &Path, model: PaliGemmaForConditionalGeneration) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| NnError::io(&tmp, e))?;
-    let is_weights = |n: &str| {
-        n.ends_with(".safetensors")
-            || n.ends_with(".safetensors.index.json")
-            || n.ends_with(".bin")
-            || n.ends_with(".pt")
-    };
-    for entry in std::fs::read_dir(src).map_err(|e| NnError::io(src, e))?.flatten() {
-        let n = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if path.is_file() && !is_weights(&n) && !n.starts_with('.') {
-            std::fs::copy(&path, tmp.join(&n)).map_err(|e| NnError::io(&path, e))?;
-        }
+    fn panel(&self) -> Panel {
+        plot::epoch_panel("Held-out answers", "exact match", &[("exact match", self.points.clone())], "no held-out rows")
     }
-    zoo_nn::load::save_safetensors(
-        &model,
-        &tmp.join("model.safetensors"),
-        &[(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")],
-        &[],
-    )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| NnError::io(dir, e))
 }
 
 #[cfg(test)]

@@ -188,10 +188,10 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         let Some(path) = args.draw_path(i, out.len()) else { continue };
         let image = &args.images[i.min(args.images.len() - 1)];
         if let Some(masks) = &o.masks {
-            vlm_zoo::generate::draw_masks(image, masks, &path)?;
+            vlm_zoo::draw::overlay::draw_masks(image, masks, &path)?;
             note!("note: wrote {}", path.display());
         } else if let Some(dets) = &o.detections {
-            vlm_zoo::generate::draw_detections(image, dets, &path)?;
+            vlm_zoo::draw::overlay::draw_detections(image, dets, &path)?;
             note!("note: wrote {}", path.display());
         }
     }

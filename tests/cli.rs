@@ -615,7 +615,7 @@ fn detections_are_drawn() {
     let out = tempfile::tempdir().unwrap();
     let png = out.path().join("boxes.png");
     let dets = vec![zoo_paligemma::Detection { label: "circle".into(), bbox: [10.0, 20.0, 120.0, 150.0] }];
-    vlm_zoo::generate::draw_detections(&img, &dets, &png).unwrap();
+    vlm_zoo::draw::overlay::draw_detections(&img, &dets, &png).unwrap();
     let drawn = image::open(&png).unwrap().to_rgb8();
     assert_eq!(drawn.dimensions(), (300, 200));
     assert_eq!(drawn.get_pixel(10, 60).0, [230, 25, 75], "box edge");
@@ -716,7 +716,7 @@ fn masks_are_drawn_translucently() {
         bbox: [90, 40, 160, 110],
         mask_rle: zoo_paligemma::segment::CocoRle::encode(&inside, 300, 200),
     };
-    vlm_zoo::generate::draw_masks(&img, &[mask], &png).unwrap();
+    vlm_zoo::draw::overlay::draw_masks(&img, &[mask], &png).unwrap();
     let (orig, drawn) = (image::open(&img).unwrap().to_rgb8(), image::open(&png).unwrap().to_rgb8());
     let blend = |o: [u8; 3]| -> [u8; 3] {
         std::array::from_fn(|k| ((o[k] as u16 + [230, 25, 75][k] as u16) / 2) as u8)

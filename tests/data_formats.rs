@@ -135,10 +135,10 @@ fn img2dataset_tree_with_json_captions() {
     let r = vlm_zoo::train::train(&a).unwrap();
     assert!(r.steps >= 4, "{}", r.steps);
     // Without --caption-key the .txt captions are used.
-    let (pairs, _) = vlm_zoo::train::data::load_pairs(&root, false).unwrap();
+    let (pairs, _) = vlm_zoo::training::data::load_pairs(&root, false).unwrap();
     assert_eq!(pairs.len(), 40);
     assert!(pairs.iter().all(|p| p.caption == "from the txt"));
-    let (pairs, _) = vlm_zoo::train::data::load_pairs_with(&root, false, &a.source).unwrap();
+    let (pairs, _) = vlm_zoo::training::data::load_pairs_with(&root, false, &a.source).unwrap();
     assert_eq!(pairs[5].caption, s[5].1);
 }
 
@@ -162,7 +162,7 @@ fn open_clip_tsv_and_imagefolder_metadata() {
     std::fs::write(d.join("metadata.jsonl"), &meta).unwrap();
     let r = vlm_zoo::train::train(&args(&d.join("train.tsv"), &tmp.path().join("o1"))).unwrap();
     assert!(r.steps >= 3);
-    let (pairs, _) = vlm_zoo::train::data::load_pairs(&d, false).unwrap();
+    let (pairs, _) = vlm_zoo::training::data::load_pairs(&d, false).unwrap();
     assert_eq!((pairs.len(), pairs[3].caption.as_str()), (32, s[3].1.as_str()));
     // Custom separator and keys; a wrong key names what the header has.
     std::fs::write(d.join("c.csv"), tsv.replace('\t', ";").replace("filepath;title", "path;text")).unwrap();
@@ -244,21 +244,21 @@ fn a_stream_is_read_through_a_bounded_buffer() {
     let tmp = tempfile::tempdir().unwrap();
     let s = samples(tmp.path(), 48);
     shard(&tmp.path().join("x.tar"), &s, 0, true);
-    let stream = vlm_zoo::train::sources::Stream::open(
+    let stream = vlm_zoo::training::data::Stream::open(
         &tmp.path().join("x.tar"),
-        &vlm_zoo::train::sources::SourceOptions { shuffle_buffer: 5, ..Default::default() },
+        &vlm_zoo::training::data::SourceOptions { shuffle_buffer: 5, ..Default::default() },
     )
     .unwrap();
     assert_eq!(stream.count().unwrap(), 48);
-    let items = vlm_zoo::train::sources::Stream::read(stream.files.clone(), stream.opts.clone());
-    let mut buf = vlm_zoo::train::sources::ShuffleBuffer::new(items, 5, 1);
+    let items = vlm_zoo::training::data::Stream::read(stream.files.clone(), stream.opts.clone());
+    let mut buf = vlm_zoo::training::data::ShuffleBuffer::new(items, 5, 1);
     let got: Vec<_> = buf.by_ref().map(|i| i.unwrap()).collect();
     assert_eq!(got.len(), 48);
     assert!(buf.peak <= 5);
     assert!(got.iter().all(|x| s.iter().any(|(_, c)| *c == x.caption)));
     let proc = zoo_nn::ImageProcessor::new(zoo_nn::PreprocessorConfig::square(32));
     let rx =
-        vlm_zoo::train::sources::stream_batches(&stream, (0.0, 0), 8, 6, 3, Default::default(), &proc, 2, 0);
+        vlm_zoo::training::data::stream_batches(&stream, (0.0, 0), 8, 6, 3, Default::default(), &proc, 2, 0);
     let batches: Vec<_> = rx.into_iter().map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 6);
     assert!(batches.iter().all(|b| b.captions.len() == 8 && b.pixels.len() == 8 * 3 * 32 * 32));

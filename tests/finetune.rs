@@ -84,7 +84,7 @@ fn the_export_answers_as_the_fine_tuned_model_did() {
             assert!(out.join(f).is_file(), "{name}: {f}");
         }
         let png = image::open(out.join("metrics.png")).unwrap();
-        assert_eq!((png.width(), png.height()), vlm_zoo::train::plot::SIZE);
+        assert_eq!((png.width(), png.height()), vlm_zoo::draw::plot::SIZE);
         // The merged export, loaded by `generate`, gives the answers the training process gave.
         let s = samples(&out);
         assert_eq!(s.len(), 4);

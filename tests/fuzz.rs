@@ -171,10 +171,10 @@ fn training_data_files() {
     let tmp = tempfile::tempdir().unwrap();
     runner()
         .run(&(".{0,200}", prop::bool::ANY), |(text, jsonl)| {
-            let _ = vlm_zoo::train::data::csv_fields(&text);
+            let _ = vlm_zoo::training::data::csv_fields(&text);
             let path = tmp.path().join(if jsonl { "d.jsonl" } else { "d.csv" });
             std::fs::write(&path, format!("image,caption\n{text}")).unwrap();
-            let _ = vlm_zoo::train::data::load_pairs(&path, false);
+            let _ = vlm_zoo::training::data::load_pairs(&path, false);
             Ok(())
         })
         .unwrap();

@@ -279,7 +279,7 @@ fn checkpoints_are_never_lost_to_a_second_run_or_a_bad_pointer() {
     let e = vlm_zoo::train::train(&train_args(&data, &out)).unwrap_err().to_string();
     assert!(e.contains("--resume") && e.contains("earlier run"), "{e}");
     // Two runs at once: the second names the first.
-    let lock = vlm_zoo::train::checkpoint::lock(&out).unwrap();
+    let lock = vlm_zoo::training::checkpoint::lock(&out).unwrap();
     let mut resume = train_args(&data, &out);
     resume.resume = true;
     let e = vlm_zoo::train::train(&resume).unwrap_err().to_string();

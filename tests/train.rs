@@ -169,9 +169,9 @@ fn bad_data_gets_clear_errors() {
     }
     rows.push_str("missing.png,a ghost\ncaptions.jsonl,not an image\nimg00001.png,\n");
     std::fs::write(&csv, rows).unwrap();
-    let (pairs, skipped) = vlm_zoo::train::data::load_pairs(&csv, false).unwrap();
+    let (pairs, skipped) = vlm_zoo::training::data::load_pairs(&csv, false).unwrap();
     assert_eq!((pairs.len(), skipped.bad_images.len(), skipped.empty_captions), (36, 2, 1));
-    let e = vlm_zoo::train::data::load_pairs(&csv, true).unwrap_err().to_string();
+    let e = vlm_zoo::training::data::load_pairs(&csv, true).unwrap_err().to_string();
     assert!(e.contains("missing.png") || e.contains("empty caption"), "{e}");
 }
 
@@ -249,7 +249,7 @@ fn bf16_mixed_precision_trains_and_exports_f32_masters() {
     let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 96, 32, 2).unwrap();
     let out = tmp.path().join("bf16");
     let mut a = args(&data, &out, Arch::Siglip);
-    a.precision = vlm_zoo::train::Precision::Bf16;
+    a.precision = vlm_zoo::training::Precision::Bf16;
     a.epochs = 3;
     a.device = vlm_zoo::args::DeviceArgs { device: "flex".into() };
     let r = vlm_zoo::train::train(&a).unwrap();

@@ -1,56 +1,17 @@
 //! `vlm-zoo train`: CLIP or SigLIP on your own image-text pairs, from scratch or from an HF
 //! checkpoint, ending in an HF-format folder that vlm-zoo and transformers both load.
 
-pub mod checkpoint;
-pub mod data;
 pub mod eval;
-pub mod plot;
-pub mod sources;
-pub mod tokenizer;
 
 use crate::args::{DeviceArgs, ModelSource};
-use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::prelude::*;
-use burn::store::{BurnpackStore, ModuleSnapshot};
-use checkpoint::TrainState;
-use data::{Augment, Pair};
+use crate::draw::plot;
 use crate::models::{Arch, ModelConfig, Preset, Towers};
+use crate::training::data::{self, Augment, Batch, Dataset, DatasetOptions, Pair, Source};
+use crate::training::{Loaded, Precision, Run, Task, TrainLoop, tokenizer};
+use burn::prelude::*;
+use burn::tensor::DType;
 use std::path::{Path, PathBuf};
-use zoo_nn::optim::AdamWConfig;
-use zoo_nn::{
-    ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
-};
-
-/// The loader's and the step's speeds, shown with the progress.
-#[derive(Debug, Default)]
-struct Throughput {
-    loaded: f64,
-    load_seconds: f64,
-    wait_seconds: f64,
-}
-
-impl Throughput {
-    /// `data N img/s (alone)  train M img/s  waiting P%` after `elapsed` seconds.
-    fn line(&self, elapsed: f64) -> String {
-        format!(
-            "data {:.0} img/s  train {:.0} img/s  waiting for data {:.0}%",
-            self.loaded / self.load_seconds.max(1e-9),
-            self.loaded / elapsed.max(1e-9),
-            100.0 * self.wait_seconds / elapsed.max(1e-9)
-        )
-    }
-}
-
-/// Training precision.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// Everything in f32.
-    #[default]
-    F32,
-    /// bf16 compute with f32 master weights, optimiser state and loss.
-    Bf16,
-}
+use zoo_nn::{ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer};
 
 /// Everything `vlm-zoo train` takes: the command's options, with their one set of defaults
 /// ([`Default`]).
@@ -67,7 +28,7 @@ pub struct TrainArgs {
     pub data: PathBuf,
     /// Caption fields, CSV layout, and the stream options (shuffle buffer, samples per epoch).
     #[command(flatten)]
-    pub source: sources::SourceOptions,
+    pub source: data::SourceOptions,
     /// Output folder: the HF-format model, checkpoints, losses.csv, metrics.csv, metrics.png.
     #[arg(long)]
     pub out: PathBuf,
@@ -206,7 +167,7 @@ impl Default for TrainArgs {
         Self {
             arch: Arch::Siglip,
             data: PathBuf::new(),
-            source: sources::SourceOptions::default(),
+            source: data::SourceOptions::default(),
             precision: Precision::F32,
             gradient_checkpointing: false,
             out: PathBuf::new(),
@@ -264,15 +225,6 @@ pub struct TrainReport {
     pub throughput: String,
 }
 
-/// Warm-up then cosine decay to 10% of the peak.
-pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
-    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
-}
-
 fn preprocessor(config: &ModelConfig, init: Option<&Path>) -> Result<PreprocessorConfig> {
     match init.map(|d| d.join("preprocessor_config.json")).filter(|p| p.is_file()) {
         Some(p) => PreprocessorConfig::from_file(&p),
@@ -300,128 +252,29 @@ fn embed_all(
     Ok((Tensor::cat(imgs, 0), Tensor::cat(txts, 0)))
 }
 
-/// Writes the HF folder: config.json, model.safetensors, tokenizer files, preprocessor_config.json.
-fn export(
-    out: &Path,
-    model: &Towers,
-    config: &ModelConfig,
-    proc: &PreprocessorConfig,
-    tok_dir: &Path,
-) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| NnError::io(out, e))?;
-    model.save_hf(&out.join("model.safetensors"))?;
-    let json = serde_json::to_vec_pretty(&config.to_hf_json()).map_err(|e| NnError::Config(e.to_string()))?;
-    crate::fs::write_atomic(&out.join("config.json"), &json)?;
-    let src = tok_dir.join("tokenizer.json");
-    if src.is_file() && tok_dir != out {
-        let bytes = std::fs::read(&src).map_err(|e| NnError::io(&src, e))?;
-        crate::fs::write_atomic(&out.join("tokenizer.json"), &bytes)?;
-    }
-    // What transformers' AutoProcessor needs to give `zero-shot`'s numbers with the documented
-    // calls: `model_max_length` (SigLIP pools the last of `padding="max_length"` positions),
-    // right padding, the special tokens, and the processor class.
-    let tc = tok_dir.join("tokenizer_config.json");
-    let mut tok_config: serde_json::Value =
-        if tc.is_file() { zoo_nn::read_json(&tc)? } else { serde_json::json!({}) };
-    if !tok_config.is_object() {
-        tok_config = serde_json::json!({});
-    }
-    tok_config["model_max_length"] = serde_json::json!(config.text_len());
-    tok_config["padding_side"] = serde_json::json!("right");
-    if tok_config.get("tokenizer_class").is_none() {
-        tok_config["tokenizer_class"] = serde_json::json!("PreTrainedTokenizerFast");
-    }
-    let (processor, image_processor) = match config {
-        ModelConfig::Siglip(_) => ("SiglipProcessor", "SiglipImageProcessor"),
-        ModelConfig::Clip(_) => ("CLIPProcessor", "CLIPImageProcessor"),
-    };
-    tok_config["processor_class"] = serde_json::json!(processor);
-    if let ModelConfig::Siglip(_) = config {
-        // SigLIP's text tower attends to its padding (it was trained so, and pools the last
-        // position): its tokenizer gives no attention mask, as the hub's SiglipTokenizer.
-        tok_config["model_input_names"] = serde_json::json!(["input_ids"]);
-    }
-    let json = serde_json::to_vec_pretty(&tok_config).map_err(|e| NnError::Config(e.to_string()))?;
-    crate::fs::write_atomic(&out.join("tokenizer_config.json"), &json)?;
-    let mut pre_json = serde_json::to_value(proc).map_err(|e| NnError::Config(e.to_string()))?;
-    pre_json["image_processor_type"] = serde_json::json!(image_processor);
-    pre_json["processor_class"] = serde_json::json!(processor);
-    let pre_bytes = serde_json::to_vec_pretty(&pre_json).map_err(|e| NnError::Config(e.to_string()))?;
-    crate::fs::write_atomic(&out.join("preprocessor_config.json"), &pre_bytes)?;
-    let processor_json = serde_json::json!({"processor_class": processor});
-    crate::fs::write_atomic(&out.join("processor_config.json"), processor_json.to_string().as_bytes())
-}
-
 /// Runs training; see [`TrainArgs`].
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     args.validate()?;
     // A stream (shards, parquet) is read from disk every epoch; a list is held as paths.
-    let stream = if sources::is_stream(&args.data) {
-        Some(sources::Stream::open(&args.data, &args.source)?)
-    } else {
-        None
-    };
-    let (train_pairs, held_out, skipped, stream_len) = match &stream {
-        None => {
-            let (pairs, skipped) = data::load_pairs_with(&args.data, args.strict, &args.source)?;
-            let (train, held) = data::split(pairs, args.val_fraction, args.seed);
-            (train, held, skipped, None)
-        }
-        Some(s) => {
-            std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-            let (held, bad) = sources::held_out(
-                s,
-                args.val_fraction,
-                args.seed,
-                args.source.val_max,
-                &args.out.join("held-out"),
-            )?;
-            let total = match args.source.train_num_samples {
-                Some(n) => n,
-                None => ((s.count()? as f64) * (1.0 - args.val_fraction)).floor() as usize,
-            };
-            // The tokenizer (when one is trained) learns from the first captions of the stream.
-            let captions: Vec<Pair> = sources::Stream::read(s.files.clone(), s.opts.clone())
-                .filter_map(|i| i.ok())
-                .take(50_000)
-                .map(|r| Pair { image: PathBuf::new(), caption: r.caption })
-                .collect();
-            let skipped = data::Skipped { bad_images: bad, empty_captions: 0 };
-            (captions, held, skipped, Some(total))
-        }
-    };
-    let train_len = stream_len.unwrap_or(train_pairs.len());
-    let mut skipped_samples: std::collections::BTreeSet<String> = skipped
-        .bad_images
-        .iter()
-        .map(|p| if stream.is_some() { p.clone() } else { format!("{p}: missing or not a readable image") })
-        .collect();
-    // The held-out images are decoded once now, so an evaluation never meets a broken one.
-    let held_out: Vec<Pair> = held_out
-        .into_iter()
-        .filter(|p| match zoo_nn::open_image(&p.image) {
-            Ok(_) => true,
-            Err(e) => {
-                skipped_samples.insert(e.to_string());
-                false
-            }
-        })
-        .collect();
+    let dataset = Dataset::open(
+        &args.data,
+        &DatasetOptions {
+            source: &args.source,
+            strict: args.strict,
+            val_fraction: args.val_fraction,
+            seed: args.seed,
+            held_out_dir: &args.out.join("held-out"),
+            batch_size: args.batch_size,
+        },
+    )?;
+    let train_len = dataset.len;
     if train_len < args.batch_size {
         return Err(NnError::Config(format!(
             "--batch-size {} is larger than the {train_len} training pairs",
             args.batch_size,
         )));
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| NnError::io(&args.out, e))?;
-    let _lock = checkpoint::lock(&args.out)?;
-    let previous = checkpoint::latest(&args.out)?;
-    if previous.is_some() && !args.resume {
-        return Err(NnError::Config(format!(
-            "{} holds the checkpoints of an earlier run: --resume continues it; choose another --out to start over",
-            args.out.display()
-        )));
-    }
+    let run = Run::open(&args.out, args.resume)?;
     let device = args.device.device()?.autodiff();
     // Recompute the memory-bound activations in the backward pass instead of keeping them.
     let device = if args.gradient_checkpointing { device.gradient_checkpointing() } else { device };
@@ -465,16 +318,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
         (None, None) => {
             if !args.out.join("tokenizer.json").is_file() || !args.resume {
-                let captions: Vec<String> = train_pairs.iter().map(|p| p.caption.clone()).collect();
-                tokenizer::train_tokenizer(&captions, args.vocab_size, args.arch, &args.out)?;
+                tokenizer::train_tokenizer(&dataset.captions, args.vocab_size, args.arch, &args.out)?;
             }
             args.out.clone()
         }
     };
     let tok = TextTokenizer::from_dir(&tok_dir)?;
-    let (mut model, config) = match &init {
+    let (model, config) = match &init {
         Some(dir) => {
-            let (model, config) = Towers::load(dir, burn::tensor::DType::F32, &device)?;
+            let (model, config) = Towers::load(dir, DType::F32, &device)?;
             let found = match &config {
                 ModelConfig::Siglip(_) => Arch::Siglip,
                 ModelConfig::Clip(_) => Arch::Clip,
@@ -505,194 +357,6 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     drop(init_guard);
     tok.check_vocab(config.vocab_size())?;
     let pre = preprocessor(&config, init.as_deref())?;
-    let proc = ImageProcessor::new(pre.clone());
-
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(args.weight_decay as f32)
-        .with_grad_clipping(
-            (args.grad_clip > 0.0)
-                .then_some(burn::grad_clipping::GradientClippingConfig::Norm(args.grad_clip)),
-        )
-        .init();
-    let mut state = TrainState::default();
-    if args.resume
-        && let Some(dir) = previous
-    {
-        let mut store = BurnpackStore::from_file(dir.join("model.bpk"));
-        model
-            .load_from(&mut store)
-            .map_err(|e| NnError::Load { path: dir.join("model.bpk"), reason: e.to_string() })?;
-        optim = optim
-            .load(dir.join("optim.bpk"))
-            .map_err(|e| NnError::Load { path: dir.join("optim.bpk"), reason: e.to_string() })?;
-        state = zoo_nn::read_json(&dir.join("state.json"))?;
-    }
-
-    let per_epoch = train_len / args.batch_size;
-    let total_steps = (per_epoch * args.epochs).div_ceil(grad_accum).max(1);
-    let total_steps = args.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let bar = args.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  eta {eta}  {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_position(state.step as u64);
-        bar
-    });
-    let mut metrics = String::from("epoch,step,loss,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10\n");
-    let mut recalls = Vec::new();
-    let mut speed = Throughput::default();
-    let run_started = std::time::Instant::now();
-    let mut accum = GradientsAccumulator::new();
-    let mut in_accum = 0;
-    let save_ckpt = |model: &Towers, optim: &burn::optim::ModuleOptimizer, state: &TrainState| {
-        checkpoint::save(&args.out, state, |dir| {
-            let mut store = BurnpackStore::from_file(dir.join("model.bpk")).overwrite(true);
-            model
-                .save_into(&mut store)
-                .map_err(|e| NnError::Save { path: dir.join("model.bpk"), reason: e.to_string() })?;
-            optim
-                .save(dir.join("optim.bpk"))
-                .map_err(|e| NnError::Save { path: dir.join("optim.bpk"), reason: e.to_string() })
-        })
-    };
-
-    while state.epoch < args.epochs && state.step < total_steps {
-        let order_seed = args.seed.wrapping_add(1000 * state.epoch as u64 + 1);
-        let batches = match &stream {
-            None => data::epoch_batches(
-                &train_pairs,
-                args.batch_size,
-                order_seed,
-                args.augment,
-                &proc,
-                args.workers,
-                state.batch_in_epoch,
-            ),
-            Some(st) => sources::stream_batches(
-                st,
-                (args.val_fraction, args.seed),
-                args.batch_size,
-                per_epoch,
-                order_seed,
-                args.augment,
-                &proc,
-                args.workers,
-                state.batch_in_epoch,
-            ),
-        };
-        loop {
-            let waited = std::time::Instant::now();
-            let Ok(batch) = batches.recv() else { break };
-            let batch = batch?;
-            // Throughput: what the loader could deliver alone (images per second of one worker's
-            // time, times the workers) next to what the step consumes; the wait says who limits.
-            speed.wait_seconds += waited.elapsed().as_secs_f64();
-            speed.loaded += batch.captions.len() as f64;
-            speed.load_seconds += batch.load_seconds / args.workers.max(1) as f64;
-            skipped_samples.extend(batch.skipped.iter().cloned());
-            let n = batch.captions.len();
-            if n < 2 {
-                // Too few samples decoded for a contrastive loss: the batch is passed over.
-                state.batch_in_epoch = batch.index + 1;
-                continue;
-            }
-            let s = config.image_size();
-            let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &device);
-            let text = tok.encode_batch(&batch.captions, model.text_padding(), &device)?;
-            let (img, txt) = match args.precision {
-                Precision::F32 => model.embed(pixels, &text),
-                Precision::Bf16 => {
-                    let half = zoo_nn::mixed::autocast(&model, burn::tensor::DType::BF16);
-                    let (i, t) = half.embed(pixels.cast(burn::tensor::DType::BF16), &text);
-                    (i.cast(burn::tensor::DType::F32), t.cast(burn::tensor::DType::F32))
-                }
-            };
-            let loss = model.loss(img, txt, args.chunk_size) / grad_accum as f64;
-            let value = zoo_nn::host::scalar(loss.clone().inner()) * grad_accum as f64;
-            if !value.is_finite() {
-                let last = match checkpoint::latest(&args.out) {
-                    Ok(Some(dir)) => format!("the last good checkpoint is {}", dir.display()),
-                    _ => "no checkpoint was saved before it".to_string(),
-                };
-                return Err(NnError::Config(format!(
-                    "loss became {value} at step {} (epoch {}); stopping: {last}",
-                    state.step, state.epoch
-                )));
-            }
-            accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-            in_accum += 1;
-            state.batch_in_epoch = batch.index + 1;
-            if in_accum < grad_accum {
-                continue;
-            }
-            in_accum = 0;
-            let lr = learning_rate(state.step, total_steps, args.warmup_steps, args.lr);
-            model = optim.step(lr, model, accum.grads()).clamp_temperature();
-            state.step += 1;
-            state.losses.push(value);
-            if let Some(bar) = &bar {
-                bar.set_position(state.step as u64);
-                bar.set_message(format!(
-                    "loss {value:.4}  lr {lr:.2e}  {}",
-                    speed.line(run_started.elapsed().as_secs_f64())
-                ));
-            }
-            if state.step % args.checkpoint_every.max(1) == 0 {
-                save_ckpt(&model, &optim, &state)?;
-            }
-            if state.step >= total_steps {
-                break;
-            }
-        }
-        if state.step < total_steps || state.batch_in_epoch >= per_epoch {
-            state.epoch += 1;
-            state.batch_in_epoch = 0;
-        }
-        if !held_out.is_empty() {
-            let valid = model.valid();
-            let (img, txt) = embed_all(&valid, &held_out, &proc, &tok, &device.clone().inner())?;
-            let r = eval::recall(img, txt);
-            recalls.push(r);
-            metrics.push_str(&format!(
-                "{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
-                state.epoch,
-                state.step,
-                state.losses.last().copied().unwrap_or(f64::NAN),
-                r.i2t[0],
-                r.i2t[1],
-                r.i2t[2],
-                r.t2i[0],
-                r.t2i[1],
-                r.t2i[2]
-            ));
-        }
-    }
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    save_ckpt(&model, &optim, &state)?;
-    let lrs: Vec<f64> =
-        (0..state.losses.len()).map(|i| learning_rate(i, total_steps, args.warmup_steps, args.lr)).collect();
-    let losses_csv: String = state
-        .losses
-        .iter()
-        .zip(lrs)
-        .enumerate()
-        .map(|(i, (l, lr))| format!("{},{l:.9},{lr:.6e}\n", i + 1))
-        .collect();
-    crate::fs::write_atomic(&args.out.join("losses.csv"), format!("step,loss,lr\n{losses_csv}").as_bytes())?;
-    crate::fs::write_atomic(&args.out.join("metrics.csv"), metrics.as_bytes())?;
-
-    let valid = model.valid();
-    export(&args.out, &valid, &config, &pre, &tok_dir)?;
-    let zero_shot_accuracy = match &args.labels {
-        Some(path) if !held_out.is_empty() => {
-            Some(zero_shot(&valid, &held_out, path, &proc, &tok, &device.clone().inner())?)
-        }
-        _ => None,
-    };
     let arch = format!("{:?}", args.arch).to_lowercase();
     let model_name = match &args.init {
         Some(init) => format!("{arch} from {init}"),
@@ -700,27 +364,152 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     let title = format!(
         "{model_name}: {} pairs ({} train, {} held out), {} epochs, batch {}",
-        train_len + held_out.len(),
+        train_len + dataset.held_out.len(),
         train_len,
-        held_out.len(),
+        dataset.held_out.len(),
         args.epochs,
         args.batch_size
     );
-    // From the files just written, so the figure shows exactly what the CSVs hold.
-    let mut run = plot::Run::read(&args.out, &title)?;
-    run.zero_shot = zero_shot_accuracy;
-    run.plot(&args.out.join("metrics.png"))?;
+    let train_loop = TrainLoop {
+        epochs: args.epochs,
+        batches_per_epoch: dataset.source.batches_per_epoch(args.batch_size),
+        grad_accum,
+        max_steps: args.max_steps,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        precision: args.precision,
+        checkpoint_every: Some(args.checkpoint_every),
+        checkpoint_each_epoch: false,
+        progress: args.progress,
+    };
+    let Dataset { source, held_out, skipped: scan_skipped, empty_captions, .. } = dataset;
+    let mut task = Contrastive {
+        args,
+        source,
+        proc: ImageProcessor::new(pre.clone()),
+        tok,
+        image_size: config.image_size(),
+        held_out,
+        device: device.clone(),
+        recalls: Vec::new(),
+        zero_shot: None,
+    };
+    let done = run.train(model, &mut task, &train_loop, &title)?;
+    let valid = done.model.valid();
+    crate::export::contrastive(&args.out, &valid, &config, &pre, &tok_dir)?;
+    let mut skipped_samples = scan_skipped;
+    skipped_samples.extend(done.skipped);
     Ok(TrainReport {
-        steps: state.step,
-        losses: state.losses,
-        recall: recalls,
-        zero_shot_accuracy,
+        steps: done.state.step,
+        losses: done.state.losses,
+        recall: task.recalls.into_iter().map(|(_, r)| r).collect(),
+        zero_shot_accuracy: task.zero_shot,
         skipped_images: skipped_samples.len(),
         skipped_samples: skipped_samples.into_iter().collect(),
-        skipped_captions: skipped.empty_captions,
+        skipped_captions: empty_captions,
         export: args.out.clone(),
-        throughput: speed.line(run_started.elapsed().as_secs_f64()),
+        throughput: done.throughput,
     })
+}
+
+/// `vlm-zoo train` as a training task: contrastive loss on batches of image-caption pairs,
+/// held-out recall after each epoch, zero-shot accuracy after the last.
+struct Contrastive<'a> {
+    args: &'a TrainArgs,
+    source: Box<dyn Source>,
+    proc: ImageProcessor,
+    tok: TextTokenizer,
+    image_size: usize,
+    held_out: Vec<Pair>,
+    device: Device,
+    /// `(epoch, recall)` after each epoch of this process.
+    recalls: Vec<(usize, eval::Recall)>,
+    zero_shot: Option<f64>,
+}
+
+impl Task for Contrastive<'_> {
+    type Model = Towers;
+    type Batch = Batch;
+
+    fn metrics_header(&self) -> String {
+        "epoch,step,loss,i2t_r1,i2t_r5,i2t_r10,t2i_r1,t2i_r5,t2i_r10".into()
+    }
+
+    fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
+        let a = self.args;
+        let order_seed = a.seed.wrapping_add(1000 * epoch as u64 + 1);
+        let rx = data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip);
+        let workers = a.workers.max(1) as f64;
+        Box::new(rx.into_iter().map(move |b| {
+            b.map(|b| Loaded {
+                index: b.index,
+                samples: b.captions.len(),
+                // Images per second of one worker's time, times the workers.
+                load_seconds: b.load_seconds / workers,
+                skipped: b.skipped.clone(),
+                batch: b,
+            })
+        }))
+    }
+
+    fn loss(&self, model: &Towers, cast: Option<(&Towers, DType)>, batch: Batch) -> Result<Option<Tensor<1>>> {
+        let n = batch.captions.len();
+        if n < 2 {
+            // Too few samples decoded for a contrastive loss.
+            return Ok(None);
+        }
+        let s = self.image_size;
+        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &self.device);
+        let text = self.tok.encode_batch(&batch.captions, model.text_padding(), &self.device)?;
+        let (img, txt) = match cast {
+            None => model.embed(pixels, &text),
+            Some((half, dtype)) => {
+                let (i, t) = half.embed(pixels.cast(dtype), &text);
+                (i.cast(DType::F32), t.cast(DType::F32))
+            }
+        };
+        Ok(Some(model.loss(img, txt, self.args.chunk_size)))
+    }
+
+    fn after_step(&self, model: Towers) -> Towers {
+        model.clamp_temperature()
+    }
+
+    fn end_epoch(&mut self, model: &Towers, end: &crate::training::EpochEnd) -> Result<Vec<String>> {
+        if self.held_out.is_empty() {
+            return Ok(Vec::new());
+        }
+        let valid = model.valid();
+        let cpu = self.device.clone().inner();
+        let (img, txt) = embed_all(&valid, &self.held_out, &self.proc, &self.tok, &cpu)?;
+        let r = eval::recall(img, txt);
+        self.recalls.push((end.epoch, r));
+        if end.last
+            && let Some(labels) = &self.args.labels
+        {
+            self.zero_shot = Some(zero_shot(&valid, &self.held_out, labels, &self.proc, &self.tok, &cpu)?);
+        }
+        Ok(vec![format!(
+            "{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            end.epoch, end.step, end.loss, r.i2t[0], r.i2t[1], r.i2t[2], r.t2i[0], r.t2i[1], r.t2i[2]
+        )])
+    }
+
+    fn panel(&self) -> crate::draw::Panel {
+        let round = plot::round4;
+        let epochs: Vec<plot::EpochMetrics> = self
+            .recalls
+            .iter()
+            .map(|(epoch, r)| plot::EpochMetrics {
+                epoch: *epoch as f64,
+                i2t: r.i2t.map(round),
+                t2i: r.t2i.map(round),
+            })
+            .collect();
+        plot::recall_panel(&epochs, self.zero_shot)
+    }
 }
 
 fn zero_shot(

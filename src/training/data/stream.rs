@@ -6,13 +6,12 @@
 //! (no caption, no image, a truncated member, an undecodable image) is skipped and counted.
 //!
 //! The list formats (CSV/TSV, JSONL, HF imagefolder `metadata.jsonl`, folders) are in
-//! `data.rs`: their rows (path + caption, ~100 bytes each) are held in memory and their images
-//! decoded on demand, as open_clip's CSV reader does.
+//! `list.rs`; both are decoded by [`super::batches`].
 
-use super::data::{Augment, Batch, Pair, shuffle};
+use super::{Augment, Batch, ImageData, Job, Pair, Sample, Source, shuffle};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use zoo_nn::{ImageProcessor, NnError, Result, Rng};
 
 /// Image file extensions of a sample, as WebDataset names its members.
@@ -597,66 +596,29 @@ pub fn held_out(
     Ok((pairs, skipped))
 }
 
-/// The batches of one epoch of a stream: shard order shuffled with `order_seed`, held-out samples
-/// left out, a shuffle buffer, `per_epoch` full batches (the stream is re-read from the start if
-/// it ends first), decoded and augmented by `workers` threads; the first `skip` batches are read
-/// but not decoded (resuming mid-epoch). Each batch lists the samples skipped in it.
-#[allow(clippy::too_many_arguments)]
-pub fn stream_batches(
-    stream: &Stream,
-    (fraction, split_seed): (f64, u64),
-    batch_size: usize,
-    per_epoch: usize,
-    order_seed: u64,
-    aug: Augment,
-    proc: &ImageProcessor,
-    workers: usize,
-    skip: usize,
-) -> mpsc::Receiver<Result<Batch>> {
-    let (tx, rx) = mpsc::sync_channel(workers.max(1) * 2);
-    let (stream, proc) = (stream.clone(), proc.clone());
-    std::thread::spawn(move || {
-        let workers = workers.max(1);
-        let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<RawSample>, Vec<String>)>(workers);
-        let work_rx = Arc::new(Mutex::new(work_rx));
-        let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
-        for _ in 0..workers {
-            let (work_rx, done_tx, proc) = (work_rx.clone(), done_tx.clone(), proc.clone());
-            std::thread::spawn(move || {
-                loop {
-                    let job = work_rx.lock().map(|r| r.recv());
-                    let Ok(Ok((index, samples, mut skipped))) = job else { return };
-                    let started = std::time::Instant::now();
-                    let mut pixels = Vec::new();
-                    let mut captions = Vec::new();
-                    for (j, s) in samples.into_iter().enumerate() {
-                        let seed = order_seed.wrapping_mul(31).wrapping_add((index * 100_003 + j) as u64);
-                        match zoo_nn::image::decode_image(&s.bytes)
-                            .map_err(|e| format!("{}: {e}", s.key))
-                            .and_then(|img| {
-                                super::data::augment(img, &proc, aug, seed)
-                                    .map_err(|e| format!("{}: {e}", s.key))
-                            }) {
-                            Ok(px) => {
-                                pixels.extend(px);
-                                captions.push(s.caption);
-                            }
-                            Err(e) => skipped.push(e),
-                        }
-                    }
-                    let load_seconds = started.elapsed().as_secs_f64();
-                    if done_tx
-                        .send((index, Ok(Batch { index, pixels, captions, skipped, load_seconds })))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        // The reader: shards in a seeded order, through the shuffle buffer, cut into batches.
-        let reader = std::thread::spawn(move || {
+/// A stream as a training [`Source`]: held-out samples left out, `per_epoch` batches an epoch.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    /// The files.
+    pub stream: Stream,
+    /// `(fraction, seed)` of the held-out split ([`is_held_out`]).
+    pub split: (f64, u64),
+    /// Batches per epoch.
+    pub per_epoch: usize,
+}
+
+impl Source for StreamSource {
+    fn batches_per_epoch(&self, _batch_size: usize) -> usize {
+        self.per_epoch
+    }
+
+    /// Shard order shuffled with `order_seed`, held-out samples left out, a shuffle buffer,
+    /// `per_epoch` full batches (the stream is re-read from the start if it ends first); the first
+    /// `skip` batches are read but not sent (resuming mid-epoch).
+    fn epoch(&self, batch_size: usize, order_seed: u64, skip: usize) -> mpsc::Receiver<Job> {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let (stream, (fraction, split_seed), per_epoch) = (self.stream.clone(), self.split, self.per_epoch);
+        std::thread::spawn(move || {
             let mut files = stream.files.clone();
             shuffle(&mut files, &mut Rng::new(order_seed));
             let (mut index, mut batch, mut skipped) = (0usize, Vec::with_capacity(batch_size), Vec::new());
@@ -674,7 +636,17 @@ pub fn stream_batches(
                     if batch.len() == batch_size {
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
                         let sk = std::mem::take(&mut skipped);
-                        if index >= skip && work_tx.send((index, full, sk)).is_err() {
+                        let samples = full
+                            .into_iter()
+                            .enumerate()
+                            .map(|(j, s)| Sample {
+                                key: s.key,
+                                image: ImageData::Bytes(s.bytes),
+                                caption: s.caption,
+                                seed: order_seed.wrapping_mul(31).wrapping_add((index * 100_003 + j) as u64),
+                            })
+                            .collect();
+                        if index >= skip && tx.send(Job { index, samples, skipped: sk }).is_err() {
                             return;
                         }
                         index += 1;
@@ -688,10 +660,25 @@ pub fn stream_batches(
                 }
             }
         });
-        super::data::in_order(done_rx, &tx, skip);
-        let _ = reader.join();
-    });
-    rx
+        rx
+    }
+}
+
+/// The batches of one epoch of a stream ([`StreamSource`] through [`super::batches`]).
+#[allow(clippy::too_many_arguments)]
+pub fn stream_batches(
+    stream: &Stream,
+    split: (f64, u64),
+    batch_size: usize,
+    per_epoch: usize,
+    order_seed: u64,
+    aug: Augment,
+    proc: &ImageProcessor,
+    workers: usize,
+    skip: usize,
+) -> mpsc::Receiver<Result<Batch>> {
+    let source = StreamSource { stream: stream.clone(), split, per_epoch };
+    super::batches(&source, batch_size, order_seed, aug, proc, workers, skip)
 }
 
 #[cfg(test)]

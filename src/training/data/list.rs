@@ -1,20 +1,10 @@
-//! Image-text pairs for contrastive training: CSV / JSONL files (`image` relative to the file,
-//! `caption`) or a folder of images with same-named `.txt` captions; a seeded held-out split;
-//! decoding, augmentation and preprocessing in worker threads ahead of the training step.
+//! Image-text pairs held in memory: CSV/TSV / JSONL files (`image` relative to the file,
+//! `caption`) or a folder of images with same-named `.txt` captions; a seeded held-out split.
 
+use super::{ImageData, Job, Pair, Sample, Source, SourceOptions, shuffle};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use zoo_nn::Rng;
-use zoo_nn::{ImageProcessor, NnError, Result};
-
-/// One example.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pair {
-    /// Image file.
-    pub image: PathBuf,
-    /// Caption.
-    pub caption: String,
-}
+use std::sync::{Arc, mpsc};
+use zoo_nn::{NnError, Result, Rng};
 
 /// What loading a dataset skipped.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,7 +44,7 @@ pub fn split_fields(line: &str, sep: char) -> Vec<String> {
 /// Reads pairs from a CSV or JSONL file or a folder. Images are checked to decode; rows that do
 /// not are skipped and counted (or, with `strict`, an error naming the row).
 pub fn load_pairs(path: &Path, strict: bool) -> Result<(Vec<Pair>, Skipped)> {
-    load_pairs_with(path, strict, &super::sources::SourceOptions::default())
+    load_pairs_with(path, strict, &SourceOptions::default())
 }
 
 /// Image files a folder dataset may hold.
@@ -89,7 +79,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
 pub fn load_pairs_with(
     path: &Path,
     strict: bool,
-    opts: &super::sources::SourceOptions,
+    opts: &SourceOptions,
 ) -> Result<(Vec<Pair>, Skipped)> {
     let mut pairs = Vec::new();
     let mut missing_captions = 0usize;
@@ -231,146 +221,40 @@ pub fn split(mut pairs: Vec<Pair>, fraction: f64, seed: u64) -> (Vec<Pair>, Vec<
     (pairs, held)
 }
 
-/// Fisher-Yates with the project's seeded generator.
-pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_f64() * (i + 1) as f64) as usize;
-        v.swap(i, j.min(i));
+/// In-memory pairs as a [`Source`]: each epoch a seeded order, cut into full batches.
+#[derive(Debug, Clone)]
+pub struct ListSource {
+    /// The training pairs.
+    pub pairs: Arc<Vec<Pair>>,
+}
+
+impl Source for ListSource {
+    fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        self.pairs.len() / batch_size.max(1)
     }
-}
 
-/// Augmentations applied before preprocessing.
-#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Default)]
-pub struct Augment {
-    /// Random-resized-crop: keep a random box of at least this area fraction (aspect 3/4..4/3).
-    #[arg(long = "random-crop", allow_negative_numbers = true)]
-    pub crop_min_scale: Option<f64>,
-    /// Random horizontal flips, probability 0.5 (off by default: captions may say left/right).
-    #[arg(long)]
-    pub flip: bool,
-}
-
-/// Decodes, augments (deterministically per `(seed, epoch, index)`) and preprocesses one image.
-pub fn load_image(path: &Path, proc: &ImageProcessor, aug: Augment, seed: u64) -> Result<Vec<f32>> {
-    augment(zoo_nn::open_image(path)?, proc, aug, seed)
-}
-
-/// Augments (deterministically per `seed`) and preprocesses a decoded image.
-pub fn augment(
-    mut img: image::DynamicImage,
-    proc: &ImageProcessor,
-    aug: Augment,
-    seed: u64,
-) -> Result<Vec<f32>> {
-    let mut rng = Rng::new(seed);
-    if let Some(min_scale) = aug.crop_min_scale {
-        let (w, h) = (img.width() as f64, img.height() as f64);
-        let area = w * h * (min_scale + (1.0 - min_scale) * rng.next_f64());
-        let (lo, hi) = (0.75f64.ln(), (4.0f64 / 3.0).ln());
-        let ratio = (lo + (hi - lo) * rng.next_f64()).exp();
-        let cw = (area * ratio).sqrt().clamp(1.0, w);
-        let ch = (area / ratio).sqrt().clamp(1.0, h);
-        let x = ((w - cw) * rng.next_f64()) as u32;
-        let y = ((h - ch) * rng.next_f64()) as u32;
-        img = img.crop_imm(x, y, cw as u32, ch as u32);
-    }
-    if aug.flip && rng.next_f64() < 0.5 {
-        img = img.fliph();
-    }
-    Ok(proc.preprocess(&img)?.2)
-}
-
-/// A prepared batch: pixel values `[B * 3 * H * W]` and the captions.
-#[derive(Debug)]
-pub struct Batch {
-    /// Position of this batch in the epoch.
-    pub index: usize,
-    /// Flattened `[B, 3, H, W]`.
-    pub pixels: Vec<f32>,
-    /// Captions, in order.
-    pub captions: Vec<String>,
-    /// Samples of this batch that failed to decode or preprocess (`path: reason`), left out.
-    pub skipped: Vec<String>,
-    /// Seconds one worker spent reading, decoding and augmenting this batch.
-    pub load_seconds: f64,
-}
-
-/// Yields the batches of one epoch, prepared by `workers` threads while training runs.
-/// Batches come out in order; the first `skip` batches are not prepared (resuming mid-epoch).
-pub fn epoch_batches(
-    pairs: &[Pair],
-    batch_size: usize,
-    order_seed: u64,
-    aug: Augment,
-    proc: &ImageProcessor,
-    workers: usize,
-    skip: usize,
-) -> mpsc::Receiver<Result<Batch>> {
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    shuffle(&mut order, &mut Rng::new(order_seed));
-    let batches: Vec<Vec<usize>> =
-        order.chunks(batch_size).filter(|c| c.len() == batch_size).map(<[usize]>::to_vec).collect();
-    let (tx, rx) = mpsc::sync_channel(workers.max(1) * 2);
-    let pairs = pairs.to_vec();
-    let proc = proc.clone();
-    std::thread::spawn(move || {
-        // Each worker prepares batches k, k + workers, ...; a small reorder buffer keeps order.
-        let workers = workers.max(1);
-        let (wtx, wrx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
-        let total = batches.len();
-        let batches = std::sync::Arc::new(batches);
-        let pairs = std::sync::Arc::new(pairs);
-        for w in 0..workers {
-            let (wtx, batches, pairs, proc) = (wtx.clone(), batches.clone(), pairs.clone(), proc.clone());
-            std::thread::spawn(move || {
-                for b in (skip + w..total).step_by(workers) {
-                    let started = std::time::Instant::now();
-                    let mut pixels = Vec::new();
-                    let mut captions = Vec::new();
-                    let mut skipped = Vec::new();
-                    for &i in &batches[b] {
-                        // A sample that fails anywhere (truncated data, a vanished file) is left
-                        // out of its batch and reported; the run goes on.
-                        match load_image(
-                            &pairs[i].image,
-                            &proc,
-                            aug,
-                            order_seed.wrapping_mul(31).wrapping_add(i as u64),
-                        ) {
-                            Ok(px) => {
-                                pixels.extend(px);
-                                captions.push(pairs[i].caption.clone());
-                            }
-                            Err(e) => skipped.push(e.to_string()),
-                        }
-                    }
-                    let load_seconds = started.elapsed().as_secs_f64();
-                    let item = Ok(Batch { index: b, pixels, captions, skipped, load_seconds });
-                    if wtx.send((b, item)).is_err() {
-                        return;
-                    }
+    fn epoch(&self, batch_size: usize, order_seed: u64, skip: usize) -> mpsc::Receiver<Job> {
+        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
+        shuffle(&mut order, &mut Rng::new(order_seed));
+        let (tx, rx) = mpsc::sync_channel(2);
+        let pairs = self.pairs.clone();
+        std::thread::spawn(move || {
+            for (index, chunk) in order.chunks_exact(batch_size.max(1)).enumerate().skip(skip) {
+                let samples = chunk
+                    .iter()
+                    .map(|&i| Sample {
+                        key: pairs[i].image.display().to_string(),
+                        image: ImageData::File(pairs[i].image.clone()),
+                        caption: pairs[i].caption.clone(),
+                        seed: order_seed.wrapping_mul(31).wrapping_add(i as u64),
+                    })
+                    .collect();
+                if tx.send(Job { index, samples, skipped: Vec::new() }).is_err() {
+                    return;
                 }
-            });
-        }
-        drop(wtx);
-        in_order(wrx, &tx, skip);
-    });
-    rx
-}
-
-/// Forwards `(index, item)` pairs that arrive in any order as items in index order from
-/// `start` (a small reorder buffer behind parallel workers); stops when the receiver goes away.
-pub(crate) fn in_order<T>(from: mpsc::Receiver<(usize, T)>, to: &mpsc::SyncSender<T>, start: usize) {
-    let mut pending = std::collections::BTreeMap::new();
-    let mut next = start;
-    for (b, item) in from {
-        pending.insert(b, item);
-        while let Some(item) = pending.remove(&next) {
-            if to.send(item).is_err() {
-                return;
             }
-            next += 1;
-        }
+        });
+        rx
     }
 }
 

@@ -98,41 +98,33 @@ impl Run {
 
     /// Writes the figure to `path` (PNG, [`SIZE`]).
     pub fn plot(&self, path: &Path) -> Result<()> {
-        let line = |name: &str, points, colour, faint, marks| Series {
-            name: name.into(),
-            points,
-            colour,
-            faint,
-            marks,
-        };
-        let per_epoch = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
-            self.epochs.iter().map(|e| (e.epoch, f(e))).collect()
-        };
-        let mut recall_series = vec![
-            line("image→text R@1", per_epoch(&|e| e.i2t[0]), ORANGE, false, true),
-            line("image→text R@5", per_epoch(&|e| e.i2t[1]), RED, false, true),
-            line("text→image R@1", per_epoch(&|e| e.t2i[0]), GREEN, false, true),
-            line("text→image R@5", per_epoch(&|e| e.t2i[1]), PURPLE, false, true),
-        ];
-        if let (Some(acc), Some(last)) = (self.zero_shot, self.epochs.last()) {
-            recall_series.push(line(
-                &format!("zero-shot accuracy {acc:.2}"),
-                vec![(last.epoch, acc)],
-                GREY,
-                false,
-                true,
-            ));
-        }
-        let recall = Panel {
-            title: "Held-out retrieval".into(),
-            x_label: "epoch".into(),
-            y_label: "recall".into(),
-            series: recall_series,
-            y_range: Some((0.0, 1.0)),
-            empty_note: "no held-out pairs (--val-fraction 0)".into(),
-            x_integer: true,
-        };
+        let recall = recall_panel(&self.epochs, self.zero_shot);
         figure(path, &self.title, &[loss_panel(&self.losses), recall, lr_panel(&self.lrs)], SIZE)
+    }
+}
+
+/// Held-out recall@1/5 both ways per epoch, and the zero-shot accuracy after the last epoch.
+pub fn recall_panel(epochs: &[EpochMetrics], zero_shot: Option<f64>) -> Panel {
+    let line = |name: &str, points, colour, faint, marks| Series { name: name.into(), points, colour, faint, marks };
+    let per_epoch =
+        |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> { epochs.iter().map(|e| (e.epoch, f(e))).collect() };
+    let mut recall_series = vec![
+        line("image→text R@1", per_epoch(&|e| e.i2t[0]), ORANGE, false, true),
+        line("image→text R@5", per_epoch(&|e| e.i2t[1]), RED, false, true),
+        line("text→image R@1", per_epoch(&|e| e.t2i[0]), GREEN, false, true),
+        line("text→image R@5", per_epoch(&|e| e.t2i[1]), PURPLE, false, true),
+    ];
+    if let (Some(acc), Some(last)) = (zero_shot, epochs.last()) {
+        recall_series.push(line(&format!("zero-shot accuracy {acc:.2}"), vec![(last.epoch, acc)], GREY, false, true));
+    }
+    Panel {
+        title: "Held-out retrieval".into(),
+        x_label: "epoch".into(),
+        y_label: "recall".into(),
+        series: recall_series,
+        y_range: Some((0.0, 1.0)),
+        empty_note: "no held-out pairs (--val-fraction 0)".into(),
+        x_integer: true,
     }
 }
 
@@ -203,6 +195,11 @@ pub fn epoch_panel(title: &str, y_label: &str, lines: &[(&str, Vec<(f64, f64)>)]
         empty_note: empty_note.into(),
         x_integer: true,
     }
+}
+
+/// A metric as metrics.csv writes it (4 decimals), so a figure shows what the file holds.
+pub fn round4(v: f64) -> f64 {
+    (v * 1e4).round() / 1e4
 }
 
 /// Trailing mean over `window` values.

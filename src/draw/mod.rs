@@ -2,12 +2,15 @@
 //! `--draw` labels), through plotters with its ab_glyph rasteriser and DejaVu Sans embedded in the
 //! binary (no system fonts; licence in assets/fonts/DejaVuSans-LICENSE.txt).
 
+pub mod overlay;
+pub mod plot;
+
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::Path;
 use zoo_nn::{NnError, Result};
 
-static DEJAVU_SANS: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// The font family every picture uses (registered as plotters' `sans-serif`).
 pub const FONT: &str = "sans-serif";
