@@ -10,7 +10,9 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::path::PathBuf;
-use zoo_nn::{ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate};
+use zoo_nn::{
+    ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate,
+};
 
 /// Demo settings: `vlm-zoo demo`'s options, with their one set of defaults ([`Default`]).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -151,9 +153,14 @@ impl<F: FnMut(&EpochLog)> Task for Captioning<'_, F> {
         "epoch,step,loss,exact_match".into()
     }
 
-    fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<data::Batch>>>> {
+    fn batches(
+        &mut self,
+        epoch: usize,
+        skip: usize,
+    ) -> Box<dyn Iterator<Item = Result<Loaded<data::Batch>>>> {
         let order_seed = self.seed.wrapping_add(epoch as u64 * 7 + 1);
-        let rx = data::epoch_batches(&self.pairs, BATCH_SIZE, order_seed, Default::default(), &self.proc, 2, skip);
+        let rx =
+            data::epoch_batches(&self.pairs, BATCH_SIZE, order_seed, Default::default(), &self.proc, 2, skip);
         Box::new(rx.into_iter().map(|b| {
             b.map(|b| Loaded {
                 index: b.index,
@@ -165,15 +172,26 @@ impl<F: FnMut(&EpochLog)> Task for Captioning<'_, F> {
         }))
     }
 
-    fn loss(&self, model: &Vlm, _cast: Option<(&Vlm, DType)>, batch: data::Batch) -> Result<Option<Tensor<1>>> {
+    fn loss(
+        &self,
+        model: &Vlm,
+        _cast: Option<(&Vlm, DType)>,
+        batch: data::Batch,
+    ) -> Result<Option<Tensor<1>>> {
         let n = batch.captions.len();
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, 32, 32]), &self.device);
-        let (ids, prefix, suffix_len) = crate::compose::caption_batch(&self.tok, &self.prompt, &batch.captions, 1)?;
+        let (ids, prefix, suffix_len) =
+            crate::compose::caption_batch(&self.tok, &self.prompt, &batch.captions, 1)?;
         Ok(Some(model.suffix_loss(pixels, &ids, &prefix, &suffix_len)?))
     }
 
     fn end_epoch(&mut self, model: &Vlm, end: &EpochEnd) -> Result<Vec<String>> {
-        (self.on_epoch)(&EpochLog { epoch: end.epoch, epochs: end.epochs, loss: end.mean_loss, seconds: end.seconds });
+        (self.on_epoch)(&EpochLog {
+            epoch: end.epoch,
+            epochs: end.epochs,
+            loss: end.mean_loss,
+            seconds: end.seconds,
+        });
         if !end.last {
             return Ok(vec![format!("{},{},{:.6},", end.epoch, end.step, end.mean_loss)]);
         }
@@ -203,7 +221,12 @@ impl<F: FnMut(&EpochLog)> Task for Captioning<'_, F> {
 
     fn panel(&self) -> crate::draw::Panel {
         let exact: Vec<(f64, f64)> = self.accuracy.map(|a| (self.epochs as f64, a)).into_iter().collect();
-        plot::epoch_panel("Held-out captions", "exact match", &[("held-out exact match", exact)], "no held-out images")
+        plot::epoch_panel(
+            "Held-out captions",
+            "exact match",
+            &[("held-out exact match", exact)],
+            "no held-out images",
+        )
     }
 }
 
@@ -270,7 +293,8 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     let last_loss = done.state.losses.last().copied().unwrap_or(f64::NAN);
     let model_dir =
         crate::export::composed_paligemma(&done.model.valid(), &config, &out.join("model"), &tok_dir, &pre)?;
-    let shown: Vec<(PathBuf, String)> = test_pairs.iter().map(|p| (p.image.clone(), p.caption.clone())).collect();
+    let shown: Vec<(PathBuf, String)> =
+        test_pairs.iter().map(|p| (p.image.clone(), p.caption.clone())).collect();
     crate::draw::overlay::caption_grid(&out.join("captions.png"), &shown, &generated)?;
     Ok(DemoReport {
         accuracy,

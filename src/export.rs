@@ -112,7 +112,12 @@ impl HfFolder {
 
     /// Writes `model.safetensors` (f32) with transformers' key names.
     pub fn weights<M: Module>(&self, model: &M, layout: KeyLayout) -> Result<()> {
-        zoo_nn::load::save_safetensors(model, &self.path("model.safetensors"), layout.renames(), layout.skipped())
+        zoo_nn::load::save_safetensors(
+            model,
+            &self.path("model.safetensors"),
+            layout.renames(),
+            layout.skipped(),
+        )
     }
 
     /// Puts a new folder in place (replacing an earlier one) and returns where it is.

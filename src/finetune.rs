@@ -658,7 +658,12 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
     }
 
     fn panel(&self) -> Panel {
-        plot::epoch_panel("Held-out answers", "exact match", &[("exact match", self.points.clone())], "no held-out rows")
+        plot::epoch_panel(
+            "Held-out answers",
+            "exact match",
+            &[("exact match", self.points.clone())],
+            "no held-out rows",
+        )
     }
 }
 

@@ -585,4 +585,3 @@ impl<D: zoo_nn::Decoder> DecoderRef for D {
         run.step(self, eos, on_token)
     }
 }
-

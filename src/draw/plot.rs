@@ -105,9 +105,11 @@ impl Run {
 
 /// Held-out recall@1/5 both ways per epoch, and the zero-shot accuracy after the last epoch.
 pub fn recall_panel(epochs: &[EpochMetrics], zero_shot: Option<f64>) -> Panel {
-    let line = |name: &str, points, colour, faint, marks| Series { name: name.into(), points, colour, faint, marks };
-    let per_epoch =
-        |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> { epochs.iter().map(|e| (e.epoch, f(e))).collect() };
+    let line =
+        |name: &str, points, colour, faint, marks| Series { name: name.into(), points, colour, faint, marks };
+    let per_epoch = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        epochs.iter().map(|e| (e.epoch, f(e))).collect()
+    };
     let mut recall_series = vec![
         line("image→text R@1", per_epoch(&|e| e.i2t[0]), ORANGE, false, true),
         line("image→text R@5", per_epoch(&|e| e.i2t[1]), RED, false, true),
@@ -115,7 +117,13 @@ pub fn recall_panel(epochs: &[EpochMetrics], zero_shot: Option<f64>) -> Panel {
         line("text→image R@5", per_epoch(&|e| e.t2i[1]), PURPLE, false, true),
     ];
     if let (Some(acc), Some(last)) = (zero_shot, epochs.last()) {
-        recall_series.push(line(&format!("zero-shot accuracy {acc:.2}"), vec![(last.epoch, acc)], GREY, false, true));
+        recall_series.push(line(
+            &format!("zero-shot accuracy {acc:.2}"),
+            vec![(last.epoch, acc)],
+            GREY,
+            false,
+            true,
+        ));
     }
     Panel {
         title: "Held-out retrieval".into(),

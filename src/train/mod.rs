@@ -11,7 +11,9 @@ use crate::training::{Loaded, Precision, Run, Task, TrainLoop, tokenizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::path::{Path, PathBuf};
-use zoo_nn::{ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer};
+use zoo_nn::{
+    ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
+};
 
 /// Everything `vlm-zoo train` takes: the command's options, with their one set of defaults
 /// ([`Default`]).
@@ -440,7 +442,8 @@ impl Task for Contrastive<'_> {
     fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
         let a = self.args;
         let order_seed = a.seed.wrapping_add(1000 * epoch as u64 + 1);
-        let rx = data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip);
+        let rx =
+            data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip);
         let workers = a.workers.max(1) as f64;
         Box::new(rx.into_iter().map(move |b| {
             b.map(|b| Loaded {
@@ -454,7 +457,12 @@ impl Task for Contrastive<'_> {
         }))
     }
 
-    fn loss(&self, model: &Towers, cast: Option<(&Towers, DType)>, batch: Batch) -> Result<Option<Tensor<1>>> {
+    fn loss(
+        &self,
+        model: &Towers,
+        cast: Option<(&Towers, DType)>,
+        batch: Batch,
+    ) -> Result<Option<Tensor<1>>> {
         let n = batch.captions.len();
         if n < 2 {
             // Too few samples decoded for a contrastive loss.

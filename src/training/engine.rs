@@ -113,7 +113,8 @@ pub trait Task {
     fn metrics_header(&self) -> String;
 
     /// The batches of epoch `epoch` (0-based) in order, from batch `skip` on.
-    fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<Self::Batch>>>>;
+    fn batches(&mut self, epoch: usize, skip: usize)
+    -> Box<dyn Iterator<Item = Result<Loaded<Self::Batch>>>>;
 
     /// The loss of one batch, or `None` to pass over it (too few samples decoded). Under
     /// autocast, `cast` is the model cast to that dtype: the task runs its forward pass there

@@ -76,11 +76,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
 ///   (`--caption-key`, else `caption`): img2dataset's output;
 /// - a CSV/TSV file (open_clip: tab-separated `filepath` / `title`; or `image` / `caption`);
 /// - a JSONL file (`image`, `caption` or `--caption-key`).
-pub fn load_pairs_with(
-    path: &Path,
-    strict: bool,
-    opts: &SourceOptions,
-) -> Result<(Vec<Pair>, Skipped)> {
+pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Result<(Vec<Pair>, Skipped)> {
     let mut pairs = Vec::new();
     let mut missing_captions = 0usize;
     let caption_field = opts.caption_key.as_deref().unwrap_or("caption");

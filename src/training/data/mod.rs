@@ -271,7 +271,8 @@ impl Dataset {
                 if let Some(parent) = o.held_out_dir.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| NnError::io(parent, e))?;
                 }
-                let (held, bad) = stream::held_out(&s, o.val_fraction, o.seed, o.source.val_max, o.held_out_dir)?;
+                let (held, bad) =
+                    stream::held_out(&s, o.val_fraction, o.seed, o.source.val_max, o.held_out_dir)?;
                 let len = match o.source.train_num_samples {
                     Some(n) => n,
                     None => ((s.count()? as f64) * (1.0 - o.val_fraction)).floor() as usize,
