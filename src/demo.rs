@@ -130,7 +130,7 @@ const BATCH_SIZE: usize = 64;
 /// The demo as a training task: the caption loss on batches of synthetic scenes; each epoch is
 /// reported to `on_epoch`.
 struct Captioning<'a, F: FnMut(&EpochLog)> {
-    pairs: Vec<data::Pair>,
+    source: data::list::ListSource,
     /// The held-out images, captioned after the last epoch.
     test_pairs: &'a [data::Pair],
     /// Their captions and the exact-match accuracy, once captioned.
@@ -159,17 +159,8 @@ impl<F: FnMut(&EpochLog)> Task for Captioning<'_, F> {
         skip: usize,
     ) -> Box<dyn Iterator<Item = Result<Loaded<data::Batch>>>> {
         let order_seed = self.seed.wrapping_add(epoch as u64 * 7 + 1);
-        let rx =
-            data::epoch_batches(&self.pairs, BATCH_SIZE, order_seed, Default::default(), &self.proc, 2, skip);
-        Box::new(rx.into_iter().map(|b| {
-            b.map(|b| Loaded {
-                index: b.index,
-                samples: b.captions.len(),
-                load_seconds: b.load_seconds / 2.0,
-                skipped: b.skipped.clone(),
-                batch: b,
-            })
-        }))
+        let rx = data::batches(&self.source, BATCH_SIZE, order_seed, Default::default(), &self.proc, 2, skip);
+        data::loaded(rx, 2)
     }
 
     fn loss(
@@ -276,7 +267,7 @@ pub fn run(args: &DemoArgs, mut on_epoch: impl FnMut(&EpochLog)) -> Result<DemoR
     );
     let run = Run::open(out, false)?;
     let mut task = Captioning {
-        pairs: train_pairs.clone(),
+        source: data::list::ListSource { pairs: std::sync::Arc::new(train_pairs.clone()) },
         test_pairs: &test_pairs,
         generated: Vec::new(),
         accuracy: None,

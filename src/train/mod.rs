@@ -444,17 +444,7 @@ impl Task for Contrastive<'_> {
         let order_seed = a.seed.wrapping_add(1000 * epoch as u64 + 1);
         let rx =
             data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip);
-        let workers = a.workers.max(1) as f64;
-        Box::new(rx.into_iter().map(move |b| {
-            b.map(|b| Loaded {
-                index: b.index,
-                samples: b.captions.len(),
-                // Images per second of one worker's time, times the workers.
-                load_seconds: b.load_seconds / workers,
-                skipped: b.skipped.clone(),
-                batch: b,
-            })
-        }))
+        data::loaded(rx, a.workers)
     }
 
     fn loss(

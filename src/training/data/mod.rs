@@ -20,6 +20,7 @@ pub mod stream;
 pub use list::{Skipped, csv_fields, load_pairs, load_pairs_with, split, split_fields};
 pub use stream::{ShuffleBuffer, SourceOptions, Stream, is_stream, stream_batches};
 
+use super::Loaded;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -199,18 +200,22 @@ pub fn batches(
     rx
 }
 
-/// The batches of one epoch of in-memory pairs ([`list::ListSource`] through [`batches`]).
-pub fn epoch_batches(
-    pairs: &[Pair],
-    batch_size: usize,
-    order_seed: u64,
-    aug: Augment,
-    proc: &ImageProcessor,
+/// The batches of [`batches`] as the training engine takes them (the load time per sample of
+/// one of the `workers` threads).
+pub fn loaded(
+    rx: mpsc::Receiver<Result<Batch>>,
     workers: usize,
-    skip: usize,
-) -> mpsc::Receiver<Result<Batch>> {
-    let source = list::ListSource { pairs: Arc::new(pairs.to_vec()) };
-    batches(&source, batch_size, order_seed, aug, proc, workers, skip)
+) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
+    let workers = workers.max(1) as f64;
+    Box::new(rx.into_iter().map(move |b| {
+        b.map(|b| Loaded {
+            index: b.index,
+            samples: b.captions.len(),
+            load_seconds: b.load_seconds / workers,
+            skipped: b.skipped.clone(),
+            batch: b,
+        })
+    }))
 }
 
 /// Forwards `(index, item)` pairs that arrive in any order as items in index order from
