@@ -165,7 +165,7 @@ pub fn scaled_dot_product_attention(
     let group = h / kh;
     // Fold the query heads that share a key/value head into the query axis: no copy of K or V.
     let q = q.reshape([b, kh, group * l, d]); // (B, K, G*L, D)
-    let scores = crate::fused::matmul(q, k.swap_dims(2, 3)).cast(DType::F32); // (B, K, G*L, S)
+    let scores = zoo_kernels::fused::matmul(q, k.swap_dims(2, 3)).cast(DType::F32); // (B, K, G*L, S)
     // Without a soft cap the scale is folded into the fused softmax (one pass fewer each way).
     let (scores, scale) = match softcap {
         Some(cap) => (((scores * scale) / cap).tanh() * cap, 1.0),
@@ -177,8 +177,8 @@ pub fn scaled_dot_product_attention(
         scores = scores.mask_fill(mask, f32::MIN);
     }
     let probs =
-        crate::fused::softmax_last(scores, scale as f32).cast(v.dtype()).reshape([b, kh, group * l, s]);
-    crate::fused::matmul(probs, v).reshape([b, h, l, d])
+        zoo_kernels::fused::softmax_last(scores, scale as f32).cast(v.dtype()).reshape([b, kh, group * l, s]);
+    zoo_kernels::fused::matmul(probs, v).reshape([b, h, l, d])
 }
 
 /// Which keys each query may see. Query `i` of `L` sits at absolute position `S - L + i` (the

@@ -21,16 +21,14 @@
 //! - [`load`]: HuggingFace checkpoint folders (single or sharded safetensors, F32/BF16/F16) into
 //!   modules, through burn-store.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod attention;
 pub mod contrastive;
-pub mod cpu_gemm;
-pub mod cpu_kernels;
 pub mod device;
 pub mod embed;
 pub mod encoder;
 pub mod error;
-pub mod fused;
 pub mod generate;
 pub mod host;
 pub mod image;
@@ -68,6 +66,9 @@ pub use ops::l2_normalize;
 pub use rng::Rng;
 pub use rope::{RopeTables, RotaryEmbedding, apply_rotary};
 pub use text::{Encoded, Padding, TextBatch, TextTokenizer};
+
+/// The CPU kernels crate, re-exported so downstream crates use the same build.
+pub use zoo_kernels as kernels;
 
 /// Burn, re-exported so downstream crates use the same version.
 pub use burn;
