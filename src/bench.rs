@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 

@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{
     ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, Sampling, TextTokenizer, generate,
 };

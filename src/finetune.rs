@@ -3,7 +3,7 @@
 //!
 //! The loss is transformers' with the processor's `labels`: cross-entropy on the suffix and its
 //! `<eos>` only, full attention over image + prefix, causal over the suffix
-//! ([`zoo_nn::loss::suffix_cross_entropy`]; parity: paligemma/tests/finetune.rs). What trains:
+//! ([`zoo_nn::train::loss::suffix_cross_entropy`]; parity: paligemma/tests/finetune.rs). What trains:
 //! `--train attention` (the decoder's attention, Google's recipe; vision tower and projector
 //! frozen), `decoder` (the whole Gemma), `all`; or LoRA adapters (`--lora-rank`) on the decoder's
 //! named projections, Burn's own `Lora` reparameterisation, merged into the weights at export.
@@ -18,7 +18,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use std::path::{Path, PathBuf};
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{NnError, Result, Rng, Sampling};
 use zoo_paligemma::{PaliGemmaDecoder, PaliGemmaForConditionalGeneration, PaliGemmaProcessor};
 
@@ -561,11 +561,11 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
                 Precision::F32 => model.forward(pixels, &ids, &types)?,
                 Precision::Bf16 => {
                     let bf16 = burn::tensor::DType::BF16;
-                    let half = zoo_nn::mixed::autocast(&model, bf16);
+                    let half = zoo_nn::train::mixed::autocast(&model, bf16);
                     half.forward(pixels.cast(bf16), &ids, &types)?.cast(burn::tensor::DType::F32)
                 }
             };
-            let loss = zoo_nn::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len)
+            let loss = zoo_nn::train::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len)
                 / args.grad_accum as f64;
             let value = zoo_nn::host::scalar(loss.clone().inner()) * args.grad_accum as f64;
             if !value.is_finite() {

@@ -18,7 +18,7 @@ use checkpoint::TrainState;
 use data::{Augment, Pair};
 use models::{Arch, ModelConfig, Preset, Towers};
 use std::path::{Path, PathBuf};
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{
     ContrastiveModel, ImageProcessor, NnError, NormKind, PreprocessorConfig, Result, TextTokenizer,
 };
@@ -605,7 +605,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             let (img, txt) = match args.precision {
                 Precision::F32 => model.embed(pixels, &text),
                 Precision::Bf16 => {
-                    let half = zoo_nn::mixed::autocast(&model, burn::tensor::DType::BF16);
+                    let half = zoo_nn::train::mixed::autocast(&model, burn::tensor::DType::BF16);
                     let (i, t) = half.embed(pixels.cast(burn::tensor::DType::BF16), &text);
                     (i.cast(burn::tensor::DType::F32), t.cast(burn::tensor::DType::F32))
                 }

@@ -2,7 +2,7 @@
 
 use super::adapters::transpose_bytes;
 use super::*;
-use crate::norm::{Norm, NormConfig, NormKind};
+use crate::layers::norm::{Norm, NormConfig, NormKind};
 use crate::testing::{assert_slices_close, device, to_vec};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
