@@ -3,6 +3,7 @@ use crate::testing::{assert_slices_close, tensor_from, to_vec};
 use burn::tensor::activation;
 
 /// The CPU devices compiled in, each with whether it is ndarray (f32 only).
+#[allow(clippy::vec_init_then_push)] // each push is behind its own feature
 fn cpu_devices() -> Vec<(Device, bool)> {
     let mut devices = Vec::new();
     #[cfg(feature = "flex")]
