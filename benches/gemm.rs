@@ -1,4 +1,4 @@
-//! The bf16 / int8 weight kernels of `zoo_nn::cpu_gemm` against the hardware bound
+//! The bf16 / int8 weight kernels of `zoo_nn::kernels::gemm` against the hardware bound
 //! (`cargo bench --bench gemm`): memory read bandwidth measured here (all cores summing a
 //! buffer larger than the caches), then the decode GEMVs (bound: weight bytes / bandwidth) and
 //! prefill/encode GEMMs (FLOP/s) of the bench models' shapes, beside Flex's f32 and bf16
@@ -8,7 +8,7 @@
 use burn::prelude::*;
 use rayon::prelude::*;
 use std::time::Instant;
-use zoo_nn::cpu_gemm::{Kernel, Matrix, PackedWeight, WeightFormat};
+use zoo_nn::kernels::gemm::{Kernel, Matrix, PackedWeight, WeightFormat};
 
 mod common;
 use common::time;

@@ -43,10 +43,14 @@ fn main() {
             (
                 "softmax [8,12,197,197], vlm-zoo host kernel",
                 0.0,
-                Box::new(|| sync(zoo_nn::fused::softmax_last(scores.clone(), 1.0))),
+                Box::new(|| sync(zoo_nn::kernels::fused::softmax_last(scores.clone(), 1.0))),
             ),
             ("layer_norm [8,197,768]", 0.0, Box::new(|| sync(norm.forward(x.clone())))),
-            ("gelu_tanh [8,197,3072], vlm-zoo", 0.0, Box::new(|| sync(zoo_nn::mlp::gelu_tanh(hid.clone())))),
+            (
+                "gelu_tanh [8,197,3072], vlm-zoo",
+                0.0,
+                Box::new(|| sync(zoo_nn::layers::mlp::gelu_tanh(hid.clone()))),
+            ),
             ("add [8,197,3072]", 0.0, Box::new(|| sync(hid.clone() + hid.clone()))),
         ];
         for (op, flop, run) in ops {

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use serde_json::json;
 use vlm_zoo::compose::{ProjectorKind, VisionConfig, Vlm, VlmConfig, VlmDecoder};
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{Sampling, generate};
 
 fn main() -> anyhow::Result<()> {

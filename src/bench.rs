@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 
@@ -96,8 +96,8 @@ fn decoder_report(kind: &str, load_s: f64, prompt_tokens: usize, first: f64, las
 /// per value of how it is stored (f32 4, bf16 2, q8 1 plus a scale per output: ~1).
 fn decode_bytes(params: usize, compute: &Compute) -> f64 {
     let per = match compute.weights {
-        Some(zoo_nn::cpu_gemm::WeightFormat::Q8) => 1.0,
-        Some(zoo_nn::cpu_gemm::WeightFormat::Bf16) => 2.0,
+        Some(zoo_nn::kernels::gemm::WeightFormat::Q8) => 1.0,
+        Some(zoo_nn::kernels::gemm::WeightFormat::Bf16) => 2.0,
         None => compute.dtype().size() as f64,
     };
     params as f64 * per

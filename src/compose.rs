@@ -207,7 +207,7 @@ impl Vlm {
         suffix_len: &[usize],
     ) -> Result<Tensor<1>> {
         let logits = self.forward(pixels, ids, prefix.to_vec())?;
-        Ok(zoo_nn::loss::suffix_cross_entropy(logits, ids, prefix, suffix_len))
+        Ok(zoo_nn::train::loss::suffix_cross_entropy(logits, ids, prefix, suffix_len))
     }
 }
 

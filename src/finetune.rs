@@ -3,7 +3,7 @@
 //!
 //! The loss is transformers' with the processor's `labels`: cross-entropy on the suffix and its
 //! `<eos>` only, full attention over image + prefix, causal over the suffix
-//! ([`zoo_nn::loss::suffix_cross_entropy`]; parity: paligemma/tests/finetune.rs). What trains:
+//! ([`zoo_nn::train::loss::suffix_cross_entropy`]; parity: paligemma/tests/finetune.rs). What trains:
 //! `--train attention` (the decoder's attention, Google's recipe; vision tower and projector
 //! frozen), `decoder` (the whole Gemma), `all`; or LoRA adapters (`--lora-rank`) on the decoder's
 //! named projections, Burn's own `Lora` reparameterisation, merged into the weights at export.
@@ -604,7 +604,7 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
             None => model.forward(b.pixels, &b.ids, &types)?,
             Some((half, dtype)) => half.forward(b.pixels.cast(dtype), &b.ids, &types)?.cast(DType::F32),
         };
-        Ok(Some(zoo_nn::loss::suffix_cross_entropy(logits, &b.ids, &b.prefix, &b.suffix_len)))
+        Ok(Some(zoo_nn::train::loss::suffix_cross_entropy(logits, &b.ids, &b.prefix, &b.suffix_len)))
     }
 
     fn begin(&mut self, model: &Self::Model, state: &TrainState) -> Result<Vec<String>> {

@@ -8,6 +8,7 @@
 //! - [`nn`]: shared blocks (Norm, attention + KV cache, RoPE, MLPs, patch embedding, HF loading);
 //! - [`siglip`]: ViT and SigLIP; [`clip`]: CLIP; [`gemma`]: Gemma 1/2; [`paligemma`]: PaliGemma.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub use zoo_clip as clip;
 pub use zoo_gemma as gemma;

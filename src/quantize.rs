@@ -5,7 +5,7 @@
 
 use crate::args::ModelArgs;
 use std::path::PathBuf;
-use zoo_nn::cpu_gemm::WeightFormat;
+use zoo_nn::kernels::gemm::WeightFormat;
 use zoo_nn::{LoadSpec, NnError, Result};
 
 /// `vlm-zoo quantize`'s options.

@@ -75,7 +75,8 @@ fn sentencepiece_models_and_siglip_tokenisation() {
     let file = fixtures().join("hub-siglip-base/spiece.model");
     runner()
         .run(&bytes_or_mutation(&file), |bytes| {
-            let _ = zoo_nn::spm::SpmModel::parse(&bytes).map(|m| m.sentencepiece_tokenizer().map(|_| ()));
+            let _ =
+                zoo_nn::data::spm::SpmModel::parse(&bytes).map(|m| m.sentencepiece_tokenizer().map(|_| ()));
             Ok(())
         })
         .unwrap();
@@ -139,7 +140,7 @@ fn image_decoding_and_preprocessing() {
     for name in ["rgb_64x48.png", "rgba_50x30.png", "grey_40x40.png"] {
         runner()
             .run(&bytes_or_mutation(&fixtures().join("images").join(name)), |bytes| {
-                if let Ok(img) = zoo_nn::image::decode_image(&bytes) {
+                if let Ok(img) = zoo_nn::data::image::decode_image(&bytes) {
                     let _ = proc.preprocess(&img);
                 }
                 Ok(())

@@ -51,7 +51,7 @@ fn siglip_gradients_match_pytorch() {
     let ids = r.int_tensor::<2>("input_ids", &dev).narrow(0, 0, 4);
     let img = zoo_nn::l2_normalize(model.image_features(pixels));
     let txt = zoo_nn::l2_normalize(model.text_features(ids));
-    let loss = zoo_nn::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val());
+    let loss = zoo_nn::train::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let grad_model = model.valid().map(&mut ToGrads(&grads));
     let tmp = tempfile::tempdir().unwrap();
@@ -79,7 +79,7 @@ fn clip_gradients_match_pytorch() {
         r.rows("attention_mask")[..4].iter().map(|row| row.iter().map(|&v| v != 0).collect()).collect();
     let img = zoo_nn::l2_normalize(model.image_features(pixels));
     let txt = zoo_nn::l2_normalize(model.text_features(&ids, &mask, &dev));
-    let loss = zoo_nn::loss::clip_loss(img, txt, model.logit_scale.val());
+    let loss = zoo_nn::train::loss::clip_loss(img, txt, model.logit_scale.val());
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let grad_model = model.valid().map(&mut ToGrads(&grads));
     let tmp = tempfile::tempdir().unwrap();
@@ -95,7 +95,7 @@ fn clip_gradients_match_pytorch() {
 }
 
 /// `--precision bf16`: forward and backward on a bf16 view of the f32 master weights
-/// (`zoo_nn::mixed::autocast`). The loss and every master gradient stay within bf16's own noise
+/// (`zoo_nn::train::mixed::autocast`). The loss and every master gradient stay within bf16's own noise
 /// of the f32 ones (measured when written: loss 0.10%, every gradient within 3.7% of its
 /// tensor's largest value, with 1% of the largest gradient anywhere as the floor).
 #[test]
@@ -109,10 +109,10 @@ fn bf16_mixed_precision_gradients_follow_f32() {
     let loss = |m: &vlm_zoo::siglip::SiglipModel, dt: DType| {
         let img = zoo_nn::l2_normalize(m.image_features(pixels.clone().cast(dt)).cast(DType::F32));
         let txt = zoo_nn::l2_normalize(m.text_features(ids.clone()).cast(DType::F32));
-        zoo_nn::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val())
+        zoo_nn::train::loss::siglip_loss(img, txt, model.logit_scale.val(), model.logit_bias.val())
     };
     let l32 = loss(&model, DType::F32);
-    let l16 = loss(&zoo_nn::mixed::autocast(&model, DType::BF16), DType::BF16);
+    let l16 = loss(&zoo_nn::train::mixed::autocast(&model, DType::BF16), DType::BF16);
     let (a, b) = (to_vec(l32.clone())[0], to_vec(l16.clone())[0]);
     assert!((a - b).abs() <= 0.01 * a.abs(), "loss f32 {a} bf16 {b}");
     let g32 = model.valid().map(&mut ToGrads(&GradientsParams::from_grads(l32.backward(), &model)));

@@ -2,7 +2,7 @@
 //! `CLIPConfig` (transformers' defaults, unknown keys ignored), plus the vlm-zoo `norm` field.
 
 use serde::{Deserialize, Serialize};
-use zoo_nn::image::{ChannelValues, SizeSpec};
+use zoo_nn::data::image::{ChannelValues, SizeSpec};
 use zoo_nn::{Activation, NnError, NormKind, PreprocessorConfig, Result};
 
 macro_rules! default_fns {

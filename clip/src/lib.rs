@@ -5,6 +5,7 @@
 //! causal text tower pooled at the end-of-text token (`text_projection`) — with softmax
 //! image-text scores equal to transformers'.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod load;

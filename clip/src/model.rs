@@ -10,7 +10,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
+use zoo_nn::layers::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
 use zoo_nn::{
     ContrastiveModel, Encoded, Encoder, EncoderConfig, MaskSpec, Norm, NormConfig, Padding, TextBatch,
     l2_normalize,
@@ -289,7 +289,7 @@ impl ContrastiveModel for ClipModel {
     }
 
     fn logits(&self, image_embeds: Tensor<2>, text_embeds: Tensor<2>) -> Tensor<2> {
-        zoo_nn::loss::contrastive_logits(image_embeds, text_embeds, self.logit_scale.val(), None)
+        zoo_nn::train::loss::contrastive_logits(image_embeds, text_embeds, self.logit_scale.val(), None)
     }
 
     fn probs(&self, logits_per_image: Tensor<2>) -> Tensor<2> {
@@ -297,6 +297,6 @@ impl ContrastiveModel for ClipModel {
     }
 
     fn loss(&self, img: Tensor<2>, txt: Tensor<2>, _chunk: Option<usize>) -> Tensor<1> {
-        zoo_nn::loss::clip_loss(img, txt, self.logit_scale.val())
+        zoo_nn::train::loss::clip_loss(img, txt, self.logit_scale.val())
     }
 }

@@ -25,7 +25,7 @@
 use crate::config::ClipConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use zoo_nn::image::{ChannelValues, SizeSpec};
+use zoo_nn::data::image::{ChannelValues, SizeSpec};
 use zoo_nn::load::raw::{RawTensor, read_safetensors, write_safetensors};
 use zoo_nn::{Checkpoint, NnError, PreprocessorConfig, Result};
 

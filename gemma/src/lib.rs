@@ -6,6 +6,7 @@
 //! sandwich norms), and [`GemmaDecoder`], through which `zoo_nn::generate` runs it with an explicit
 //! KV cache.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod decoder;

@@ -5,7 +5,7 @@
 //! `zoo_clip::ClipModel`); texts reach it as one [`TextBatch`] type that carries the ids on the
 //! device and, for the families that use them, the host ids and padding mask.
 
-use crate::text::{Padding, TextBatch};
+use crate::data::text::{Padding, TextBatch};
 use burn::prelude::*;
 
 /// A two-tower image-text model scored on L2-normalised embeddings.

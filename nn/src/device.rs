@@ -3,9 +3,9 @@
 //! `cpu` is the default CPU backend of this build: Flex when the `flex` feature is on (it decodes
 //! 3.2x faster than ndarray on a 100M-parameter Gemma, see docs/bench.md), else ndarray.
 
-use crate::cpu_gemm::WeightFormat;
 use crate::error::{NnError, Result};
 use burn::tensor::{DType, Device, FloatDType};
+use zoo_kernels::gemm::WeightFormat;
 
 /// Parses a device name as the CLI takes it.
 ///
@@ -38,7 +38,7 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
 /// Where and how an inference command computes: the device, and on a CPU device with
 /// `--dtype bf16` or `--dtype q8` the format its weights are packed in ([`crate::packed`]):
 /// Linear weights and the tied head stay bf16 (or int8 with per-output scales) and run on the
-/// host kernels of [`crate::cpu_gemm`], activations and everything else are f32. On CUDA,
+/// host kernels of [`zoo_kernels::gemm`], activations and everything else are f32. On CUDA,
 /// `bf16`/`f16` make every tensor that dtype, as before.
 #[derive(Debug, Clone)]
 pub struct Compute {

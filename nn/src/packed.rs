@@ -1,7 +1,7 @@
 //! Packed bf16 / int8 weights for CPU inference (`--dtype bf16` and `--dtype q8` on the CPU).
 //!
 //! Every `Linear` weight (and each embedding named `embed_tokens`, which Gemma also uses as its
-//! tied output head) becomes a [`PackedWeight`] for the kernels of [`crate::cpu_gemm`], kept in
+//! tied output head) becomes a [`PackedWeight`] for the kernels of [`zoo_kernels::gemm`], kept in
 //! a process-wide table under its parameter id; the Burn parameter is replaced by a
 //! zero-strided placeholder of the same shape (one element of memory), so the weights exist
 //! once. Every other float parameter (norms, convolutions, positions) is f32, the dtype
@@ -15,13 +15,13 @@
 //! on the host kernels, any other (f32 CPU, CUDA, training) takes Burn's path unchanged.
 //! [`release`] drops a model's entries from the table.
 
-use crate::cpu_gemm::{Matrix, PackedWeight, WeightFormat};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
+use zoo_kernels::gemm::{Matrix, PackedWeight, WeightFormat};
 
 /// A packed weight and its bias (f32).
 #[derive(Debug)]
@@ -226,7 +226,7 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
         None if D >= 2 => {
             // Burn's `Linear::forward` with the product as one fused operation: the weight's
             // gradient is one product over all rows instead of one per batch entry then summed.
-            let y = crate::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
+            let y = zoo_kernels::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
             match &linear.bias {
                 Some(bias) => y + bias.val().unsqueeze::<D>(),
                 None => y,

@@ -5,6 +5,7 @@
 //! sharded, BF16); the processor's prompt layout; prefix-LM generation with the vision tower run
 //! once per image; detection boxes parsed from `<locYYYY>` tokens.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod decoder;

@@ -83,7 +83,7 @@ fn loss_and_every_gradient_equal_transformers() {
         prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
     let pixels = b.tensor::<4>("pixel_values", &dev);
     let logits = model.forward(pixels, &ids, &types).unwrap();
-    let loss = zoo_nn::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len);
+    let loss = zoo_nn::train::loss::suffix_cross_entropy(logits, &ids, &prefix, &suffix_len);
     assert_slices_close(&to_vec(loss.clone()), &b.f32("loss"), PARITY_TOL, "loss");
 
     let grads = GradientsParams::from_grads(loss.backward(), &model);

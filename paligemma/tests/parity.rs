@@ -147,7 +147,7 @@ fn packed_cpu_weights_follow_the_f32_reference() {
     let dir = fixture("paligemma-a");
     let r = Reference::read(&dir.join("reference.safetensors"));
     for (format, rel) in
-        [(zoo_nn::cpu_gemm::WeightFormat::Bf16, 0.03), (zoo_nn::cpu_gemm::WeightFormat::Q8, 0.08)]
+        [(zoo_nn::kernels::gemm::WeightFormat::Bf16, 0.03), (zoo_nn::kernels::gemm::WeightFormat::Q8, 0.08)]
     {
         let (model, _) = load_paligemma(&dir, DType::BF16, &dev).unwrap();
         let model = zoo_nn::packed::pack(model, format);

@@ -6,6 +6,7 @@
 //! outputs transformers gives. The ViT is usable alone ([`SiglipVisionTransformer`]), as
 //! PaliGemma uses it.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod load;

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use zoo_nn::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
+use zoo_nn::layers::embed::{add_positions, embed_patches, patch_embedding, position_embedding};
 use zoo_nn::{
     ContrastiveModel, Encoder, EncoderConfig, MaskSpec, Mlp, Norm, NormConfig, NormKind, Padding, TextBatch,
     l2_normalize, scaled_dot_product_attention,
@@ -72,7 +72,7 @@ impl MultiheadAttention {
         let project = |x: Tensor<3>, i: usize, len: usize| {
             let wi = w.clone().slice([i * c..(i + 1) * c, 0..c]).transpose(); // (C, C) as [in, out]
             let bi = bias.clone().narrow(0, i * c, c);
-            (zoo_nn::fused::matmul(x, wi.unsqueeze::<3>()) + bi.unsqueeze::<3>())
+            (zoo_nn::kernels::fused::matmul(x, wi.unsqueeze::<3>()) + bi.unsqueeze::<3>())
                 .reshape([b, len, h, d])
                 .swap_dims(1, 2)
         };
@@ -371,15 +371,15 @@ pub struct SigmoidHead<'a> {
 impl SigmoidHead<'_> {
     /// `exp(t) * img · txtᵀ + b`, `[N, M]`.
     pub fn logits(&self, img: Tensor<2>, txt: Tensor<2>) -> Tensor<2> {
-        zoo_nn::loss::contrastive_logits(img, txt, self.scale.val(), Some(self.bias.val()))
+        zoo_nn::train::loss::contrastive_logits(img, txt, self.scale.val(), Some(self.bias.val()))
     }
 
     /// The sigmoid loss of matching pairs (`chunk`: texts scored in blocks).
     pub fn loss(&self, img: Tensor<2>, txt: Tensor<2>, chunk: Option<usize>) -> Tensor<1> {
         let (scale, bias) = (self.scale.val(), self.bias.val());
         match chunk {
-            Some(c) => zoo_nn::loss::siglip_loss_chunked(img, txt, scale, bias, c, 0),
-            None => zoo_nn::loss::siglip_loss(img, txt, scale, bias),
+            Some(c) => zoo_nn::train::loss::siglip_loss_chunked(img, txt, scale, bias, c, 0),
+            None => zoo_nn::train::loss::siglip_loss(img, txt, scale, bias),
         }
     }
 }

@@ -309,7 +309,7 @@ impl NaflexProcessor {
         for (i, img) in images.iter().enumerate() {
             let (th, tw) = size_for_max_patches(img.height() as usize, img.width() as usize, p, n);
             let mut cfg = self.base.clone();
-            cfg.size = Some(zoo_nn::image::SizeSpec::Exact { height: th as u32, width: tw as u32 });
+            cfg.size = Some(zoo_nn::data::image::SizeSpec::Exact { height: th as u32, width: tw as u32 });
             let (h, w, px) = ImageProcessor::new(cfg).preprocess(img)?; // (3, h, w)
             let (rows, cols) = (h / p, w / p);
             for r in 0..rows {

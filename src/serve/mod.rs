@@ -252,7 +252,7 @@ fn decode_image(s: &str, max_pixels: u64, what: &str) -> ApiResult<image::Dynami
             format!("{what}: {w}x{h} pixels is over this server's limit of {max_pixels} (--max-image-mp)"),
         ));
     }
-    zoo_nn::image::decode_image(&bytes).map_err(|e| ApiError::bad(format!("{what}: not an image: {e}")))
+    zoo_nn::data::image::decode_image(&bytes).map_err(|e| ApiError::bad(format!("{what}: not an image: {e}")))
 }
 
 fn enqueue(st: &AppState, job: Job) -> ApiResult<()> {

@@ -22,7 +22,7 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::DType;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use zoo_nn::optim::AdamWConfig;
+use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{NnError, Result};
 
 /// The options every trainer shares.
@@ -297,7 +297,7 @@ impl Run {
                 let loss = match opts.precision {
                     Precision::F32 => task.loss(&model, None, loaded.batch)?,
                     Precision::Bf16 => {
-                        let half = zoo_nn::mixed::autocast(&model, DType::BF16);
+                        let half = zoo_nn::train::mixed::autocast(&model, DType::BF16);
                         task.loss(&model, Some((&half, DType::BF16)), loaded.batch)?
                     }
                 };

@@ -5,7 +5,6 @@ use super::adapters::{FloatCastFast, PyTorchToBurnFast, ScalarAsVector};
 use super::header::{TensorInfo, parse_safetensors_header, read_safetensors_header};
 use super::keymap::KeyMap;
 use super::{BIN_FILE, BIN_INDEX_FILE, INDEX_FILE, SINGLE_FILE, read_json};
-use crate::cpu_gemm::{Backing, PackedWeight, RawDtype, RawMatrix, WeightFormat};
 use crate::error::{NnError, Result};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
@@ -15,6 +14,8 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zoo_kernels::gemm::{Backing, PackedWeight, RawDtype, RawMatrix, WeightFormat};
+use zoo_kernels::mmap;
 
 /// A HuggingFace checkpoint folder.
 #[derive(Debug, Clone)]
@@ -233,12 +234,15 @@ impl Checkpoint {
                 None if in_place => match maps.get(&info.file) {
                     Some(map) => (map.clone(), info.offset as usize),
                     None => {
-                        let map: Backing = super::mmap::map(&info.file)?;
+                        let map: Backing = mmap::map(&info.file).map_err(|e| NnError::io(&info.file, e))?;
                         maps.insert(info.file.clone(), map.clone());
                         (map, info.offset as usize)
                     }
                 },
-                None => (super::mmap::map_range(&info.file, info.offset, len)?, 0),
+                None => (
+                    mmap::map_range(&info.file, info.offset, len).map_err(|e| NnError::io(&info.file, e))?,
+                    0,
+                ),
             };
             let bytes =
                 (*backing).as_ref().get(offset..offset + len).ok_or_else(|| NnError::Safetensors {
@@ -294,7 +298,7 @@ impl Checkpoint {
             return Ok(None); // made from other files: quantised again
         }
         let tensors = super::header::read_safetensors_header(&file)?;
-        let map: Backing = super::mmap::map(&file)?;
+        let map: Backing = mmap::map(&file).map_err(|e| NnError::io(&file, e))?;
         Ok(Some((map, tensors)))
     }
 

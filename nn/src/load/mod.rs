@@ -23,7 +23,6 @@ mod adapters;
 pub mod checkpoint;
 pub mod header;
 pub mod keymap;
-pub mod mmap;
 pub mod pytorch;
 pub mod raw;
 pub mod save;

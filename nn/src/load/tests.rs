@@ -2,8 +2,7 @@
 
 use super::adapters::transpose_bytes;
 use super::*;
-use crate::cpu_gemm::WeightFormat;
-use crate::norm::{Norm, NormConfig, NormKind};
+use crate::layers::norm::{Norm, NormConfig, NormKind};
 use crate::testing::{assert_slices_close, device, to_vec};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -11,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use safetensors::{Dtype, tensor::TensorView};
 use std::collections::BTreeMap;
+use zoo_kernels::gemm::WeightFormat;
 
 #[derive(Module, Debug)]
 struct Block {

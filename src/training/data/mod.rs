@@ -112,7 +112,7 @@ impl Sample {
     pub fn pixels(&self, proc: &ImageProcessor, aug: Augment) -> std::result::Result<Vec<f32>, String> {
         match &self.image {
             ImageData::File(path) => load_image(path, proc, aug, self.seed).map_err(|e| e.to_string()),
-            ImageData::Bytes(bytes) => zoo_nn::image::decode_image(bytes)
+            ImageData::Bytes(bytes) => zoo_nn::data::image::decode_image(bytes)
                 .map_err(|e| format!("{}: {e}", self.key))
                 .and_then(|img| augment(img, proc, aug, self.seed).map_err(|e| format!("{}: {e}", self.key))),
         }

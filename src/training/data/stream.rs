@@ -280,7 +280,7 @@ fn count_tar(path: &Path) -> usize {
 }
 
 /// Largest member read from a shard (an image file over this is skipped unread).
-const MAX_MEMBER_BYTES: u64 = zoo_nn::image::MAX_IMAGE_FILE_BYTES;
+const MAX_MEMBER_BYTES: u64 = zoo_nn::data::image::MAX_IMAGE_FILE_BYTES;
 
 fn caption_from_json(bytes: &[u8], key: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
@@ -577,7 +577,7 @@ pub fn held_out(
     for item in Stream::read(stream.files.clone(), stream.opts.clone()) {
         match item {
             Ok(s) if is_held_out(&s.key, fraction, seed) => {
-                if let Err(e) = zoo_nn::image::decode_image(&s.bytes) {
+                if let Err(e) = zoo_nn::data::image::decode_image(&s.bytes) {
                     skipped.push(format!("{}: {e}", s.key));
                     continue;
                 }

@@ -42,7 +42,7 @@ impl Activation {
         match self {
             Activation::GeluTanh => gelu_tanh(x),
             Activation::Gelu => activation::gelu(x),
-            Activation::QuickGelu => crate::fused::x_sigmoid(x, 1.702, 0.0),
+            Activation::QuickGelu => zoo_kernels::fused::x_sigmoid(x, 1.702, 0.0),
             Activation::Silu => activation::silu(x),
             Activation::Relu => activation::relu(x),
         }
@@ -114,11 +114,11 @@ impl GatedMlp {
 
 /// `0.5x(1 + tanh(u))` with `u = sqrt(2/pi)(x + 0.044715x^3)`, computed as the equal
 /// `x * sigmoid(2u)` (since `1 + tanh(u) = 2 sigmoid(2u)`) by one fused operation
-/// ([`crate::fused::x_sigmoid`]: one host pass on the CPU, one backward pass under autodiff);
+/// ([`zoo_kernels::fused::x_sigmoid`]: one host pass on the CPU, one backward pass under autodiff);
 /// Burn's own takes eight passes with `powf` and `tanh` (18% of a SigLIP-B/16 forward, perf).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
-    crate::fused::x_sigmoid(x, c as f32, (c * 0.044715) as f32)
+    zoo_kernels::fused::x_sigmoid(x, c as f32, (c * 0.044715) as f32)
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ fn exp(x: f32) -> f32 {
 }
 
 /// Elements per rayon task: large enough that scheduling is noise.
-const CHUNK: usize = 16 * 1024;
+pub(crate) const CHUNK: usize = 16 * 1024;
 
 /// Lanes of the reductions below: separate accumulators let the compiler vectorise a sum
 /// (a single running `f32` sum is a serial chain it may not reorder).
@@ -80,7 +80,7 @@ fn max(x: &[f32]) -> f32 {
 /// Inputs up to this many elements run on the calling thread: handing even one chunk to the
 /// rayon pool costs a thread wake-up, the largest overhead of small models (18% of the tiny
 /// SigLIP's training profile in the scheduler).
-const INLINE: usize = 64 * 1024;
+pub(crate) const INLINE: usize = 64 * 1024;
 
 /// `body(out chunk, x chunk)` over `step`-element chunks, on the pool for large inputs.
 fn chunks2(out: &mut [f32], x: &[f32], step: usize, body: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
@@ -250,50 +250,6 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Ve
     };
     let (dgamma, dbeta) = acc.split_at(n);
     (dx, dgamma.to_vec(), dbeta.to_vec())
-}
-
-/// One AdamW step's constants: `lr`, the moments' `beta_1`/`beta_2`, `epsilon`, the decoupled
-/// decay `lr * weight_decay`, and the bias corrections `1 - beta_1^t`, `1 - beta_2^t`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWStep {
-    /// Learning rate.
-    pub lr: f32,
-    /// First-moment decay.
-    pub beta_1: f32,
-    /// Second-moment decay.
-    pub beta_2: f32,
-    /// Added to the root of the corrected second moment.
-    pub epsilon: f32,
-    /// `lr * weight_decay`.
-    pub decay: f32,
-    /// `1 - beta_1^t`.
-    pub correction_1: f32,
-    /// `1 - beta_2^t`.
-    pub correction_2: f32,
-}
-
-/// Matching chunks of AdamW's parameter, gradient and moments.
-type Chunks<'a> = ((&'a mut [f32], &'a [f32]), (&'a mut [f32], &'a mut [f32]));
-
-/// AdamW in place, one pass: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
-/// `p = p (1 - lr wd) - lr (m / c1) / (sqrt(v / c2) + eps)` (PyTorch's and Burn's AdamW).
-pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamWStep) {
-    let body = |((p, g), (m, v)): Chunks<'_>| {
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = h.beta_1 * *m + (1.0 - h.beta_1) * g;
-            *v = h.beta_2 * *v + (1.0 - h.beta_2) * g * g;
-            let update = (*m / h.correction_1) / ((*v / h.correction_2).sqrt() + h.epsilon);
-            *p = *p * (1.0 - h.decay) - h.lr * update;
-        }
-    };
-    if g.len() <= INLINE {
-        body(((p, g), (m, v)));
-    } else {
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(body);
-    }
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// LayerNorm: `(x - mean) / sqrt(var + eps) * gamma + beta` over the last dim, as one fused
-/// operation ([`crate::fused::layer_norm`]: a host kernel on the CPU, one backward pass under
+/// operation ([`zoo_kernels::fused::layer_norm`]: a host kernel on the CPU, one backward pass under
 /// autodiff) computed in f32 (bf16/f16 inputs are widened, as Burn's LayerNorm does). Burn's
 /// name and fields, so checkpoints load and save through the same adapters; its `epsilon` is
 /// private there, which is why this is a struct of its own.
@@ -183,7 +183,7 @@ impl LayerNorm {
             Some(beta) => beta.val().cast(DType::F32),
             None => gamma.zeros_like(),
         };
-        crate::fused::layer_norm(x.cast(DType::F32), gamma, beta, self.epsilon).cast(dtype)
+        zoo_kernels::fused::layer_norm(x.cast(DType::F32), gamma, beta, self.epsilon).cast(dtype)
     }
 }
 

@@ -1,8 +1,8 @@
 //! Tokenisation from a checkpoint's `tokenizer.json` (the `tokenizers` crate, the same library
 //! transformers' fast tokenizers run), with padding and truncation as transformers applies them.
 
+use crate::data::spm::SiglipSpm;
 use crate::error::{NnError, Result};
-use crate::spm::SiglipSpm;
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -172,7 +172,7 @@ impl TextTokenizer {
             &extra,
             lower,
         )?;
-        let model_piece = crate::spm::SpmModel::read(&model)?;
+        let model_piece = crate::data::spm::SpmModel::read(&model)?;
         Ok(Self {
             tokenizer: spm.sentencepiece().clone(),
             pad_id: model_piece.piece_to_id(&pad),

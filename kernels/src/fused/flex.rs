@@ -1,0 +1,202 @@
+//! Flex's f32 tensors go to the host kernels, read and written in place (no copies).
+
+use super::*;
+use burn::backend::Flex;
+
+/// The tensor's elements, row-major, when it is f32 (`None` otherwise).
+fn read(t: &FloatTensor<Flex>) -> Option<Cow<'_, [f32]>> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    match t.as_slice::<f32>() {
+        Some(s) => Some(Cow::Borrowed(s)),
+        None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
+    }
+}
+
+/// The tensor's own f32 buffer for writing in place, when it is contiguous and not shared.
+fn write_in_place(t: &mut FloatTensor<Flex>) -> Option<&mut [f32]> {
+    let n = t.shape().num_elements();
+    let whole = t.dtype() == DType::F32 && t.layout().contiguous_offsets() == Some((0, n));
+    let buffer = if whole { t.try_storage_mut::<f32>()? } else { return None };
+    (buffer.len() == n).then_some(buffer)
+}
+
+/// A tensor of `shape` from `values` (moved in, not copied), on `like`'s device.
+fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+    Flex::float_from_data(TensorData::new(values, shape), &like.device())
+}
+
+/// `t`'s matrices as a [`Strided`](crate::matmul_f32::Strided) operand with `rows x cols` per matrix and the given
+/// batch axes: `None` unless f32 with non-negative strides. `shared`: one matrix for all.
+fn strided<'a>(
+    t: &'a FloatTensor<Flex>,
+    offsets: &'a mut Vec<usize>,
+    shared: bool,
+) -> Option<crate::matmul_f32::Strided<'a>> {
+    let layout = t.layout();
+    let r = layout.num_dims();
+    if t.dtype() != DType::F32 || r < 2 || layout.strides().iter().any(|&s| s < 0) {
+        return None;
+    }
+    let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
+    let dims = layout.shape();
+    offsets.clear();
+    offsets.push(layout.start_offset());
+    if !shared {
+        // Row-major over the batch axes: each axis multiplies the offsets so far.
+        for axis in 0..r - 2 {
+            let (prev, step) = (std::mem::take(offsets), strides[axis]);
+            offsets.extend(prev.iter().flat_map(|&o| (0..dims[axis]).map(move |i| o + i * step)));
+        }
+    }
+    Some(crate::matmul_f32::Strided {
+        data: t.storage::<f32>(),
+        offsets,
+        row_stride: strides[r - 2],
+        col_stride: strides[r - 1],
+    })
+}
+
+/// The product on the host, or `None` for shapes or layouts it does not take (broadcast
+/// `lhs`, mismatched batch axes, bf16, negative strides).
+fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<FloatTensor<Flex>> {
+    let (ls, rs) = (lhs.shape(), rhs.shape());
+    let r = ls.num_dims();
+    if rs.num_dims() != r || r < 2 || ls[r - 1] != rs[r - 2] {
+        return None;
+    }
+    let (lb, rb) = (&ls[..r - 2], &rs[..r - 2]);
+    let shared = rb.iter().all(|&d| d == 1);
+    if !shared && lb != rb {
+        return None;
+    }
+    let (m, k, n) = (ls[r - 2], ls[r - 1], rs[r - 1]);
+    let batch: usize = lb.iter().product();
+    let (mut lo, mut ro) = (Vec::new(), Vec::new());
+    let rhs_op = strided(rhs, &mut ro, shared)?;
+    // A shared weight and batch rows that follow one another at the row stride: one product
+    // over all `batch * m` rows.
+    let merged = shared && {
+        let st = lhs.layout().strides();
+        (0..r - 2)
+            .rev()
+            .try_fold(st[r - 2], |step, axis| {
+                (ls[axis + 1] as isize * step == st[axis] || ls[axis] == 1).then_some(st[axis])
+            })
+            .is_some()
+            || batch == 1
+    };
+    let lhs_op = strided(lhs, &mut lo, merged)?;
+    let out = if merged {
+        crate::matmul_f32::matmul_f32(1, batch * m, k, n, lhs_op, rhs_op)?
+    } else {
+        crate::matmul_f32::matmul_f32(batch, m, k, n, lhs_op, rhs_op)?
+    };
+    let mut dims = lb.to_vec();
+    dims.extend([m, n]);
+    Some(write(out, Shape::from(dims), lhs))
+}
+
+impl FusedOps for Flex {
+    fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        host_matmul(&lhs, &rhs).unwrap_or_else(|| Self::float_matmul(lhs, rhs))
+    }
+
+    fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+        match read(&x) {
+            Some(v) => write(host_ops::x_sigmoid(&v, a, b), x.shape(), &x),
+            None => composed::x_sigmoid::<Self>(x, a, b),
+        }
+    }
+
+    fn x_sigmoid_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        a: f32,
+        b: f32,
+    ) -> FloatTensor<Self> {
+        match (read(&x), read(&grad)) {
+            (Some(v), Some(g)) => write(host_ops::x_sigmoid_backward(&v, &g, a, b), x.shape(), &x),
+            _ => composed::x_sigmoid_backward::<Self>(x, grad, a, b),
+        }
+    }
+
+    fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        let n = x.shape()[x.shape().num_dims() - 1];
+        match read(&x) {
+            Some(v) => write(host_ops::softmax(&v, n, scale), x.shape(), &x),
+            None => composed::softmax_last::<Self>(x, scale),
+        }
+    }
+
+    fn softmax_last_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        let n = x.shape()[x.shape().num_dims() - 1];
+        match (read(&x), read(&grad)) {
+            (Some(v), Some(g)) => write(host_ops::softmax_backward(&v, &g, n, scale), x.shape(), &x),
+            _ => composed::softmax_last_backward::<Self>(x, grad, scale),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        match (read(&x), read(&gamma), read(&beta)) {
+            (Some(v), Some(w), Some(b)) => write(host_ops::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x),
+            _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
+        }
+    }
+
+    fn adamw_step(
+        mut param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        mut m: FloatTensor<Self>,
+        mut v: FloatTensor<Self>,
+        h: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let Some(g) = read(&grad) else {
+            return composed::adamw_step::<Self>(param, grad, m, v, h);
+        };
+        if let (Some(p), Some(mm), Some(vv)) =
+            (write_in_place(&mut param), write_in_place(&mut m), write_in_place(&mut v))
+        {
+            adamw::adamw(p, &g, mm, vv, h);
+            drop(g);
+            return (param, m, v);
+        }
+        match (read(&param), read(&m), read(&v)) {
+            (Some(p), Some(mm), Some(vv)) => {
+                let (mut p, mut mm, mut vv) = (p.into_owned(), mm.into_owned(), vv.into_owned());
+                adamw::adamw(&mut p, &g, &mut mm, &mut vv, h);
+                let shape = param.shape();
+                (write(p, shape.clone(), &param), write(mm, shape.clone(), &param), write(vv, shape, &param))
+            }
+            _ => {
+                drop(g);
+                composed::adamw_step::<Self>(param, grad, m, v, h)
+            }
+        }
+    }
+
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        match (read(&x), read(&gamma), read(&grad)) {
+            (Some(v), Some(w), Some(g)) => {
+                let (dx, dgamma, dbeta) = host_ops::layer_norm_backward(&v, &w, &g, eps as f32);
+                (
+                    write(dx, x.shape(), &x),
+                    write(dgamma, gamma.shape(), &gamma),
+                    write(dbeta, gamma.shape(), &gamma),
+                )
+            }
+            _ => composed::layer_norm_backward::<Self>(x, gamma, grad, eps),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! CPU matrix products over bf16 and int8 weights, for inference on the host.
+//!
+//! `out[m, n] = sum_k a[m, k] * W[n, k]` with `W` packed once at load ([`PackedWeight`]) in
+//! bf16 or in int8 with one f32 scale per output (`--dtype q8`), and f32 accumulation. Burn's
+//! CPU backends widen bf16 to f32 for every matmul (a copy of the whole weight per call); these
+//! kernels read each weight byte once per call, which is what decode (a GEMV over all weights)
+//! is bound by, and widen in registers.
+//!
+//! Layout: output columns in panels of 16, the reduction axis in pairs, so one 512-bit load is
+//! `W[16 outputs, 2 k]`: for panel `p`, pair `t`, column `c`, element `e` the index is
+//! `((p * kp2 + t) * 16 + c) * 2 + e`. `k` is padded to even and `n` to a multiple of 16 with
+//! zeros. Int8 panels have the same layout.
+//!
+//! Kernels ([`Kernel`], chosen at run time): AVX-512 FMAs on weights widened in registers (the
+//! default where AVX-512 exists), `vdpbf16ps` on bf16 activations (AVX512-BF16, opt-in: on the
+//! benchmark machine it retires a quarter as many per cycle as FMAs, so it does half the work),
+//! and a portable loop compiled for AVX2+FMA or the baseline. Tiles are 8 rows x 32 outputs;
+//! output blocks are split over the cores with rayon; decode (`m = 1`) splits the panels.
+//! `cargo bench --bench gemm` measures each against the memory bandwidth it measures.
+//!
+//! One file per part: `source` (what a weight is packed from), `weight` (packing and the
+//! stored formats), `product` (the tiled products and their split over the cores), `kernel`
+//! (run-time choice of instruction set), `x86` and `portable` (the tiles themselves).
+
+// SIMD intrinsics run only after run-time CPU detection, and raw output pointers are split into
+// disjoint blocks; each unsafe block states its argument.
+#![allow(unsafe_code)]
+
+mod kernel;
+mod portable;
+mod product;
+mod source;
+#[cfg(test)]
+mod tests;
+mod weight;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use kernel::Kernel;
+pub use source::{Matrix, RawDtype, RawMatrix, Source};
+
+/// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation
+/// makes it: adding and subtracting 1.5 * 2^23 rounds in the FPU's default mode (nearest even)
+/// without a call to `rintf` (the baseline x86-64 target has no rounding instruction).
+#[inline(always)]
+fn quantize(v: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((v.clamp(-127.0, 127.0) + MAGIC) - MAGIC) as i8
+}
+
+/// Output columns per panel (one 512-bit register of f32 accumulators).
+const PANEL: usize = 16;
+/// Activation rows per tile.
+const MR: usize = 8;
+/// Panels per tile.
+const NR: usize = 2;
+
+/// How a [`PackedWeight`] stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// bf16 values (2 bytes each).
+    Bf16,
+    /// int8 values with one f32 scale per output, `w = q * scale` (1 byte each): symmetric
+    /// round-to-nearest of `w / (max |w| / 127)` over each output's weights.
+    Q8,
+}
+
+impl WeightFormat {
+    /// `bf16` or `q8`, as `--dtype` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q8 => "q8",
+        }
+    }
+}
+
+/// Bytes a weight can borrow in place: a mapped checkpoint file, or a buffer.
+pub type Backing = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+enum Values {
+    Bf16(Vec<u16>),
+    Q8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
+    /// Row-major `W[n, k]` bf16 as the checkpoint stores it (`k * 2` bytes per row from byte
+    /// `offset` of the backing), borrowed without a copy; each product stages the panels it
+    /// needs in a small per-task buffer (L2-resident), so loading costs nothing and the
+    /// weights are read once per product, as for packed panels.
+    Bf16Rows {
+        backing: Backing,
+        offset: usize,
+    },
+    /// Int8 panels as [`Values::Q8`] keeps them, read in place from a saved file
+    /// (`vlm-zoo quantize`): `len` bytes from `offset` of the backing.
+    Q8Mapped {
+        backing: Backing,
+        offset: usize,
+        len: usize,
+        scale: Vec<f32>,
+    },
+}
+
+/// A weight matrix `W[n, k]` (one row per output, PyTorch's Linear layout) packed for the
+/// kernels of this module.
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    /// Pairs along k (`k` rounded up to even, halved).
+    kp2: usize,
+    values: Values,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight {{ n: {}, k: {}, format: {:?} }}", self.n, self.k, self.format())
+    }
+}

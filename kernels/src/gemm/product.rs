@@ -1,0 +1,234 @@
+//! The products: activations packed for the tiles, output blocks split over the cores, and
+//! decode's dot products over rows used in place.
+
+#[cfg(target_arch = "x86_64")]
+use super::x86;
+use super::{Kernel, MR, NR, PANEL, PackedWeight, Values, kernel::available, portable};
+use half::bf16;
+use rayon::prelude::*;
+
+impl PackedWeight {
+    /// `out[m, n] = a[m, k] · W[n, k]^T` (`a` row-major `[m, k]`, `out` row-major `[m, n]`).
+    ///
+    /// # Panics
+    /// When `a` or `out` does not have `m * k` or `m * n` elements.
+    pub fn matmul(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Kernel::detect(), a, m, out)
+    }
+
+    /// [`PackedWeight::matmul`] on a chosen kernel (one of [`Kernel::available`]).
+    ///
+    /// # Panics
+    /// As `matmul`, and when this CPU lacks `kernel`.
+    pub fn matmul_with(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32]) {
+        assert!(available().contains(&kernel), "this CPU cannot run {kernel:?}");
+        assert_eq!(a.len(), m * self.k, "activations");
+        assert_eq!(out.len(), m * self.n, "output");
+        if let Some(rows) = self.rows_bytes()
+            && m <= 4
+        {
+            return self.dot_rows(kernel, rows, a, m, out);
+        }
+        let ab = self.pack_activations(a, m, kernel);
+        let panels = self.n.div_ceil(PANEL);
+        let threads = rayon::current_num_threads().max(1);
+        // Rows per task: enough that one task's tiles reuse each panel from cache; panels per
+        // task: about 4 tasks per thread.
+        // Weights staged from rows are staged once per row block: up to 512 rows in one.
+        let mc = if m <= 4 * MR {
+            m.next_multiple_of(MR.min(m))
+        } else if self.rows_bytes().is_some() {
+            m.min(512).next_multiple_of(MR)
+        } else {
+            (m.div_ceil(threads)).clamp(MR, 128).next_multiple_of(MR)
+        };
+        let row_blocks = m.div_ceil(mc);
+        let per_task = (panels * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
+        let per_task = if per_task > NR { per_task.next_multiple_of(NR) } else { per_task };
+        let panel_blocks = panels.div_ceil(per_task);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..row_blocks * panel_blocks).into_par_iter().for_each(|task| {
+            let (rb, pb) = (task / panel_blocks, task % panel_blocks);
+            let rows = rb * mc..((rb + 1) * mc).min(m);
+            let ps = pb * per_task..((pb + 1) * per_task).min(panels);
+            let out = out_ptr;
+            // SAFETY: tasks write disjoint (row, panel) blocks of `out`, whose length was checked.
+            unsafe { self.block(kernel, &ab, m, rows, ps, out.0) };
+        });
+    }
+
+    /// Few activation rows against row-major bf16 weights (decode): one dot product per output
+    /// over the rows as stored, output rows split over the cores.
+    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(4 * threads).next_multiple_of(8).max(8);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let range = c * chunk..((c + 1) * chunk).min(n);
+            let out = out_ptr;
+            #[cfg(target_arch = "x86_64")]
+            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16) {
+                // SAFETY: AVX-512 was detected; tasks write disjoint output columns.
+                unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, n, range, out.0) };
+                return;
+            }
+            let _ = kernel;
+            for j in range {
+                let w = &rows[j * k * 2..(j + 1) * k * 2];
+                for i in 0..m {
+                    let x = &a[i * k..(i + 1) * k];
+                    let mut sum = [0f32; 8];
+                    for (xs, ws) in x.chunks(8).zip(w.chunks(16)) {
+                        for (l, (xv, wb)) in xs.iter().zip(ws.chunks_exact(2)).enumerate() {
+                            sum[l] += xv * f32::from_bits((u16::from_le_bytes([wb[0], wb[1]]) as u32) << 16);
+                        }
+                    }
+                    // SAFETY: (i, j) is in this task's columns of the checked output.
+                    unsafe { *out.0.add(i * n + j) = sum.iter().sum() };
+                }
+            }
+        });
+    }
+
+    /// The activations laid out for the tiles: in blocks of `h = min(MR, m)` rows (the last
+    /// one zero-padded), pair `t` of the block's rows together: block `b`, pair `t`, row `i` at
+    /// `(b * kp2 + t) * h + i` (a pair of f32, or for [`Kernel::Avx512Bf16`] two bf16 rounded
+    /// to nearest even in one u32).
+    pub(super) fn pack_activations(&self, a: &[f32], m: usize, kernel: Kernel) -> Activations {
+        let h = MR.min(m);
+        let blocks = m.div_ceil(h);
+        let (k, kp2) = (self.k, self.kp2);
+        let pair = |b: usize, i: usize, t: usize| {
+            let row = &a[(b * h + i) * k..(b * h + i + 1) * k];
+            (row[2 * t], row.get(2 * t + 1).copied().unwrap_or(0.0))
+        };
+        if kernel == Kernel::Avx512Bf16 {
+            let mut packed = vec![0u32; blocks * kp2 * h];
+            packed.par_chunks_mut(kp2 * h).enumerate().for_each(|(b, block)| {
+                for i in 0..h.min(m - b * h) {
+                    for t in 0..kp2 {
+                        let (lo, hi) = pair(b, i, t);
+                        block[t * h + i] = bf16::from_f32(lo).to_bits() as u32
+                            | ((bf16::from_f32(hi).to_bits() as u32) << 16);
+                    }
+                }
+            });
+            return Activations::Bf16(packed);
+        }
+        let mut packed = vec![0f32; blocks * kp2 * h * 2];
+        packed.par_chunks_mut(kp2 * h * 2).enumerate().for_each(|(b, block)| {
+            for i in 0..h.min(m - b * h) {
+                for t in 0..kp2 {
+                    let (lo, hi) = pair(b, i, t);
+                    block[(t * h + i) * 2] = lo;
+                    block[(t * h + i) * 2 + 1] = hi;
+                }
+            }
+        });
+        Activations::F32(packed)
+    }
+
+    /// One task: output rows `rows` x panels `ps`.
+    ///
+    /// # Safety
+    /// `out` points to `m * n` f32 and no other task writes this block.
+    pub(super) unsafe fn block(
+        &self,
+        kernel: Kernel,
+        a: &Activations,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        ps: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let panel_len = self.kp2 * PANEL * 2;
+        let h = MR.min(m);
+        let block_len = self.kp2 * h;
+        debug_assert!(rows.start.is_multiple_of(h));
+        let mut scratch = Vec::new();
+        let scales = self.q8().map(|(_, s)| s);
+        let mut p = ps.start;
+        while p < ps.end {
+            let np = if ps.end - p >= NR { NR } else { 1 };
+            // The bf16 panels to multiply by: packed, or staged from the checkpoint's rows.
+            let bf: Option<&[u16]> = match &self.values {
+                Values::Bf16(v) => Some(&v[p * panel_len..(p + np) * panel_len]),
+                Values::Bf16Rows { .. } => {
+                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, &mut scratch);
+                    Some(&scratch[..])
+                }
+                Values::Q8 { .. } | Values::Q8Mapped { .. } => None,
+            };
+            let q8: Option<&[i8]> = self.q8().map(|(q, _)| &q[p * panel_len..(p + np) * panel_len]);
+            let mut r = rows.start;
+            while r < rows.end {
+                let mr = (rows.end - r).min(h);
+                let mut acc = [[0f32; PANEL * NR]; MR];
+                let b = r / h;
+                match (bf, q8, a, kernel) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Some(w), _, Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                        let a = a.as_ptr().add(b * block_len);
+                        x86::dp_bf16(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, Some(w), Activations::Bf16(a), Kernel::Avx512Bf16) => unsafe {
+                        let a = a.as_ptr().add(b * block_len);
+                        x86::dp_q8(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Some(w), _, Activations::F32(a), Kernel::Avx512) => unsafe {
+                        let a = a.as_ptr().add(b * block_len * 2);
+                        x86::fma_bf16(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, Some(w), Activations::F32(a), Kernel::Avx512) => unsafe {
+                        let a = a.as_ptr().add(b * block_len * 2);
+                        x86::fma_q8(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
+                    },
+                    (Some(w), _, Activations::F32(a), k) => {
+                        let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
+                        let f = |x: u16| f32::from_bits((x as u32) << 16);
+                        portable::tile(k, a, h, w, panel_len, self.kp2, mr, np, f, &mut acc)
+                    }
+                    (_, Some(w), Activations::F32(a), k) => {
+                        let a = &a[b * block_len * 2..(b + 1) * block_len * 2];
+                        portable::tile(k, a, h, w, panel_len, self.kp2, mr, np, |x: i8| x as f32, &mut acc)
+                    }
+                    _ => unreachable!("a weight is bf16 or q8; bf16 activations go with Avx512Bf16"),
+                }
+                // Store, scaled for int8, clipped to the real columns.
+                for (i, acc_row) in acc.iter().enumerate().take(mr) {
+                    for j in 0..np * PANEL {
+                        let col = p * PANEL + j;
+                        if col >= self.n {
+                            break;
+                        }
+                        let v = match scales {
+                            Some(scale) => acc_row[j] * scale[col],
+                            None => acc_row[j],
+                        };
+                        unsafe { *out.add((r + i) * self.n + col) = v };
+                    }
+                }
+                r += h;
+            }
+            p += np;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to rayon tasks.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// Activations laid out for the tiles (see [`PackedWeight::pack_activations`]).
+pub(super) enum Activations {
+    /// Pairs of f32.
+    F32(Vec<f32>),
+    /// Pairs of bf16 in one u32, for `vdpbf16ps`.
+    Bf16(Vec<u32>),
+}

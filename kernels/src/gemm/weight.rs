@@ -1,0 +1,226 @@
+//! Packing a weight into panels (bf16 or int8) or using its bytes in place, and reading it back.
+
+use super::{Backing, PANEL, PackedWeight, Source, Values, WeightFormat, quantize};
+use rayon::prelude::*;
+
+impl PackedWeight {
+    /// Packs `W[n, k]` read through `source` into `format`. Panels are packed in parallel, each
+    /// reading `k` runs of its 16 outputs (contiguous in Burn's transposed Linear layout).
+    pub fn pack<S: Source>(source: &S, n: usize, k: usize, format: WeightFormat) -> Self {
+        let kp2 = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let panel_len = kp2 * PANEL * 2;
+        let at = |kk: usize, c: usize| ((kk / 2) * PANEL + c) * 2 + kk % 2;
+        let values = match format {
+            WeightFormat::Bf16 => {
+                let mut v = vec![0u16; panels * panel_len];
+                v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+                    let cols = PANEL.min(n - p * PANEL);
+                    if source.bf16_row(0).is_some() {
+                        // Rows of bf16 bytes: pair t of row c is 4 bytes at 4t.
+                        for c in 0..cols {
+                            let row = source.bf16_row(p * PANEL + c).unwrap_or_default();
+                            for (t, pair) in row.chunks(4).enumerate() {
+                                let dst = &mut panel[(t * PANEL + c) * 2..][..2];
+                                dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
+                                dst[1] = pair.get(2..4).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                            }
+                        }
+                        return;
+                    }
+                    for kk in 0..k {
+                        for c in 0..cols {
+                            panel[at(kk, c)] = source.bf16_bits(p * PANEL + c, kk);
+                        }
+                    }
+                });
+                Values::Bf16(v)
+            }
+            WeightFormat::Q8 => {
+                let mut q = vec![0i8; panels * panel_len];
+                let mut scale = vec![0f32; panels * PANEL];
+                q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
+                    |(p, (panel, scales))| {
+                        let cols = PANEL.min(n - p * PANEL);
+                        if source.bf16_row(0).is_some() {
+                            // Rows of bf16 bytes: widen a row, scale it, round it.
+                            let mut row = vec![0f32; k];
+                            for c in 0..cols {
+                                let bytes = source.bf16_row(p * PANEL + c).unwrap_or_default();
+                                for (x, b) in row.iter_mut().zip(bytes.chunks_exact(2)) {
+                                    *x = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+                                }
+                                let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                                scales[c] = s;
+                                for (kk, x) in row.iter().enumerate() {
+                                    panel[at(kk, c)] = quantize(x / s);
+                                }
+                            }
+                            return;
+                        }
+                        let mut max = [0f32; PANEL];
+                        for kk in 0..k {
+                            for c in 0..cols {
+                                max[c] = max[c].max(source.get(p * PANEL + c, kk).abs());
+                            }
+                        }
+                        for c in 0..cols {
+                            scales[c] = if max[c] > 0.0 { max[c] / 127.0 } else { 1.0 };
+                        }
+                        for kk in 0..k {
+                            for c in 0..cols {
+                                panel[at(kk, c)] = quantize(source.get(p * PANEL + c, kk) / scales[c]);
+                            }
+                        }
+                    },
+                );
+                Values::Q8 { q, scale }
+            }
+        };
+        Self { n, k, kp2, values }
+    }
+
+    /// `W[n, k]` in bf16 bytes at `offset` of `backing` (little-endian, row-major), used in
+    /// place.
+    ///
+    /// # Panics
+    /// When the backing holds fewer than `offset + n * k * 2` bytes.
+    pub fn from_bf16_rows(backing: Backing, offset: usize, n: usize, k: usize) -> Self {
+        assert!((*backing).as_ref().len() >= offset + n * k * 2, "bf16 rows run past their bytes");
+        Self { n, k, kp2: k.div_ceil(2), values: Values::Bf16Rows { backing, offset } }
+    }
+
+    /// The bf16 rows of a [`Values::Bf16Rows`] weight.
+    pub(super) fn rows_bytes(&self) -> Option<&[u8]> {
+        match &self.values {
+            Values::Bf16Rows { backing, offset } => {
+                Some(&(**backing).as_ref()[*offset..*offset + self.n * self.k * 2])
+            }
+            _ => None,
+        }
+    }
+
+    /// Lays panels `p..p + np` of row-major bf16 `rows` out as packed panels in `scratch`.
+    pub(super) fn stage(&self, rows: &[u8], p: usize, np: usize, scratch: &mut Vec<u16>) {
+        let panel_len = self.kp2 * PANEL * 2;
+        scratch.clear();
+        scratch.resize(np * panel_len, 0);
+        let row_bytes = self.k * 2;
+        for j in 0..np {
+            let panel = &mut scratch[j * panel_len..(j + 1) * panel_len];
+            let first = (p + j) * PANEL;
+            for c in 0..PANEL.min(self.n.saturating_sub(first)) {
+                let row = &rows[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+                let pairs = row.chunks_exact(4);
+                let tail = pairs.remainder();
+                let mut t = 0;
+                for (pair, dst) in pairs.zip(panel[c * 2..].chunks_mut(PANEL * 2)) {
+                    dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
+                    dst[1] = u16::from_le_bytes([pair[2], pair[3]]);
+                    t += 1;
+                }
+                if let [lo0, lo1] = tail {
+                    panel[(t * PANEL + c) * 2] = u16::from_le_bytes([*lo0, *lo1]);
+                }
+            }
+        }
+    }
+
+    /// Outputs (rows of `W`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (columns of `W`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> WeightFormat {
+        match self.values {
+            Values::Bf16(_) | Values::Bf16Rows { .. } => WeightFormat::Bf16,
+            Values::Q8 { .. } | Values::Q8Mapped { .. } => WeightFormat::Q8,
+        }
+    }
+
+    /// The int8 panels and per-output scales of a q8 weight.
+    pub(super) fn q8(&self) -> Option<(&[i8], &[f32])> {
+        match &self.values {
+            Values::Q8 { q, scale } => Some((q, scale)),
+            Values::Q8Mapped { backing, offset, len, scale } => {
+                let bytes = &(**backing).as_ref()[*offset..*offset + *len];
+                // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+                // pattern is a valid i8); the slice borrows the backing, which `self` keeps.
+                let q = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) };
+                Some((q, scale))
+            }
+            _ => None,
+        }
+    }
+
+    /// A q8 weight's panels as bytes and its scales (what `vlm-zoo quantize` saves).
+    pub fn q8_panels(&self) -> Option<(&[u8], &[f32])> {
+        let (q, scale) = self.q8()?;
+        // SAFETY: as in `q8`, the other way: every i8 is a valid u8 of the same layout.
+        let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len()) };
+        Some((bytes, scale))
+    }
+
+    /// Bytes of the int8 panels of an `n x k` weight (scales: `n` rounded up to 16).
+    pub fn q8_panel_len(n: usize, k: usize) -> usize {
+        n.div_ceil(PANEL) * k.div_ceil(2) * PANEL * 2
+    }
+
+    /// A q8 weight from panels saved by [`PackedWeight::q8_panels`]: `q8_panel_len(n, k)` bytes
+    /// at `offset` of `backing`, used in place, and its scales. `None` when the sizes disagree.
+    pub fn from_q8_panels(
+        backing: Backing,
+        offset: usize,
+        scale: Vec<f32>,
+        n: usize,
+        k: usize,
+    ) -> Option<Self> {
+        let len = Self::q8_panel_len(n, k);
+        let fits = (*backing).as_ref().len() >= offset + len && scale.len() == n.div_ceil(PANEL) * PANEL;
+        fits.then(|| Self {
+            n,
+            k,
+            kp2: k.div_ceil(2),
+            values: Values::Q8Mapped { backing, offset, len, scale },
+        })
+    }
+
+    /// Bytes the packed values take (what one full product reads).
+    pub fn bytes(&self) -> usize {
+        match &self.values {
+            Values::Bf16(v) => v.len() * 2,
+            Values::Q8 { q, scale } => q.len() + scale.len() * 4,
+            Values::Q8Mapped { len, scale, .. } => len + scale.len() * 4,
+            Values::Bf16Rows { .. } => self.n * self.k * 2,
+        }
+    }
+
+    /// `W[row, :]` as f32 (the stored, rounded values), into `out` (length `k`).
+    pub fn row(&self, row: usize, out: &mut [f32]) {
+        if let Some(rows) = self.rows_bytes() {
+            let bytes = &rows[row * self.k * 2..(row + 1) * self.k * 2];
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+            return;
+        }
+        let (p, c) = (row / PANEL, row % PANEL);
+        let base = p * self.kp2 * PANEL * 2;
+        let q8 = self.q8();
+        for (kk, o) in out.iter_mut().enumerate().take(self.k) {
+            let i = base + ((kk / 2) * PANEL + c) * 2 + kk % 2;
+            *o = match (&self.values, q8) {
+                (Values::Bf16(v), _) => f32::from_bits((v[i] as u32) << 16),
+                (_, Some((q, scale))) => q[i] as f32 * scale[row],
+                _ => unreachable!("bf16 rows are read above"),
+            };
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The AVX-512 tiles (FMA on widened weights, and `vdpbf16ps`).
+
+use super::{MR, NR, PANEL};
+use std::arch::x86_64::*;
+
+/// Dispatches a tile of `h` rows (the block height) and `np` panels to the monomorphic
+/// kernel `$tile::<R, P>`.
+macro_rules! dispatch {
+    ($name:ident, $tile:ident, $at:ty, $wt:ty) => {
+        /// One tile: the `h` rows of an activation block x `np` panels.
+        ///
+        /// # Safety
+        /// The CPU has the kernel's features; `a` holds a packed block of `h` rows,
+        /// `w` `np` panels of `kp2 * 32` values `panel_len` apart.
+        pub unsafe fn $name(
+            a: *const $at,
+            h: usize,
+            w: *const $wt,
+            panel_len: usize,
+            kp2: usize,
+            np: usize,
+            acc: &mut [[f32; PANEL * NR]; MR],
+        ) {
+            unsafe {
+                match (h, np) {
+                    (8, 2) => $tile::<8, 2>(a, w, panel_len, kp2, acc),
+                    (7, 2) => $tile::<7, 2>(a, w, panel_len, kp2, acc),
+                    (6, 2) => $tile::<6, 2>(a, w, panel_len, kp2, acc),
+                    (5, 2) => $tile::<5, 2>(a, w, panel_len, kp2, acc),
+                    (4, 2) => $tile::<4, 2>(a, w, panel_len, kp2, acc),
+                    (3, 2) => $tile::<3, 2>(a, w, panel_len, kp2, acc),
+                    (2, 2) => $tile::<2, 2>(a, w, panel_len, kp2, acc),
+                    (1, 2) => $tile::<1, 2>(a, w, panel_len, kp2, acc),
+                    (8, _) => $tile::<8, 1>(a, w, panel_len, kp2, acc),
+                    (7, _) => $tile::<7, 1>(a, w, panel_len, kp2, acc),
+                    (6, _) => $tile::<6, 1>(a, w, panel_len, kp2, acc),
+                    (5, _) => $tile::<5, 1>(a, w, panel_len, kp2, acc),
+                    (4, _) => $tile::<4, 1>(a, w, panel_len, kp2, acc),
+                    (3, _) => $tile::<3, 1>(a, w, panel_len, kp2, acc),
+                    (2, _) => $tile::<2, 1>(a, w, panel_len, kp2, acc),
+                    _ => $tile::<1, 1>(a, w, panel_len, kp2, acc),
+                }
+            }
+        }
+    };
+}
+
+/// `vdpbf16ps` tiles over bf16 activation pairs; `$load` gives 16 columns x 2 k as bf16.
+macro_rules! dp_tile {
+    ($tile:ident, $wt:ty, $load:ident) => {
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        unsafe fn $tile<const R: usize, const P: usize>(
+            a: *const u32,
+            w: *const $wt,
+            panel_len: usize,
+            kp2: usize,
+            out: &mut [[f32; PANEL * NR]; MR],
+        ) {
+            unsafe {
+                let bcast =
+                    |i: usize| -> __m512bh { std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32)) };
+                // Two chains per accumulator hide the dot product's latency in decode.
+                let mut acc = [[[_mm512_setzero_ps(); P]; R]; 2];
+                for t in 0..kp2 {
+                    for j in 0..P {
+                        let wv = $load(w.add(j * panel_len + t * 32));
+                        for i in 0..R {
+                            let c = if R == 1 { t & 1 } else { 0 };
+                            acc[c][i][j] = _mm512_dpbf16_ps(acc[c][i][j], bcast(t * R + i), wv);
+                        }
+                    }
+                }
+                for i in 0..R {
+                    for j in 0..P {
+                        _mm512_storeu_ps(
+                            out[i].as_mut_ptr().add(j * PANEL),
+                            _mm512_add_ps(acc[0][i][j], acc[1][i][j]),
+                        );
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// f32-FMA tiles over f32 activation pairs; `$load` gives 16 columns at k even and odd.
+macro_rules! fma_tile {
+    ($tile:ident, $wt:ty, $load:ident) => {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn $tile<const R: usize, const P: usize>(
+            a: *const f32,
+            w: *const $wt,
+            panel_len: usize,
+            kp2: usize,
+            out: &mut [[f32; PANEL * NR]; MR],
+        ) {
+            unsafe {
+                // Even and odd k accumulate apart: two chains, and four in decode.
+                let mut even = [[[_mm512_setzero_ps(); P]; R]; 2];
+                let mut odd = [[[_mm512_setzero_ps(); P]; R]; 2];
+                for t in 0..kp2 {
+                    let c = if R == 1 { t & 1 } else { 0 };
+                    let mut we = [_mm512_setzero_ps(); P];
+                    let mut wo = [_mm512_setzero_ps(); P];
+                    for j in 0..P {
+                        (we[j], wo[j]) = $load(w.add(j * panel_len + t * 32));
+                    }
+                    for i in 0..R {
+                        let a0 = _mm512_set1_ps(*a.add((t * R + i) * 2));
+                        let a1 = _mm512_set1_ps(*a.add((t * R + i) * 2 + 1));
+                        for j in 0..P {
+                            even[c][i][j] = _mm512_fmadd_ps(a0, we[j], even[c][i][j]);
+                            odd[c][i][j] = _mm512_fmadd_ps(a1, wo[j], odd[c][i][j]);
+                        }
+                    }
+                }
+                for i in 0..R {
+                    for j in 0..P {
+                        let sum = _mm512_add_ps(
+                            _mm512_add_ps(even[0][i][j], odd[0][i][j]),
+                            _mm512_add_ps(even[1][i][j], odd[1][i][j]),
+                        );
+                        _mm512_storeu_ps(out[i].as_mut_ptr().add(j * PANEL), sum);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// 16 columns x 2 k of bf16, as bf16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn load_bf16(w: *const u16) -> __m512bh {
+    unsafe { std::mem::transmute(_mm512_loadu_si512(w as *const _)) }
+}
+
+/// 16 columns x 2 k of int8, widened to bf16 (exact for |q| <= 127).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn load_q8(w: *const i8) -> __m512bh {
+    unsafe {
+        let x = _mm256_loadu_si256(w as *const __m256i);
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(x)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(x)));
+        _mm512_cvtne2ps_pbh(hi, lo)
+    }
+}
+
+/// 16 columns x 2 k of bf16 as f32: (k even, k odd).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn split_bf16(w: *const u16) -> (__m512, __m512) {
+    unsafe {
+        let x = _mm512_loadu_si512(w as *const _);
+        let even = _mm512_slli_epi32::<16>(x);
+        let odd = _mm512_and_si512(x, _mm512_set1_epi32(0xffff_0000u32 as i32));
+        (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+    }
+}
+
+/// 16 columns x 2 k of int8 as f32: (k even, k odd).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn split_q8(w: *const i8) -> (__m512, __m512) {
+    unsafe {
+        // Each 32-bit lane: the pair sign-extended from 16 bits, `e0 | e1 << 8`.
+        let x = _mm512_cvtepi16_epi32(_mm256_loadu_si256(w as *const __m256i));
+        let even = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(x));
+        let odd = _mm512_srai_epi32::<8>(x);
+        (_mm512_cvtepi32_ps(even), _mm512_cvtepi32_ps(odd))
+    }
+}
+
+/// `out[i, j] = a[i, :] · W[j, :]` for `m <= 4` rows and outputs `rows`, W row-major bf16
+/// bytes (any alignment): eight outputs at a time for one row (eight read streams keep the
+/// memory system busy), four for more.
+///
+/// # Safety
+/// AVX-512F/BW present; `a` holds `m * k` f32, `w` `n * k` bf16, `out` `m * n` f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn dot_rows(
+    a: *const f32,
+    m: usize,
+    w: *const u8,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    unsafe {
+        match m {
+            1 => dot::<1, 8>(a, w, k, n, rows, out),
+            2 => dot::<2, 4>(a, w, k, n, rows, out),
+            3 => dot::<3, 4>(a, w, k, n, rows, out),
+            _ => dot::<4, 4>(a, w, k, n, rows, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dot<const M: usize, const J: usize>(
+    a: *const f32,
+    w: *const u8,
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    unsafe {
+        let mut j = rows.start;
+        while j < rows.end {
+            let nj = (rows.end - j).min(J);
+            let mut acc = [[_mm512_setzero_ps(); M]; J];
+            let mut kk = 0;
+            while kk < k {
+                let mask: u16 = if kk + 16 <= k { 0xffff } else { (1u16 << (k - kk)) - 1 };
+                let mut av = [_mm512_setzero_ps(); M];
+                for (i, x) in av.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_ps(mask, a.add(i * k + kk));
+                }
+                for o in 0..J {
+                    if o < nj {
+                        let p = w.add(((j + o) * k + kk) * 2) as *const i16;
+                        let bits = _mm256_maskz_loadu_epi16(mask, p);
+                        let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)));
+                        for i in 0..M {
+                            acc[o][i] = _mm512_fmadd_ps(av[i], wv, acc[o][i]);
+                        }
+                    }
+                }
+                kk += 16;
+            }
+            for o in 0..nj {
+                for i in 0..M {
+                    *out.add(i * n + j + o) = _mm512_reduce_add_ps(acc[o][i]);
+                }
+            }
+            j += nj;
+        }
+    }
+}
+
+dp_tile!(dp_bf16_tile, u16, load_bf16);
+dp_tile!(dp_q8_tile, i8, load_q8);
+fma_tile!(fma_bf16_tile, u16, split_bf16);
+fma_tile!(fma_q8_tile, i8, split_q8);
+dispatch!(dp_bf16, dp_bf16_tile, u32, u16);
+dispatch!(dp_q8, dp_q8_tile, u32, i8);
+dispatch!(fma_bf16, fma_bf16_tile, f32, u16);
+dispatch!(fma_q8, fma_q8_tile, f32, i8);
