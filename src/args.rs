@@ -79,7 +79,7 @@ pub struct ComputeArgs {
     pub device: DeviceArgs,
     /// Compute dtype: f32, bf16, f16 or q8. On the CPU, bf16 and q8 keep the Linear weights
     /// packed in bf16 or int8 (per-output scales) for the host kernels, activations in f32;
-    /// on CUDA bf16/f16 compute in that dtype.
+    /// on CUDA (and f16 on flex) bf16/f16 compute in that dtype. q8 runs on the CPU only.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }

@@ -30,7 +30,8 @@ enum Command {
     ZeroShot(ZeroShotArgs),
     /// Generate text with a Gemma / Gemma 2 checkpoint, or with PaliGemma from --image + --prompt (streams to stdout).
     Generate(GenerateArgs),
-    /// Train a CLIP or SigLIP on image-text pairs (CSV/JSONL file or a folder of images + .txt).
+    /// Train a CLIP or SigLIP on image-text pairs: CSV/TSV, JSONL, a folder (images + .txt, or an HF
+    /// imagefolder), WebDataset tar shards or parquet files.
     Train(TrainArgs),
     /// Fine-tune PaliGemma on (image, prefix, suffix) rows (JSONL/CSV): attention, decoder, all, or LoRA.
     Finetune(vlm_zoo::finetune::FinetuneArgs),

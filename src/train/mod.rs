@@ -40,16 +40,19 @@ pub struct TrainArgs {
     /// Norm of every block when training from scratch: layer, rms, rms_gemma or batch.
     #[arg(long, default_value_t = TrainArgs::default().norm)]
     pub norm: NormKind,
-    /// Fine-tune from this HF SigLIP/CLIP checkpoint (a folder or a hub id in the HF cache).
+    /// Fine-tune from this HF SigLIP/CLIP checkpoint: a folder or a hub id (org/name[@revision]),
+    /// downloaded into the HF cache when it is not there. Its tokenizer is used.
     #[arg(long)]
     pub init: Option<ModelSource>,
-    /// Use this tokenizer.json (from scratch); without it one is trained on the captions.
+    /// Use this tokenizer.json (from scratch; --init brings its own); without it one is trained
+    /// on the captions.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Train a BPE tokenizer on the captions (the default when no tokenizer is given).
+    /// No effect, accepted for scripts that pass it: a BPE tokenizer is trained on the captions
+    /// whenever neither --tokenizer nor --init gives one.
     #[arg(long)]
     pub train_tokenizer: bool,
-    /// Vocabulary of a trained tokenizer.
+    /// Vocabulary of the tokenizer trained on the captions.
     #[arg(long, default_value_t = TrainArgs::default().vocab_size)]
     pub vocab_size: usize,
     /// Passes over the training pairs.
@@ -98,7 +101,7 @@ pub struct TrainArgs {
     /// weights; gradients, optimiser state and the loss in f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
-    /// Data loading threads.
+    /// Threads decoding and augmenting images ahead of the step.
     #[arg(long, default_value_t = TrainArgs::default().workers)]
     pub workers: usize,
     /// Class names (one per line) for zero-shot accuracy on the held-out split.
