@@ -418,11 +418,14 @@ fn inspect_reads_headers() {
 /// `generate --json` on gemma-gqa's second reference prompt (8 new tokens) plus `extra`: the
 /// output and the fixture's reference.
 fn gemma_gqa_generate(extra: &[&str]) -> (serde_json::Value, Reference) {
-    let dir = fixtures().join("gemma-gqa");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let prompt = meta["prompts"][1].as_str().unwrap();
-    gemma_gqa_generate_with(&[&["--prompt", prompt][..], extra].concat())
+    gemma_gqa_generate_with(&[&["--prompt", &gemma_gqa_prompt()][..], extra].concat())
+}
+
+/// gemma-gqa's second reference prompt.
+fn gemma_gqa_prompt() -> String {
+    let path = fixtures().join("gemma-gqa/reference.json");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    meta["prompts"][1].as_str().unwrap().to_string()
 }
 
 /// `generate --json` on gemma-gqa with `args` (the prompt among them), 8 new tokens.
@@ -469,9 +472,7 @@ fn generate_chat_reads_a_conversation() {
     // gemma-gqa's tokenizer has no turn tokens: no chat format, so the prompt is the last user
     // message (as the server's chat endpoint makes it), and the answer that of --prompt.
     let dir = fixtures().join("gemma-gqa");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let prompt = meta["prompts"][1].as_str().unwrap();
+    let prompt = &gemma_gqa_prompt();
     let (want, _) = gemma_gqa_generate(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let chat = tmp.path().join("chat.json");
