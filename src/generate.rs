@@ -13,8 +13,15 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt; repeat for several (generated as one batch).
-    #[arg(long = "prompt", required = true)]
+    #[arg(long = "prompt", required_unless_present = "chat")]
     pub prompts: Vec<String>,
+    /// A conversation instead of --prompt: a JSON file (`-`: stdin) of messages,
+    /// `[{"role": "user", "content": "..."}, {"role": "assistant", ...}, ...]` (roles system,
+    /// user, assistant), or a chat-completions request body holding them in `messages`. Gemma
+    /// gets Gemma's chat format, PaliGemma the last user message: the prompt `serve`'s
+    /// /v1/chat/completions gives the same conversation, so the answers are equal.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompts")]
+    pub chat: Option<PathBuf>,
     /// An image, for vision-language models; repeat to pair with each prompt.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
@@ -85,7 +92,11 @@ impl GenerateArgs {
             crate::hub::cache_dir().as_deref(),
         );
         let opts = Options { seg_model: seg_model.as_deref() };
-        generate_text(&dir, &self.prompts, &self.images, &self.sampling(), &compute, &opts, on_text)
+        let prompts = match &self.chat {
+            Some(file) => vec![crate::chat::chat_prompt(&dir, file)?],
+            None => self.prompts.clone(),
+        };
+        generate_text(&dir, &prompts, &self.images, &self.sampling(), &compute, &opts, on_text)
     }
 
     /// Where `--draw` writes the image of row `i` of `n`.

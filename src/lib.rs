@@ -18,6 +18,7 @@ pub use zoo_siglip as siglip;
 
 pub mod args;
 pub mod bench;
+pub mod chat;
 pub mod compose;
 pub mod demo;
 pub mod draw;

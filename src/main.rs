@@ -156,7 +156,7 @@ fn zero_shot(args: &ZeroShotArgs) -> Result<()> {
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {
-    let stream = !args.json && args.prompts.len() == 1;
+    let stream = !args.json && (args.prompts.len() == 1 || args.chat.is_some());
     let mut write_failed: Option<std::io::Error> = None;
     let out = args.run(|_, piece| {
         if stream && write_failed.is_none() {

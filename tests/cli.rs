@@ -418,14 +418,22 @@ fn inspect_reads_headers() {
 /// `generate --json` on gemma-gqa's second reference prompt (8 new tokens) plus `extra`: the
 /// output and the fixture's reference.
 fn gemma_gqa_generate(extra: &[&str]) -> (serde_json::Value, Reference) {
+    gemma_gqa_generate_with(&[&["--prompt", &gemma_gqa_prompt()][..], extra].concat())
+}
+
+/// gemma-gqa's second reference prompt.
+fn gemma_gqa_prompt() -> String {
+    let path = fixtures().join("gemma-gqa/reference.json");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    meta["prompts"][1].as_str().unwrap().to_string()
+}
+
+/// `generate --json` on gemma-gqa with `args` (the prompt among them), 8 new tokens.
+fn gemma_gqa_generate_with(args: &[&str]) -> (serde_json::Value, Reference) {
     let dir = fixtures().join("gemma-gqa");
     let r = Reference::read(&dir.join("reference.safetensors"));
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let prompt = meta["prompts"][1].as_str().unwrap();
-    let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt];
+    let mut args = [&["generate", "--model", dir.to_str().unwrap()][..], args].concat();
     args.extend(["--max-new-tokens", "8", "--json"]);
-    args.extend(extra);
     let (ok, stdout, stderr) = vlm_zoo(&args);
     assert!(ok, "{stderr}");
     (serde_json::from_str(stdout.trim()).unwrap(), r)
@@ -457,6 +465,37 @@ fn generate_json_equals_transformers_greedy_ids() {
         vlm_zoo(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "8"]);
     assert!(ok);
     assert_eq!(streamed.trim_end_matches('\n'), v["text"].as_str().unwrap());
+}
+
+#[test]
+fn generate_chat_reads_a_conversation() {
+    // gemma-gqa's tokenizer has no turn tokens: no chat format, so the prompt is the last user
+    // message (as the server's chat endpoint makes it), and the answer that of --prompt.
+    let dir = fixtures().join("gemma-gqa");
+    let prompt = &gemma_gqa_prompt();
+    let (want, _) = gemma_gqa_generate(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let chat = tmp.path().join("chat.json");
+    let messages = serde_json::json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": prompt}]);
+    std::fs::write(&chat, messages.to_string()).unwrap();
+    let (got, _) = gemma_gqa_generate_with(&["--chat", chat.to_str().unwrap()]);
+    assert_eq!(got["prompt_token_ids"], want["prompt_token_ids"]);
+    assert_eq!(got["token_ids"], want["token_ids"]);
+    // Streamed, as one prompt is.
+    let d = dir.to_str().unwrap();
+    let (ok, streamed, stderr) =
+        vlm_zoo(&["generate", "--model", d, "--chat", chat.to_str().unwrap(), "--max-new-tokens", "8"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(streamed.trim_end_matches('\n'), want["text"].as_str().unwrap());
+    // A role the chat format does not know, and --chat with --prompt.
+    std::fs::write(&chat, r#"{"messages": [{"role": "tool", "content": "x"}]}"#).unwrap();
+    let (ok, _, stderr) = vlm_zoo(&["generate", "--model", d, "--chat", chat.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("messages[0].role 'tool'"), "{stderr}");
+    let (ok, _, stderr) =
+        vlm_zoo(&["generate", "--model", d, "--chat", chat.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[test]

@@ -503,3 +503,73 @@ fn siglip_embeddings_and_zero_shot_answer_as_the_cli() {
     let r = post(a, "/v1/generate", &serde_json::json!({"prompt": "hi"}));
     assert!(r.status == 400 && r.body.contains("does not generate"), "{}", r.body);
 }
+
+/// Fixture gemma2-a in `dst` with Gemma's turn tokens in its tokenizer, so the chat format
+/// applies (the committed tokenizers have none): `<start_of_turn>` and `<end_of_turn>` take the
+/// ids of two merged tokens, `Ġd` and `Ġp`, whose merges go.
+fn gemma_with_turn_tokens(dst: &Path) -> std::path::PathBuf {
+    let src = fixtures().join("gemma2-a");
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+    for (old, token) in [("Ġd", "<start_of_turn>"), ("Ġp", "<end_of_turn>")] {
+        let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab.remove(old).unwrap();
+        vocab.insert(token.into(), id.clone());
+        let merge = serde_json::json!(["Ġ", old.trim_start_matches('Ġ')]);
+        t["model"]["merges"].as_array_mut().unwrap().retain(|m| *m != merge);
+        t["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({"id": id, "content": token,
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+    }
+    std::fs::write(dst.join("tokenizer.json"), t.to_string()).unwrap();
+    dst.to_path_buf()
+}
+
+#[test]
+fn gemma_chat_answers_as_generate_chat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = gemma_with_turn_tokens(tmp.path());
+    let messages = serde_json::json!([
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]);
+    let body = serde_json::json!({"messages": messages, "max_tokens": 8});
+    // The CLI reads the request body itself.
+    let file = tmp.path().join("chat.json");
+    std::fs::write(&file, body.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vlm-zoo"))
+        .args(["generate", "--model", model.to_str().unwrap(), "--chat", file.to_str().unwrap()])
+        .args(["--max-new-tokens", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Gemma's chat format: three turns, then the model's opened (after <bos>).
+    let ids: Vec<u64> =
+        cli["prompt_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let (bos, start_of_turn, end_of_turn) = (2, 297, 298);
+    assert_eq!(ids[0], bos);
+    assert_eq!(ids[1], start_of_turn);
+    assert_eq!(ids.iter().filter(|&&i| i == start_of_turn).count(), 4, "{ids:?}");
+    assert_eq!(ids.iter().filter(|&&i| i == end_of_turn).count(), 3, "{ids:?}");
+
+    let srv = Server::start(model.to_str().unwrap(), &[]);
+    let a = &srv.addr;
+    let r = post(a, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], cli["text"]);
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    assert_eq!(v["usage"]["completion_tokens"], cli["token_ids"].as_array().unwrap().len());
+    // The same ids: the template's text through /v1/generate.
+    let turns: Vec<vlm_zoo::gemma::ChatMessage> = serde_json::from_value(messages).unwrap();
+    let prompt = vlm_zoo::gemma::apply_chat_template(&turns).unwrap();
+    let r = post(a, "/v1/generate", &serde_json::json!({"prompt": prompt, "max_tokens": 8}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["prompt_token_ids"], cli["prompt_token_ids"]);
+    assert_eq!(r.json()["token_ids"], cli["token_ids"]);
+    assert_eq!(r.json()["text"], cli["text"]);
+}

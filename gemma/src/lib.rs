@@ -4,15 +4,17 @@
 //! RMSNorm — or any [`zoo_nn::NormKind`] —, GQA/MQA with explicit `head_dim`, rotate-half RoPE,
 //! GeGLU, tied `lm_head`; Gemma 2's `query_pre_attn_scalar`, soft-caps, sliding layers and
 //! sandwich norms), and [`GemmaDecoder`], through which `zoo_nn::generate` runs it with an explicit
-//! KV cache.
+//! KV cache. [`chat`] renders a conversation in the instruction checkpoints' chat format.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod load;
 pub mod model;
 
+pub use chat::{ChatMessage, apply_chat_template};
 pub use config::{GemmaConfig, LayerType};
 pub use decoder::GemmaDecoder;
 pub use load::load_gemma;
