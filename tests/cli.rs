@@ -252,6 +252,28 @@ fn bench_reports_every_kind() {
     assert!(!ok && stderr.contains("every --batch must be at least 1"), "{stderr}");
 }
 
+/// Every family zero-shot accepts, bench accepts: a SigLIP 2 NaFlex folder encodes square
+/// images whose patch grid fills its position table (4 x 4 patches of 8 px here); training
+/// it is refused in one line.
+#[test]
+fn bench_encodes_siglip2_naflex() {
+    let m = fixtures().join("hub-siglip2-naflex").display().to_string();
+    let (ok, stdout, stderr) = vlm_zoo(&["bench", "--model", &m, "--batch", "1,2", "--iters", "1"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((v["model_type"].as_str(), v["task"].as_str()), (Some("siglip2"), Some("encode_images")));
+    let batches: Vec<u64> =
+        v["encode"].as_array().unwrap().iter().map(|e| e["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 2]);
+    assert!(v["encode"][1]["images_per_s"].as_f64().unwrap() > 0.0);
+    let (ok, _, stderr) = vlm_zoo(&["bench", "--model", &m, "--train", "--steps", "1"]);
+    assert!(
+        !ok && stderr.contains("'siglip2' is not supported by bench --train (expected siglip or clip)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn zero_shot_json_equals_transformers() {
     let dir = fixtures();

@@ -9,13 +9,13 @@ pub mod sources;
 pub mod tokenizer;
 
 use crate::args::{DeviceArgs, ModelSource};
+use crate::models::{Arch, Family, ModelConfig, Preset, Towers};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use checkpoint::TrainState;
 use data::{Augment, Pair};
-use crate::models::{Arch, ModelConfig, Preset, Towers};
 use std::path::{Path, PathBuf};
 use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{
@@ -333,10 +333,11 @@ fn export(
     }
     let (processor, image_processor) = match config {
         ModelConfig::Siglip(_) => ("SiglipProcessor", "SiglipImageProcessor"),
+        ModelConfig::Siglip2(_) => ("Siglip2Processor", "Siglip2ImageProcessor"),
         ModelConfig::Clip(_) => ("CLIPProcessor", "CLIPImageProcessor"),
     };
     tok_config["processor_class"] = serde_json::json!(processor);
-    if let ModelConfig::Siglip(_) = config {
+    if let ModelConfig::Siglip(_) | ModelConfig::Siglip2(_) = config {
         // SigLIP's text tower attends to its padding (it was trained so, and pools the last
         // position): its tokenizer gives no attention mask, as the hub's SiglipTokenizer.
         tok_config["model_input_names"] = serde_json::json!(["input_ids"]);
@@ -474,11 +475,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let (mut model, config) = match &init {
         Some(dir) => {
-            let (model, config) = Towers::load(dir, burn::tensor::DType::F32, &device)?;
-            let found = match &config {
-                ModelConfig::Siglip(_) => Arch::Siglip,
-                ModelConfig::Clip(_) => Arch::Clip,
-            };
+            let family = Family::of(dir)?;
+            let found = family.arch().ok_or_else(|| {
+                NnError::Config(format!(
+                    "{}: --init needs a {} checkpoint, found model_type '{family}'",
+                    dir.display(),
+                    Family::list(Family::trains)
+                ))
+            })?;
             if found != args.arch {
                 return Err(NnError::Config(format!(
                     "--arch {} but --init {} is a {} checkpoint (give --arch {})",
@@ -488,7 +492,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                     format!("{found:?}").to_lowercase()
                 )));
             }
-            (model, config)
+            Towers::load(dir, burn::tensor::DType::F32, &device)?
         }
         None => {
             let vocab = tok.inner().get_vocab_size(true);
