@@ -7,6 +7,7 @@
 //!   encodes square images whose patch grid fills its position table), or with `train` (SigLIP
 //!   and CLIP) the training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
 
+use crate::args::{ComputeArgs, ModelArgs};
 use crate::models::{Family, Towers};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -19,6 +20,28 @@ use zoo_nn::optim::AdamWConfig;
 use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 
+/// `vlm-zoo bench`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The checkpoint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to measure.
+    #[command(flatten)]
+    pub options: BenchOptions,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+impl BenchArgs {
+    /// Runs the benchmark and returns the JSON report.
+    pub fn run(&self) -> Result<Value> {
+        let compute = self.compute.compute()?;
+        bench(&self.model.model.resolve()?, &self.options, &compute)
+    }
+}
+
 /// What to measure: `vlm-zoo bench`'s options, with their one set of defaults ([`Default`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
@@ -28,10 +51,10 @@ pub struct BenchOptions {
     /// Tokens to generate, the first included (Gemma, PaliGemma).
     #[arg(long, default_value_t = BenchOptions::default().new_tokens)]
     pub new_tokens: usize,
-    /// Batch sizes, comma-separated (SigLIP, CLIP; the first one with --train).
+    /// Batch sizes, comma-separated (SigLIP, SigLIP 2, CLIP; the first one with --train).
     #[arg(long = "batch", default_value = "1,8", value_delimiter = ',')]
     pub batches: Vec<usize>,
-    /// Timed repetitions per batch size (SigLIP, CLIP).
+    /// Timed repetitions per batch size (SigLIP, SigLIP 2, CLIP).
     #[arg(long, default_value_t = BenchOptions::default().iters)]
     pub iters: usize,
     /// Measure training steps (forward, loss, backward, AdamW) instead of encoding (SigLIP, CLIP).

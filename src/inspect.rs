@@ -1,8 +1,27 @@
 //! `vlm-zoo inspect`: what a checkpoint folder holds, read from its headers only.
 
+use crate::args::ModelArgs;
 use crate::models::Family;
 use std::collections::BTreeMap;
 use zoo_nn::{Checkpoint, Result};
+
+/// `vlm-zoo inspect`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// The checkpoint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl InspectArgs {
+    /// Summarises the checkpoint.
+    pub fn run(&self) -> Result<Summary> {
+        inspect(&self.model.model.resolve()?)
+    }
+}
 
 /// A summary of a checkpoint folder.
 #[derive(Debug, Clone, serde::Serialize)]
