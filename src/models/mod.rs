@@ -1,14 +1,17 @@
 //! The model registry: which family a checkpoint folder holds (its `model_type`, read once
 //! here by [`Family::of`]) and what each family can do, the contrastive towers (SigLIP, SigLIP 2
-//! NaFlex or CLIP behind one type) that zero-shot, bench, quantize and training share.
+//! NaFlex or CLIP behind one type) that zero-shot, bench, quantize and training share, and the
+//! library's front door, [`Model`].
 //!
 //! Every command picks its code path by matching on a [`Family`], so a family added here is a
 //! compile error wherever it is not handled yet, and no command can refuse a folder that another
 //! accepts for the same capability.
 
 pub mod contrastive;
+pub mod model;
 
 pub use contrastive::{Arch, ModelConfig, Preset, Towers};
+pub use model::Model;
 
 use std::path::Path;
 use zoo_nn::{NnError, Result};
@@ -217,6 +220,26 @@ mod tests {
             e.to_string()
                 .contains("'gemma' is not supported by zero-shot (expected siglip, siglip2 or clip)")
         );
+    }
+
+    /// Every contrastive family's towers write the folder they were loaded from: a SigLIP 2
+    /// NaFlex model saved as HF and loaded again scores as before.
+    #[test]
+    fn towers_write_what_they_load() {
+        use zoo_nn::ContrastiveModel;
+        let device = zoo_nn::parse_device("cpu").unwrap();
+        for name in ["siglip-a", "hub-siglip2-naflex", "clip-a"] {
+            let (towers, config) = Towers::load(&fixture(name), burn::tensor::DType::F32, &device).unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            towers.save_hf(&tmp.path().join("model.safetensors")).unwrap();
+            std::fs::write(tmp.path().join("config.json"), config.to_hf_json().to_string()).unwrap();
+            let (again, config_again) = Towers::load(tmp.path(), burn::tensor::DType::F32, &device).unwrap();
+            assert_eq!(config_again, config, "{name}");
+            let s = config.image_size();
+            let pixels = burn::tensor::Tensor::<4>::ones([1, 3, s, s], &device);
+            let (a, b) = (towers.encode_image(pixels.clone()), again.encode_image(pixels));
+            assert_eq!(zoo_nn::host::to_vec(a), zoo_nn::host::to_vec(b), "{name}");
+        }
     }
 
     /// Each capability is what the loaders accept: a family that generates loads as a
