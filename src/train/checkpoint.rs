@@ -2,9 +2,9 @@
 //! the position in the data, written into a scratch folder that is renamed into place; `latest`
 //! names the newest complete one. A failed or interrupted save leaves the previous checkpoint.
 
+use crate::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use crate::fs::write_atomic;
 use zoo_nn::{NnError, Result};
 
 /// Where training stands.
