@@ -3,10 +3,12 @@
 //!
 //! - Gemma / PaliGemma: load time, peak memory, prefill time (vision tower included), decode
 //!   speed and the end-to-end time to the last of `new_tokens` generated tokens.
-//! - SigLIP / CLIP: image encoding (images/s at each batch size), or with `train` the
-//!   training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
+//! - SigLIP / SigLIP 2 / CLIP: image encoding (images/s at each batch size; SigLIP 2 NaFlex
+//!   encodes square images whose patch grid fills its position table), or with `train` (SigLIP
+//!   and CLIP) the training steps/s (forward, contrastive loss, backward, AdamW) at one batch size.
 
-use crate::models::Towers;
+use crate::args::{ComputeArgs, ModelArgs};
+use crate::models::{Family, Towers};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -18,6 +20,28 @@ use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{Compute, ContrastiveModel, Encoded, NnError, Result, TextBatch};
 use zoo_nn::{Decoder, Sampling, generate};
 
+/// `vlm-zoo bench`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The checkpoint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// What to measure.
+    #[command(flatten)]
+    pub options: BenchOptions,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+impl BenchArgs {
+    /// Runs the benchmark and returns the JSON report.
+    pub fn run(&self) -> Result<Value> {
+        let compute = self.compute.compute()?;
+        bench(&self.model.model.resolve()?, &self.options, &compute)
+    }
+}
+
 /// What to measure: `vlm-zoo bench`'s options, with their one set of defaults ([`Default`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
@@ -27,10 +51,10 @@ pub struct BenchOptions {
     /// Tokens to generate, the first included (Gemma, PaliGemma).
     #[arg(long, default_value_t = BenchOptions::default().new_tokens)]
     pub new_tokens: usize,
-    /// Batch sizes, comma-separated (SigLIP, CLIP; the first one with --train).
+    /// Batch sizes, comma-separated (SigLIP, SigLIP 2, CLIP; the first one with --train).
     #[arg(long = "batch", default_value = "1,8", value_delimiter = ',')]
     pub batches: Vec<usize>,
-    /// Timed repetitions per batch size (SigLIP, CLIP).
+    /// Timed repetitions per batch size (SigLIP, SigLIP 2, CLIP).
     #[arg(long, default_value_t = BenchOptions::default().iters)]
     pub iters: usize,
     /// Measure training steps (forward, loss, backward, AdamW) instead of encoding (SigLIP, CLIP).
@@ -103,11 +127,12 @@ fn decode_bytes(params: usize, compute: &Compute) -> f64 {
     params as f64 * per
 }
 
-/// Runs the benchmark of `dir` (its `model_type` picks which) and returns the JSON report.
+/// Runs the benchmark of `dir` (its [`Family`] picks which) and returns the JSON report.
 pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value> {
     let device = &compute.device;
     let (dtype, load_spec) = (compute.dtype(), compute.load_spec());
-    let kind = zoo_nn::model_type(dir)?;
+    let family = Family::of(dir)?;
+    let kind = family.model_type();
     if opts.new_tokens == 0
         || opts.batches.contains(&0)
         || opts.batches.is_empty()
@@ -119,8 +144,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
         ));
     }
     let t = Instant::now();
-    match kind.as_str() {
-        "gemma" | "gemma2" => {
+    match family {
+        Family::Gemma | Family::Gemma2 => {
             let (model, config) = zoo_gemma::load_gemma(dir, load_spec, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let decoder = GemmaDecoder {
@@ -132,11 +157,11 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
             prompt.extend(pattern(opts.prompt_len, config.vocab_size, 0));
             let n = prompt.len();
             let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
-            let mut r = decoder_report(&kind, load_s, n, first, last, opts.new_tokens);
+            let mut r = decoder_report(kind, load_s, n, first, last, opts.new_tokens);
             r["decode_weight_bytes"] = json!(decode_bytes(model.num_params(), compute));
             Ok(r)
         }
-        "paligemma" => {
+        Family::PaliGemma => {
             let (model, config) = zoo_paligemma::load_paligemma(dir, load_spec, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.vision_config.image_size;
@@ -161,12 +186,17 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
                 device: device.clone(),
             };
             let (first, last) = timed(&decoder, prompt, opts.new_tokens)?;
-            let mut r = decoder_report(&kind, load_s, n, first + vision_s, last + vision_s, opts.new_tokens);
+            let mut r = decoder_report(kind, load_s, n, first + vision_s, last + vision_s, opts.new_tokens);
             r["decode_weight_bytes"] = json!(decode_bytes(model.language_model.num_params(), compute));
             Ok(r)
         }
-        "siglip" | "clip" if opts.train => bench_train(dir, &kind, opts, device),
-        "siglip" | "clip" => {
+        Family::Siglip | Family::Siglip2NaFlex | Family::Clip if opts.train => {
+            if !family.trains() {
+                return Err(family.unsupported(dir, "bench --train", Family::trains));
+            }
+            bench_train(dir, kind, opts, device)
+        }
+        Family::Siglip | Family::Siglip2NaFlex | Family::Clip => {
             let (towers, config) = Towers::load(dir, load_spec, device)?;
             let load_s = t.elapsed().as_secs_f64();
             let s = config.image_size();
@@ -184,13 +214,10 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
             Ok(json!({"model_type": kind, "load_s": load_s, "task": "encode_images", "encode": encode,
                       "peak_rss_mib": peak_rss_mib()}))
         }
-        other => Err(NnError::Config(format!(
-            "bench: model_type '{other}' (expected gemma, gemma2, paligemma, siglip or clip)"
-        ))),
     }
 }
 
-/// Training steps/s of a SigLIP or CLIP folder: forward both towers, contrastive loss,
+/// Training steps/s of a SigLIP or CLIP folder (a family that [`Family::trains`]): forward both towers, contrastive loss,
 /// backward, AdamW (lr 1e-4, no weight decay), on a fixed batch.
 fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> Result<Value> {
     let device = device.clone().autodiff();
@@ -214,10 +241,7 @@ fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> 
         optim.step(1e-4, model, grads).clamp_temperature()
     };
     // Reading a parameter back waits for the device to apply the update.
-    let sync_model = |model: &Towers| match model {
-        Towers::Siglip(m) => sync(m.logit_scale.val()),
-        Towers::Clip(m) => sync(m.logit_scale.val()),
-    };
+    let sync_model = |model: &Towers| sync(model.logit_scale());
     model = step(model); // warm-up
     sync_model(&model);
     let t = Instant::now();

@@ -13,33 +13,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use zoo_nn::{NnError, PreprocessorConfig, Result};
 
-/// transformers' names for what Burn modules call `self_attn.o_proj`, by model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyLayout {
-    /// SiglipModel / CLIPModel: every `out_proj`; CLIP without the trained `logit_scale` clamp key.
-    Towers {
-        /// CLIP (its `logit_scale` is written by the config, not the weights).
-        clip: bool,
-    },
-    /// PaliGemmaForConditionalGeneration: `out_proj` in the vision tower only (Gemma says `o_proj`).
-    PaliGemma,
-}
-
-impl KeyLayout {
-    fn renames(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Self::Towers { .. } => &[(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")],
-            Self::PaliGemma => &[(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")],
-        }
-    }
-
-    fn skipped(self) -> &'static [&'static str] {
-        match self {
-            Self::Towers { clip: true } => &["^logit_scale$"],
-            _ => &[],
-        }
-    }
-}
+/// PaliGemma's weights under transformers' names: the vision tower's `self_attn.o_proj` is
+/// `out_proj` there (Gemma says `o_proj`). SigLIP / CLIP: `models::Towers::save_hf`.
+const PALIGEMMA_RENAMES: [(&str, &str); 1] =
+    [(r"^(vision_tower\..*)\.self_attn\.o_proj\.", "$1.self_attn.out_proj.")];
 
 /// An HF folder being written: straight into an existing folder (each file atomically), or as
 /// a new folder filled beside its final name and renamed into place by [`HfFolder::finish`].
@@ -67,7 +44,8 @@ impl HfFolder {
         Ok(Self { dir: dir.to_path_buf(), scratch: Some(tmp) })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    /// Where file `name` is written.
+    pub fn path(&self, name: &str) -> PathBuf {
         self.scratch.as_ref().unwrap_or(&self.dir).join(name)
     }
 
@@ -110,14 +88,10 @@ impl HfFolder {
         Ok(())
     }
 
-    /// Writes `model.safetensors` (f32) with transformers' key names.
-    pub fn weights<M: Module>(&self, model: &M, layout: KeyLayout) -> Result<()> {
-        zoo_nn::load::save_safetensors(
-            model,
-            &self.path("model.safetensors"),
-            layout.renames(),
-            layout.skipped(),
-        )
+    /// Writes a model with PaliGemma's layout as `model.safetensors` (f32) with transformers'
+    /// key names.
+    pub fn paligemma_weights<M: Module>(&self, model: &M) -> Result<()> {
+        zoo_nn::load::save_safetensors(model, &self.path("model.safetensors"), &PALIGEMMA_RENAMES, &[])
     }
 
     /// Puts a new folder in place (replacing an earlier one) and returns where it is.
@@ -142,11 +116,7 @@ pub fn contrastive(
     tok_dir: &Path,
 ) -> Result<PathBuf> {
     let folder = HfFolder::into_dir(out)?;
-    let clip = matches!(config, ModelConfig::Clip(_));
-    match model {
-        Towers::Siglip(m) => folder.weights(m, KeyLayout::Towers { clip })?,
-        Towers::Clip(m) => folder.weights(m, KeyLayout::Towers { clip })?,
-    }
+    model.save_hf(&folder.path("model.safetensors"))?;
     folder.json("config.json", &config.to_hf_json())?;
     let src = tok_dir.join("tokenizer.json");
     if src.is_file() {
@@ -167,10 +137,11 @@ pub fn contrastive(
     }
     let (processor, image_processor) = match config {
         ModelConfig::Siglip(_) => ("SiglipProcessor", "SiglipImageProcessor"),
+        ModelConfig::Siglip2(_) => ("Siglip2Processor", "Siglip2ImageProcessor"),
         ModelConfig::Clip(_) => ("CLIPProcessor", "CLIPImageProcessor"),
     };
     tok_config["processor_class"] = json!(processor);
-    if let ModelConfig::Siglip(_) = config {
+    if let ModelConfig::Siglip(_) | ModelConfig::Siglip2(_) = config {
         // SigLIP's text tower attends to its padding (it was trained so, and pools the last
         // position): its tokenizer gives no attention mask, as the hub's SiglipTokenizer.
         tok_config["model_input_names"] = json!(["input_ids"]);
@@ -190,7 +161,7 @@ pub fn contrastive(
 pub fn paligemma_like<M: Module>(src: &Path, dir: &Path, model: &M) -> Result<PathBuf> {
     let folder = HfFolder::new_folder(dir)?;
     folder.copy_all_but_weights(src)?;
-    folder.weights(model, KeyLayout::PaliGemma)?;
+    folder.paligemma_weights(model)?;
     folder.finish()
 }
 
@@ -220,7 +191,7 @@ pub fn composed_paligemma(
         "projection_dim": text.hidden_size, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
     });
     folder.json("config.json", &cfg)?;
-    folder.weights(model, KeyLayout::PaliGemma)?;
+    folder.paligemma_weights(model)?;
     folder.json("preprocessor_config.json", pre)?;
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         folder.copy(&tok_dir.join(f), f)?;

@@ -1,10 +1,11 @@
 //! `vlm-zoo generate`: text from a Gemma (or, with images, PaliGemma) checkpoint folder.
 
 use crate::args::{ComputeArgs, ModelArgs};
+use crate::models::Family;
 use burn::prelude::Tensor;
 use std::path::{Path, PathBuf};
 use zoo_gemma::GemmaDecoder;
-use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer, model_type};
+use zoo_nn::{Compute, NnError, Result, Sampling, StopReason, TextTokenizer};
 
 /// `vlm-zoo generate`'s options.
 #[derive(clap::Args, Debug, Clone)]
@@ -183,8 +184,8 @@ pub fn generate_text(
     opts: &Options,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Generation> {
-    let kind = model_type(dir)?;
-    if kind == "paligemma" {
+    let family = Family::of_for(dir, "generate", Family::generates)?;
+    if family.needs_image() {
         if images.is_empty() {
             return Err(NnError::Config(format!(
                 "{}: PaliGemma needs an --image for each --prompt",
@@ -198,9 +199,9 @@ pub fn generate_text(
                 prompts.len()
             )));
         }
-    } else if !images.is_empty() && (kind == "gemma" || kind == "gemma2") {
+    } else if !images.is_empty() {
         return Err(NnError::Config(format!(
-            "{}: --image given, but {kind} is a text-only model",
+            "{}: --image given, but {family} is a text-only model",
             dir.display()
         )));
     }
@@ -229,16 +230,21 @@ pub fn generate_text(
         on_text(row, piece);
         true
     })?;
-    if wants_seg && generator.seg.is_none() && kind == "paligemma" {
-        notes.push(format!(
-            "segment masks need the decoder's weights, {} (big_vision / the PaliGemma space): give --seg-model PATH or put it next to the model; masks not decoded",
-            zoo_paligemma::segment::SEG_MODEL_FILE
-        ));
+    if wants_seg && generator.seg.is_none() && family == Family::PaliGemma {
+        notes.push(format!("{}; masks not decoded", no_seg_model()));
     }
     for (i, o) in outputs.iter().enumerate() {
         notes.extend(o.segment_errors.iter().map(|e| format!("prompt {}: {e}", i + 1)));
     }
     Ok(Generation { outputs, notes })
+}
+
+/// Why a PaliGemma model without the mask decoder returns no masks.
+pub(crate) fn no_seg_model() -> String {
+    format!(
+        "segment masks need the decoder's weights, {} (big_vision / the PaliGemma space): give --seg-model PATH or put it next to the model",
+        zoo_paligemma::segment::SEG_MODEL_FILE
+    )
 }
 
 /// One generation request: a prompt, its image (PaliGemma), and how to sample.
@@ -272,6 +278,7 @@ enum GenModel {
 pub struct Generator {
     /// `gemma`, `gemma2` or `paligemma`.
     pub kind: String,
+    family: Family,
     model: GenModel,
     eos: Vec<u32>,
     /// The segmentation decoder, when one was given (PaliGemma).
@@ -286,9 +293,10 @@ impl Generator {
     /// `segment` prompts (read now, so a bad file fails before any generation).
     pub fn load(dir: &Path, compute: &Compute, seg_model: Option<&Path>) -> Result<Self> {
         let device = compute.device.clone();
-        let kind = model_type(dir)?;
-        match kind.as_str() {
-            "gemma" | "gemma2" => {
+        let family = Family::of(dir)?;
+        let kind = family.model_type().to_string();
+        match family {
+            Family::Gemma | Family::Gemma2 => {
                 let tok = TextTokenizer::from_dir(dir)?;
                 let (model, config) = zoo_gemma::load_gemma(dir, compute.load_spec(), &device)?;
                 tok.check_vocab(config.vocab_size)?;
@@ -296,6 +304,7 @@ impl Generator {
                 let max_len = config.max_position_embeddings;
                 Ok(Self {
                     kind,
+                    family,
                     model: GenModel::Gemma { model, max_len, tok },
                     eos,
                     seg: None,
@@ -303,7 +312,7 @@ impl Generator {
                     notes: Vec::new(),
                 })
             }
-            "paligemma" => {
+            Family::PaliGemma => {
                 let config = zoo_paligemma::load::read_config(dir)?;
                 let proc = zoo_paligemma::PaliGemmaProcessor::from_dir(dir, &config)?;
                 let seg =
@@ -314,6 +323,7 @@ impl Generator {
                 let max_len = config.text_config.max_position_embeddings;
                 Ok(Self {
                     kind,
+                    family,
                     model: GenModel::PaliGemma { model, max_len, proc },
                     eos,
                     seg,
@@ -321,11 +331,15 @@ impl Generator {
                     notes,
                 })
             }
-            other => Err(NnError::Config(format!(
-                "{}: model_type '{other}' cannot generate text (expected gemma, gemma2 or paligemma)",
-                dir.display()
-            ))),
+            Family::Siglip | Family::Siglip2NaFlex | Family::Clip => {
+                Err(family.unsupported(dir, "generate", Family::generates))
+            }
         }
+    }
+
+    /// The family.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// Context length.

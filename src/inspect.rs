@@ -1,7 +1,27 @@
 //! `vlm-zoo inspect`: what a checkpoint folder holds, read from its headers only.
 
+use crate::args::ModelArgs;
+use crate::models::Family;
 use std::collections::BTreeMap;
 use zoo_nn::{Checkpoint, Result};
+
+/// `vlm-zoo inspect`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// The checkpoint.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl InspectArgs {
+    /// Summarises the checkpoint.
+    pub fn run(&self) -> Result<Summary> {
+        inspect(&self.model.model.resolve()?)
+    }
+}
 
 /// A summary of a checkpoint folder.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,22 +43,10 @@ pub struct Summary {
 /// Reads the headers (no tensor data) and config.json of `dir`.
 pub fn inspect(dir: &std::path::Path) -> Result<Summary> {
     let ckpt = Checkpoint::open(dir)?;
-    // The config is checked as loading would check it: an invalid one is an error here too.
-    match zoo_nn::model_type(dir)?.as_str() {
-        "siglip" => ckpt.read_json::<zoo_siglip::SiglipConfig>("config.json")?.validate()?,
-        "siglip2" => {
-            zoo_siglip::naflex::read_config(dir)?;
-        }
-        "clip" if !zoo_clip::open_clip::is_open_clip(dir) => {
-            ckpt.read_json::<zoo_clip::ClipConfig>("config.json")?.validate()?
-        }
-        "gemma" | "gemma2" => {
-            zoo_gemma::GemmaConfig::from_value(ckpt.read_json("config.json")?)?;
-        }
-        "paligemma" => {
-            zoo_paligemma::load::read_config(dir)?;
-        }
-        _ => {}
+    // The config of a family vlm-zoo runs is checked as loading would check it: an invalid one
+    // is an error here too. Any other model_type is summarised unchecked.
+    if let Some(family) = Family::detect(dir)? {
+        family.check_config(dir)?;
     }
     let config: Option<serde_json::Value> = ckpt.read_json("config.json").ok();
     let model_type =

@@ -7,6 +7,29 @@
 //! This umbrella crate re-exports the member crates:
 //! - [`nn`]: shared blocks (Norm, attention + KV cache, RoPE, MLPs, patch embedding, HF loading);
 //! - [`siglip`]: ViT and SigLIP; [`clip`]: CLIP; [`gemma`]: Gemma 1/2; [`paligemma`]: PaliGemma.
+//!
+//! ## The front door
+//!
+//! [`Model::load`] takes a folder or a hub id (downloaded into the HF cache once, as the CLI's
+//! `--model` is) and a device + dtype; the folder's `model_type` picks the [`Family`]. SigLIP,
+//! SigLIP 2 and CLIP embed and score; Gemma generates; PaliGemma captions, answers, detects and
+//! segments. The calls are those the CLI and the server make ([`generate::Generator`],
+//! [`zero_shot::Scorer`]), so the answers are the same.
+//!
+//! ```
+//! use vlm_zoo::Model;
+//! use vlm_zoo::nn::{Compute, open_image};
+//! # fn main() -> vlm_zoo::nn::Result<()> {
+//! let compute = Compute::parse("cpu", "f32")?; // or "cuda", "bf16" / "q8" (packed CPU weights)
+//! // A folder, or a hub id such as "google/siglip-base-patch16-224".
+//! let model = Model::load("tests/fixtures/siglip-a", &compute)?;
+//! let image = open_image("tests/fixtures/images/rgb_64x48.png".as_ref())?;
+//! let scores = model.zero_shot(&[image.clone()], &["a red square", "a blue circle"])?;
+//! println!("{:?}", scores.probs[0]); // one sigmoid probability per text
+//! let pali = Model::load("tests/fixtures/paligemma-a", &compute)?; // e.g. google/paligemma2-3b-mix-224
+//! println!("{} | {:?}", pali.caption(&image)?, pali.detect(&image, &["square"])?);
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -35,3 +58,5 @@ pub mod synthetic;
 pub mod train;
 pub mod training;
 pub mod zero_shot;
+
+pub use models::{Family, Model};

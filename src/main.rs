@@ -4,10 +4,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::Write;
-use vlm_zoo::args::{ComputeArgs, ModelArgs};
-use vlm_zoo::bench::BenchOptions;
+use vlm_zoo::bench::BenchArgs;
 use vlm_zoo::demo::DemoArgs;
 use vlm_zoo::generate::GenerateArgs;
+use vlm_zoo::inspect::InspectArgs;
 use vlm_zoo::train::TrainArgs;
 use vlm_zoo::zero_shot::ZeroShotArgs;
 
@@ -44,22 +44,9 @@ enum Command {
     /// Benchmark a folder, printing one JSON line (compare with scripts/bench_torch.py): Gemma and
     /// PaliGemma load, prefill, decode tokens/s and end-to-end time; SigLIP and CLIP image encoding
     /// (images/s per batch size) or, with --train, training steps/s.
-    Bench {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        options: BenchOptions,
-        #[command(flatten)]
-        compute: ComputeArgs,
-    },
+    Bench(BenchArgs),
     /// Summarise a HuggingFace checkpoint folder (config and safetensors headers; no weights are read).
-    Inspect {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(InspectArgs),
 }
 
 /// A line to stdout; a failed write (a closed pipe, a full disk) is returned, never a panic.
@@ -130,8 +117,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo(&args),
-        Command::Bench { model, options, compute } => bench(&model, &options, &compute),
-        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Bench(args) => bench(&args),
+        Command::Inspect(args) => inspect(&args),
     }
 }
 
@@ -283,16 +270,15 @@ fn demo(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench(model: &ModelArgs, options: &BenchOptions, compute: &ComputeArgs) -> Result<()> {
-    let compute = compute.compute()?;
-    let r = vlm_zoo::bench::bench(&model.model.resolve()?, options, &compute)?;
+fn bench(args: &BenchArgs) -> Result<()> {
+    let r = args.run()?;
     say!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 
-fn inspect(model: &ModelArgs, json: bool) -> Result<()> {
-    let s = vlm_zoo::inspect::inspect(&model.model.resolve()?)?;
-    if json {
+fn inspect(args: &InspectArgs) -> Result<()> {
+    let s = args.run()?;
+    if args.json {
         say!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }

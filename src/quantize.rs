@@ -4,6 +4,7 @@
 //! the checkpoint's files change (their sizes and times are recorded).
 
 use crate::args::ModelArgs;
+use crate::models::{Family, Towers};
 use std::path::PathBuf;
 use zoo_nn::kernels::gemm::WeightFormat;
 use zoo_nn::{LoadSpec, NnError, Result};
@@ -34,17 +35,11 @@ pub fn quantize(args: &QuantizeArgs) -> Result<Quantized> {
     let before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     let spec = LoadSpec { save_q8: true, ..LoadSpec::packed(WeightFormat::Q8) };
     let device = zoo_nn::parse_device("cpu")?;
-    match zoo_nn::model_type(&dir)?.as_str() {
-        "gemma" | "gemma2" => drop(zoo_gemma::load_gemma(&dir, spec, &device)?),
-        "paligemma" => drop(zoo_paligemma::load_paligemma(&dir, spec, &device)?),
-        "siglip" | "clip" => drop(crate::models::Towers::load(&dir, spec, &device)?),
-        "siglip2" => drop(zoo_siglip::naflex::load_siglip2(&dir, spec, &device)?),
-        other => {
-            return Err(NnError::Config(format!(
-                "{}: model_type '{other}' has no q8 weights",
-                dir.display()
-            )));
-        }
+    // Loading with `save_q8` writes the file: every family has q8 weights.
+    match Family::of(&dir)? {
+        Family::Gemma | Family::Gemma2 => drop(zoo_gemma::load_gemma(&dir, spec, &device)?),
+        Family::PaliGemma => drop(zoo_paligemma::load_paligemma(&dir, spec, &device)?),
+        Family::Siglip | Family::Siglip2NaFlex | Family::Clip => drop(Towers::load(&dir, spec, &device)?),
     }
     let meta = std::fs::metadata(&path).map_err(|e| NnError::io(&path, e))?;
     let existed = before.is_some() && before == meta.modified().ok();

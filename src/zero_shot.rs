@@ -1,13 +1,11 @@
 //! `vlm-zoo zero-shot`: image-text scores from a SigLIP or CLIP checkpoint folder.
 
 use crate::args::{ComputeArgs, ModelArgs};
-use crate::models::{ModelConfig, Towers};
+use crate::models::{Family, ModelConfig, Towers};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use zoo_nn::host::rows;
-use zoo_nn::{
-    Compute, ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextTokenizer, model_type,
-};
+use zoo_nn::{Compute, ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextTokenizer};
 
 /// `vlm-zoo zero-shot`'s options.
 #[derive(clap::Args, Debug, Clone)]
@@ -65,13 +63,10 @@ fn processor(dir: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Resul
     if zoo_clip::open_clip::is_open_clip(dir) {
         return Ok(ImageProcessor::new(zoo_clip::open_clip::preprocessor(dir)?));
     }
-    let family = match config {
-        ModelConfig::Siglip(_) => "SigLIP's",
-        ModelConfig::Clip(_) => "CLIP's",
-    };
     notes.push(format!(
-        "{}: no preprocessor_config.json; using {family} preprocessing at image_size {} from config.json",
+        "{}: no preprocessor_config.json; using {}'s preprocessing at image_size {} from config.json",
         dir.display(),
+        config.family().name(),
         config.image_size()
     ));
     Ok(ImageProcessor::new(config.default_preprocessor()))
@@ -90,10 +85,12 @@ pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], compute: &Com
     scorer.score(&decoded, texts)
 }
 
-/// A loaded model and how its images become its inputs.
-enum Loaded {
-    Fixed(Towers, ImageProcessor),
-    Naflex(zoo_siglip::naflex::Siglip2Model, zoo_siglip::naflex::NaflexProcessor),
+/// How images become a model's inputs.
+enum Inputs {
+    /// Fixed-size pixels.
+    Pixels(ImageProcessor),
+    /// NaFlex patches at each image's own aspect ratio (SigLIP 2).
+    Naflex(zoo_siglip::naflex::NaflexProcessor),
 }
 
 /// A SigLIP / SigLIP 2 / CLIP model loaded once, scoring and embedding many times (the CLI's
@@ -101,8 +98,10 @@ enum Loaded {
 pub struct Scorer {
     /// `siglip`, `siglip2` or `clip`.
     pub kind: String,
+    family: Family,
     dir: PathBuf,
-    loaded: Loaded,
+    model: Towers,
+    inputs: Inputs,
     tok: TextTokenizer,
     device: Device,
     /// Notes for the user (fallbacks taken while loading).
@@ -113,43 +112,42 @@ impl Scorer {
     /// Loads the model in `dir`.
     pub fn load(dir: &Path, compute: &Compute) -> Result<Self> {
         let device = compute.device.clone();
-        let kind = model_type(dir)?;
-        if kind != "siglip" && kind != "clip" && kind != "siglip2" {
-            return Err(NnError::Config(format!(
-                "{}: model_type '{kind}' is not supported by zero-shot (expected siglip, siglip2 or clip)",
-                dir.display()
-            )));
-        }
+        let family = Family::of_for(dir, "zero-shot", Family::is_contrastive)?;
         let mut notes = Vec::new();
         let tok = TextTokenizer::from_dir(dir)?;
-        let spec = compute.load_spec();
-        // Construction is the only per-family step: the model and how its images become
-        // features (fixed-size pixels, or NaFlex patches at each image's own aspect ratio).
-        let loaded = if kind == "siglip2" {
-            let (model, config) = zoo_siglip::naflex::load_siglip2(dir, spec, &device)?;
-            tok.check_vocab(config.siglip.text_config.vocab_size)?;
-            Loaded::Naflex(model, zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?)
-        } else {
-            let (model, config) = Towers::load(dir, spec, &device)?;
-            tok.check_vocab(config.vocab_size())?;
-            let proc = processor(dir, &config, &mut notes)?;
-            Loaded::Fixed(model, proc)
+        let (model, config) = Towers::load(dir, compute.load_spec(), &device)?;
+        tok.check_vocab(config.vocab_size())?;
+        // How its images become features: NaFlex patches at each image's own aspect ratio
+        // (SigLIP 2), or fixed-size pixels.
+        let inputs = match config {
+            ModelConfig::Siglip2(_) => Inputs::Naflex(zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?),
+            ModelConfig::Siglip(_) | ModelConfig::Clip(_) => {
+                Inputs::Pixels(processor(dir, &config, &mut notes)?)
+            }
         };
-        Ok(Self { kind, dir: dir.to_path_buf(), loaded, tok, device, notes })
+        let kind = family.model_type().to_string();
+        Ok(Self { kind, family, dir: dir.to_path_buf(), model, inputs, tok, device, notes })
     }
 
     fn model(&self) -> &dyn ContrastiveModel {
-        match &self.loaded {
-            Loaded::Fixed(m, _) => m,
-            Loaded::Naflex(m, _) => m,
-        }
+        &self.model
+    }
+
+    /// The family.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// L2-normalised image embeddings, `[n][dim]`.
     pub fn embed_images(&self, images: &[image::DynamicImage]) -> Result<Tensor<2>> {
-        let features = match &self.loaded {
-            Loaded::Fixed(m, proc) => m.encode_image(proc.batch(images, &self.device)?),
-            Loaded::Naflex(m, proc) => m.image_features(&proc.batch(images, &self.device)?),
+        let features = match (&self.inputs, &self.model) {
+            (Inputs::Naflex(proc), Towers::Siglip2(m)) => {
+                m.image_features(&proc.batch(images, &self.device)?)
+            }
+            (Inputs::Pixels(proc), m) => m.encode_image(proc.batch(images, &self.device)?),
+            (Inputs::Naflex(_), _) => {
+                return Err(NnError::Config("NaFlex inputs need a SigLIP 2 model".into()));
+            }
         };
         Ok(zoo_nn::l2_normalize(features))
     }

@@ -252,6 +252,102 @@ fn bench_reports_every_kind() {
     assert!(!ok && stderr.contains("every --batch must be at least 1"), "{stderr}");
 }
 
+/// Every family zero-shot accepts, bench accepts: a SigLIP 2 NaFlex folder encodes square
+/// images whose patch grid fills its position table (4 x 4 patches of 8 px here); training
+/// it is refused in one line.
+#[test]
+fn bench_encodes_siglip2_naflex() {
+    let m = fixtures().join("hub-siglip2-naflex").display().to_string();
+    let (ok, stdout, stderr) = vlm_zoo(&["bench", "--model", &m, "--batch", "1,2", "--iters", "1"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((v["model_type"].as_str(), v["task"].as_str()), (Some("siglip2"), Some("encode_images")));
+    let batches: Vec<u64> =
+        v["encode"].as_array().unwrap().iter().map(|e| e["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 2]);
+    assert!(v["encode"][1]["images_per_s"].as_f64().unwrap() > 0.0);
+    let (ok, _, stderr) = vlm_zoo(&["bench", "--model", &m, "--train", "--steps", "1"]);
+    assert!(
+        !ok && stderr.contains("'siglip2' is not supported by bench --train (expected siglip or clip)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// The library's front door gives the CLI's answers: `vlm_zoo::Model` calls the same Generator
+/// and Scorer.
+#[test]
+fn the_front_door_answers_as_the_cli() {
+    use vlm_zoo::Model;
+    let f = fixtures();
+    let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();
+    let img_path = f.join("images/rgb_64x48.png");
+    let img = img_path.to_str().unwrap();
+    let image = zoo_nn::open_image(&img_path).unwrap();
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let (ok, stdout, stderr) = vlm_zoo(args);
+        assert!(ok, "{args:?}: {stderr}");
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let close = |a: &[f32], b: &serde_json::Value, what: &str| {
+        let b: Vec<f32> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        zoo_nn::testing::assert_slices_close(a, &b, 1e-5, what);
+    };
+    for name in ["siglip-a", "hub-siglip2-naflex", "clip-b"] {
+        let dir = f.join(name);
+        let model = Model::load(&dir, &compute).unwrap();
+        let texts = ["a red square", "a blue circle"];
+        let z = model.zero_shot(std::slice::from_ref(&image), &texts).unwrap();
+        let v = cli(&[
+            "zero-shot",
+            "--model",
+            dir.to_str().unwrap(),
+            "--image",
+            img,
+            "--text",
+            texts[0],
+            "--text",
+            texts[1],
+            "--json",
+        ]);
+        assert_eq!(v["model_type"], model.kind(), "{name}");
+        close(&z.probs[0], &v["probs"][0], name);
+        close(&model.embed_images(std::slice::from_ref(&image)).unwrap()[0], &v["image_embeds"][0], name);
+        close(&model.embed_texts(&texts).unwrap()[1], &v["text_embeds"][1], name);
+        let e = model.caption(&image).unwrap_err().to_string();
+        assert!(e.contains("does not generate text"), "{e}");
+    }
+    let dir = f.join("paligemma-a");
+    let pali = Model::load(&dir, &compute).unwrap();
+    assert_eq!(pali.family(), vlm_zoo::Family::PaliGemma);
+    let generate = |prompt: &str| {
+        cli(&["generate", "--model", dir.to_str().unwrap(), "--image", img, "--prompt", prompt, "--json"])
+    };
+    assert_eq!(pali.caption(&image).unwrap(), generate("caption en")["text"]);
+    assert_eq!(pali.answer(&image, "what is it").unwrap(), generate("answer en what is it")["text"]);
+    let boxes = serde_json::to_value(pali.detect(&image, &["square", "dot"]).unwrap()).unwrap();
+    assert_eq!(boxes, generate("detect square ; dot")["detections"]);
+    let e = pali.embed_texts(&["x"]).unwrap_err().to_string();
+    assert!(e.contains("generates text"), "{e}");
+    let dir = f.join("gemma-gqa");
+    let gemma = Model::load(&dir, &compute).unwrap();
+    let sampling = zoo_nn::Sampling { max_new_tokens: 6, ..Default::default() };
+    let out = gemma.generate("hello", &sampling).unwrap();
+    let v = cli(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]);
+    assert_eq!(serde_json::to_value(&out).unwrap(), v);
+    let e = gemma.caption(&image).unwrap_err().to_string();
+    assert!(e.contains("text-only"), "{e}");
+}
+
 #[test]
 fn zero_shot_json_equals_transformers() {
     let dir = fixtures();

@@ -227,6 +227,7 @@ fn the_export_gives_zero_shot_numbers_through_transformers_documented_calls() {
                 m.text_features(zoo_nn::host::ids_tensor(&ids, &dev))
             }
             vlm_zoo::models::Towers::Clip(m) => m.text_features(&ids, &mask, &dev),
+            vlm_zoo::models::Towers::Siglip2(_) => unreachable!("train exports siglip or clip"),
         };
         let txt = zoo_nn::testing::to_vec(zoo_nn::l2_normalize(txt));
         let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();

@@ -1,13 +1,16 @@
-//! The two contrastive architectures behind one interface: presets, embeddings, loss and the
-//! HF-format export.
+//! The contrastive families (SigLIP, SigLIP 2 NaFlex, CLIP) behind one interface: presets,
+//! embeddings, loss and the HF-format export.
 
 use burn::module::Module;
 use burn::prelude::*;
 use serde_json::json;
 use std::path::Path;
 use zoo_clip::{ClipConfig, ClipModel};
-use zoo_nn::{ContrastiveModel, NnError, NormKind, PreprocessorConfig, Result, TextBatch};
+use zoo_nn::{ContrastiveModel, NormKind, PreprocessorConfig, Result, TextBatch};
+use zoo_siglip::naflex::{Siglip2Config, Siglip2Model};
 use zoo_siglip::{SiglipConfig, SiglipModel};
+
+use super::Family;
 
 /// Which model is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -31,11 +34,13 @@ pub enum Preset {
     Base,
 }
 
-/// Either architecture's config.
+/// A contrastive model's config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// SigLIP.
     Siglip(SiglipConfig),
+    /// SigLIP 2 NaFlex (loaded, never trained: see [`Family::arch`]).
+    Siglip2(Siglip2Config),
     /// CLIP.
     Clip(ClipConfig),
 }
@@ -84,10 +89,23 @@ impl ModelConfig {
         }
     }
 
-    /// Input side in pixels.
+    /// The family.
+    pub fn family(&self) -> Family {
+        match self {
+            Self::Siglip(_) => Family::Siglip,
+            Self::Siglip2(_) => Family::Siglip2NaFlex,
+            Self::Clip(_) => Family::Clip,
+        }
+    }
+
+    /// Input side in pixels of a fixed-size (square) batch; for SigLIP 2 NaFlex, the square
+    /// whose patch grid fills the position table (`sqrt(num_patches) * patch_size`).
     pub fn image_size(&self) -> usize {
         match self {
             Self::Siglip(c) => c.vision_config.image_size,
+            Self::Siglip2(c) => {
+                (c.num_patches as f64).sqrt().round() as usize * c.siglip.vision_config.patch_size
+            }
             Self::Clip(c) => c.vision_config.image_size,
         }
     }
@@ -96,6 +114,7 @@ impl ModelConfig {
     pub fn text_len(&self) -> usize {
         match self {
             Self::Siglip(c) => c.text_config.max_position_embeddings,
+            Self::Siglip2(c) => c.siglip.text_config.max_position_embeddings,
             Self::Clip(c) => c.text_config.max_position_embeddings,
         }
     }
@@ -104,6 +123,7 @@ impl ModelConfig {
     pub fn default_preprocessor(&self) -> PreprocessorConfig {
         match self {
             Self::Siglip(c) => c.vision_config.default_preprocessor(),
+            Self::Siglip2(c) => c.siglip.vision_config.default_preprocessor(),
             Self::Clip(c) => c.vision_config.default_preprocessor(),
         }
     }
@@ -112,6 +132,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Siglip(c) => c.text_config.vocab_size,
+            Self::Siglip2(c) => c.siglip.text_config.vocab_size,
             Self::Clip(c) => c.text_config.vocab_size,
         }
     }
@@ -127,6 +148,15 @@ impl ModelConfig {
                 v["vision_config"]["model_type"] = json!("siglip_vision_model");
                 v
             }
+            Self::Siglip2(c) => {
+                let mut v = serde_json::to_value(&c.siglip).expect("serializable");
+                v["model_type"] = json!("siglip2");
+                v["architectures"] = json!(["Siglip2Model"]);
+                v["text_config"]["model_type"] = json!("siglip2_text_model");
+                v["vision_config"]["model_type"] = json!("siglip2_vision_model");
+                v["vision_config"]["num_patches"] = json!(c.num_patches);
+                v
+            }
             Self::Clip(c) => {
                 let mut v = json!({"text_config": c.text_config, "vision_config": c.vision_config,
                                    "projection_dim": c.projection_dim, "logit_scale_init_value": c.logit_scale_init_value});
@@ -140,12 +170,16 @@ impl ModelConfig {
     }
 }
 
-/// Either model (one lives per run, so the size difference of the variants does not matter).
+/// A contrastive model (one lives per run, so the size difference of the variants does not
+/// matter).
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Towers {
     /// SigLIP.
     Siglip(SiglipModel),
+    /// SigLIP 2 NaFlex: [`ContrastiveModel::encode_image`] reads a fixed-size batch as the full
+    /// patch grid of each image; `Siglip2Model::image_features` takes NaFlex patches.
+    Siglip2(Siglip2Model),
     /// CLIP.
     Clip(ClipModel),
 }
@@ -155,30 +189,43 @@ impl Towers {
     pub fn new(config: &ModelConfig, device: &Device) -> Self {
         match config {
             ModelConfig::Siglip(c) => Self::Siglip(SiglipModel::new(c, device)),
+            ModelConfig::Siglip2(c) => Self::Siglip2(Siglip2Model::new(c, device)),
             ModelConfig::Clip(c) => Self::Clip(ClipModel::new(c, device)),
         }
     }
 
-    /// Loads an HF SigLIP or CLIP folder (fine-tuning) with weights in `dtype`, returning its
-    /// config too.
+    /// Loads a SigLIP, SigLIP 2 NaFlex or CLIP folder (HF or OpenCLIP) with weights in
+    /// `dtype`, returning its config too; another family is a one-line error.
     pub fn load(
         dir: &Path,
         dtype: impl Into<zoo_nn::LoadSpec>,
         device: &Device,
     ) -> Result<(Self, ModelConfig)> {
-        match zoo_nn::model_type(dir)?.as_str() {
-            "siglip" => {
+        match Family::of(dir)? {
+            Family::Siglip => {
                 let (m, c) = zoo_siglip::load_siglip(dir, dtype, device)?;
                 Ok((Self::Siglip(m), ModelConfig::Siglip(c)))
             }
-            "clip" => {
+            Family::Siglip2NaFlex => {
+                let (m, c) = zoo_siglip::naflex::load_siglip2(dir, dtype, device)?;
+                Ok((Self::Siglip2(m), ModelConfig::Siglip2(c)))
+            }
+            Family::Clip => {
                 let (m, c) = zoo_clip::load_clip(dir, dtype, device)?;
                 Ok((Self::Clip(m), ModelConfig::Clip(c)))
             }
-            other => Err(NnError::Config(format!(
-                "{}: --init needs a siglip or clip checkpoint, found model_type '{other}'",
-                dir.display()
-            ))),
+            other @ (Family::Gemma | Family::Gemma2 | Family::PaliGemma) => {
+                Err(other.unsupported(dir, "the contrastive towers", Family::is_contrastive))
+            }
+        }
+    }
+
+    /// The log temperature, `[1]`.
+    pub fn logit_scale(&self) -> Tensor<1> {
+        match self {
+            Self::Siglip(m) => m.logit_scale.val(),
+            Self::Siglip2(m) => m.logit_scale.val(),
+            Self::Clip(m) => m.logit_scale.val(),
         }
     }
 
@@ -186,6 +233,7 @@ impl Towers {
     pub fn model(&self) -> &dyn ContrastiveModel {
         match self {
             Self::Siglip(m) => m,
+            Self::Siglip2(m) => m,
             Self::Clip(m) => m,
         }
     }
@@ -199,6 +247,10 @@ impl Towers {
                 m.logit_scale = clamp(m.logit_scale);
                 Self::Siglip(m)
             }
+            Self::Siglip2(mut m) => {
+                m.logit_scale = clamp(m.logit_scale);
+                Self::Siglip2(m)
+            }
             Self::Clip(mut m) => {
                 m.logit_scale = clamp(m.logit_scale);
                 Self::Clip(m)
@@ -211,6 +263,7 @@ impl Towers {
         let renames = [(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")];
         match self {
             Self::Siglip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &[]),
+            Self::Siglip2(m) => zoo_nn::load::save_safetensors(m, path, &renames, &[]),
             Self::Clip(m) => zoo_nn::load::save_safetensors(m, path, &renames, &["^logit_scale$"]),
         }
     }

@@ -30,12 +30,13 @@ pub mod worker;
 pub use args::ServeArgs;
 pub use errors::ApiError;
 
+use crate::models::Model;
 use axum::routing::{get, post};
 use metrics::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use worker::{Job, Loaded, WorkerStats};
+use worker::{Job, WorkerStats};
 use zoo_nn::NnError;
 
 /// What the handlers share.
@@ -70,7 +71,6 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
     }
     let dir = args.model.resolve()?;
     let compute = args.compute.compute()?;
-    let kind = zoo_nn::model_type(&dir)?;
     let seg = zoo_paligemma::segment::find_seg_model(
         args.seg_model.as_deref(),
         &dir,
@@ -85,22 +85,15 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
     let worker = std::thread::Builder::new()
         .name("vlm-zoo-model".into())
         .spawn(move || {
-            let loaded = match kind.as_str() {
-                "gemma" | "gemma2" | "paligemma" => crate::generate::Generator::load(
-                    &dir,
-                    &compute,
-                    if kind == "paligemma" { seg.as_deref() } else { None },
-                )
-                .map(Loaded::Generator),
-                _ => crate::zero_shot::Scorer::load(&dir, &compute).map(Loaded::Scorer),
-            };
+            // The one registry picks the family (the mask decoder matters to PaliGemma only).
+            let loaded = Model::load_dir(&dir, &compute, seg.as_deref());
             match loaded {
                 Ok(l) => {
                     let facts = match &l {
-                        Loaded::Generator(g) => {
+                        Model::Generator(g) => {
                             (true, g.needs_image(), g.has_token(zoo_gemma::chat::START_OF_TURN), g.max_len())
                         }
-                        Loaded::Scorer(_) => (false, false, false, 0),
+                        Model::Scorer(_) => (false, false, false, 0),
                     };
                     let _ = facts_tx.send(Ok((l.kind().to_string(), facts)));
                     worker::run(l, rx, max_batch, window, worker_stats);

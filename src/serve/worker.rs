@@ -4,7 +4,8 @@
 //! Image and text encodings queued together share one forward.
 
 use crate::generate::{GenerationOutput, Generator, Request, Session};
-use crate::zero_shot::{Scorer, ZeroShot};
+use crate::models::Model;
+use crate::zero_shot::ZeroShot;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,25 +39,6 @@ pub enum Job {
     Embed(Vec<image::DynamicImage>, Vec<String>, oneshot::Sender<Result<Embeddings>>),
     /// Score images against texts.
     ZeroShot(Vec<image::DynamicImage>, Vec<String>, oneshot::Sender<Result<ZeroShot>>),
-}
-
-/// The loaded model (one per process, so the variants' sizes do not matter).
-#[allow(clippy::large_enum_variant)]
-pub enum Loaded {
-    /// Gemma / PaliGemma.
-    Generator(Generator),
-    /// SigLIP / SigLIP 2 / CLIP.
-    Scorer(Scorer),
-}
-
-impl Loaded {
-    /// `model_type`.
-    pub fn kind(&self) -> &str {
-        match self {
-            Self::Generator(g) => &g.kind,
-            Self::Scorer(s) => &s.kind,
-        }
-    }
 }
 
 /// Counters the worker keeps for /metrics.
@@ -93,7 +75,7 @@ impl WorkerStats {
 /// cached so far; otherwise they start the next batch), up to `max_batch` rows. Embedding and
 /// zero-shot jobs run between decode steps, those queued together as one forward.
 pub fn run(
-    loaded: Loaded,
+    loaded: Model,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     window: Duration,
@@ -146,12 +128,12 @@ pub fn run(
         for j in jobs {
             match j {
                 Job::Generate(r, tx) => match &loaded {
-                    Loaded::Generator(g) => {
+                    Model::Generator(g) => {
                         if let Some(len) = runnable(g, &r, &tx) {
                             waiting.push_back((r, tx, len));
                         }
                     }
-                    Loaded::Scorer(s) => {
+                    Model::Scorer(s) => {
                         let _ = tx.send(Event::Done(Err(not_served(&s.kind, "text generation"))));
                     }
                 },
@@ -166,12 +148,12 @@ pub fn run(
         for (images, texts, tx) in score_jobs {
             stats.record_batch(1);
             let out = match &loaded {
-                Loaded::Scorer(s) => s.score(&images, &texts),
-                Loaded::Generator(g) => Err(not_served(&g.kind, "zero-shot")),
+                Model::Scorer(s) => s.score(&images, &texts),
+                Model::Generator(g) => Err(not_served(&g.kind, "zero-shot")),
             };
             let _ = tx.send(out);
         }
-        let Loaded::Generator(g) = &loaded else { continue };
+        let Model::Generator(g) = &loaded else { continue };
         // Clients that left while waiting are dropped before any work.
         waiting.retain(|(_, tx, _)| !tx.is_closed());
         admit(g, &mut session, &mut waiting, &mut next_tag, max_batch, &stats);
@@ -297,8 +279,8 @@ fn not_served(kind: &str, what: &str) -> NnError {
 
 type EmbedJob = (Vec<image::DynamicImage>, Vec<String>, oneshot::Sender<Result<Embeddings>>);
 
-fn embed_batch(loaded: &Loaded, jobs: Vec<EmbedJob>) {
-    let Loaded::Scorer(s) = loaded else {
+fn embed_batch(loaded: &Model, jobs: Vec<EmbedJob>) {
+    let Model::Scorer(s) = loaded else {
         for (_, _, tx) in jobs {
             let _ = tx.send(Err(not_served(loaded.kind(), "embeddings")));
         }

@@ -5,7 +5,7 @@ pub mod eval;
 
 use crate::args::{DeviceArgs, ModelSource};
 use crate::draw::plot;
-use crate::models::{Arch, ModelConfig, Preset, Towers};
+use crate::models::{Arch, Family, ModelConfig, Preset, Towers};
 use crate::training::data::{self, Augment, Batch, Dataset, DatasetOptions, Pair, Source};
 use crate::training::{Loaded, Precision, Run, Task, TrainLoop, tokenizer};
 use burn::prelude::*;
@@ -331,11 +331,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let (model, config) = match &init {
         Some(dir) => {
-            let (model, config) = Towers::load(dir, DType::F32, &device)?;
-            let found = match &config {
-                ModelConfig::Siglip(_) => Arch::Siglip,
-                ModelConfig::Clip(_) => Arch::Clip,
-            };
+            let family = Family::of(dir)?;
+            let found = family.arch().ok_or_else(|| {
+                NnError::Config(format!(
+                    "{}: --init needs a {} checkpoint, found model_type '{family}'",
+                    dir.display(),
+                    Family::list(Family::trains)
+                ))
+            })?;
             if found != args.arch {
                 return Err(NnError::Config(format!(
                     "--arch {} but --init {} is a {} checkpoint (give --arch {})",
@@ -345,7 +348,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
                     format!("{found:?}").to_lowercase()
                 )));
             }
-            (model, config)
+            Towers::load(dir, burn::tensor::DType::F32, &device)?
         }
         None => {
             let vocab = tok.inner().get_vocab_size(true);
