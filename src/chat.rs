@@ -55,8 +55,8 @@ pub fn read_conversation(path: &Path) -> Result<Vec<ChatMessage>> {
 /// tokenizer has Gemma's turn tokens (what the server checks on its loaded model).
 pub fn chat_prompt(dir: &Path, file: &Path) -> Result<String> {
     let messages = read_conversation(file)?;
-    let kind = zoo_nn::model_type(dir)?;
-    let chat_format = matches!(kind.as_str(), "gemma" | "gemma2")
+    let family = crate::models::Family::of(dir)?;
+    let chat_format = matches!(family, crate::models::Family::Gemma | crate::models::Family::Gemma2)
         && TextTokenizer::from_dir(dir)?.token_to_id(START_OF_TURN).is_some();
     conversation_prompt(&messages, chat_format)
         .map_err(|e| NnError::Config(format!("{}: {e}", file.display())))
