@@ -47,6 +47,7 @@ pub mod demo;
 pub mod draw;
 pub mod export;
 pub mod finetune;
+pub mod front_door;
 pub mod fs;
 pub mod generate;
 pub mod hub;
@@ -59,4 +60,5 @@ pub mod train;
 pub mod training;
 pub mod zero_shot;
 
-pub use models::{Family, Model};
+pub use front_door::Model;
+pub use models::Family;

@@ -10,17 +10,7 @@ use zoo_nn::{ContrastiveModel, NormKind, PreprocessorConfig, Result, TextBatch};
 use zoo_siglip::naflex::{Siglip2Config, Siglip2Model};
 use zoo_siglip::{SiglipConfig, SiglipModel};
 
-use super::Family;
-
-/// Which model is trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// Sigmoid loss, learnable temperature and bias.
-    Siglip,
-    /// Softmax (InfoNCE) loss, learnable temperature.
-    Clip,
-}
+use super::family::{Arch, Family};
 
 /// Model sizes for training from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

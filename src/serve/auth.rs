@@ -2,8 +2,8 @@
 //! (`--api-key`, compared in constant time), and the per-route count and latency that
 //! [`super::metrics`] reports.
 
-use super::AppState;
 use super::errors::ApiError;
+use super::state::AppState;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

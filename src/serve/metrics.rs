@@ -1,14 +1,11 @@
-//! `GET /metrics`: request counts and latency histograms per route and status (recorded by
+//! The counters behind `GET /metrics`: request counts and latency histograms per route and status (recorded by
 //! [`super::auth::guard`]), the queue, batches and generation speed (from the model thread's
 //! [`WorkerStats`](super::worker::WorkerStats)), in Prometheus' text format.
 
-use super::AppState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use super::worker::WorkerStats;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Count, summed seconds and histogram buckets of one route and status.
 type Latency = (u64, f64, [u64; 11]);
@@ -38,11 +35,11 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`.
-pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+/// The Prometheus text of `GET /metrics` (served by [`super::native`]).
+pub(super) fn render(metrics: &Metrics, ws: &WorkerStats) -> String {
     let mut s = String::new();
     s.push_str("# HELP vlm_zoo_requests_total Requests by route and status.\n# TYPE vlm_zoo_requests_total counter\n");
-    let m = st.metrics.by_route.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let m = metrics.by_route.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for ((route, status), (n, _, _)) in &m {
         s.push_str(&format!("vlm_zoo_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
     }
@@ -66,15 +63,14 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         s.push_str(&format!("vlm_zoo_request_seconds_sum{{route=\"{route}\"}} {sum}\n"));
         s.push_str(&format!("vlm_zoo_request_seconds_count{{route=\"{route}\"}} {n}\n"));
     }
-    let ws = &st.stats;
     s.push_str(
         "# HELP vlm_zoo_queue_depth Requests waiting for the model.\n# TYPE vlm_zoo_queue_depth gauge\n",
     );
     s.push_str(&format!("vlm_zoo_queue_depth {}\n", ws.queued.load(Ordering::Relaxed)));
     s.push_str("# HELP vlm_zoo_in_flight Requests being answered.\n# TYPE vlm_zoo_in_flight gauge\n");
-    s.push_str(&format!("vlm_zoo_in_flight {}\n", st.metrics.in_flight.load(Ordering::Relaxed)));
+    s.push_str(&format!("vlm_zoo_in_flight {}\n", metrics.in_flight.load(Ordering::Relaxed)));
     s.push_str("# HELP vlm_zoo_rejected_total Requests refused with 503 (queue full).\n# TYPE vlm_zoo_rejected_total counter\n");
-    s.push_str(&format!("vlm_zoo_rejected_total {}\n", st.metrics.rejected_full.load(Ordering::Relaxed)));
+    s.push_str(&format!("vlm_zoo_rejected_total {}\n", metrics.rejected_full.load(Ordering::Relaxed)));
     s.push_str("# HELP vlm_zoo_batches_total Batches run, by size.\n# TYPE vlm_zoo_batches_total counter\n");
     for (label, c) in ["1", "2-4", "5-8", "9-16", "17+"].iter().zip(&ws.batch_sizes) {
         s.push_str(&format!("vlm_zoo_batches_total{{size=\"{label}\"}} {}\n", c.load(Ordering::Relaxed)));
@@ -90,5 +86,5 @@ pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "vlm_zoo_tokens_per_second {}\n",
         if secs > 0.0 { tokens as f64 / secs } else { 0.0 }
     ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+    s
 }

@@ -25,37 +25,21 @@ mod metrics;
 mod native;
 mod openai;
 mod requests;
+mod state;
 pub mod worker;
 
 pub use args::ServeArgs;
 pub use errors::ApiError;
 
-use crate::models::Model;
+use crate::Model;
 use axum::routing::{get, post};
 use metrics::Metrics;
+use state::AppState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use worker::{Job, WorkerStats};
 use zoo_nn::NnError;
-
-/// What the handlers share.
-struct AppState {
-    tx: mpsc::Sender<Job>,
-    stats: Arc<WorkerStats>,
-    metrics: Metrics,
-    model_id: String,
-    kind: String,
-    generates: bool,
-    needs_image: bool,
-    /// Whether the tokenizer has Gemma's turn tokens (a chat format to apply).
-    chat_template: bool,
-    max_len: usize,
-    api_key: Option<String>,
-    max_pixels: u64,
-    timeout: Duration,
-    started: Instant,
-}
 
 /// Loads the model, binds, and serves until SIGTERM / Ctrl-C; `on_ready(addr)` is called once
 /// the socket listens.
@@ -128,7 +112,7 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
     let app = axum::Router::new()
         .route("/", get(native::page))
         .route("/health", get(native::health))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(native::metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/generate", post(native::generate))

@@ -2,12 +2,12 @@
 //! pieces as server-sent events), `POST /v1/embeddings` (SigLIP / CLIP; also OpenAI's `input`
 //! form), `POST /v1/zero-shot`, `GET /health` and `GET /` (the web page, `page.html`).
 
-use super::AppState;
 use super::errors::{ApiError, ApiResult, error_json};
 use super::images::{decode_image, decode_images};
 use super::requests::{
     check_model_field, enqueue, event_stream, finish, json_body, reply, sampling, start_generation,
 };
+use super::state::AppState;
 use super::worker::{Event, Job};
 use crate::generate::Request;
 use axum::body::Bytes;
@@ -173,4 +173,10 @@ pub(super) async fn health(State(st): State<Arc<AppState>>) -> Response {
 /// `GET /`: the web page.
 pub(super) async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
+}
+
+/// `GET /metrics`: the request, queue and generation counters in Prometheus' text format.
+pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let text = super::metrics::render(&st.metrics, &st.stats);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

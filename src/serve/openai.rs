@@ -3,10 +3,10 @@
 //! [`crate::chat::conversation_prompt`], as `vlm-zoo generate --chat` does: Gemma's chat format
 //! ([`zoo_gemma::chat`]), or PaliGemma's last user turn with its one image.
 
-use super::AppState;
 use super::errors::{ApiError, ApiResult, error_json};
 use super::images::decode_image;
 use super::requests::{check_model_field, event_stream, finish, json_body, sampling, start_generation};
+use super::state::AppState;
 use super::worker::Event;
 use crate::generate::Request;
 use axum::body::Bytes;

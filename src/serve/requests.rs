@@ -3,8 +3,8 @@
 //! queue the job (503 when the queue is full), then await its answer or stream its events as
 //! server-sent events, within the request timeout (504).
 
-use super::AppState;
 use super::errors::{ApiError, ApiResult, error_json};
+use super::state::AppState;
 use super::worker::{Event, Job};
 use crate::generate::{GenerationOutput, Request};
 use axum::body::Bytes;

@@ -3,8 +3,8 @@
 //! running batch at the next decode step and leaves it when it ends or its client goes away.
 //! Image and text encodings queued together share one forward.
 
+use crate::Model;
 use crate::generate::{GenerationOutput, Generator, Request, Session};
-use crate::models::Model;
 use crate::zero_shot::ZeroShot;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

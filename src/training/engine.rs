@@ -13,7 +13,6 @@
 //! Device placement and multi-device training go here, once, for every task.
 
 use super::checkpoint::{self, TrainState};
-use super::{Precision, learning_rate};
 use crate::draw::{self, Panel, plot};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -24,6 +23,25 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use zoo_nn::train::optim::AdamWConfig;
 use zoo_nn::{NnError, Result};
+
+/// Training precision.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 compute with f32 master weights, optimiser state and loss.
+    Bf16,
+}
+
+/// Warm-up then cosine decay to 10% of the peak.
+pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+}
 
 /// The options every trainer shares.
 #[derive(Debug, Clone, PartialEq)]

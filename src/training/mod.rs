@@ -17,23 +17,4 @@ pub mod data;
 pub mod engine;
 pub mod tokenizer;
 
-pub use engine::{EpochEnd, Loaded, Outcome, Run, Task, TrainLoop};
-
-/// Training precision.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// Everything in f32.
-    #[default]
-    F32,
-    /// bf16 compute with f32 master weights, optimiser state and loss.
-    Bf16,
-}
-
-/// Warm-up then cosine decay to 10% of the peak.
-pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
-    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
-}
+pub use engine::{EpochEnd, Loaded, Outcome, Precision, Run, Task, TrainLoop, learning_rate};

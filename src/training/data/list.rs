@@ -1,7 +1,8 @@
 //! Image-text pairs held in memory: CSV/TSV / JSONL files (`image` relative to the file,
 //! `caption`) or a folder of images with same-named `.txt` captions; a seeded held-out split.
 
-use super::{ImageData, Job, Pair, Sample, Source, SourceOptions, shuffle};
+use super::sample::{ImageData, Job, Pair, Sample, Source, shuffle};
+use super::stream::SourceOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use zoo_nn::{NnError, Result, Rng};

@@ -8,11 +8,11 @@
 //! The list formats (CSV/TSV, JSONL, HF imagefolder `metadata.jsonl`, folders) are in
 //! `list.rs`; both are decoded by [`super::batches`].
 
-use super::{Augment, Batch, ImageData, Job, Pair, Sample, Source, shuffle};
+use super::sample::{ImageData, Job, Pair, Sample, Source, shuffle};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use zoo_nn::{ImageProcessor, NnError, Result, Rng};
+use zoo_nn::{NnError, Result, Rng};
 
 /// Image file extensions of a sample, as WebDataset names its members.
 pub const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -662,23 +662,6 @@ impl Source for StreamSource {
         });
         rx
     }
-}
-
-/// The batches of one epoch of a stream ([`StreamSource`] through [`super::batches`]).
-#[allow(clippy::too_many_arguments)]
-pub fn stream_batches(
-    stream: &Stream,
-    split: (f64, u64),
-    batch_size: usize,
-    per_epoch: usize,
-    order_seed: u64,
-    aug: Augment,
-    proc: &ImageProcessor,
-    workers: usize,
-    skip: usize,
-) -> mpsc::Receiver<Result<Batch>> {
-    let source = StreamSource { stream: stream.clone(), split, per_epoch };
-    super::batches(&source, batch_size, order_seed, aug, proc, workers, skip)
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! layer over [`Generator`] and [`Scorer`], the types the CLI and the server call, so its answers
 //! are theirs.
 
-use super::Family;
 use crate::args::ModelSource;
 use crate::generate::{GenerationOutput, Generator, Request};
+use crate::models::Family;
 use crate::zero_shot::{Scorer, ZeroShot};
 use image::DynamicImage;
 use std::path::Path;

@@ -1,0 +1,193 @@
+//! From a [`Source`] to batches: [`batches`], the one worker pool that decodes, augments and
+//! preprocesses every format's samples (skipping and reporting what fails), and
+//! [`Dataset::open`], which opens `--data` of any format with its held-out split.
+
+use super::list::{ListSource, load_pairs_with, split};
+use super::sample::{Augment, Batch, Job, Pair, Source};
+use super::stream::{self, SourceOptions, Stream, StreamSource, is_stream};
+use crate::training::engine::Loaded;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use zoo_nn::{ImageProcessor, NnError, Result};
+
+/// Yields the batches of one epoch of `source`, prepared by `workers` threads while training
+/// runs, in order from batch `skip`. A sample that fails anywhere (truncated data, a vanished
+/// file) is left out of its batch and listed in [`Batch::skipped`]; the run goes on.
+pub fn batches(
+    source: &dyn Source,
+    batch_size: usize,
+    order_seed: u64,
+    aug: Augment,
+    proc: &ImageProcessor,
+    workers: usize,
+    skip: usize,
+) -> mpsc::Receiver<Result<Batch>> {
+    let workers = workers.max(1);
+    let jobs = Arc::new(Mutex::new(source.epoch(batch_size, order_seed, skip)));
+    let (tx, rx) = mpsc::sync_channel(workers * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
+    for _ in 0..workers {
+        let (jobs, done_tx, proc) = (jobs.clone(), done_tx.clone(), proc.clone());
+        std::thread::spawn(move || {
+            loop {
+                let job = jobs.lock().map(|r| r.recv());
+                let Ok(Ok(Job { index, samples, mut skipped })) = job else { return };
+                let started = std::time::Instant::now();
+                let (mut pixels, mut captions) = (Vec::new(), Vec::new());
+                for s in samples {
+                    match s.pixels(&proc, aug) {
+                        Ok(px) => {
+                            pixels.extend(px);
+                            captions.push(s.caption);
+                        }
+                        Err(e) => skipped.push(e),
+                    }
+                }
+                let load_seconds = started.elapsed().as_secs_f64();
+                let batch = Batch { index, pixels, captions, skipped, load_seconds };
+                if done_tx.send((index, Ok(batch))).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(done_tx);
+    std::thread::spawn(move || in_order(done_rx, &tx, skip));
+    rx
+}
+
+/// The batches of [`batches`] as the training engine takes them (the load time per sample of
+/// one of the `workers` threads).
+pub fn loaded(
+    rx: mpsc::Receiver<Result<Batch>>,
+    workers: usize,
+) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
+    let workers = workers.max(1) as f64;
+    Box::new(rx.into_iter().map(move |b| {
+        b.map(|b| Loaded {
+            index: b.index,
+            samples: b.captions.len(),
+            load_seconds: b.load_seconds / workers,
+            skipped: b.skipped.clone(),
+            batch: b,
+        })
+    }))
+}
+
+/// Forwards `(index, item)` pairs that arrive in any order as items in index order from
+/// `start` (a small reorder buffer behind parallel workers); stops when the receiver goes away.
+fn in_order<T>(from: mpsc::Receiver<(usize, T)>, to: &mpsc::SyncSender<T>, start: usize) {
+    let mut pending = std::collections::BTreeMap::new();
+    let mut next = start;
+    for (b, item) in from {
+        pending.insert(b, item);
+        while let Some(item) = pending.remove(&next) {
+            if to.send(item).is_err() {
+                return;
+            }
+            next += 1;
+        }
+    }
+}
+
+/// `--data` opened for training, whatever its format.
+pub struct Dataset {
+    /// The training samples.
+    pub source: Box<dyn Source>,
+    /// Training samples per epoch.
+    pub len: usize,
+    /// Held-out pairs (each decoded once when opened, so an evaluation never meets a broken one).
+    pub held_out: Vec<Pair>,
+    /// Samples left out while scanning (`path or key: reason`).
+    pub skipped: BTreeSet<String>,
+    /// Rows with empty captions left out.
+    pub empty_captions: usize,
+    /// Captions a tokenizer may be trained on (a stream's first 50,000).
+    pub captions: Vec<String>,
+}
+
+/// How [`Dataset::open`] splits and reads.
+#[derive(Debug, Clone)]
+pub struct DatasetOptions<'a> {
+    /// Caption keys, CSV layout, stream options.
+    pub source: &'a SourceOptions,
+    /// Unreadable rows are errors instead of skipped.
+    pub strict: bool,
+    /// Held-out fraction.
+    pub val_fraction: f64,
+    /// Seed of the split.
+    pub seed: u64,
+    /// Where a stream's held-out images are written.
+    pub held_out_dir: &'a Path,
+    /// Batch size (a stream's epoch is `len / batch_size` batches).
+    pub batch_size: usize,
+}
+
+impl Dataset {
+    /// Opens `data`: a stream (tar shards, parquet) or a list (CSV/TSV, JSONL, folders).
+    pub fn open(data: &Path, o: &DatasetOptions) -> Result<Self> {
+        let (source, len, held_out, skipped, empty_captions, captions): (Box<dyn Source>, _, _, _, _, _) =
+            if is_stream(data) {
+                let s = Stream::open(data, o.source)?;
+                if let Some(parent) = o.held_out_dir.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| NnError::io(parent, e))?;
+                }
+                let (held, bad) =
+                    stream::held_out(&s, o.val_fraction, o.seed, o.source.val_max, o.held_out_dir)?;
+                let len = match o.source.train_num_samples {
+                    Some(n) => n,
+                    None => ((s.count()? as f64) * (1.0 - o.val_fraction)).floor() as usize,
+                };
+                // A tokenizer (when one is trained) learns from the first captions of the stream.
+                let captions: Vec<String> = Stream::read(s.files.clone(), s.opts.clone())
+                    .filter_map(|i| i.ok())
+                    .take(50_000)
+                    .map(|r| r.caption)
+                    .collect();
+                let source = StreamSource {
+                    stream: s,
+                    split: (o.val_fraction, o.seed),
+                    per_epoch: len / o.batch_size.max(1),
+                };
+                (Box::new(source), len, held, bad.into_iter().collect::<BTreeSet<_>>(), 0, captions)
+            } else {
+                let (pairs, skipped) = load_pairs_with(data, o.strict, o.source)?;
+                let (train, held) = split(pairs, o.val_fraction, o.seed);
+                let captions = train.iter().map(|p| p.caption.clone()).collect();
+                let bad = skipped.bad_images.iter().map(|p| format!("{p}: missing or not a readable image"));
+                let len = train.len();
+                let source = ListSource { pairs: Arc::new(train) };
+                (Box::new(source), len, held, bad.collect(), skipped.empty_captions, captions)
+            };
+        let mut skipped = skipped;
+        let held_out = held_out
+            .into_iter()
+            .filter(|p: &Pair| match zoo_nn::open_image(&p.image) {
+                Ok(_) => true,
+                Err(e) => {
+                    skipped.insert(e.to_string());
+                    false
+                }
+            })
+            .collect();
+        Ok(Self { source, len, held_out, skipped, empty_captions, captions })
+    }
+}
+
+/// The batches of one epoch of a stream ([`StreamSource`] through [`batches`]).
+#[allow(clippy::too_many_arguments)]
+pub fn stream_batches(
+    stream: &Stream,
+    split: (f64, u64),
+    batch_size: usize,
+    per_epoch: usize,
+    order_seed: u64,
+    aug: Augment,
+    proc: &ImageProcessor,
+    workers: usize,
+    skip: usize,
+) -> mpsc::Receiver<Result<Batch>> {
+    let source = StreamSource { stream: stream.clone(), split, per_epoch };
+    batches(&source, batch_size, order_seed, aug, proc, workers, skip)
+}
