@@ -14,7 +14,7 @@
 use crate::args::{DeviceArgs, ModelSource};
 use crate::draw::{Panel, plot};
 use crate::training::checkpoint::TrainState;
-use crate::training::data::{csv_fields, shuffle};
+use crate::training::data::{self, Augment, ListSource, Pair, csv_fields, shuffle};
 use crate::training::{EpochEnd, Loaded, Precision, Run, Task, TrainLoop};
 use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
@@ -452,6 +452,14 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         args,
         proc,
         max_len,
+        source: ListSource {
+            pairs: std::sync::Arc::new(
+                train_rows
+                    .iter()
+                    .map(|e| Pair { image: e.row.image.clone(), caption: e.row.suffix.clone() })
+                    .collect(),
+            ),
+        },
         train_rows: std::sync::Arc::new(train_rows),
         held_out,
         device,
@@ -469,6 +477,7 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         format!("epoch\timage\tprefix\tgenerated\texpected\n{}", task.samples_txt).as_bytes(),
     )?;
     crate::export::paligemma_like(&src, &export_dir, &done.model.valid().materialize())?;
+    skipped.extend(done.skipped);
     Ok(FinetuneReport {
         steps: done.state.step,
         losses: done.state.losses,
@@ -487,6 +496,8 @@ struct Finetune<'a, F: FnMut(&str)> {
     args: &'a FinetuneArgs,
     proc: PaliGemmaProcessor,
     max_len: usize,
+    /// The training rows' images, read through the one data pipeline.
+    source: ListSource,
     train_rows: std::sync::Arc<Vec<Example>>,
     held_out: Vec<Example>,
     device: Device,
@@ -507,8 +518,13 @@ struct RowBatch {
     ids: Vec<Vec<u32>>,
     prefix: Vec<usize>,
     suffix_len: Vec<usize>,
-    pixels: Tensor<4>,
+    /// `[B, 3, H, W]` flattened, with `(H, W)`.
+    pixels: Vec<f32>,
+    size: (usize, usize),
 }
+
+/// Threads that decode a batch's images ahead of the step.
+const LOADERS: usize = 2;
 
 impl<F: FnMut(&str)> Finetune<'_, F> {
     /// Greedy answers to the held-out prefixes: (exact match, right, the first few answers).
@@ -557,16 +573,22 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
     }
 
     fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<RowBatch>>>> {
-        let mut order: Vec<usize> = (0..self.train_rows.len()).collect();
-        shuffle(&mut order, &mut Rng::new(self.args.seed.wrapping_add(1000 * epoch as u64 + 1)));
-        let (rows, images, device) = (self.train_rows.clone(), self.proc.images.clone(), self.device.clone());
-        let batch_size = self.args.batch_size;
-        let batches: Vec<Vec<usize>> = order.chunks_exact(batch_size).map(<[usize]>::to_vec).collect();
-        Box::new(batches.into_iter().enumerate().skip(skip).map(move |(index, chunk)| {
-            let started = std::time::Instant::now();
-            let batch: Vec<&Example> = chunk.iter().map(|&i| &rows[i]).collect();
-            let width = batch.iter().map(|e| e.prompt.len() + e.suffix.len()).max().unwrap_or(0);
-            let ids: Vec<Vec<u32>> = batch
+        let order_seed = self.args.seed.wrapping_add(1000 * epoch as u64 + 1);
+        let rx = data::batches(
+            &self.source,
+            self.args.batch_size,
+            order_seed,
+            Augment::default(),
+            &self.proc.images,
+            LOADERS,
+            skip,
+        );
+        let rows = self.train_rows.clone();
+        Box::new(data::loaded(rx, LOADERS).map(move |loaded| {
+            let Loaded { index, batch, samples, load_seconds, skipped } = loaded?;
+            let examples: Vec<&Example> = batch.indices.iter().map(|&i| &rows[i]).collect();
+            let width = examples.iter().map(|e| e.prompt.len() + e.suffix.len()).max().unwrap_or(0);
+            let ids: Vec<Vec<u32>> = examples
                 .iter()
                 .map(|e| {
                     let mut r = [e.prompt.as_slice(), e.suffix.as_slice()].concat();
@@ -574,20 +596,14 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
                     r
                 })
                 .collect();
-            let paths: Vec<PathBuf> = batch.iter().map(|e| e.row.image.clone()).collect();
-            let pixels = images.batch_from_files(&paths, &device)?;
-            Ok(Loaded {
-                index,
-                samples: batch.len(),
-                load_seconds: started.elapsed().as_secs_f64(),
-                skipped: Vec::new(),
-                batch: RowBatch {
-                    ids,
-                    prefix: batch.iter().map(|e| e.prompt.len()).collect(),
-                    suffix_len: batch.iter().map(|e| e.suffix.len()).collect(),
-                    pixels,
-                },
-            })
+            let rows = RowBatch {
+                ids,
+                prefix: examples.iter().map(|e| e.prompt.len()).collect(),
+                suffix_len: examples.iter().map(|e| e.suffix.len()).collect(),
+                pixels: batch.pixels,
+                size: batch.size,
+            };
+            Ok(Loaded { index, batch: rows, samples, load_seconds, skipped })
         }))
     }
 
@@ -597,12 +613,17 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
         cast: Option<(&Self::Model, DType)>,
         b: RowBatch,
     ) -> Result<Option<Tensor<1>>> {
+        if b.ids.is_empty() {
+            return Ok(None); // no image of the batch decoded
+        }
+        let (h, w) = b.size;
+        let pixels = Tensor::<4>::from_data(TensorData::new(b.pixels, [b.ids.len(), 3, h, w]), &self.device);
         let width = b.ids.first().map_or(0, Vec::len);
         let types: Vec<Vec<u32>> =
             b.prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
         let logits = match cast {
-            None => model.forward(b.pixels, &b.ids, &types)?,
-            Some((half, dtype)) => half.forward(b.pixels.cast(dtype), &b.ids, &types)?.cast(DType::F32),
+            None => model.forward(pixels, &b.ids, &types)?,
+            Some((half, dtype)) => half.forward(pixels.cast(dtype), &b.ids, &types)?.cast(DType::F32),
         };
         Ok(Some(zoo_nn::train::loss::suffix_cross_entropy(logits, &b.ids, &b.prefix, &b.suffix_len)))
     }

@@ -4,8 +4,8 @@
 
 use super::worker::WorkerStats;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Count, summed seconds and histogram buckets of one route and status.
 type Latency = (u64, f64, [u64; 11]);

@@ -243,6 +243,7 @@ impl Source for ListSource {
                         key: pairs[i].image.display().to_string(),
                         image: ImageData::File(pairs[i].image.clone()),
                         caption: pairs[i].caption.clone(),
+                        index: i,
                         seed: order_seed.wrapping_mul(31).wrapping_add(i as u64),
                     })
                     .collect();

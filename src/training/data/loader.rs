@@ -34,18 +34,25 @@ pub fn batches(
                 let job = jobs.lock().map(|r| r.recv());
                 let Ok(Ok(Job { index, samples, mut skipped })) = job else { return };
                 let started = std::time::Instant::now();
-                let (mut pixels, mut captions) = (Vec::new(), Vec::new());
+                let (mut pixels, mut captions, mut indices, mut size) =
+                    (Vec::new(), Vec::new(), Vec::new(), (0, 0));
                 for s in samples {
                     match s.pixels(&proc, aug) {
-                        Ok(px) => {
+                        // Every image of a batch comes out the processor's size; one that does
+                        // not (a processor without a fixed size) is left out, named.
+                        Ok((h, w, _)) if !captions.is_empty() && (h, w) != size => skipped
+                            .push(format!("{}: preprocesses to {h}x{w}, not {}x{}", s.key, size.0, size.1)),
+                        Ok((h, w, px)) => {
+                            size = (h, w);
                             pixels.extend(px);
                             captions.push(s.caption);
+                            indices.push(s.index);
                         }
                         Err(e) => skipped.push(e),
                     }
                 }
                 let load_seconds = started.elapsed().as_secs_f64();
-                let batch = Batch { index, pixels, captions, skipped, load_seconds };
+                let batch = Batch { index, pixels, size, captions, indices, skipped, load_seconds };
                 if done_tx.send((index, Ok(batch))).is_err() {
                     return;
                 }
@@ -190,4 +197,37 @@ pub fn stream_batches(
 ) -> mpsc::Receiver<Result<Batch>> {
     let source = StreamSource { stream: stream.clone(), split, per_epoch };
     batches(&source, batch_size, order_seed, aug, proc, workers, skip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Every format's batches come through the one pool: in order from `skip`, each image's
+    /// `index` naming its row (what finetune looks its token ids up by), a broken file left out
+    /// and named.
+    #[test]
+    fn the_pool_keeps_order_rows_and_names_what_fails() {
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/rgb_64x48.png");
+        let mut pairs: Vec<Pair> =
+            (0..12).map(|i| Pair { image: fixture.clone(), caption: format!("row {i}") }).collect();
+        pairs[5].image = PathBuf::from("/nonexistent/broken.png");
+        let source = ListSource { pairs: Arc::new(pairs) };
+        let proc = ImageProcessor::new(zoo_nn::PreprocessorConfig::square(16));
+        let rx = batches(&source, 4, 7, Augment::default(), &proc, 3, 1);
+        let got: Vec<Batch> = rx.into_iter().map(|b| b.unwrap()).collect();
+        assert_eq!(got.iter().map(|b| b.index).collect::<Vec<_>>(), vec![1, 2]);
+        let mut seen = 0;
+        for b in &got {
+            assert_eq!(b.size, (16, 16));
+            assert_eq!(b.pixels.len(), b.indices.len() * 3 * 16 * 16);
+            for (i, c) in b.indices.iter().zip(&b.captions) {
+                assert_eq!(*c, format!("row {i}"));
+            }
+            seen += b.indices.len() + b.skipped.len();
+            assert!(b.skipped.iter().all(|s| s.contains("broken.png")), "{:?}", b.skipped);
+        }
+        assert_eq!(seen, 8);
+    }
 }

@@ -34,18 +34,25 @@ pub struct Augment {
     pub flip: bool,
 }
 
-/// Decodes, augments (deterministically per `seed`) and preprocesses one image file.
-pub fn load_image(path: &Path, proc: &ImageProcessor, aug: Augment, seed: u64) -> Result<Vec<f32>> {
+/// Decodes, augments (deterministically per `seed`) and preprocesses one image file: its
+/// height, width and pixel values `[3, H, W]`.
+pub fn load_image(
+    path: &Path,
+    proc: &ImageProcessor,
+    aug: Augment,
+    seed: u64,
+) -> Result<(usize, usize, Vec<f32>)> {
     augment(zoo_nn::open_image(path)?, proc, aug, seed)
 }
 
-/// Augments (deterministically per `seed`) and preprocesses a decoded image.
+/// Augments (deterministically per `seed`) and preprocesses a decoded image: its height, width
+/// and pixel values `[3, H, W]`.
 pub fn augment(
     mut img: image::DynamicImage,
     proc: &ImageProcessor,
     aug: Augment,
     seed: u64,
-) -> Result<Vec<f32>> {
+) -> Result<(usize, usize, Vec<f32>)> {
     let mut rng = Rng::new(seed);
     if let Some(min_scale) = aug.crop_min_scale {
         let (w, h) = (img.width() as f64, img.height() as f64);
@@ -61,7 +68,7 @@ pub fn augment(
     if aug.flip && rng.next_f64() < 0.5 {
         img = img.fliph();
     }
-    Ok(proc.preprocess(&img)?.2)
+    proc.preprocess(&img)
 }
 
 /// Where a sample's image is.
@@ -83,13 +90,21 @@ pub struct Sample {
     pub image: ImageData,
     /// The caption.
     pub caption: String,
+    /// Its position in the source (a list's row; a stream's sample in the epoch), so a task can
+    /// find what else it holds for it.
+    pub index: usize,
     /// Seed of this sample's augmentation in this epoch.
     pub seed: u64,
 }
 
 impl Sample {
-    /// Decodes, augments and preprocesses the image, or says why not (`path or key: reason`).
-    pub fn pixels(&self, proc: &ImageProcessor, aug: Augment) -> std::result::Result<Vec<f32>, String> {
+    /// Decodes, augments and preprocesses the image (height, width, values), or says why not
+    /// (`path or key: reason`).
+    pub fn pixels(
+        &self,
+        proc: &ImageProcessor,
+        aug: Augment,
+    ) -> std::result::Result<(usize, usize, Vec<f32>), String> {
         match &self.image {
             ImageData::File(path) => load_image(path, proc, aug, self.seed).map_err(|e| e.to_string()),
             ImageData::Bytes(bytes) => zoo_nn::data::image::decode_image(bytes)
@@ -117,8 +132,12 @@ pub struct Batch {
     pub index: usize,
     /// Flattened `[B, 3, H, W]`.
     pub pixels: Vec<f32>,
+    /// `(H, W)` of each image (`(0, 0)` when none decoded).
+    pub size: (usize, usize),
     /// Captions, in order.
     pub captions: Vec<String>,
+    /// [`Sample::index`] of each image, in order.
+    pub indices: Vec<usize>,
     /// Samples of this batch that failed to decode or preprocess (`path: reason`), left out.
     pub skipped: Vec<String>,
     /// Seconds one worker spent reading, decoding and augmenting this batch.

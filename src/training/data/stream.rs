@@ -643,6 +643,7 @@ impl Source for StreamSource {
                                 key: s.key,
                                 image: ImageData::Bytes(s.bytes),
                                 caption: s.caption,
+                                index: index * batch_size + j,
                                 seed: order_seed.wrapping_mul(31).wrapping_add((index * 100_003 + j) as u64),
                             })
                             .collect();
