@@ -8,6 +8,18 @@
 //! - [`nn`]: shared blocks (Norm, attention + KV cache, RoPE, MLPs, patch embedding, HF loading);
 //! - [`siglip`]: ViT and SigLIP; [`clip`]: CLIP; [`gemma`]: Gemma 1/2; [`paligemma`]: PaliGemma.
 //!
+//! Its modules (ARCHITECTURE.md draws them):
+//! - [`front_door`]: [`Model`], the entry point below; [`models`]: the one `model_type` registry
+//!   ([`Family`]) and the contrastive towers;
+//! - [`generate`] / [`zero_shot`]: the models loaded once that the CLI, the server and [`Model`]
+//!   call; [`chat`]: a conversation into a prompt through the model's template;
+//! - [`training`]: the one training engine, data formats, checkpoints; its tasks [`train`]
+//!   (CLIP / SigLIP), [`finetune`] (PaliGemma) and [`demo`]; [`export`]: the one HF exporter;
+//! - [`compose`]: your own VLM from the parts; [`draw`]: every picture; [`serve`]: the HTTP
+//!   server; [`bench`], [`inspect`], [`quantize`]: the other commands;
+//! - [`args`]: the arguments every command shares; [`hub`]: downloads; [`fs`]: atomic writes;
+//!   [`synthetic`]: the synthetic datasets of the demo and the tests.
+//!
 //! ## The front door
 //!
 //! [`Model::load`] takes a folder or a hub id (downloaded into the HF cache once, as the CLI's

@@ -5,6 +5,12 @@
 //! GeGLU, tied `lm_head`; Gemma 2's `query_pre_attn_scalar`, soft-caps, sliding layers and
 //! sandwich norms), and [`GemmaDecoder`], through which `zoo_nn::generate` runs it with an explicit
 //! KV cache. [`chat`] renders a conversation in the instruction checkpoints' chat format.
+//!
+//! - [`config`]: `GemmaConfig` for Gemma 1 and 2 (serde mirror of config.json, transformers' defaults);
+//! - [`model`]: the decoder (field names = checkpoint keys);
+//! - [`load`]: HF folders into modules;
+//! - [`decoder`]: [`GemmaDecoder`], the model behind `zoo_nn::Decoder`;
+//! - [`chat`]: the instruction checkpoints' turn format.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

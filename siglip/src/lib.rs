@@ -5,6 +5,11 @@
 //! `SiglipModel` with sigmoid image-text scores, loaded from HuggingFace checkpoints with the
 //! outputs transformers gives. The ViT is usable alone ([`SiglipVisionTransformer`]), as
 //! PaliGemma uses it.
+//!
+//! - [`config`]: `SiglipConfig` and its towers' configs (serde mirrors of config.json, transformers' defaults);
+//! - [`model`]: the vision and text towers and `SiglipModel` (field names = checkpoint keys);
+//! - [`load`]: HF folders (every key layout the hub has) into modules;
+//! - [`naflex`]: SigLIP 2 NaFlex (`model_type` siglip2): patches at each image's aspect ratio.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
