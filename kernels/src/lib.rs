@@ -17,6 +17,8 @@
 //! - [`fused`]: those operations as a Burn backend extension (`FusedOps`: composed fallbacks,
 //!   Flex / ndarray host paths, autodiff recording), what the layers call;
 //! - [`mmap`]: read-only memory maps of checkpoint files (weights used in place);
+//! - [`packed`]: the process-wide table of packed Linear / embedding weights and the products
+//!   the layers call through it (`linear`, `embedding`, `tied_logits`);
 //! - [`alloc`]: the allocator option the CLI sets at start-up;
 //! - `testing` (test builds and the `testing` feature): tensors from slices and tolerance checks.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub mod gemm;
 pub mod host_ops;
 pub mod matmul_f32;
 pub mod mmap;
+pub mod packed;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -16,8 +16,9 @@
 //!   - [`layers::mlp`]: `fc1-act-fc2` and gated GeGLU;
 //!   - [`layers::embed`]: conv patch embedding and learned positions;
 //!   - [`layers::encoder`]: the pre-norm encoder layer ViT/SigLIP and CLIP share;
-//! - [`packed`]: the table of bf16 / int8 Linear weights packed for the CPU kernels, and the
-//!   `linear` / `embedding` / `tied_logits` calls that consult it before Burn's path;
+//! - [`packed`] (re-exported from zoo-kernels): the table of bf16 / int8 Linear weights packed for
+//!   the CPU kernels, and the `linear` / `embedding` / `tied_logits` calls that consult it before
+//!   Burn's path;
 //! - [`data`]: model inputs from raw data:
 //!   - [`data::image`]: image preprocessing as transformers' PIL image processors do it;
 //!   - [`data::text`]: tokenisation ([`TextTokenizer`], [`TextBatch`]) as its fast tokenizers do it;
@@ -52,7 +53,6 @@ pub mod layers;
 pub mod load;
 pub mod memory;
 pub mod ops;
-pub mod packed;
 pub mod rng;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -79,6 +79,9 @@ pub use rng::Rng;
 
 /// The CPU kernels crate, re-exported so downstream crates use the same build.
 pub use zoo_kernels as kernels;
+/// The packed-weight table (`--dtype bf16|q8` on the CPU), from the kernels crate, where the
+/// layers and the loader reach it.
+pub use zoo_kernels::packed;
 
 /// Burn, re-exported so downstream crates use the same version.
 pub use burn;

@@ -1,12 +1,12 @@
 //! Packed bf16 / int8 weights for CPU inference (`--dtype bf16` and `--dtype q8` on the CPU).
 //!
 //! Every `Linear` weight (and each embedding named `embed_tokens`, which Gemma also uses as its
-//! tied output head) becomes a [`PackedWeight`] for the kernels of [`zoo_kernels::gemm`], kept in
+//! tied output head) becomes a [`PackedWeight`] for the kernels of [`crate::gemm`], kept in
 //! a process-wide table under its parameter id; the Burn parameter is replaced by a
 //! zero-strided placeholder of the same shape (one element of memory), so the weights exist
 //! once. Every other float parameter (norms, convolutions, positions) is f32, the dtype
 //! activations flow in. Checkpoints get there straight from their files
-//! (`Checkpoint::load_into` with [`crate::LoadSpec::packed`]: bf16 files used in place from a
+//! (zoo-nn's `Checkpoint::load_into` with `LoadSpec::packed`: bf16 files used in place from a
 //! read-only map, others packed one tensor at a time); [`pack`] does it for a model already in
 //! memory.
 //!
@@ -15,13 +15,13 @@
 //! on the host kernels, any other (f32 CPU, CUDA, training) takes Burn's path unchanged.
 //! [`release`] drops a model's entries from the table.
 
+use crate::gemm::{Matrix, PackedWeight, WeightFormat};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
-use zoo_kernels::gemm::{Matrix, PackedWeight, WeightFormat};
 
 /// A packed weight and its bias (f32).
 #[derive(Debug)]
@@ -128,7 +128,7 @@ impl ModuleVisitor for Biases<'_> {
         } else if field == "bias"
             && let Some(w) = self.weight.take()
         {
-            self.out.insert(w, crate::host::to_vec(param.val()));
+            self.out.insert(w, host_values(param.val()));
         }
     }
 }
@@ -199,7 +199,7 @@ fn host_matmul<const D: usize>(entry: &Entry, x: Tensor<D>) -> Tensor<D> {
     let dtype = x.dtype();
     let (k, n) = (entry.weight.k(), entry.weight.n());
     let m = dims[..D - 1].iter().product::<usize>();
-    let a = crate::host::to_vec(x);
+    let a = host_values(x);
     let mut out = vec![0f32; m * n];
     entry.weight.matmul(&a, m, &mut out);
     if let Some(bias) = &entry.bias {
@@ -226,7 +226,7 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
         None if D >= 2 => {
             // Burn's `Linear::forward` with the product as one fused operation: the weight's
             // gradient is one product over all rows instead of one per batch entry then summed.
-            let y = zoo_kernels::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
+            let y = crate::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
             match &linear.bias {
                 Some(bias) => y + bias.val().unsqueeze::<D>(),
                 None => y,
@@ -266,10 +266,25 @@ pub fn tied_logits(embedding: &Embedding, h: Tensor<3>) -> Option<Tensor<3>> {
     lookup(&embedding.weight.id).map(|entry| host_matmul(&entry, h))
 }
 
+/// A tensor's values on the host, as f32.
+fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    // Cast to F32 first, so the data is f32 and the conversion cannot fail.
+    t.cast(DType::F32).into_data().try_into_vec::<f32>().expect("data cast to f32 is f32")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, device, to_vec};
+    use crate::testing::{assert_close, to_vec};
+
+    /// A CPU device of the build (Flex first).
+    fn device() -> Device {
+        #[cfg(feature = "flex")]
+        return Device::flex();
+        #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+        #[allow(deprecated)]
+        return Device::ndarray();
+    }
     use burn::nn::{EmbeddingConfig, LinearConfig};
 
     #[derive(Module, Debug)]
