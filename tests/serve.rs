@@ -573,3 +573,93 @@ fn gemma_chat_answers_as_generate_chat() {
     assert_eq!(r.json()["token_ids"], cli["token_ids"]);
     assert_eq!(r.json()["text"], cli["text"]);
 }
+
+/// Reads from `s` until it closes; true if it closed (EOF or reset) within `within`.
+fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The value of a Prometheus line `name value`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Slow and stuck clients cannot hold the server: connections that send half a request's
+/// headers are closed after --header-timeout-s while real requests are answered; a body that
+/// never arrives is 408 after --body-timeout-s; over --max-connections a client gets 503 at
+/// once; SIGTERM with stuck clients connected exits 0 at the --shutdown-timeout-s deadline.
+/// Every limit shows in /metrics.
+#[test]
+fn slow_and_stuck_clients_are_bounded() {
+    let mut srv = Server::start("siglip-a", &["--header-timeout-s", "1", "--body-timeout-s", "1"]);
+    let a = srv.addr.clone();
+    let mut stuck: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut s = TcpStream::connect(&a).unwrap();
+            s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(http(&a, "GET", "/health", "text/plain", b"", &[]).status, 200);
+    let t = Instant::now();
+    for s in &mut stuck {
+        assert!(closes_within(s, Duration::from_secs(10)), "a half-open connection stayed open");
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A body that never arrives.
+    let mut slow = TcpStream::connect(&a).unwrap();
+    slow.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\"").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    let _ = slow.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let m = http(&a, "GET", "/metrics", "text/plain", b"", &[]).body;
+    assert!(metric(&m, "vlm_zoo_header_timeouts_total") >= 30.0, "{m}");
+    assert_eq!(metric(&m, "vlm_zoo_body_timeouts_total"), 1.0, "{m}");
+    assert!(srv.stop().success());
+
+    // The connection cap, and SIGTERM's deadline with stuck clients that never time out.
+    let mut srv = Server::start(
+        "siglip-a",
+        &["--header-timeout-s", "300", "--max-connections", "4", "--shutdown-timeout-s", "1"],
+    );
+    let a = srv.addr.clone();
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(&a).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(&a).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = String::new();
+    let _ = over.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 503") && reply.contains("--max-connections"), "{reply}");
+    // One stuck client leaves: a request gets through again, and the refusal was counted.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let m = http(&a, "GET", "/metrics", "text/plain", b"", &[]).body;
+    assert_eq!(metric(&m, "vlm_zoo_connections_refused_total"), 1.0, "{m}");
+    let t = Instant::now();
+    let status = srv.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", t.elapsed());
+    for s in &mut held {
+        assert!(closes_within(s, Duration::from_secs(5)));
+    }
+}

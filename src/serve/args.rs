@@ -40,6 +40,20 @@ pub struct ServeArgs {
     /// Longest a request may take, in seconds (then 504).
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
+    /// Seconds a client has to send a request's headers; also how long a kept-alive connection
+    /// may stay idle before its next request. Then the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client has to send a request's body (then 408).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Most connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// On SIGTERM / Ctrl-C: seconds to let requests in flight finish before the remaining
+    /// connections are closed and the process exits (0).
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_s: u64,
     /// PaliGemma `segment` prompts: big_vision's vae-oid.npz [default: next to the model, else
     /// the HF cache].
     #[arg(long)]

@@ -18,6 +18,8 @@ pub(super) struct Metrics {
     pub(super) in_flight: AtomicUsize,
     /// Requests refused because the queue was full.
     pub(super) rejected_full: AtomicU64,
+    /// The connection and time limits' counters.
+    pub(super) limits: super::limits::LimitCounters,
 }
 
 /// The histogram's upper bounds, in seconds (then `+Inf`).
@@ -71,6 +73,38 @@ pub(super) fn render(metrics: &Metrics, ws: &WorkerStats) -> String {
     s.push_str(&format!("vlm_zoo_in_flight {}\n", metrics.in_flight.load(Ordering::Relaxed)));
     s.push_str("# HELP vlm_zoo_rejected_total Requests refused with 503 (queue full).\n# TYPE vlm_zoo_rejected_total counter\n");
     s.push_str(&format!("vlm_zoo_rejected_total {}\n", metrics.rejected_full.load(Ordering::Relaxed)));
+    let l = &metrics.limits;
+    for (name, help, kind, value) in [
+        ("connections_open", "Connections open.", "gauge", l.open.load(Ordering::Relaxed) as u64),
+        (
+            "connections_refused_total",
+            "Connections refused at --max-connections.",
+            "counter",
+            l.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "header_timeouts_total",
+            "Connections closed because headers did not arrive within --header-timeout-s.",
+            "counter",
+            l.header_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "body_timeouts_total",
+            "Requests answered 408 because the body did not arrive within --body-timeout-s.",
+            "counter",
+            l.body_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "shutdown_closed_total",
+            "Connections closed at the --shutdown-timeout-s deadline.",
+            "counter",
+            l.closed_at_shutdown.load(Ordering::Relaxed),
+        ),
+    ] {
+        s.push_str(&format!(
+            "# HELP vlm_zoo_{name} {help}\n# TYPE vlm_zoo_{name} {kind}\nvlm_zoo_{name} {value}\n"
+        ));
+    }
     s.push_str("# HELP vlm_zoo_batches_total Batches run, by size.\n# TYPE vlm_zoo_batches_total counter\n");
     for (label, c) in ["1", "2-4", "5-8", "9-16", "17+"].iter().zip(&ws.batch_sizes) {
         s.push_str(&format!("vlm_zoo_batches_total{{size=\"{label}\"}} {}\n", c.load(Ordering::Relaxed)));

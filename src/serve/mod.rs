@@ -8,12 +8,14 @@
 //!   as one batch. Images come in the body (base64 or data URLs; the server never reads a path or
 //!   fetches a URL), their pixel count checked from the header before decoding.
 //! - Every error is a JSON body `{"error": {"message", "type", "code"}}` with a status that says
-//!   what went wrong; nothing a client sends ends the process. SIGTERM / Ctrl-C stop accepting,
-//!   let in-flight requests finish, then exit.
+//!   what went wrong; nothing a client sends ends the process. Slow and stuck clients are bounded
+//!   in time and count (`limits`); SIGTERM / Ctrl-C stop accepting, let in-flight requests
+//!   finish up to `--shutdown-timeout-s`, then exit.
 //!
 //! The files, one job each: `args` (the options), `errors` (the JSON errors), `auth` (the API
 //! key and per-route accounting), `metrics` (Prometheus text), `images` (decoding request
-//! images), `requests` (what every handler does: parse, check, queue, await or stream), `openai`
+//! images), `limits` (the accept loop: header and body timeouts, the connection cap, the
+//! shutdown deadline), `state` (what the handlers share), `requests` (what every handler does: parse, check, queue, await or stream), `openai`
 //! (chat completions and models), `native` (generate, embeddings, zero-shot, health, the page)
 //! and [`worker`] (the model thread and its batching); this file starts the model and routes.
 
@@ -21,6 +23,7 @@ mod args;
 mod auth;
 mod errors;
 mod images;
+mod limits;
 mod metrics;
 mod native;
 mod openai;
@@ -46,6 +49,11 @@ use zoo_nn::NnError;
 pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> zoo_nn::Result<()> {
     if args.max_batch == 0 || args.max_queue == 0 || args.timeout_s == 0 {
         return Err(NnError::Config("--max-batch, --max-queue and --timeout-s must be at least 1".into()));
+    }
+    if args.header_timeout_s == 0 || args.body_timeout_s == 0 || args.max_connections == 0 {
+        return Err(NnError::Config(
+            "--header-timeout-s, --body-timeout-s and --max-connections must be at least 1".into(),
+        ));
     }
     if !(args.max_image_mp.is_finite() && args.max_image_mp > 0.0) {
         return Err(NnError::Config(format!(
@@ -107,8 +115,15 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
             .filter(|k| !k.is_empty()),
         max_pixels: (args.max_image_mp * 1e6) as u64,
         timeout: Duration::from_secs(args.timeout_s),
+        body_timeout: Duration::from_secs(args.body_timeout_s),
+        max_body: args.max_body_mb << 20,
         started: Instant::now(),
     });
+    let limits = limits::Limits {
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        max_connections: args.max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
+    };
     let app = axum::Router::new()
         .route("/", get(native::page))
         .route("/health", get(native::health))
@@ -120,8 +135,9 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
         .route("/v1/zero-shot", post(native::zero_shot))
         .fallback(errors::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(args.max_body_mb << 20))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::body_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
-        .with_state(state);
+        .with_state(state.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,10 +150,8 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
             .map_err(|e| NnError::Config(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| NnError::Config(e.to_string()))?;
         on_ready(local);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| NnError::Config(format!("server error: {e}")))
+        limits::serve(listener, app, limits, state, shutdown_signal()).await;
+        Ok::<(), NnError>(())
     })?;
     // The router (and with it the queue's sender) is gone: the model thread finishes and ends.
     let _ = worker.join();

@@ -22,5 +22,9 @@ pub(super) struct AppState {
     pub(super) api_key: Option<String>,
     pub(super) max_pixels: u64,
     pub(super) timeout: Duration,
+    /// `--body-timeout-s`.
+    pub(super) body_timeout: Duration,
+    /// `--max-body-mb`, in bytes.
+    pub(super) max_body: usize,
     pub(super) started: Instant,
 }
