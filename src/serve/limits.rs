@@ -8,7 +8,7 @@
 //! - on SIGTERM / Ctrl-C the server stops accepting, lets requests in flight finish for up to
 //!   `--shutdown-timeout-s`, then closes what remains and returns.
 //!
-//! Each limit counts its triggers in [`LimitCounters`], which `/metrics` reports.
+//! Each limit counts its triggers in `metrics::LimitCounters`, which `/metrics` reports.
 
 use super::errors::ApiError;
 use super::state::AppState;
@@ -20,26 +20,11 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-
-/// How often each limit has triggered, and the connections open now.
-#[derive(Debug, Default)]
-pub(super) struct LimitCounters {
-    /// Connections open now.
-    pub(super) open: AtomicUsize,
-    /// Connections refused because `--max-connections` were open.
-    pub(super) refused: AtomicU64,
-    /// Connections closed because a request's headers did not arrive in time.
-    pub(super) header_timeouts: AtomicU64,
-    /// Requests answered 408 because their body did not arrive in time.
-    pub(super) body_timeouts: AtomicU64,
-    /// Connections still open at the shutdown deadline, closed then.
-    pub(super) closed_at_shutdown: AtomicU64,
-}
 
 /// The limits `vlm-zoo serve` was given.
 #[derive(Debug, Clone, Copy)]

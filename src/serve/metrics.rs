@@ -19,7 +19,22 @@ pub(super) struct Metrics {
     /// Requests refused because the queue was full.
     pub(super) rejected_full: AtomicU64,
     /// The connection and time limits' counters.
-    pub(super) limits: super::limits::LimitCounters,
+    pub(super) limits: LimitCounters,
+}
+
+/// How often each of `limits.rs`'s limits has triggered, and the connections open now.
+#[derive(Debug, Default)]
+pub(super) struct LimitCounters {
+    /// Connections open now.
+    pub(super) open: AtomicUsize,
+    /// Connections refused because `--max-connections` were open.
+    pub(super) refused: AtomicU64,
+    /// Connections closed because a request's headers did not arrive in time.
+    pub(super) header_timeouts: AtomicU64,
+    /// Requests answered 408 because their body did not arrive in time.
+    pub(super) body_timeouts: AtomicU64,
+    /// Connections still open at the shutdown deadline, closed then.
+    pub(super) closed_at_shutdown: AtomicU64,
 }
 
 /// The histogram's upper bounds, in seconds (then `+Inf`).
