@@ -663,3 +663,97 @@ fn slow_and_stuck_clients_are_bounded() {
         assert!(closes_within(s, Duration::from_secs(5)));
     }
 }
+
+/// Malformed bodies for `valid`: every truncation that is not JSON, wrong types and shapes for each
+/// field, random JSON values, random bytes and nesting past serde's limit (seeded, so a failure
+/// names a reproducible case).
+fn malformed_bodies(valid: &serde_json::Value, seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let text = valid.to_string();
+    let mut out: Vec<Vec<u8>> = (1..text.len())
+        .map(|cut| text.as_bytes()[..cut].to_vec())
+        .filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_err())
+        .collect();
+    let wrong = [
+        serde_json::json!(null),
+        serde_json::json!(-1),
+        serde_json::json!(1e308),
+        serde_json::json!("x"),
+        serde_json::json!([[]]),
+        serde_json::json!({"a": {}}),
+        serde_json::json!(true),
+    ];
+    if let Some(obj) = valid.as_object() {
+        for key in obj.keys() {
+            for w in &wrong {
+                let mut v = valid.clone();
+                v[key] = w.clone();
+                out.push(v.to_string().into_bytes());
+            }
+        }
+    }
+    for w in &wrong {
+        out.push(w.to_string().into_bytes());
+    }
+    out.push(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes());
+    out.push(format!("{{\"prompt\": {}}}", "[".repeat(5_000)).into_bytes());
+    for _ in 0..n {
+        let len = next() % 64;
+        out.push((0..len).map(|_| (next() % 256) as u8).collect());
+    }
+    out
+}
+
+/// Every endpoint's JSON body, fuzzed: a malformed body is a 4xx with a JSON error, never a 5xx,
+/// a hang or a crash; the server answers a valid request afterwards.
+#[test]
+fn malformed_bodies_are_4xx_on_every_endpoint() {
+    let img = data_url(&fixtures().join("images/rgb_64x48.png"));
+    let check = |srv: &Server, endpoints: &[(&str, serde_json::Value)]| {
+        for (i, (path, valid)) in endpoints.iter().enumerate() {
+            for body in malformed_bodies(valid, i as u64, 100) {
+                let r = http(&srv.addr, "POST", path, "application/json", &body, &[]);
+                // Not JSON at all: always a 4xx. A JSON value of the wrong shape is a 4xx too,
+                // except where a field is optional (`"max_tokens": null` is the default): never
+                // a server error.
+                let is_json = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+                assert!(
+                    (400..500).contains(&r.status) || (is_json && r.status == 200),
+                    "{path} {:?} -> {} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)]),
+                    r.status,
+                    r.body
+                );
+                if r.status != 200 {
+                    assert!(r.body.contains("\"error\""), "{path}: {}", r.body);
+                }
+            }
+            assert_eq!(post(&srv.addr, path, valid).status, 200, "{path} after the fuzzing");
+        }
+    };
+    let scorer = Server::start("siglip-a", &[]);
+    check(
+        &scorer,
+        &[
+            ("/v1/embeddings", serde_json::json!({"images": [img], "texts": ["a red square"]})),
+            ("/v1/zero-shot", serde_json::json!({"images": [img], "texts": ["a red square", "a cat"]})),
+        ],
+    );
+    let generator = Server::start("paligemma-a", &[]);
+    check(
+        &generator,
+        &[
+            ("/v1/generate", serde_json::json!({"prompt": "caption en", "image": img, "max_tokens": 3})),
+            (
+                "/v1/chat/completions",
+                serde_json::json!({"messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "caption en"},
+                    {"type": "image_url", "image_url": {"url": img}}]}], "max_tokens": 3}),
+            ),
+        ],
+    );
+}
