@@ -202,8 +202,20 @@ pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
     let repo =
         api.repo(hf_hub::Repo::with_revision(id.repo.clone(), hf_hub::RepoType::Model, id.revision.clone()));
     let info = repo.info().map_err(|e| hub_error(id, None, e))?;
+    // Everything the hub answers becomes a path or a size here: checked before hf-hub writes.
+    let untrusted = |what: &str, value: &str, expected: &str| {
+        NnError::Config(format!(
+            "{id}: the hub answered {what} {value:?}; expected {expected} (nothing was written)"
+        ))
+    };
+    if !is_commit_hash(&info.sha) {
+        return Err(untrusted("the commit", &info.sha, "40 hex digits"));
+    }
     let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let files = needed_files(&names);
+    if let Some(bad) = files.iter().find(|f| !is_plain_file_name(f)) {
+        return Err(untrusted("the file name", bad, "a plain file name (no separators, no ..)"));
+    }
     if !files.iter().any(|f| f == "config.json" || f == "open_clip_config.json") {
         return Err(NnError::Config(format!(
             "{id}: the repository has no config.json (files: {})",
@@ -216,7 +228,32 @@ pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
     files.sort_by_key(|f| f == "config.json" || f == "open_clip_config.json");
     let mut snapshot = None;
     for f in &files {
-        let path = repo.get(f).map_err(|e| hub_error(id, Some(f), e))?;
+        let meta = api.metadata(&repo.url(f)).map_err(|e| hub_error(id, Some(f), e))?;
+        let file_untrusted =
+            |what: &str, value: &str, expected: &str| untrusted(&format!("for {f} {what}"), value, expected);
+        if meta.commit_hash() != info.sha {
+            return Err(file_untrusted(
+                "the commit",
+                meta.commit_hash(),
+                &format!("the repository's {}", info.sha),
+            ));
+        }
+        if !is_etag(meta.etag()) {
+            return Err(file_untrusted("the ETag", meta.etag(), "8 to 128 hex digits"));
+        }
+        let limit = if is_weights_file(f) { MAX_WEIGHTS_FILE } else { MAX_SIDE_FILE };
+        if meta.size() as u64 > limit {
+            return Err(file_untrusted(
+                "the size",
+                &meta.size().to_string(),
+                &format!("at most {limit} bytes"),
+            ));
+        }
+        // hf-hub asks again before it writes; a panic inside it (a hub that changed its answer)
+        // is an error here, not a crash.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.get(f)))
+            .map_err(|_| untrusted(&format!("for {f}"), "inconsistent metadata", "the same answer twice"))?;
+        let path = got.map_err(|e| hub_error(id, Some(f), e))?;
         snapshot = path.parent().map(Path::to_path_buf);
     }
     // A branch or tag also gets its ref (hf-hub writes refs/main only).
@@ -228,6 +265,34 @@ pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
             .map_err(|e| NnError::io(refs.join(&id.revision), e))?;
     }
     Ok(dir)
+}
+
+/// Largest weights file accepted from a hub (the largest real shards are tens of GB).
+const MAX_WEIGHTS_FILE: u64 = 1 << 40;
+/// Largest config, tokenizer or processor file accepted from a hub.
+const MAX_SIDE_FILE: u64 = 1 << 30;
+
+/// A git commit hash as the hub writes it: 40 lowercase or uppercase hex digits.
+fn is_commit_hash(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An ETag as the hub gives them (a git blob sha1 or an LFS sha256; quotes already removed).
+fn is_etag(s: &str) -> bool {
+    (8..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A file name that stays inside its folder: no separators, no `..`, no control characters.
+fn is_plain_file_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', '\\', ':'])
+        && !s.chars().any(char::is_control)
+}
+
+fn is_weights_file(f: &str) -> bool {
+    f.ends_with(".safetensors") || f.ends_with(".bin")
 }
 
 /// One line for a failed hub request, naming the repository and the file.

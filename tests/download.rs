@@ -19,6 +19,14 @@ struct Behaviour {
     cut: Option<(String, usize)>,
     /// Require `Authorization: Bearer TOKEN`.
     token: Option<String>,
+    /// A hostile hub: this commit in the repo info and the `x-repo-commit` headers.
+    commit: Option<String>,
+    /// A hostile hub: this commit in the `x-repo-commit` headers only.
+    header_commit: Option<String>,
+    /// A hostile hub: this ETag on every file.
+    etag: Option<String>,
+    /// A hostile hub: one more file name in the repo info.
+    sibling: Option<String>,
 }
 
 struct Hub {
@@ -98,8 +106,12 @@ fn handle(
         f
     };
     if path.starts_with("/api/models/acme/tiny/revision/") {
-        let siblings: Vec<String> = files.iter().map(|f| format!("{{\"rfilename\":\"{f}\"}}")).collect();
-        let body = format!("{{\"sha\":\"{SHA}\",\"siblings\":[{}]}}", siblings.join(","));
+        let mut names = files.clone();
+        names.extend(rules.sibling.clone());
+        let siblings: Vec<String> =
+            names.iter().map(|f| serde_json::json!({"rfilename": f}).to_string()).collect();
+        let sha = rules.commit.clone().unwrap_or(SHA.to_string());
+        let body = format!("{{\"sha\":{},\"siblings\":[{}]}}", serde_json::json!(sha), siblings.join(","));
         let headers = [
             ("Content-Type".into(), "application/json".into()),
             ("Content-Length".into(), body.len().to_string()),
@@ -128,8 +140,10 @@ fn handle(
         "\"{:016x}\"",
         data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
     );
+    let commit = rules.header_commit.clone().or(rules.commit.clone()).unwrap_or(SHA.to_string());
+    let etag = rules.etag.clone().map_or(etag, |e| format!("\"{e}\""));
     let headers = vec![
-        ("x-repo-commit".to_string(), SHA.to_string()),
+        ("x-repo-commit".to_string(), commit),
         ("etag".into(), etag),
         ("Content-Range".into(), format!("bytes {start}-{end}/{n}")),
         ("Content-Length".into(), (end + 1 - start).to_string()),
@@ -227,7 +241,7 @@ fn download_survives_cut_connections_and_resumes_across_runs() {
     let home = tempfile::tempdir().unwrap();
     // Every transfer of the weights is cut: the run fails after its retries, leaving only a
     // resumable .part file, never a truncated file under the final name.
-    let hub = serve(&repo, Behaviour { cut: Some(("model.safetensors".into(), 100)), token: None });
+    let hub = serve(&repo, Behaviour { cut: Some(("model.safetensors".into(), 100)), ..Default::default() });
     let (ok, _, stderr) = zero_shot(&hub.url, home.path(), &[]);
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("acme/tiny") && stderr.contains("model.safetensors"), "{stderr}");
@@ -263,7 +277,7 @@ fn download_survives_cut_connections_and_resumes_across_runs() {
 fn a_cut_connection_is_resumed_within_one_run() {
     let repo = fixtures().join("hub-siglip-base");
     let home = tempfile::tempdir().unwrap();
-    let hub = serve(&repo, Behaviour { cut: Some(("model.safetensors".into(), 1)), token: None });
+    let hub = serve(&repo, Behaviour { cut: Some(("model.safetensors".into(), 1)), ..Default::default() });
     let (ok, stdout, stderr) = zero_shot(&hub.url, home.path(), &[]);
     let log = hub.requests.lock().unwrap().clone();
     assert!(ok, "{stderr} {log:#?}");
@@ -276,7 +290,7 @@ fn a_cut_connection_is_resumed_within_one_run() {
 fn gated_repos_offline_and_unreachable_hubs_get_one_line_errors() {
     let repo = fixtures().join("hub-siglip-base");
     let home = tempfile::tempdir().unwrap();
-    let hub = serve(&repo, Behaviour { cut: None, token: Some("hf_right".into()) });
+    let hub = serve(&repo, Behaviour { token: Some("hf_right".into()), ..Default::default() });
     let (ok, _, stderr) = zero_shot(&hub.url, home.path(), &[]);
     assert!(
         !ok && stderr.contains("acme/tiny") && stderr.contains("gated") && stderr.contains("HF_TOKEN"),
@@ -304,4 +318,35 @@ fn gated_repos_offline_and_unreachable_hubs_get_one_line_errors() {
     let (ok, _, stderr) = zero_shot(&url, empty.path(), &[]);
     assert!(!ok && stderr.contains("acme/tiny") && stderr.contains("download failed"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// A hub's answers are untrusted: a commit or an ETag that is a relative path, a file name with
+/// separators, a commit that changes between answers, each is a one-line error naming the
+/// repository and the value, with nothing written outside the HF cache and no panic.
+#[test]
+fn hostile_hub_answers_are_refused_before_anything_is_written() {
+    let repo = fixtures().join("hub-siglip-base");
+    let cases: [(&str, Behaviour); 4] = [
+        ("../../../../evil", Behaviour { commit: Some("../../../../evil".into()), ..Default::default() }),
+        ("../../../x", Behaviour { header_commit: Some("../../../x".into()), ..Default::default() }),
+        ("../../../../../evil", Behaviour { etag: Some("../../../../../evil".into()), ..Default::default() }),
+        (
+            "model..\\..\\evil.safetensors",
+            Behaviour { sibling: Some("model..\\..\\evil.safetensors".into()), ..Default::default() },
+        ),
+    ];
+    for (value, behaviour) in cases {
+        let root = tempfile::tempdir().unwrap();
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let hub = serve(&repo, behaviour);
+        let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
+        assert!(!ok && !stderr.contains("panicked"), "{value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{value}: {stderr}");
+        assert!(stderr.contains("acme/tiny") && stderr.contains(&format!("{value:?}")), "{value}: {stderr}");
+        let cache = home.join("hub");
+        let outside: Vec<PathBuf> =
+            files_under(root.path()).into_iter().filter(|p| !p.starts_with(&cache)).collect();
+        assert!(outside.is_empty(), "{value}: written outside the cache: {outside:?}");
+    }
 }
