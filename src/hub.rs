@@ -249,22 +249,202 @@ pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
                 &format!("at most {limit} bytes"),
             ));
         }
-        // hf-hub asks again before it writes; a panic inside it (a hub that changed its answer)
-        // is an error here, not a crash.
-        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.get(f)))
-            .map_err(|_| untrusted(&format!("for {f}"), "inconsistent metadata", "the same answer twice"))?;
-        let path = got.map_err(|e| hub_error(id, Some(f), e))?;
+        // The body is fetched here, not by hf-hub: with the checked commit, ETag and size, and
+        // never more bytes than that size.
+        let path = fetch(id, f, &repo.url(f), &cache.join(id.folder()), &meta, opts)?;
         snapshot = path.parent().map(Path::to_path_buf);
     }
     // A branch or tag also gets its ref (hf-hub writes refs/main only).
     let dir = snapshot.ok_or_else(|| NnError::Config(format!("{id}: nothing to download")))?;
-    if id.revision != "main" {
-        let refs = cache.join(id.folder()).join("refs");
-        std::fs::create_dir_all(&refs).map_err(|e| NnError::io(&refs, e))?;
-        std::fs::write(refs.join(&id.revision), &info.sha)
-            .map_err(|e| NnError::io(refs.join(&id.revision), e))?;
-    }
+    let refs = cache.join(id.folder()).join("refs");
+    std::fs::create_dir_all(&refs).map_err(|e| NnError::io(&refs, e))?;
+    crate::fs::write_atomic(&refs.join(&id.revision), info.sha.as_bytes())?;
     Ok(dir)
+}
+
+/// Downloads one file of `id` at `url` into the cache layout the HF tools share (`repo_dir`:
+/// `blobs/<etag>`, `snapshots/<commit>/<file>` linking to it), resuming `blobs/<etag>.part`,
+/// with the already checked `meta`. At most `meta.size()` bytes are written; a body that is
+/// shorter (after the retries) or longer, or a `Content-Range` that disagrees, is an error.
+fn fetch(
+    id: &HubId,
+    file: &str,
+    url: &str,
+    repo_dir: &Path,
+    meta: &hf_hub::api::sync::Metadata,
+    opts: &Download,
+) -> Result<PathBuf> {
+    let (etag, size) = (meta.etag(), meta.size() as u64);
+    let blobs = repo_dir.join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(|e| NnError::io(&blobs, e))?;
+    let blob = blobs.join(etag);
+    let pointer = repo_dir.join("snapshots").join(meta.commit_hash()).join(file);
+    let lock_path = blobs.join(format!("{etag}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(|e| NnError::io(&lock_path, e))?;
+    lock.lock().map_err(|e| NnError::io(&lock_path, e))?;
+    let have = std::fs::metadata(&blob).map(|m| m.len()).ok();
+    if have != Some(size) {
+        let part = blobs.join(format!("{etag}.part"));
+        let bar = opts.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(size);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(file.to_string());
+            bar
+        });
+        let mut last = None;
+        for attempt in 0..=opts.retries {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(300 << attempt.min(5)));
+            }
+            match fetch_range(id, file, url, &part, size, bar.as_ref()) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                // A hub that breaks the protocol is not retried.
+                Err(Fetch::Refused(e)) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+                Err(Fetch::Retry(e)) => last = Some(e),
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+        std::fs::rename(&part, &blob).map_err(|e| NnError::io(&blob, e))?;
+    }
+    drop(lock);
+    if let Some(dir) = pointer.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
+    }
+    if std::fs::symlink_metadata(&pointer).is_err() {
+        link_or_copy(&blob, &pointer, etag)?;
+    }
+    Ok(pointer)
+}
+
+/// Why a transfer stopped: worth another try (a cut connection), or not (a hostile answer).
+enum Fetch {
+    Retry(NnError),
+    Refused(NnError),
+}
+
+/// One request for the rest of `part` (up to `size` bytes in all), appended to it.
+fn fetch_range(
+    id: &HubId,
+    file: &str,
+    url: &str,
+    part: &Path,
+    size: u64,
+    bar: Option<&indicatif::ProgressBar>,
+) -> std::result::Result<(), Fetch> {
+    use std::io::{Read, Write};
+    let refused =
+        |what: String| Fetch::Refused(NnError::Config(format!("{id}: {file}: {what} (nothing kept)")));
+    let retry =
+        |what: String| Fetch::Retry(NnError::Config(format!("{id}: {file}: download failed: {what}")));
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(part)
+        .map_err(|e| Fetch::Retry(NnError::io(part, e)))?;
+    let mut start = out.metadata().map_err(|e| Fetch::Retry(NnError::io(part, e)))?.len();
+    if start >= size {
+        out.set_len(0).map_err(|e| Fetch::Retry(NnError::io(part, e)))?;
+        start = 0;
+    }
+    if size == 0 {
+        return Ok(());
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(5)
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_per_read(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut request = agent.get(url).header("Range", &format!("bytes={start}-"));
+    if let Some(t) = token() {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    let response = request.call().map_err(|e| retry(e.to_string()))?;
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match status {
+        206 => {
+            let range = header("content-range").unwrap_or_default();
+            let want = format!("bytes {start}-{}/{size}", size - 1);
+            if range != want {
+                return Err(refused(format!("the hub answered Content-Range {range:?}; expected {want:?}")));
+            }
+        }
+        200 => {
+            // The whole file again (the server ignored the range).
+            out.set_len(0).map_err(|e| Fetch::Retry(NnError::io(part, e)))?;
+            start = 0;
+        }
+        401 | 403 => {
+            return Err(Fetch::Refused(NnError::Config(format!(
+                "{id}: {file}: access denied ({status}): the repository is gated or private; accept its license on the hub and set HF_TOKEN (or log in with `huggingface-cli login`)"
+            ))));
+        }
+        other => return Err(retry(format!("HTTP {other}"))),
+    }
+    let remaining = size - start;
+    if let Some(len) = header("content-length")
+        && len.parse::<u64>().ok() != Some(remaining)
+    {
+        return Err(refused(format!("the hub answered Content-Length {len:?}; expected {remaining}")));
+    }
+    let mut body = response.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    while got < remaining {
+        let want = (remaining - got).min(buf.len() as u64) as usize;
+        let n = match body.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = out.flush();
+                return Err(retry(format!("{e} after {} of {size} bytes", start + got)));
+            }
+        };
+        out.write_all(&buf[..n]).map_err(|e| Fetch::Retry(NnError::io(part, e)))?;
+        got += n as u64;
+        if let Some(bar) = bar {
+            bar.set_position(start + got);
+        }
+    }
+    out.sync_all().map_err(|e| Fetch::Retry(NnError::io(part, e)))?;
+    if got < remaining {
+        return Err(retry(format!("the connection ended after {} of {size} bytes", start + got)));
+    }
+    // Not one byte more than the file's size.
+    if body.read(&mut buf[..1]).is_ok_and(|n| n > 0) {
+        return Err(refused(format!("the hub sent more than the {size} bytes it announced")));
+    }
+    Ok(())
+}
+
+/// `snapshots/<commit>/<file>` -> `../../blobs/<etag>` (a copy where links are not allowed).
+fn link_or_copy(blob: &Path, pointer: &Path, etag: &str) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let target = Path::new("../../blobs").join(etag);
+        if std::os::unix::fs::symlink(&target, pointer).is_ok() {
+            return Ok(());
+        }
+    }
+    std::fs::copy(blob, pointer).map(|_| ()).map_err(|e| NnError::io(pointer, e))
 }
 
 /// Largest weights file accepted from a hub (the largest real shards are tens of GB).

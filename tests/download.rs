@@ -27,6 +27,13 @@ struct Behaviour {
     etag: Option<String>,
     /// A hostile hub: one more file name in the repo info.
     sibling: Option<String>,
+    /// A hostile hub, for the weights' body (not the metadata probe): a Content-Length larger
+    /// than what it sends.
+    lie_length: bool,
+    /// ... a body that never ends (no length, bytes until the client leaves).
+    endless: bool,
+    /// ... a redirect to this location.
+    redirect: Option<String>,
 }
 
 struct Hub {
@@ -150,6 +157,33 @@ fn handle(
         ("Accept-Ranges".into(), "bytes".into()),
     ];
     let body = &data[start..=end];
+    let probe = range.as_deref() == Some("bytes=0-0");
+    if !probe && file == "model.safetensors" {
+        if let Some(location) = &rules.redirect {
+            let headers = [("Location".to_string(), location.clone()), ("Content-Length".into(), "0".into())];
+            return respond(&mut stream, "302 Found", &headers, b"");
+        }
+        if rules.lie_length {
+            let mut lying = headers.clone();
+            lying.retain(|(k, _)| k != "Content-Length");
+            lying.push(("Content-Length".into(), (body.len() + 1000).to_string()));
+            return respond(&mut stream, "206 Partial Content", &lying, body);
+        }
+        if rules.endless {
+            let mut head = "HTTP/1.1 206 Partial Content\r\nConnection: close\r\n".to_string();
+            for (k, v) in headers.iter().filter(|(k, _)| k != "Content-Length") {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            stream.write_all(head.as_bytes())?;
+            stream.write_all(body)?;
+            let chunk = vec![0u8; 1 << 16];
+            for _ in 0..16_384 {
+                stream.write_all(&chunk)?; // 1 GiB, or until the client leaves
+            }
+            return Ok(());
+        }
+    }
     let cut_now = {
         let mut r = rules_shared.lock().unwrap();
         match r.cut.as_mut() {
@@ -348,5 +382,40 @@ fn hostile_hub_answers_are_refused_before_anything_is_written() {
         let outside: Vec<PathBuf> =
             files_under(root.path()).into_iter().filter(|p| !p.starts_with(&cache)).collect();
         assert!(outside.is_empty(), "{value}: written outside the cache: {outside:?}");
+    }
+}
+
+/// A hostile hub's bodies: a Content-Length that lies, a body that never ends, a redirect to a
+/// local path. Each is a one-line error naming the repository and the file, with no more bytes
+/// written than the file's size, nothing outside the cache and no panic.
+#[test]
+fn hostile_hub_bodies_are_bounded() {
+    let repo = fixtures().join("hub-siglip-base");
+    // No file in the cache may be larger than the largest file the repository has.
+    let largest = files_under(&repo).iter().map(|f| std::fs::metadata(f).unwrap().len()).max().unwrap();
+    let cases: [(&str, Behaviour); 3] = [
+        ("Content-Length", Behaviour { lie_length: true, ..Default::default() }),
+        ("more than", Behaviour { endless: true, ..Default::default() }),
+        ("download failed", Behaviour { redirect: Some("file:///etc/passwd".into()), ..Default::default() }),
+    ];
+    for (what, behaviour) in cases {
+        let root = tempfile::tempdir().unwrap();
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let hub = serve(&repo, behaviour);
+        let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
+        assert!(!ok && !stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(
+            stderr.contains("acme/tiny") && stderr.contains("model.safetensors") && stderr.contains(what),
+            "{what}: {stderr}"
+        );
+        let files = files_under(root.path());
+        let cache = home.join("hub");
+        assert!(files.iter().all(|p| p.starts_with(&cache)), "{what}: {files:?}");
+        assert!(!files.iter().any(|p| p.ends_with("model.safetensors")), "{what}: {files:?}");
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= largest, "{what}: {f:?} is larger than any file");
+        }
     }
 }
