@@ -367,16 +367,42 @@ fn fetch_range(
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .max_redirects(5)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
         .timeout_per_read(Some(std::time::Duration::from_secs(60)))
         .build()
         .into();
-    let mut request = agent.get(url).header("Range", &format!("bytes={start}-"));
-    if let Some(t) = token() {
-        request = request.header("Authorization", &format!("Bearer {t}"));
-    }
-    let response = request.call().map_err(|e| retry(e.to_string()))?;
+    // Redirects are followed here, to http(s) locations only; the token goes to the hub's host
+    // alone (an LFS redirect points at a CDN).
+    let origin = |u: &str| u.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+    let hub_origin = origin(url);
+    let mut location = url.to_string();
+    let mut hops = 0;
+    let response = loop {
+        let mut request = agent.get(&location).header("Range", &format!("bytes={start}-"));
+        if origin(&location) == hub_origin
+            && let Some(t) = token()
+        {
+            request = request.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = request.call().map_err(|e| retry(e.to_string()))?;
+        if !response.status().is_redirection() {
+            break response;
+        }
+        let to = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        location = if to.starts_with("https://") || to.starts_with("http://") {
+            to
+        } else if to.starts_with('/') && !to.starts_with("//") {
+            format!("{}{to}", origin(&location))
+        } else {
+            return Err(refused(format!("the hub redirected to {to:?}; expected an http(s) location")));
+        };
+        hops += 1;
+        if hops > 5 {
+            return Err(refused("the hub redirected more than 5 times".into()));
+        }
+    };
     let status = response.status().as_u16();
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     match status {
@@ -397,7 +423,8 @@ fn fetch_range(
                 "{id}: {file}: access denied ({status}): the repository is gated or private; accept its license on the hub and set HF_TOKEN (or log in with `huggingface-cli login`)"
             ))));
         }
-        other => return Err(retry(format!("HTTP {other}"))),
+        408 | 429 | 500.. => return Err(retry(format!("HTTP {status}"))),
+        other => return Err(refused(format!("the hub answered HTTP {other}"))),
     }
     let remaining = size - start;
     if let Some(len) = header("content-length")

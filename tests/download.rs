@@ -374,7 +374,9 @@ fn hostile_hub_answers_are_refused_before_anything_is_written() {
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         let hub = serve(&repo, behaviour);
+        let t = std::time::Instant::now();
         let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
+        eprintln!("hostile {value:?}: exit ok={ok} in {:?}: {}", t.elapsed(), stderr.trim());
         assert!(!ok && !stderr.contains("panicked"), "{value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{value}: {stderr}");
         assert!(stderr.contains("acme/tiny") && stderr.contains(&format!("{value:?}")), "{value}: {stderr}");
@@ -396,14 +398,19 @@ fn hostile_hub_bodies_are_bounded() {
     let cases: [(&str, Behaviour); 3] = [
         ("Content-Length", Behaviour { lie_length: true, ..Default::default() }),
         ("more than", Behaviour { endless: true, ..Default::default() }),
-        ("download failed", Behaviour { redirect: Some("file:///etc/passwd".into()), ..Default::default() }),
+        (
+            "file:///etc/passwd",
+            Behaviour { redirect: Some("file:///etc/passwd".into()), ..Default::default() },
+        ),
     ];
     for (what, behaviour) in cases {
         let root = tempfile::tempdir().unwrap();
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         let hub = serve(&repo, behaviour);
+        let t = std::time::Instant::now();
         let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
+        eprintln!("hostile body ({what}): exit ok={ok} in {:?}: {}", t.elapsed(), stderr.trim());
         assert!(!ok && !stderr.contains("panicked"), "{what}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
         assert!(
@@ -411,6 +418,16 @@ fn hostile_hub_bodies_are_bounded() {
             "{what}: {stderr}"
         );
         let files = files_under(root.path());
+        eprintln!(
+            "  files: {:?}",
+            files
+                .iter()
+                .map(|f| (
+                    f.strip_prefix(root.path()).unwrap().to_path_buf(),
+                    std::fs::metadata(f).unwrap().len()
+                ))
+                .collect::<Vec<_>>()
+        );
         let cache = home.join("hub");
         assert!(files.iter().all(|p| p.starts_with(&cache)), "{what}: {files:?}");
         assert!(!files.iter().any(|p| p.ends_with("model.safetensors")), "{what}: {files:?}");

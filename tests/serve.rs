@@ -619,12 +619,15 @@ fn slow_and_stuck_clients_are_bounded() {
         assert!(closes_within(s, Duration::from_secs(10)), "a half-open connection stayed open");
     }
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    eprintln!("30 half-open connections closed {:?} after the real request", t.elapsed());
     // A body that never arrives.
     let mut slow = TcpStream::connect(&a).unwrap();
     slow.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\"").unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = String::new();
+    let t = Instant::now();
     let _ = slow.read_to_string(&mut reply);
+    eprintln!("stalled body: {:?} after {:?}", reply.lines().next(), t.elapsed());
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     let m = http(&a, "GET", "/metrics", "text/plain", b"", &[]).body;
     assert!(metric(&m, "vlm_zoo_header_timeouts_total") >= 30.0, "{m}");
@@ -657,6 +660,7 @@ fn slow_and_stuck_clients_are_bounded() {
     assert_eq!(metric(&m, "vlm_zoo_connections_refused_total"), 1.0, "{m}");
     let t = Instant::now();
     let status = srv.stop();
+    eprintln!("SIGTERM with 3 stuck clients: {status:?} after {:?}", t.elapsed());
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", t.elapsed());
     for s in &mut held {
