@@ -354,85 +354,73 @@ fn gated_repos_offline_and_unreachable_hubs_get_one_line_errors() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+/// Runs zero-shot against a hub behaving as `behaviour` into a fresh HF_HOME and checks what
+/// every hostile case must give: a failure, one error line naming the repository and `expect`,
+/// no panic, nothing written outside the cache. Returns the files written, with their sizes.
+fn refused(behaviour: Behaviour, expect: &str) -> Vec<(PathBuf, u64)> {
+    let repo = fixtures().join("hub-siglip-base");
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let hub = serve(&repo, behaviour);
+    let t = std::time::Instant::now();
+    let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
+    eprintln!("hostile {expect:?}: exit ok={ok} after {:?}: {}", t.elapsed(), stderr.trim());
+    assert!(!ok && !stderr.contains("panicked"), "{expect}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{expect}: {stderr}");
+    assert!(stderr.contains("acme/tiny") && stderr.contains(expect), "{expect}: {stderr}");
+    let cache = home.join("hub");
+    let files = files_under(root.path());
+    let outside: Vec<&PathBuf> = files.iter().filter(|p| !p.starts_with(&cache)).collect();
+    assert!(outside.is_empty(), "{expect}: written outside the cache: {outside:?}");
+    files
+        .into_iter()
+        .map(|f| {
+            let n = std::fs::metadata(&f).unwrap().len();
+            (f, n)
+        })
+        .collect()
+}
+
 /// A hub's answers are untrusted: a commit or an ETag that is a relative path, a file name with
 /// separators, a commit that changes between answers, each is a one-line error naming the
 /// repository and the value, with nothing written outside the HF cache and no panic.
 #[test]
 fn hostile_hub_answers_are_refused_before_anything_is_written() {
-    let repo = fixtures().join("hub-siglip-base");
-    let cases: [(&str, Behaviour); 4] = [
-        ("../../../../evil", Behaviour { commit: Some("../../../../evil".into()), ..Default::default() }),
-        ("../../../x", Behaviour { header_commit: Some("../../../x".into()), ..Default::default() }),
-        ("../../../../../evil", Behaviour { etag: Some("../../../../../evil".into()), ..Default::default() }),
-        (
-            "model..\\..\\evil.safetensors",
-            Behaviour { sibling: Some("model..\\..\\evil.safetensors".into()), ..Default::default() },
-        ),
-    ];
-    for (value, behaviour) in cases {
-        let root = tempfile::tempdir().unwrap();
-        let home = root.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        let hub = serve(&repo, behaviour);
-        let t = std::time::Instant::now();
-        let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
-        eprintln!("hostile {value:?}: exit ok={ok} in {:?}: {}", t.elapsed(), stderr.trim());
-        assert!(!ok && !stderr.contains("panicked"), "{value}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{value}: {stderr}");
-        assert!(stderr.contains("acme/tiny") && stderr.contains(&format!("{value:?}")), "{value}: {stderr}");
-        let cache = home.join("hub");
-        let outside: Vec<PathBuf> =
-            files_under(root.path()).into_iter().filter(|p| !p.starts_with(&cache)).collect();
-        assert!(outside.is_empty(), "{value}: written outside the cache: {outside:?}");
-    }
+    let quoted = |v: &str| format!("{v:?}");
+    refused(
+        Behaviour { commit: Some("../../../../evil".into()), ..Default::default() },
+        &quoted("../../../../evil"),
+    );
+    refused(
+        Behaviour { header_commit: Some("../../../x".into()), ..Default::default() },
+        &quoted("../../../x"),
+    );
+    refused(
+        Behaviour { etag: Some("../../../../../evil".into()), ..Default::default() },
+        &quoted("../../../../../evil"),
+    );
+    let name = "model..\\..\\evil.safetensors";
+    refused(Behaviour { sibling: Some(name.into()), ..Default::default() }, &quoted(name));
 }
 
 /// A hostile hub's bodies: a Content-Length that lies, a body that never ends, a redirect to a
 /// local path. Each is a one-line error naming the repository and the file, with no more bytes
-/// written than the file's size, nothing outside the cache and no panic.
+/// written than the repository's largest file, nothing outside the cache and no panic.
 #[test]
 fn hostile_hub_bodies_are_bounded() {
     let repo = fixtures().join("hub-siglip-base");
-    // No file in the cache may be larger than the largest file the repository has.
     let largest = files_under(&repo).iter().map(|f| std::fs::metadata(f).unwrap().len()).max().unwrap();
-    let cases: [(&str, Behaviour); 3] = [
+    for (expect, behaviour) in [
         ("Content-Length", Behaviour { lie_length: true, ..Default::default() }),
         ("more than", Behaviour { endless: true, ..Default::default() }),
         (
             "file:///etc/passwd",
             Behaviour { redirect: Some("file:///etc/passwd".into()), ..Default::default() },
         ),
-    ];
-    for (what, behaviour) in cases {
-        let root = tempfile::tempdir().unwrap();
-        let home = root.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        let hub = serve(&repo, behaviour);
-        let t = std::time::Instant::now();
-        let (ok, _, stderr) = zero_shot(&hub.url, &home, &[]);
-        eprintln!("hostile body ({what}): exit ok={ok} in {:?}: {}", t.elapsed(), stderr.trim());
-        assert!(!ok && !stderr.contains("panicked"), "{what}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
-        assert!(
-            stderr.contains("acme/tiny") && stderr.contains("model.safetensors") && stderr.contains(what),
-            "{what}: {stderr}"
-        );
-        let files = files_under(root.path());
-        eprintln!(
-            "  files: {:?}",
-            files
-                .iter()
-                .map(|f| (
-                    f.strip_prefix(root.path()).unwrap().to_path_buf(),
-                    std::fs::metadata(f).unwrap().len()
-                ))
-                .collect::<Vec<_>>()
-        );
-        let cache = home.join("hub");
-        assert!(files.iter().all(|p| p.starts_with(&cache)), "{what}: {files:?}");
-        assert!(!files.iter().any(|p| p.ends_with("model.safetensors")), "{what}: {files:?}");
-        for f in &files {
-            assert!(std::fs::metadata(f).unwrap().len() <= largest, "{what}: {f:?} is larger than any file");
-        }
+    ] {
+        let files = refused(behaviour, expect);
+        assert!(!files.iter().any(|(f, _)| f.ends_with("model.safetensors")), "{expect}: {files:?}");
+        assert!(files.iter().all(|(_, n)| *n <= largest), "{expect}: {files:?}");
     }
 }
