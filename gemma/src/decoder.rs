@@ -3,7 +3,7 @@
 
 use crate::model::GemmaForCausalLM;
 use burn::prelude::*;
-use zoo_nn::generate::{Decoder, row_positions};
+use zoo_nn::generate::{Decoder, last_position_logits, row_positions};
 use zoo_nn::{KvCache, MaskSpec, Result};
 
 /// A Gemma model with the context length it may use.
@@ -19,8 +19,7 @@ pub struct GemmaDecoder<'a> {
 
 impl GemmaDecoder<'_> {
     fn last_logits(&self, h: Tensor<3>) -> Tensor<2> {
-        let [b, l, c] = h.dims();
-        self.model.logits(h.slice([0..b, l - 1..l, 0..c])).reshape([b as i32, -1])
+        last_position_logits(h, |h| self.model.logits(h))
     }
 }
 

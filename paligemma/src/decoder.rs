@@ -4,7 +4,7 @@
 use crate::model::PaliGemmaForConditionalGeneration;
 use burn::prelude::*;
 use zoo_gemma::GemmaForCausalLM;
-use zoo_nn::generate::{Decoder, row_positions};
+use zoo_nn::generate::{Decoder, last_position_logits, row_positions};
 use zoo_nn::{KvCache, MaskSpec, Result};
 
 /// A model that places image features at `<image>` tokens of a Gemma decoder, as PaliGemma
@@ -54,20 +54,16 @@ pub struct PaliGemmaDecoder<'a, M = PaliGemmaForConditionalGeneration> {
 }
 
 impl<M: ImageTextModel> PaliGemmaDecoder<'_, M> {
-    fn lm_logits(
+    /// The language model over `x`, projected onto the vocabulary at the last position only.
+    fn next_logits(
         &self,
         x: Tensor<3>,
         positions: &[Vec<i64>],
         mask: &MaskSpec,
         cache: &mut KvCache,
-    ) -> Tensor<3> {
+    ) -> Tensor<2> {
         let lm = self.model.language_model();
-        lm.logits(lm.forward_embeds(x, positions, mask, Some(cache)))
-    }
-
-    fn last_logits(&self, logits: Tensor<3>) -> Tensor<2> {
-        let [b, l, v] = logits.dims();
-        logits.slice([0..b, l - 1..l, 0..v]).reshape([b, v])
+        last_position_logits(lm.forward_embeds(x, positions, mask, Some(cache)), |h| lm.logits(h))
     }
 }
 
@@ -79,7 +75,7 @@ impl<M: ImageTextModel> Decoder for PaliGemmaDecoder<'_, M> {
             row_positions(valid).into_iter().map(|r| r.into_iter().map(|p| p + 1).collect()).collect();
         let prefix = valid.iter().map(Vec::len).collect();
         let mask = MaskSpec::prefix_lm(prefix).with_key_valid(valid.to_vec());
-        Ok(self.last_logits(self.lm_logits(x, &positions, &mask, cache)))
+        Ok(self.next_logits(x, &positions, &mask, cache))
     }
 
     fn step(
@@ -93,7 +89,7 @@ impl<M: ImageTextModel> Decoder for PaliGemmaDecoder<'_, M> {
         let x = self.model.embed_inputs(&ids, None, &self.device)?;
         let pos: Vec<Vec<i64>> = positions.iter().map(|&p| vec![p + 1]).collect();
         let mask = MaskSpec::causal().with_key_valid(valid.to_vec());
-        Ok(self.last_logits(self.lm_logits(x, &pos, &mask, cache)))
+        Ok(self.next_logits(x, &pos, &mask, cache))
     }
 
     fn cache(&self, batch: usize, max_len: usize) -> KvCache {

@@ -48,7 +48,9 @@ pub struct Generated {
 }
 
 /// What a model needs to offer generation: a prefill over the whole (left-padded) prompt and a
-/// step over one new token per row, both returning the last position's logits `[B, V]`.
+/// step over one new token per row, both returning the last position's logits `[B, V]` through
+/// [`last_position_logits`] (the vocabulary projection of the last position only: projecting a
+/// 267-token PaliGemma prompt onto 257k tokens to keep one row cost ~1.4e11 multiply-adds).
 pub trait Decoder {
     /// Runs the prompt. `prompt` rows are left-padded to one length; `valid` marks real tokens.
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>>;
@@ -139,6 +141,19 @@ pub fn generate_stream<D: Decoder>(
         }
     }
     Ok(out)
+}
+
+/// The next-token logits of each row: `head` (the decoder's vocabulary projection) applied to
+/// the last position of `hidden` only, the one generation samples from. Every decoder's
+/// prefill and step end here, so none projects positions it throws away.
+///
+/// # Shapes
+/// - `hidden`: `[B, L, C]`; `head`: `[B, 1, C]` -> `[B, 1, V]`; output `[B, V]`
+pub fn last_position_logits(hidden: Tensor<3>, head: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<2> {
+    let [b, l, c] = hidden.dims();
+    let logits = head(hidden.slice([0..b, l - 1..l, 0..c]));
+    let v = logits.dims()[2];
+    logits.reshape([b, v])
 }
 
 /// Left-padding positions: each row counts from 0 at its first real token.

@@ -71,3 +71,26 @@ fn left_padding_positions_start_at_each_rows_first_token() {
     let valid = vec![vec![false, false, true, true], vec![true; 4]];
     assert_eq!(row_positions(&valid), vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]);
 }
+
+/// The head sees the last position only, and gives what projecting every position and keeping
+/// the last gave.
+#[test]
+fn only_the_last_position_is_projected() {
+    let dev = crate::testing::device();
+    let hidden =
+        crate::testing::tensor_from(&(0..24).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), [2, 3, 4], &dev);
+    let w = crate::testing::tensor_from(&(0..20).map(|i| (i as f32).sin()).collect::<Vec<_>>(), [4, 5], &dev);
+    let head = |h: Tensor<3>| {
+        let [b, l, c] = h.dims();
+        h.reshape([b * l, c]).matmul(w.clone()).reshape([b, l, 5])
+    };
+    let mut seen = 0;
+    let got = super::last_position_logits(hidden.clone(), |h| {
+        seen = h.dims()[1];
+        head(h)
+    });
+    assert_eq!(seen, 1);
+    let all = head(hidden);
+    let want = all.slice([0..2, 2..3, 0..5]).reshape([2, 5]);
+    assert_eq!(crate::testing::to_vec(got), crate::testing::to_vec(want));
+}
