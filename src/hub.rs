@@ -50,7 +50,14 @@ impl HubId {
                 && !p.starts_with('.')
                 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
-        (parts.next().is_none() && ok(org) && ok(name))
+        // A branch, tag or commit: path components that stay inside `refs/` (`refs/pr/1` is one).
+        let rev_ok = revision.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        });
+        (parts.next().is_none() && ok(org) && ok(name) && rev_ok)
             .then(|| Self { repo: repo.to_string(), revision: revision.to_string() })
     }
 
@@ -256,9 +263,12 @@ pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
     }
     // A branch or tag also gets its ref (hf-hub writes refs/main only).
     let dir = snapshot.ok_or_else(|| NnError::Config(format!("{id}: nothing to download")))?;
-    let refs = cache.join(id.folder()).join("refs");
-    std::fs::create_dir_all(&refs).map_err(|e| NnError::io(&refs, e))?;
-    crate::fs::write_atomic(&refs.join(&id.revision), info.sha.as_bytes())?;
+    // The revision may hold `/` (`refs/pr/1`), as the HF tools' cache allows.
+    let reference = cache.join(id.folder()).join("refs").join(&id.revision);
+    if let Some(dir) = reference.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
+    }
+    crate::fs::write_atomic(&reference, info.sha.as_bytes())?;
     Ok(dir)
 }
 
@@ -541,6 +551,21 @@ mod tests {
         assert!(e.contains("acme/absent") && e.contains("not in the HF cache"), "{e}");
         let e = resolve_model_in(Path::new("./no/such/dir"), None).unwrap_err().to_string();
         assert!(e.contains("no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn revisions_stay_inside_refs() {
+        assert_eq!(HubId::parse("a/b@refs/pr/1").unwrap().revision, "refs/pr/1");
+        for bad in ["a/b@../../x", "a/b@v1/../../x", "a/b@/abs", "a/b@x//y", "a/b@x y"] {
+            assert!(HubId::parse(bad).is_none(), "{bad}");
+        }
+        let plain = |s: &str| is_plain_file_name(s);
+        assert!(plain("model-00001-of-00002.safetensors") && plain("model..safetensors"));
+        assert!(!plain("..") && !plain("a/b") && !plain("a\\b") && !plain("") && !plain("c:x"));
+        assert!(
+            is_commit_hash(&"a".repeat(40)) && !is_commit_hash("../../x") && !is_commit_hash(&"g".repeat(40))
+        );
+        assert!(is_etag("0123456789abcdef") && !is_etag("\"abc\"") && !is_etag("../../evil"));
     }
 
     #[test]
