@@ -198,9 +198,10 @@ fn token() -> Option<String> {
 /// Downloads the files of `id` a model needs into `cache` and returns the snapshot folder.
 pub fn download(id: &HubId, cache: &Path, opts: &Download) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
+    // hf-hub asks for the repo info and each file's metadata only; `fetch` downloads (with
+    // `opts`' progress bar and retries).
     let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
-        .with_progress(opts.progress)
-        .with_retries(opts.retries)
+        .with_progress(false)
         .with_token(token());
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());

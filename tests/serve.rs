@@ -618,7 +618,6 @@ fn slow_and_stuck_clients_are_bounded() {
     for s in &mut stuck {
         assert!(closes_within(s, Duration::from_secs(10)), "a half-open connection stayed open");
     }
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     eprintln!("30 half-open connections closed {:?} after the real request", t.elapsed());
     // A body that never arrives.
     let mut slow = TcpStream::connect(&a).unwrap();

@@ -72,11 +72,11 @@ pub fn loaded(
 ) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
     let workers = workers.max(1) as f64;
     Box::new(rx.into_iter().map(move |b| {
-        b.map(|b| Loaded {
+        b.map(|mut b| Loaded {
             index: b.index,
             samples: b.captions.len(),
             load_seconds: b.load_seconds / workers,
-            skipped: b.skipped.clone(),
+            skipped: std::mem::take(&mut b.skipped),
             batch: b,
         })
     }))
