@@ -8,7 +8,7 @@
 use burn::prelude::*;
 use rayon::prelude::*;
 use std::time::Instant;
-use zoo_nn::kernels::gemm::{Kernel, Matrix, PackedWeight, WeightFormat};
+use zoo_nn::kernels::gemm::{Choice, Kernel, Matrix, PackedWeight, WeightFormat};
 
 mod common;
 use common::time;
@@ -37,6 +37,14 @@ fn main() {
     if std::env::args().any(|a| a == "--bandwidth") {
         return;
     }
+    // The kernel each class of product gets on this CPU, and how it was chosen.
+    let choice = Choice::get();
+    println!(
+        "{{\"row\":\"kernel choice\",\"gemv\":\"{}\",\"gemm\":\"{}\",\"how\":{:?}}}",
+        choice.gemv.name(),
+        choice.gemm.name(),
+        choice.how
+    );
     // (what, m, n, k): PaliGemma-3B / Gemma-2B decode and prefill rows, SigLIP-B/16 batch 8.
     let shapes = [
         ("gemma-2b mlp up, decode", 1, 16384, 2048),

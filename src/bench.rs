@@ -38,7 +38,12 @@ impl BenchArgs {
     /// Runs the benchmark and returns the JSON report.
     pub fn run(&self) -> Result<Value> {
         let compute = self.compute.compute()?;
-        bench(&self.model.model.resolve()?, &self.options, &compute)
+        let mut report = bench(&self.model.model.resolve()?, &self.options, &compute)?;
+        if compute.weights.is_some() {
+            // Which kernel ran each class of product, and how it was chosen.
+            report["kernels"] = json!(zoo_nn::kernels::gemm::Choice::get().to_string());
+        }
+        Ok(report)
     }
 }
 

@@ -1,15 +1,19 @@
-//! The instruction set the tiles use, detected once per process.
+//! The instruction set the tiles use: what this CPU has, and which of those runs each class of
+//! product, chosen by measurement on this CPU (cached) or by `VLM_ZOO_KERNEL`.
 
-/// The instruction set the kernels use, detected once per process.
+use super::{Matrix, PackedWeight, WeightFormat};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// AMX-BF16 tiles (`tdpbf16ps`, 16 x 16 x 32 per instruction) on activations rounded to bf16.
+    Amx,
     /// AVX-512 f32 FMAs on weights widened in registers (bf16: a shift; int8: sign extension),
-    /// activations in f32. The default on AVX-512 CPUs: on the machine docs/bench.md was
-    /// measured on, `vfmadd231ps` retires 2 per cycle and `vdpbf16ps` 0.5, so FMAs do 2x the
-    /// work per cycle of the bf16 dot product (`cargo bench --bench gemm` prints both).
+    /// activations in f32.
     Avx512,
-    /// `vdpbf16ps` (AVX512-BF16) on activations rounded to bf16: for CPUs whose bf16 dot
-    /// product is faster than two FMAs (`VLM_ZOO_KERNEL=avx512bf16`).
+    /// `vdpbf16ps` (AVX512-BF16) on activations rounded to bf16.
     Avx512Bf16,
     /// The portable loop compiled for AVX2 + FMA.
     Avx2,
@@ -17,25 +21,48 @@ pub enum Kernel {
     Portable,
 }
 
+/// Most activation rows of a product of the "gemv" class (decode); more are "gemm" (prefill,
+/// image encoding, batched decode).
+pub const GEMV_ROWS: usize = 4;
+
 impl Kernel {
-    /// The kernel this CPU runs: `VLM_ZOO_KERNEL=avx512|avx512bf16|avx2|portable` chooses one
-    /// the CPU has (for benchmarks and tests); otherwise the fastest measured (see [`Kernel`]).
-    pub fn detect() -> Kernel {
-        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            let has = available();
-            let wanted = match std::env::var("VLM_ZOO_KERNEL").as_deref() {
-                Ok("avx512") => Some(Kernel::Avx512),
-                Ok("avx512bf16") => Some(Kernel::Avx512Bf16),
-                Ok("avx2") => Some(Kernel::Avx2),
-                Ok("portable") => Some(Kernel::Portable),
-                _ => None,
-            };
-            wanted.filter(|k| has.contains(k)).unwrap_or(has[0])
-        })
+    /// Every kernel, in the order [`Kernel::available`] lists them.
+    pub const ALL: [Kernel; 5] =
+        [Kernel::Avx512, Kernel::Avx512Bf16, Kernel::Amx, Kernel::Avx2, Kernel::Portable];
+
+    /// The name `VLM_ZOO_KERNEL` and the cache use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "amx",
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
     }
 
-    /// The kernels this CPU can run, the default first.
+    /// The kernel of a name, `None` for another.
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the kernel rounds activations to bf16 (the others multiply them in f32).
+    pub fn rounds_activations(self) -> bool {
+        matches!(self, Kernel::Amx | Kernel::Avx512Bf16)
+    }
+
+    /// The kernel for a product of `m` activation rows (see [`Choice`]).
+    pub fn for_rows(m: usize) -> Kernel {
+        let choice = Choice::get();
+        if m <= GEMV_ROWS { choice.gemv } else { choice.gemm }
+    }
+
+    /// The kernel of the "gemm" class (see [`Choice`]).
+    pub fn detect() -> Kernel {
+        Choice::get().gemm
+    }
+
+    /// The kernels this CPU can run.
     pub fn available() -> &'static [Kernel] {
         available()
     }
@@ -59,6 +86,9 @@ fn detect_available() -> Vec<Kernel> {
             if is_x86_feature_detected!("avx512bf16") {
                 has.push(Kernel::Avx512Bf16);
             }
+            if super::amx::usable() {
+                has.push(Kernel::Amx);
+            }
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             has.push(Kernel::Avx2);
@@ -66,4 +96,259 @@ fn detect_available() -> Vec<Kernel> {
     }
     has.push(Kernel::Portable);
     has
+}
+
+/// Which kernel runs each class of product, and how it was chosen.
+///
+/// Chosen once per process: `VLM_ZOO_KERNEL` (one name for both classes, or
+/// `gemv=NAME,gemm=NAME`) when it names kernels this CPU has; otherwise the choice cached for
+/// this CPU (model name and kernels) in `kernels.txt` of the cache folder
+/// (`VLM_ZOO_CACHE`, else `$XDG_CACHE_HOME/vlm-zoo`, else `~/.cache/vlm-zoo`); otherwise
+/// measured: each kernel times a bf16 product of each class (a 4096 x 1024 GEMV, a
+/// 128 x 1024 x 1024 GEMM; ~0.1 s in all) and the fastest wins, then is cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Decode: products of at most [`GEMV_ROWS`] rows (bound by the weight bytes read).
+    pub gemv: Kernel,
+    /// Prefill, image encoding, batched decode (bound by the arithmetic).
+    pub gemm: Kernel,
+    /// How it was chosen: `VLM_ZOO_KERNEL`, `cached (PATH)` or `measured (...)`.
+    pub how: String,
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gemv={} gemm={} ({})", self.gemv.name(), self.gemm.name(), self.how)
+    }
+}
+
+impl Choice {
+    /// This process's choice (chosen on first use).
+    pub fn get() -> &'static Choice {
+        static CHOICE: std::sync::OnceLock<Choice> = std::sync::OnceLock::new();
+        CHOICE.get_or_init(Self::choose)
+    }
+
+    fn choose() -> Choice {
+        let has = available();
+        if let Ok(wanted) = std::env::var("VLM_ZOO_KERNEL") {
+            match parse(&wanted, has) {
+                Ok((gemv, gemm)) => return Choice { gemv, gemm, how: "VLM_ZOO_KERNEL".into() },
+                Err(e) => eprintln!("warning: VLM_ZOO_KERNEL={wanted}: {e}; measuring instead"),
+            }
+        }
+        let key = cpu_key(has);
+        let file = cache_dir().map(|d| d.join("kernels.txt"));
+        if let Some(file) = &file
+            && let Some((gemv, gemm)) = read_cached(file, &key, has)
+        {
+            return Choice { gemv, gemm, how: format!("cached in {}", file.display()) };
+        }
+        let (gemv, gemm, how) = measure(has);
+        if let Some(file) = &file {
+            write_cached(file, &key, gemv, gemm);
+        }
+        Choice { gemv, gemm, how }
+    }
+}
+
+/// `NAME` (both classes) or `gemv=NAME,gemm=NAME` (a class left out gets the first kernel this
+/// CPU lists).
+fn parse(s: &str, has: &[Kernel]) -> Result<(Kernel, Kernel), String> {
+    let names = || Kernel::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
+    let has_names = || has.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
+    let one = |name: &str| -> Result<Kernel, String> {
+        let k = Kernel::from_name(name.trim())
+            .ok_or_else(|| format!("'{}' is not a kernel (expected one of {})", name.trim(), names()))?;
+        if has.contains(&k) {
+            Ok(k)
+        } else {
+            Err(format!("this CPU cannot run {} (it has {})", k.name(), has_names()))
+        }
+    };
+    if !s.contains('=') {
+        let k = one(s)?;
+        return Ok((k, k));
+    }
+    let (mut gemv, mut gemm) = (has[0], has[0]);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("gemv", name)) => gemv = one(name)?,
+            Some(("gemm", name)) => gemm = one(name)?,
+            _ => return Err(format!("'{part}' is not gemv=NAME or gemm=NAME")),
+        }
+    }
+    Ok((gemv, gemm))
+}
+
+/// The cache folder, when one can be named.
+fn cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("VLM_ZOO_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("vlm-zoo")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("vlm-zoo")))
+}
+
+/// What identifies this CPU to the cache: its model name and the kernels it can run.
+fn cpu_key(has: &[Kernel]) -> String {
+    let names: Vec<&str> = has.iter().map(|k| k.name()).collect();
+    let key = format!("{} [{}] v{}", cpu_name(), names.join(","), env!("CARGO_PKG_VERSION"));
+    key.replace(['\t', '\n'], " ")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_name() -> String {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 0x80000000 says which extended leaves do.
+    #[allow(unused_unsafe)]
+    let max = unsafe { __cpuid(0x8000_0000) }.eax;
+    if max < 0x8000_0004 {
+        return "x86-64".into();
+    }
+    let mut bytes = Vec::with_capacity(48);
+    for leaf in 0x8000_0002u32..=0x8000_0004 {
+        // SAFETY: as above, the leaf exists.
+        #[allow(unused_unsafe)]
+        let r = unsafe { __cpuid(leaf) };
+        for v in [r.eax, r.ebx, r.ecx, r.edx] {
+            bytes.extend(v.to_le_bytes());
+        }
+    }
+    String::from_utf8_lossy(&bytes).trim_matches(char::from(0)).trim().to_string()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_name() -> String {
+    std::env::consts::ARCH.into()
+}
+
+/// The cached choice for `key`, if the file has one naming kernels this CPU has. Anything
+/// unreadable is ignored (the choice is measured again).
+fn read_cached(file: &std::path::Path, key: &str, has: &[Kernel]) -> Option<(Kernel, Kernel)> {
+    let meta = std::fs::metadata(file).ok()?;
+    if meta.len() > 1 << 20 {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.split('\t').next() == Some(key))?;
+    let mut parts = line.split('\t').skip(1);
+    let mut get = |class: &str| {
+        let name = parts.next()?.strip_prefix(class)?.strip_prefix('=')?;
+        Kernel::from_name(name).filter(|k| has.contains(k))
+    };
+    Some((get("gemv")?, get("gemm")?))
+}
+
+/// Adds (or replaces) `key`'s line, written atomically; a failure only costs a measurement
+/// next time.
+fn write_cached(file: &std::path::Path, key: &str, gemv: Kernel, gemm: Kernel) {
+    let Some(dir) = file.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let old = std::fs::read_to_string(file).unwrap_or_default();
+    let mut text: String = if old.len() < 1 << 20 {
+        old.lines().filter(|l| l.split('\t').next() != Some(key)).map(|l| format!("{l}\n")).collect()
+    } else {
+        String::new()
+    };
+    text.push_str(&format!("{key}\tgemv={}\tgemm={}\n", gemv.name(), gemm.name()));
+    let tmp = dir.join(format!(".kernels.txt.{}", std::process::id()));
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Times every kernel on one product of each class and returns the fastest of each.
+fn measure(has: &[Kernel]) -> (Kernel, Kernel, String) {
+    // The portable loop is timed only where it is all there is.
+    let candidates: Vec<Kernel> = if has.len() > 1 {
+        has.iter().copied().filter(|&k| k != Kernel::Portable).collect()
+    } else {
+        has.to_vec()
+    };
+    let data = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len).map(|i| (((i * 2_654_435_761 + seed) >> 7) % 1001) as f32 / 1000.0 - 0.5).collect()
+    };
+    let (n, k) = (1024, 1024);
+    let w = data(n * k, 3);
+    let small =
+        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16);
+    let w = data(4 * n * k, 5);
+    let tall =
+        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, 4 * n, k, WeightFormat::Bf16);
+    let best = |weight: &PackedWeight, m: usize, reps: usize, list: &[Kernel]| -> Vec<(Kernel, f64)> {
+        let a = data(m * weight.k(), 7);
+        let mut out = vec![0f32; m * weight.n()];
+        list.iter()
+            .map(|&kernel| {
+                let mut t = f64::MAX;
+                for _ in 0..reps {
+                    let start = Instant::now();
+                    weight.matmul_with(kernel, &a, m, &mut out);
+                    t = t.min(start.elapsed().as_secs_f64());
+                }
+                (kernel, t)
+            })
+            .collect()
+    };
+    let gemv = best(&tall, 1, 7, &candidates);
+    // The AVX2 loop on a 128-row product takes long where AVX-512 exists and never wins.
+    let gemm_list: Vec<Kernel> = if candidates.contains(&Kernel::Avx512) {
+        candidates.iter().copied().filter(|&k| k != Kernel::Avx2).collect()
+    } else {
+        candidates.clone()
+    };
+    let gemm = best(&small, 128, 3, &gemm_list);
+    let fastest = |times: &[(Kernel, f64)]| {
+        times.iter().copied().fold((times[0].0, f64::MAX), |b, x| if x.1 < b.1 { x } else { b }).0
+    };
+    let show = |times: &[(Kernel, f64)]| {
+        times.iter().map(|(k, t)| format!("{} {:.2} ms", k.name(), t * 1e3)).collect::<Vec<_>>().join(", ")
+    };
+    let how = format!("measured: gemv {}; gemm {}", show(&gemv), show(&gemm));
+    (fastest(&gemv), fastest(&gemm), how)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_refuse() {
+        let has = available();
+        let first = has[0];
+        assert_eq!(parse(first.name(), has), Ok((first, first)));
+        assert_eq!(parse(&format!("gemm={}", first.name()), has), Ok((has[0], first)));
+        let e = parse("avx9000", has).unwrap_err();
+        assert!(e.contains("avx9000") && e.contains("portable"), "{e}");
+        assert!(parse("gemv", has).is_err());
+        assert!(parse("fast=portable", has).unwrap_err().contains("fast=portable"));
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::from_name(k.name()), Some(k));
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_other_cpus_and_ignores_junk() {
+        let dir = std::env::temp_dir().join(format!("zoo-kernel-cache-{}", std::process::id()));
+        let file = dir.join("kernels.txt");
+        let has = available();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&file, "other cpu\tgemv=avx2\tgemm=avx2\nthis cpu\tgemv=bogus\n").unwrap();
+        assert_eq!(read_cached(&file, "this cpu", has), None);
+        write_cached(&file, "this cpu", Kernel::Portable, Kernel::Portable);
+        assert_eq!(read_cached(&file, "this cpu", has), Some((Kernel::Portable, Kernel::Portable)));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with("other cpu\t") && text.lines().count() == 2, "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn measuring_picks_kernels_this_cpu_has() {
+        let (gemv, gemm, how) = measure(available());
+        assert!(available().contains(&gemv) && available().contains(&gemm), "{how}");
+        assert!(how.contains("gemv") && how.contains(gemm.name()), "{how}");
+        println!("gemv={} gemm={} {how}", gemv.name(), gemm.name());
+    }
 }

@@ -11,21 +11,26 @@
 //! `((p * kp2 + t) * 16 + c) * 2 + e`. `k` is padded to even and `n` to a multiple of 16 with
 //! zeros. Int8 panels have the same layout.
 //!
-//! Kernels ([`Kernel`], chosen at run time): AVX-512 FMAs on weights widened in registers (the
-//! default where AVX-512 exists), `vdpbf16ps` on bf16 activations (AVX512-BF16, opt-in: on the
-//! benchmark machine it retires a quarter as many per cycle as FMAs, so it does half the work),
-//! and a portable loop compiled for AVX2+FMA or the baseline. Tiles are 8 rows x 32 outputs;
-//! output blocks are split over the cores with rayon; decode (`m = 1`) splits the panels.
+//! Kernels ([`Kernel`]): AMX-BF16 tiles (`tdpbf16ps`; the panel layout is AMX's weight-tile
+//! layout, so bf16 panels are read in place), `vdpbf16ps` on bf16 activations (AVX512-BF16),
+//! AVX-512 FMAs on weights widened in registers, and a portable loop compiled for AVX2+FMA or
+//! the baseline. Which one runs is chosen per CPU and per class of product (decode GEMV,
+//! prefill/encode GEMM) by timing them once and caching the result ([`Choice`]): the fastest
+//! kernel differs between CPUs (`vdpbf16ps` loses to FMAs on some Xeons and wins by 1.6x on
+//! Zen 4; AMX wins wherever it exists). Tiles are 8 rows x 32 outputs (AMX: 32 x 32); output
+//! blocks are split over the cores with rayon; decode (`m = 1`) splits the panels.
 //! `cargo bench --bench gemm` measures each against the memory bandwidth it measures.
 //!
 //! One file per part: `source` (what a weight is packed from), `weight` (packing and the
 //! stored formats), `product` (the tiled products and their split over the cores), `kernel`
-//! (run-time choice of instruction set), `x86` and `portable` (the tiles themselves).
+//! (what the CPU has and the measured choice), `x86`, `amx` and `portable` (the tiles).
 
 // SIMD intrinsics run only after run-time CPU detection, and raw output pointers are split into
 // disjoint blocks; each unsafe block states its argument.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod kernel;
 mod portable;
 mod product;
@@ -36,7 +41,7 @@ mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use kernel::Kernel;
+pub use kernel::{Choice, GEMV_ROWS, Kernel};
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
 /// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation

@@ -1,9 +1,9 @@
 //! The products: activations packed for the tiles, output blocks split over the cores, and
 //! decode's dot products over rows used in place.
 
-#[cfg(target_arch = "x86_64")]
-use super::x86;
 use super::{Kernel, MR, NR, PANEL, PackedWeight, Values, kernel::available, portable};
+#[cfg(target_arch = "x86_64")]
+use super::{amx, x86};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -13,7 +13,7 @@ impl PackedWeight {
     /// # Panics
     /// When `a` or `out` does not have `m * k` or `m * n` elements.
     pub fn matmul(&self, a: &[f32], m: usize, out: &mut [f32]) {
-        self.matmul_with(Kernel::detect(), a, m, out)
+        self.matmul_with(Kernel::for_rows(m), a, m, out)
     }
 
     /// [`PackedWeight::matmul`] on a chosen kernel (one of [`Kernel::available`]).
@@ -28,6 +28,10 @@ impl PackedWeight {
             && m <= 4
         {
             return self.dot_rows(kernel, rows, a, m, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Amx {
+            return self.matmul_amx(a, m, out);
         }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
@@ -68,7 +72,7 @@ impl PackedWeight {
             let range = c * chunk..((c + 1) * chunk).min(n);
             let out = out_ptr;
             #[cfg(target_arch = "x86_64")]
-            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16) {
+            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx) {
                 // SAFETY: AVX-512 was detected; tasks write disjoint output columns.
                 unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, n, range, out.0) };
                 return;
@@ -155,7 +159,7 @@ impl PackedWeight {
             let bf: Option<&[u16]> = match &self.values {
                 Values::Bf16(v) => Some(&v[p * panel_len..(p + np) * panel_len]),
                 Values::Bf16Rows { .. } => {
-                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, &mut scratch);
+                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, panel_len, &mut scratch);
                     Some(&scratch[..])
                 }
                 Values::Q8 { .. } | Values::Q8Mapped { .. } => None,
@@ -216,6 +220,153 @@ impl PackedWeight {
             }
             p += np;
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PackedWeight {
+    /// The product on AMX tiles: activations rounded to bf16 once (rows padded to 32, k to
+    /// 32 with zeros), weight panels read in place (bf16) or staged per panel pair into a
+    /// task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels). Tasks are
+    /// (row block, run of panel pairs); each stages a pair once for all its rows.
+    fn matmul_amx(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k, kp2) = (self.n, self.k, self.kp2);
+        let kp16 = kp2.next_multiple_of(amx::PAIRS);
+        // Rows 64 bytes more than a multiple of 4 KiB apart: 16 rows a tile would otherwise
+        // fall in one L1 set.
+        let lda = kp16 * 2 + 32;
+        let mp = m.next_multiple_of(amx::ROWS);
+        let mut ab = vec![0u16; mp * lda];
+        ab.par_chunks_mut(lda).take(m).enumerate().for_each(|(i, row)| {
+            for (d, s) in row.iter_mut().zip(&a[i * k..(i + 1) * k]) {
+                *d = bf16::from_f32(*s).to_bits();
+            }
+        });
+        let panels = n.div_ceil(PANEL);
+        let pairs = panels.div_ceil(2);
+        let threads = rayon::current_num_threads().max(1);
+        let mc = if mp <= 512 { mp } else { 256 };
+        let row_blocks = mp.div_ceil(mc);
+        let per_task = (pairs * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
+        let pair_blocks = pairs.div_ceil(per_task);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let ab = &ab[..];
+        (0..row_blocks * pair_blocks).into_par_iter().for_each(|task| {
+            let (rb, pb) = (task / pair_blocks, task % pair_blocks);
+            let rows = rb * mc..((rb + 1) * mc).min(mp);
+            let pps = pb * per_task..((pb + 1) * per_task).min(pairs);
+            let out = out_ptr;
+            // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
+            // (row, panel) blocks of `out`, whose length was checked.
+            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0) };
+        });
+    }
+
+    /// One AMX task: rows `rows` (multiples of 32 of the padded activations) x panel pairs `pps`.
+    ///
+    /// # Safety
+    /// AMX is usable; `ab` holds the padded bf16 activations; `out` points to `m * n` f32 and
+    /// no other task writes this block.
+    unsafe fn amx_task(
+        &self,
+        ab: &[u16],
+        lda: usize,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        pps: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let (n, kp2) = (self.n, self.kp2);
+        let panel_len = kp2 * PANEL * 2;
+        let kp16 = kp2.next_multiple_of(amx::PAIRS);
+        let (full, rem) = (kp2 / amx::PAIRS, kp2 % amx::PAIRS);
+        let panels = n.div_ceil(PANEL);
+        let scales = self.q8().map(|(_, s)| s);
+        let mut staged: Vec<u16> = Vec::new();
+        let mut tail = vec![0u16; 2 * amx::PAIRS * PANEL * 2];
+        let mut c = [0f32; amx::ROWS * 32];
+        // SAFETY: the caller checked AMX is usable.
+        unsafe { amx::configure() };
+        for pp in pps {
+            let p = pp * 2;
+            let np = (panels - p).min(2);
+            // Two panels of `kp16` pairs (or `full` blocks in place plus a zero-padded tail).
+            let (b0, b1, in_place): (*const u16, *const u16, bool) = match &self.values {
+                Values::Bf16(v) => {
+                    let first = &v[p * panel_len..];
+                    let second = if np == 2 { &v[(p + 1) * panel_len..] } else { first };
+                    if rem > 0 {
+                        let at = full * amx::PAIRS * PANEL * 2;
+                        let len = rem * PANEL * 2;
+                        tail.fill(0);
+                        let half = amx::PAIRS * PANEL * 2;
+                        tail[..len].copy_from_slice(&first[at..at + len]);
+                        tail[half..half + len].copy_from_slice(&second[at..at + len]);
+                    }
+                    (first.as_ptr(), second.as_ptr(), true)
+                }
+                Values::Bf16Rows { .. } => {
+                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, kp16 * PANEL * 2, &mut staged);
+                    let second = if np == 2 { kp16 * PANEL * 2 } else { 0 };
+                    (staged.as_ptr(), staged[second..].as_ptr(), false)
+                }
+                Values::Q8 { .. } | Values::Q8Mapped { .. } => {
+                    let (q, _) = self.q8().unwrap_or_default();
+                    let stride = kp16 * PANEL * 2;
+                    staged.clear();
+                    staged.resize(np * stride, 0);
+                    for j in 0..np {
+                        let src = &q[(p + j) * panel_len..(p + j + 1) * panel_len];
+                        // |q| <= 127 is exact in bf16: the f32's top half.
+                        for (d, s) in staged[j * stride..].iter_mut().zip(src) {
+                            *d = ((*s as f32).to_bits() >> 16) as u16;
+                        }
+                    }
+                    let second = if np == 2 { stride } else { 0 };
+                    (staged.as_ptr(), staged[second..].as_ptr(), false)
+                }
+            };
+            for r in rows.clone().step_by(amx::ROWS) {
+                if r >= m {
+                    break;
+                }
+                let a = ab[r * lda..].as_ptr();
+                // SAFETY: configured above; `a` has 32 rows of `lda` (padded), the panels
+                // `full` blocks in place (or `kp16 / 16` staged) and the tail one block.
+                unsafe {
+                    amx::zero();
+                    if in_place {
+                        amx::accumulate(a, lda, b0, b1, full);
+                        if rem > 0 {
+                            let t = tail.as_ptr();
+                            let a = a.add(full * 32);
+                            amx::accumulate(a, lda, t, t.add(amx::PAIRS * PANEL * 2), 1);
+                        }
+                    } else {
+                        amx::accumulate(a, lda, b0, b1, kp16 / amx::PAIRS);
+                    }
+                    amx::store(&mut c);
+                }
+                let cols = (np * PANEL).min(n - p * PANEL);
+                for i in 0..amx::ROWS.min(m - r) {
+                    let src = &c[i * 32..i * 32 + cols];
+                    // SAFETY: row r + i, columns p * 16.. + cols are this task's block of the
+                    // checked output, written by no one else.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * n + p * PANEL), cols) };
+                    match scales {
+                        Some(s) => {
+                            for ((d, v), s) in dst.iter_mut().zip(src).zip(&s[p * PANEL..]) {
+                                *d = v * s;
+                            }
+                        }
+                        None => dst.copy_from_slice(src),
+                    }
+                }
+            }
+        }
+        // SAFETY: configured above.
+        unsafe { amx::release() };
     }
 }
 

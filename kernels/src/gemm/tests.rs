@@ -2,7 +2,13 @@ use super::*;
 use half::bf16;
 
 fn reference(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let round = |x: f32| if Kernel::detect() == Kernel::Avx512Bf16 { bf16::from_f32(x).to_f32() } else { x };
+    reference_on(Kernel::for_rows(m), a, w, m, n, k)
+}
+
+/// The f64 product of the values `kernel` multiplies (activations rounded to bf16 where it
+/// rounds them).
+fn reference_on(kernel: Kernel, a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let round = |x: f32| if kernel.rounds_activations() { bf16::from_f32(x).to_f32() } else { x };
     let mut out = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -61,8 +67,10 @@ fn bf16_rows_in_place_equal_packed_panels() {
         }
         let rows = PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 3, n, k);
         let (mut x, mut y) = (vec![0f32; m * n], vec![0f32; m * n]);
-        packed.matmul(&a, m, &mut x);
-        rows.matmul(&a, m, &mut y);
+        // A kernel that multiplies f32 activations (the first listed), as decode in place does.
+        let kernel = Kernel::available()[0];
+        packed.matmul_with(kernel, &a, m, &mut x);
+        rows.matmul_with(kernel, &a, m, &mut y);
         // Decode (m <= 4) sums each dot product in another order.
         let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-5, "m {m} n {n} k {k}: {worst}");
@@ -105,26 +113,80 @@ fn transposed_sources_pack_the_same() {
     }
 }
 
-/// Every kernel this CPU has equals the portable loop.
+/// Every kernel this CPU has equals the f64 product of the values it multiplies, on every
+/// edge: one row, rows across the 8- and 32-row tiles, odd k, k across AMX's 32-k blocks (in
+/// place and with a tail), n not a multiple of 16 or of 32, an odd panel count; bf16 panels,
+/// int8 panels and bf16 rows used in place.
 #[test]
-fn portable_path_equals_the_detected_one() {
-    let (m, n, k) = (5, 40, 70);
-    let (a, w) = (data(m * k, 5), data(n * k, 9));
+fn every_kernel_equals_the_scalar_reference_on_edge_shapes() {
+    let shapes = [
+        (1, 16, 1),
+        (1, 37, 65),
+        (2, 48, 32),
+        (4, 33, 33),
+        (5, 40, 70),
+        (8, 16, 64),
+        (31, 17, 31),
+        (32, 32, 32),
+        (33, 50, 96),
+        (40, 80, 100),
+        (67, 47, 129),
+    ];
+    for &(m, n, k) in &shapes {
+        let (a, w) = (data(m * k, 5 + m as u32), data(n * k, 9 + k as u32));
+        let mut bytes = Vec::new();
+        for x in &w {
+            bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
+        }
+        let weights = [
+            PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16),
+            PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Q8),
+            PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k),
+        ];
+        for packed in &weights {
+            let mut stored = vec![0f32; n * k];
+            for (j, row) in stored.chunks_mut(k).enumerate() {
+                packed.row(j, row);
+            }
+            for &kernel in Kernel::available() {
+                let want = reference_on(kernel, &a, &stored, m, n, k);
+                let mut got = vec![f32::NAN; m * n];
+                packed.matmul_with(kernel, &a, m, &mut got);
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+                // Decode over bf16 rows in place multiplies f32 activations whatever the kernel.
+                let in_place_decode = m <= 4 && packed.rows_bytes().is_some();
+                let tol = if kernel.rounds_activations() && in_place_decode { 2e-2 } else { 1e-4 };
+                assert!(worst < tol * (k as f32).sqrt(), "{packed:?} {kernel:?} m {m} n {n} k {k}: {worst}");
+            }
+        }
+    }
+}
+
+/// `cargo test -p zoo-kernels --release -- --ignored kernel_timings --nocapture`: one prefill
+/// shape on every kernel (a quick look; `cargo bench --bench gemm` is the benchmark).
+#[test]
+#[ignore]
+fn kernel_timings() {
+    let (m, n, k) = (267, 16384, 2048);
+    let (a, w) = (data(m * k, 1), data(n * k, 2));
     for format in [WeightFormat::Bf16, WeightFormat::Q8] {
         let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
-        let run = |kernel| {
-            let ab = packed.pack_activations(&a, m, kernel);
-            let mut out = vec![0f32; m * n];
-            unsafe { packed.block(kernel, &ab, m, 0..m, 0..n.div_ceil(PANEL), out.as_mut_ptr()) };
-            out
-        };
-        let base = run(Kernel::Portable);
+        let mut out = vec![0f32; m * n];
         for &kernel in Kernel::available() {
-            // bf16 activations (Avx512Bf16) round the inputs: a looser bound.
-            let tol = if kernel == Kernel::Avx512Bf16 { 2e-2 } else { 1e-5 };
-            let got = run(kernel);
-            let worst = base.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst < tol, "{format:?} {kernel:?}: {worst}");
+            if matches!(kernel, Kernel::Portable | Kernel::Avx2) {
+                continue;
+            }
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                packed.matmul_with(kernel, &a, m, &mut out);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{format:?} {kernel:?}: {:.1} ms, {:.0} GFLOP/s",
+                best * 1e3,
+                2.0 * (m * n * k) as f64 / best / 1e9
+            );
         }
     }
 }

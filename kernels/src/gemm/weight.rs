@@ -1,6 +1,8 @@
 //! Packing a weight into panels (bf16 or int8) or using its bytes in place, and reading it back.
 
 use super::{Backing, PANEL, PackedWeight, Source, Values, WeightFormat, quantize};
+#[cfg(target_arch = "x86_64")]
+use super::{Kernel, kernel::available, x86};
 use rayon::prelude::*;
 
 impl PackedWeight {
@@ -101,21 +103,36 @@ impl PackedWeight {
         }
     }
 
-    /// Lays panels `p..p + np` of row-major bf16 `rows` out as packed panels in `scratch`.
-    pub(super) fn stage(&self, rows: &[u8], p: usize, np: usize, scratch: &mut Vec<u16>) {
-        let panel_len = self.kp2 * PANEL * 2;
+    /// Lays panels `p..p + np` of row-major bf16 `rows` out as packed panels in `scratch`,
+    /// `panel_len` elements apart (at least `kp2 * 32`; the rest zeros).
+    pub(super) fn stage(&self, rows: &[u8], p: usize, np: usize, panel_len: usize, scratch: &mut Vec<u16>) {
         scratch.clear();
         scratch.resize(np * panel_len, 0);
         let row_bytes = self.k * 2;
         for j in 0..np {
             let panel = &mut scratch[j * panel_len..(j + 1) * panel_len];
             let first = (p + j) * PANEL;
-            for c in 0..PANEL.min(self.n.saturating_sub(first)) {
-                let row = &rows[(first + c) * row_bytes..(first + c + 1) * row_bytes];
+            let cols = PANEL.min(self.n.saturating_sub(first));
+            // Whole blocks of 16 pairs transposed in registers, the rest pair by pair.
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if available().contains(&Kernel::Avx512) && cols > 0 {
+                let blocks = self.k / 32;
+                let start = rows[first * row_bytes..].as_ptr();
+                assert!(
+                    panel.len() >= blocks * 512 && rows.len() >= (first + cols - 1) * row_bytes + blocks * 64
+                );
+                // SAFETY: AVX-512 was detected; the bounds were checked above.
+                unsafe { x86::stage_pairs(start, row_bytes, cols, blocks, panel.as_mut_ptr().cast()) };
+                done = blocks * 16;
+            }
+            for c in 0..cols {
+                let row = &rows[(first + c) * row_bytes + done * 4..(first + c + 1) * row_bytes];
                 let pairs = row.chunks_exact(4);
                 let tail = pairs.remainder();
-                let mut t = 0;
-                for (pair, dst) in pairs.zip(panel[c * 2..].chunks_mut(PANEL * 2)) {
+                let mut t = done;
+                let from = ((done * PANEL + c) * 2).min(panel.len());
+                for (pair, dst) in pairs.zip(panel[from..].chunks_mut(PANEL * 2)) {
                     dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
                     dst[1] = u16::from_le_bytes([pair[2], pair[3]]);
                     t += 1;

@@ -249,3 +249,52 @@ dispatch!(dp_bf16, dp_bf16_tile, u32, u16);
 dispatch!(dp_q8, dp_q8_tile, u32, i8);
 dispatch!(fma_bf16, fma_bf16_tile, f32, u16);
 dispatch!(fma_q8, fma_q8_tile, f32, i8);
+
+/// Lays out pairs `0..16 * blocks` of up to 16 bf16 rows as one panel's pairs: `dst[t * 16 + c]`
+/// (a u32, two bf16) = pair `t` of row `c` (rows from `cols` on are zeros). One 16 x 16
+/// transpose of 32-bit pairs per block, in registers.
+///
+/// # Safety
+/// AVX-512F present; row `c < cols` has `64 * blocks` readable bytes at `rows + c * row_bytes`;
+/// `dst` has `256 * blocks` writable u32.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn stage_pairs(rows: *const u8, row_bytes: usize, cols: usize, blocks: usize, dst: *mut u32) {
+    unsafe {
+        for b in 0..blocks {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (c, x) in r.iter_mut().enumerate().take(cols) {
+                *x = _mm512_loadu_si512(rows.add(c * row_bytes + b * 64) as *const _);
+            }
+            // 32-bit interleave of row pairs, then 64-bit of those: register 4j + c holds, in
+            // lane L, pair 4L + c of rows 4j..4j + 4.
+            let mut a = [_mm512_setzero_si512(); 16];
+            for i in 0..8 {
+                a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            let mut q = [_mm512_setzero_si512(); 16];
+            for j in 0..4 {
+                q[4 * j] = _mm512_unpacklo_epi64(a[4 * j], a[4 * j + 2]);
+                q[4 * j + 1] = _mm512_unpackhi_epi64(a[4 * j], a[4 * j + 2]);
+                q[4 * j + 2] = _mm512_unpacklo_epi64(a[4 * j + 1], a[4 * j + 3]);
+                q[4 * j + 3] = _mm512_unpackhi_epi64(a[4 * j + 1], a[4 * j + 3]);
+            }
+            // Lane L of the four row groups side by side: pair 4L + c of all 16 rows.
+            for c in 0..4 {
+                let s0 = _mm512_shuffle_i32x4::<0x44>(q[c], q[4 + c]);
+                let s1 = _mm512_shuffle_i32x4::<0xEE>(q[c], q[4 + c]);
+                let s2 = _mm512_shuffle_i32x4::<0x44>(q[8 + c], q[12 + c]);
+                let s3 = _mm512_shuffle_i32x4::<0xEE>(q[8 + c], q[12 + c]);
+                let out = [
+                    _mm512_shuffle_i32x4::<0x88>(s0, s2),
+                    _mm512_shuffle_i32x4::<0xDD>(s0, s2),
+                    _mm512_shuffle_i32x4::<0x88>(s1, s3),
+                    _mm512_shuffle_i32x4::<0xDD>(s1, s3),
+                ];
+                for (l, v) in out.into_iter().enumerate() {
+                    _mm512_storeu_si512(dst.add((b * 16 + 4 * l + c) * 16) as *mut _, v);
+                }
+            }
+        }
+    }
+}

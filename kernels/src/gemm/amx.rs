@@ -1,0 +1,147 @@
+//! AMX-BF16 tiles (`tdpbf16ps`). The panels' pair layout is AMX's own weight layout: a panel's
+//! pair `t` is one 64-byte tile row (16 outputs x 2 k), so 16 consecutive pairs of a panel are
+//! one 16 x 32 weight tile read in place. Activations are bf16 rows (k padded to 32 with
+//! zeros), 16 rows a tile. One step multiplies two activation tiles by two weight tiles into
+//! four f32 accumulator tiles: 32 rows x 32 outputs.
+
+use super::PANEL;
+use std::arch::asm;
+
+/// Pairs of k in one tile (32 k).
+pub const PAIRS: usize = 16;
+/// Rows of one step (two activation tiles).
+pub const ROWS: usize = 32;
+
+/// Whether the CPU has AMX-TILE and AMX-BF16 and the OS lets this process use the tile data
+/// (Linux grants it per process on request: `arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`; until then the first tile instruction faults).
+pub fn usable() -> bool {
+    // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that can run this code.
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+    let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+    if !(amx_bf16 && amx_tile) {
+        return false;
+    }
+    request_tile_data()
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this code only changes the process's permitted XSAVE features;
+    // it reads no memory of ours.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// Palette 1 with tiles 0..8 all 16 rows x 64 bytes: `tmm0..3` accumulators, `tmm4, 5`
+/// activations, `tmm6, 7` weights.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Loads the tile configuration on this thread; [`release`] undoes it.
+///
+/// # Safety
+/// [`usable`] returned true in this process.
+pub unsafe fn configure() {
+    let mut config =
+        TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    for t in 0..8 {
+        config.colsb[t] = 64;
+        config.rows[t] = 16;
+    }
+    // SAFETY: the configuration is 64 valid bytes, and the caller checked AMX is usable.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+}
+
+/// Returns the tiles to their initial state (so context switches do not save them).
+///
+/// # Safety
+/// As [`configure`].
+pub unsafe fn release() {
+    // SAFETY: valid whenever AMX is usable.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Zeroes the four accumulator tiles.
+///
+/// # Safety
+/// [`configure`] ran on this thread.
+pub unsafe fn zero() {
+    // SAFETY: tile instructions on the caller's configured tiles.
+    unsafe {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+    };
+}
+
+/// Accumulates `A · B` over `blocks` of 32 k: `a` points to 32 bf16 rows `lda` elements apart,
+/// `b0` and `b1` to two panels' runs of `blocks * 16` pairs (64 bytes a pair).
+///
+/// # Safety
+/// [`configure`] ran on this thread; the pointers cover what is described above.
+pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u16, blocks: usize) {
+    let stride_a = lda * 2;
+    let stride_b = PANEL * 2 * 2;
+    for kb in 0..blocks {
+        // SAFETY: tile loads and products on the caller's configured tiles, reading the
+        // ranges the caller vouches for.
+        unsafe {
+            let a0 = a.add(kb * 32);
+            let a1 = a0.add(16 * lda);
+            let w0 = b0.add(kb * PAIRS * PANEL * 2);
+            let w1 = b1.add(kb * PAIRS * PANEL * 2);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{w0} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{w1} + {sb}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                w0 = in(reg) w0,
+                w1 = in(reg) w1,
+                sa = in(reg) stride_a,
+                sb = in(reg) stride_b,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
+/// Stores the accumulators to `out`: 32 rows of 32 f32.
+///
+/// # Safety
+/// [`configure`] ran on this thread.
+pub unsafe fn store(out: &mut [f32; ROWS * 32]) {
+    let out = out.as_mut_ptr();
+    // SAFETY: four 16 x 16 f32 tiles into the four quarters of `out`, 128 bytes a row.
+    unsafe {
+        asm!(
+            "tilestored [{o0} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            "tilestored [{o2} + {s}*1], tmm2",
+            "tilestored [{o3} + {s}*1], tmm3",
+            o0 = in(reg) out,
+            o1 = in(reg) out.add(16),
+            o2 = in(reg) out.add(16 * 32),
+            o3 = in(reg) out.add(16 * 32 + 16),
+            s = in(reg) 32usize * 4,
+            options(nostack),
+        );
+    }
+}
