@@ -189,10 +189,12 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("vlm-zoo")))
 }
 
-/// What identifies this CPU to the cache: its model name and the kernels it can run.
+/// What identifies this CPU to the cache: its model name, the kernels it can run, and the build.
 fn cpu_key(has: &[Kernel]) -> String {
     let names: Vec<&str> = has.iter().map(|k| k.name()).collect();
-    let key = format!("{} [{}] v{}", cpu_name(), names.join(","), env!("CARGO_PKG_VERSION"));
+    // A debug build's kernels run at other relative speeds than a release build's.
+    let build = if cfg!(debug_assertions) { " debug" } else { "" };
+    let key = format!("{} [{}] v{}{build}", cpu_name(), names.join(","), env!("CARGO_PKG_VERSION"));
     key.replace(['\t', '\n'], " ")
 }
 
@@ -300,8 +302,11 @@ fn measure(has: &[Kernel]) -> (Kernel, Kernel, String) {
         candidates.clone()
     };
     let gemm = best(&small, 128, 3, &gemm_list);
+    // The first listed within 5% of the fastest: a tie goes to the kernel that keeps f32
+    // activations (listed first), not to measurement noise.
     let fastest = |times: &[(Kernel, f64)]| {
-        times.iter().copied().fold((times[0].0, f64::MAX), |b, x| if x.1 < b.1 { x } else { b }).0
+        let best = times.iter().map(|t| t.1).fold(f64::MAX, f64::min);
+        times.iter().find(|t| t.1 <= best * 1.05).map_or(times[0].0, |t| t.0)
     };
     let show = |times: &[(Kernel, f64)]| {
         times.iter().map(|(k, t)| format!("{} {:.2} ms", k.name(), t * 1e3)).collect::<Vec<_>>().join(", ")
