@@ -394,7 +394,31 @@ def main(wanted):
             images=[imgs[0], imgs[1], imgs[4]], texts=texts, max_num_patches=24)
     if want("hub-open-clip"):
         open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
+    if want("text-mask"):
+        for name in ["hub-siglip-base", "hub-siglip2"]:
+            text_mask_reference(name)
     print("hub fixtures written to", FIX)
+
+
+def text_mask_reference(name):
+    """Both SigLIP text-mask conventions on a committed folder (`--text-mask on|off`): the text
+    tower with the padding mask the tokenizer gives when asked for one, and without any. Reads
+    only the committed files, so it reproduces whatever else the folder holds."""
+    from transformers import AutoModel, AutoTokenizer
+    out = FIX / name
+    texts = json.loads((out / "reference.json").read_text())["texts"]
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModel.from_pretrained(out).eval()
+    length = model.config.text_config.max_position_embeddings
+    enc = tok(texts, padding="max_length", truncation=True, max_length=length, return_attention_mask=True,
+              return_tensors="pt")
+    with torch.no_grad():
+        on = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        off = model.get_text_features(input_ids=enc["input_ids"])
+    on, off = (getattr(t, "pooler_output", t) for t in (on, off))
+    ref = {"input_ids": enc["input_ids"].to(torch.int64), "attention_mask": enc["attention_mask"].to(torch.int64),
+           "text_embeds_on": on / on.norm(dim=-1, keepdim=True), "text_embeds_off": off / off.norm(dim=-1, keepdim=True)}
+    save_file({k: v.contiguous() for k, v in ref.items()}, out / "reference-text-mask.safetensors")
 
 
 def siglip_fixtures(imgs, texts):
@@ -421,4 +445,4 @@ def siglip_fixtures(imgs, texts):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip; none: all
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip, text-mask; none: all

@@ -50,6 +50,40 @@ pub struct ModelArgs {
     pub model: ModelSource,
 }
 
+/// `--text-mask`: whether a SigLIP text tower sees the padding mask.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextMaskArgs {
+    /// Whether SigLIP text towers see the padding mask: auto (what transformers 5's documented
+    /// call does with this tokenizer: on when it returns an attention_mask, i.e. Gemma/SigLIP 2
+    /// and tokenizer.json-backed tokenizers; off for SiglipTokenizer, as the google/siglip-*
+    /// repositories and big_vision), on, or off. CLIP always masks.
+    #[arg(long = "text-mask", value_enum, default_value_t = TextMaskArg::Auto)]
+    pub text_mask: TextMaskArg,
+}
+
+/// The values of `--text-mask`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TextMaskArg {
+    /// The tokenizer's own rule (transformers 5's documented call).
+    #[default]
+    Auto,
+    /// Always mask the padding.
+    On,
+    /// Never mask it.
+    Off,
+}
+
+impl TextMaskArgs {
+    /// The library's value.
+    pub fn mask(&self) -> zoo_nn::TextMask {
+        match self.text_mask {
+            TextMaskArg::Auto => zoo_nn::TextMask::Auto,
+            TextMaskArg::On => zoo_nn::TextMask::On,
+            TextMaskArg::Off => zoo_nn::TextMask::Off,
+        }
+    }
+}
+
 /// `--device`: where a command computes.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct DeviceArgs {
@@ -78,7 +112,9 @@ pub struct ComputeArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Compute dtype: f32, bf16, f16 or q8. On the CPU, bf16 and q8 keep the Linear weights
-    /// packed in bf16 or int8 (per-output scales) for the host kernels, activations in f32;
+    /// packed in bf16 or int8 (per-output scales) for the host kernels, activations in f32
+    /// (rounded to bf16 at the products where the kernel measured fastest on this CPU does so:
+    /// AMX, AVX512-BF16);
     /// on CUDA (and f16 on flex) bf16/f16 compute in that dtype. q8 runs on the CPU only.
     #[arg(long, default_value = "f32")]
     pub dtype: String,

@@ -142,9 +142,12 @@ pub fn contrastive(
     };
     tok_config["processor_class"] = json!(processor);
     if let ModelConfig::Siglip(_) | ModelConfig::Siglip2(_) = config {
-        // SigLIP's text tower attends to its padding (it was trained so, and pools the last
-        // position): its tokenizer gives no attention mask, as the hub's SiglipTokenizer.
-        tok_config["model_input_names"] = json!(["input_ids"]);
+        // SigLIP pools the last position, so the mask matters: the tokenizer returns one exactly
+        // when training used it (zoo_nn::TextMask's rule), and transformers' documented call
+        // then passes what vlm-zoo's zero-shot does.
+        let masked = zoo_nn::TextTokenizer::from_dir(tok_dir)?.text_mask();
+        tok_config["model_input_names"] =
+            if masked { json!(["input_ids", "attention_mask"]) } else { json!(["input_ids"]) };
     }
     folder.json("tokenizer_config.json", &tok_config)?;
     let mut pre_json = serde_json::to_value(proc).map_err(|e| NnError::Config(e.to_string()))?;

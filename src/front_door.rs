@@ -51,6 +51,15 @@ impl Model {
         }
     }
 
+    /// This model with the SigLIP text mask chosen by `mask` (`--text-mask`; a model that
+    /// generates is unchanged).
+    pub fn with_text_mask(self, mask: zoo_nn::TextMask) -> Self {
+        match self {
+            Self::Scorer(s) => Self::Scorer(s.with_text_mask(mask)),
+            generator => generator,
+        }
+    }
+
     /// The family.
     pub fn family(&self) -> Family {
         match self {

@@ -1,11 +1,13 @@
 //! `vlm-zoo zero-shot`: image-text scores from a SigLIP or CLIP checkpoint folder.
 
-use crate::args::{ComputeArgs, ModelArgs};
+use crate::args::{ComputeArgs, ModelArgs, TextMaskArgs};
 use crate::models::{Family, ModelConfig, Towers};
 use burn::prelude::*;
 use std::path::{Path, PathBuf};
 use zoo_nn::host::rows;
-use zoo_nn::{Compute, ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextTokenizer};
+use zoo_nn::{
+    Compute, ContrastiveModel, ImageProcessor, NnError, PreprocessorConfig, Result, TextMask, TextTokenizer,
+};
 
 /// `vlm-zoo zero-shot`'s options.
 #[derive(clap::Args, Debug, Clone)]
@@ -22,6 +24,9 @@ pub struct ZeroShotArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The SigLIP text mask.
+    #[command(flatten)]
+    pub text_mask: TextMaskArgs,
     /// Device and dtype.
     #[command(flatten)]
     pub compute: ComputeArgs,
@@ -31,7 +36,13 @@ impl ZeroShotArgs {
     /// Scores the images against the texts.
     pub fn run(&self) -> Result<ZeroShot> {
         let compute = self.compute.compute()?;
-        zero_shot(&self.model.model.resolve()?, &self.images, &self.texts, &compute)
+        zero_shot_with(
+            &self.model.model.resolve()?,
+            &self.images,
+            &self.texts,
+            &compute,
+            self.text_mask.mask(),
+        )
     }
 }
 
@@ -74,13 +85,24 @@ fn processor(dir: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Resul
 
 /// Scores `images` against `texts` with the SigLIP or CLIP model in `dir`.
 pub fn zero_shot(dir: &Path, images: &[PathBuf], texts: &[String], compute: &Compute) -> Result<ZeroShot> {
+    zero_shot_with(dir, images, texts, compute, TextMask::Auto)
+}
+
+/// [`zero_shot`] with the SigLIP text mask chosen by `text_mask` (`--text-mask`).
+pub fn zero_shot_with(
+    dir: &Path,
+    images: &[PathBuf],
+    texts: &[String],
+    compute: &Compute,
+    text_mask: TextMask,
+) -> Result<ZeroShot> {
     if images.is_empty() {
         return Err(NnError::Config("zero-shot needs at least one --image".into()));
     }
     if texts.is_empty() {
         return Err(NnError::Config("zero-shot needs at least one --text".into()));
     }
-    let scorer = Scorer::load(dir, compute)?;
+    let scorer = Scorer::load(dir, compute)?.with_text_mask(text_mask);
     let decoded = images.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
     scorer.score(&decoded, texts)
 }
@@ -127,6 +149,17 @@ impl Scorer {
         };
         let kind = family.model_type().to_string();
         Ok(Self { kind, family, dir: dir.to_path_buf(), model, inputs, tok, device, notes })
+    }
+
+    /// This scorer with the SigLIP text mask chosen by `mask` (see [`TextMask`]).
+    pub fn with_text_mask(mut self, mask: TextMask) -> Self {
+        self.tok = self.tok.with_text_mask(mask);
+        self
+    }
+
+    /// Whether SigLIP's text tower sees the padding mask.
+    pub fn text_mask(&self) -> bool {
+        self.tok.text_mask()
     }
 
     fn model(&self) -> &dyn ContrastiveModel {

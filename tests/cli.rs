@@ -896,6 +896,52 @@ fn hub_shaped_folders_equal_transformers() {
     }
 }
 
+/// `--text-mask on|off` equal transformers' text tower with and without the padding mask on a
+/// SiglipTokenizer folder (auto = off: the tokenizer returns no mask) and a SigLIP 2 Gemma one
+/// (auto = on); the defaults are checked against reference.safetensors above.
+#[test]
+fn text_mask_on_and_off_equal_transformers_both_ways() {
+    for name in ["hub-siglip-base", "hub-siglip2"] {
+        let dir = fixtures().join(name);
+        let r = Reference::read(&dir.join("reference-text-mask.safetensors"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let img = fixtures().join("images/rgb_64x48.png");
+        for mask in ["on", "off"] {
+            let mut args =
+                vec!["zero-shot", "--model", dir.to_str().unwrap(), "--image", img.to_str().unwrap()];
+            for t in meta["texts"].as_array().unwrap() {
+                args.extend(["--text", t.as_str().unwrap()]);
+            }
+            args.extend(["--json", "--text-mask", mask]);
+            let (ok, stdout, stderr) = vlm_zoo(&args);
+            assert!(ok, "{stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let got: Vec<f32> = v["text_embeds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+                .collect();
+            let want = r.f32(&format!("text_embeds_{mask}"));
+            assert_slices_close(&got, &want, PARITY_TOL, &format!("{name} --text-mask {mask}"));
+        }
+    }
+    let dir = fixtures().join("hub-siglip-base");
+    let (ok, _, stderr) = vlm_zoo(&[
+        "zero-shot",
+        "--model",
+        dir.to_str().unwrap(),
+        "--image",
+        "x",
+        "--text",
+        "a",
+        "--text-mask",
+        "maybe",
+    ]);
+    assert!(!ok && stderr.contains("maybe") && stderr.contains("auto") && stderr.contains("off"), "{stderr}");
+}
+
 #[test]
 fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
     // openai/clip-vit-base-patch32 as older mirrors have it: pytorch_model.bin, no safetensors.

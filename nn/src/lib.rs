@@ -60,7 +60,7 @@ pub mod train;
 
 pub use contrastive::ContrastiveModel;
 pub use data::image::{ImageProcessor, PreprocessorConfig, open_image};
-pub use data::text::{Encoded, Padding, TextBatch, TextTokenizer};
+pub use data::text::{Encoded, Padding, TextBatch, TextMask, TextTokenizer};
 pub use device::{Compute, device_with_dtype, parse_device, parse_dtype};
 pub use error::{NnError, Result};
 pub use generate::{

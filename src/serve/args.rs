@@ -17,6 +17,9 @@ pub struct ServeArgs {
     /// Device and dtype.
     #[command(flatten)]
     pub compute: ComputeArgs,
+    /// The SigLIP text mask.
+    #[command(flatten)]
+    pub text_mask: crate::args::TextMaskArgs,
     /// Most requests run as one batch.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,

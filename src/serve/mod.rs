@@ -63,6 +63,7 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
     }
     let dir = args.model.resolve()?;
     let compute = args.compute.compute()?;
+    let text_mask = args.text_mask.mask();
     let seg = zoo_paligemma::segment::find_seg_model(
         args.seg_model.as_deref(),
         &dir,
@@ -78,7 +79,7 @@ pub fn serve(args: &ServeArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> z
         .name("vlm-zoo-model".into())
         .spawn(move || {
             // The one registry picks the family (the mask decoder matters to PaliGemma only).
-            let loaded = Model::load_dir(&dir, &compute, seg.as_deref());
+            let loaded = Model::load_dir(&dir, &compute, seg.as_deref()).map(|m| m.with_text_mask(text_mask));
             match loaded {
                 Ok(l) => {
                     let facts = match &l {

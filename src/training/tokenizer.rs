@@ -63,8 +63,11 @@ pub fn train_tokenizer(captions: &[String], vocab_size: usize, arch: Arch, dir: 
     let path = dir.join("tokenizer.json");
     tok.save(&path, false).map_err(|e| err(e.to_string()))?;
     let config = match arch {
+        // SigLIP trains as big_vision does, attending to its padding: the tokenizer returns no
+        // attention_mask (zoo_nn::TextMask's rule reads this).
         Arch::Siglip => serde_json::json!({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
-                                           "tokenizer_class": "PreTrainedTokenizerFast"}),
+                                           "tokenizer_class": "PreTrainedTokenizerFast",
+                                           "model_input_names": ["input_ids"]}),
         Arch::Clip => serde_json::json!({"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
                                          "bos_token": "<|startoftext|>", "unk_token": "<|endoftext|>",
                                          "tokenizer_class": "PreTrainedTokenizerFast"}),

@@ -16,6 +16,56 @@ pub enum Padding {
     Longest(usize),
 }
 
+/// Whether a SigLIP text tower sees the padding mask (`--text-mask`). CLIP always masks (its
+/// text tower is causal and pools at the end-of-text token); SigLIP's pools the last position,
+/// so whether the padding positions are attended to changes its embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextMask {
+    /// What transformers 5's documented call does with the folder's tokenizer
+    /// (`model(**processor(text=..., padding="max_length"))`): the mask goes in exactly when the
+    /// tokenizer returns an `attention_mask`, which `model_input_names` in tokenizer_config.json
+    /// says, or else its class (`SiglipTokenizer`: no, as the google/siglip-* repositories and
+    /// big_vision's training; Gemma / Siglip2 and every tokenizer.json-backed class: yes).
+    #[default]
+    Auto,
+    /// Always mask the padding.
+    On,
+    /// Never: the text tower attends to its padding (big_vision's convention).
+    Off,
+}
+
+impl TextMask {
+    /// `auto`, `on` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TextMask::Auto => "auto",
+            TextMask::On => "on",
+            TextMask::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for TextMask {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(TextMask::Auto),
+            "on" => Ok(TextMask::On),
+            "off" => Ok(TextMask::Off),
+            _ => Err(format!("'{s}' is not a text mask (expected auto, on or off)")),
+        }
+    }
+}
+
+/// Whether transformers 5's tokenizer for this tokenizer_config.json returns an
+/// `attention_mask` (see [`TextMask::Auto`]).
+fn returns_attention_mask(config: &serde_json::Value) -> bool {
+    match config.get("model_input_names").and_then(|v| v.as_array()) {
+        Some(names) => names.iter().any(|n| n.as_str() == Some("attention_mask")),
+        None => config.get("tokenizer_class").and_then(|c| c.as_str()) != Some("SiglipTokenizer"),
+    }
+}
+
 /// A batch of token ids with its padding mask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -35,9 +85,8 @@ pub struct TextBatch {
     /// `[B][L]`, `true` for real tokens (CLIP masks padding; SigLIP attends to every position,
     /// padding included, unless `attention_mask` says the tokenizer hands the mask on).
     pub mask: Vec<Vec<bool>>,
-    /// Whether transformers' tokenizer returns an `attention_mask` that models without a
-    /// mandatory one (SigLIP) receive: true for SigLIP 2's Gemma tokenizers, false for
-    /// `SiglipTokenizer` and the tokenizers vlm-zoo's fixtures and training write.
+    /// Whether models without a mandatory mask (SigLIP) receive it: the tokenizer's
+    /// [`TextMask`] rule.
     pub attention_mask: bool,
 }
 
@@ -76,6 +125,8 @@ pub struct TextTokenizer {
     pad_left: bool,
     /// The padding mask goes to every model (see [`TextBatch::attention_mask`]).
     attention_mask: bool,
+    /// What [`TextMask::Auto`] gives for this tokenizer.
+    returns_mask: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -127,8 +178,17 @@ impl TextTokenizer {
         // SiglipTokenizer lowercases and strips punctuation before SentencePiece.
         let canonicalize = config.get("tokenizer_class").and_then(|c| c.as_str()) == Some("SiglipTokenizer")
             && config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
-        let attention_mask = matches!(class, "Siglip2Tokenizer" | "GemmaTokenizer" | "GemmaTokenizerFast");
-        Ok(Self { tokenizer, path, pad_id, canonicalize, spm: None, pad_left, attention_mask })
+        let returns_mask = returns_attention_mask(&config);
+        Ok(Self {
+            tokenizer,
+            path,
+            pad_id,
+            canonicalize,
+            spm: None,
+            pad_left,
+            attention_mask: returns_mask,
+            returns_mask,
+        })
     }
 
     /// A folder without tokenizer.json: its SentencePiece model, for the tokenizer classes whose
@@ -180,8 +240,24 @@ impl TextTokenizer {
             canonicalize: false,
             spm: Some(spm),
             pad_left: false,
-            attention_mask: false,
+            attention_mask: returns_attention_mask(config),
+            returns_mask: returns_attention_mask(config),
         })
+    }
+
+    /// This tokenizer with the padding mask given to SigLIP text towers as `mask` says.
+    pub fn with_text_mask(mut self, mask: TextMask) -> Self {
+        self.attention_mask = match mask {
+            TextMask::Auto => self.returns_mask,
+            TextMask::On => true,
+            TextMask::Off => false,
+        };
+        self
+    }
+
+    /// Whether SigLIP text towers receive the padding mask from this tokenizer's batches.
+    pub fn text_mask(&self) -> bool {
+        self.attention_mask
     }
 
     /// The tokenizer file (tokenizer.json, or the SentencePiece model).
@@ -303,5 +379,27 @@ impl TextTokenizer {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| NnError::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mask rule: `model_input_names` when given, else the class (SiglipTokenizer: none).
+    #[test]
+    fn the_text_mask_follows_model_input_names_then_the_class() {
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert!(!returns_attention_mask(&json(r#"{"tokenizer_class": "SiglipTokenizer"}"#)));
+        assert!(returns_attention_mask(&json(r#"{"tokenizer_class": "GemmaTokenizerFast"}"#)));
+        assert!(returns_attention_mask(&json(r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#)));
+        assert!(returns_attention_mask(&serde_json::Value::Null));
+        let names = r#"{"tokenizer_class": "Siglip2Tokenizer", "model_input_names": ["input_ids"]}"#;
+        assert!(!returns_attention_mask(&json(names)));
+        let names =
+            r#"{"tokenizer_class": "SiglipTokenizer", "model_input_names": ["input_ids", "attention_mask"]}"#;
+        assert!(returns_attention_mask(&json(names)));
+        assert_eq!("on".parse::<TextMask>(), Ok(TextMask::On));
+        assert!("maybe".parse::<TextMask>().unwrap_err().contains("auto, on or off"));
     }
 }
