@@ -394,10 +394,32 @@ def main(wanted):
             images=[imgs[0], imgs[1], imgs[4]], texts=texts, max_num_patches=24)
     if want("hub-open-clip"):
         open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
+    if want("open-clip-bpe"):
+        open_clip_bpe_corpus()
     if want("text-mask"):
         for name in ["hub-siglip-base", "hub-siglip2"]:
             text_mask_reference(name)
     print("hub fixtures written to", FIX)
+
+
+def open_clip_bpe_corpus():
+    """open_clip's default tokenizer (SimpleTokenizer over bpe_simple_vocab_16e6, ftfy and HTML
+    cleaning, lower-casing) on the corpus plus curly quotes, ligatures, HTML entities and a text
+    longer than the context: the ids vlm-zoo's built-in copy must give for OpenCLIP repositories
+    without tokenizer.json (apple/DFN*, many laion exports)."""
+    import open_clip
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    extra = ["\u201ccurly\u201d \u2018quotes\u2019 and an apostrophe\u2019s", "the \ufb01rst \ufb02oor, e\ufb00ort",
+             "fish &amp; chips &lt;3 &#39;quoted&#39; &quot;x&quot;", "it's we're they've I'm we'll he'd IT'S",
+             "snake_case and kebab-case and CamelCase", "x " * 100]
+    texts = CORPUS + extra
+    out = FIX / "open-clip-bpe"
+    out.mkdir(parents=True, exist_ok=True)
+    ids = tok(texts).tolist()  # [sot] + tokens + [eot], truncated to 77 (eot last), zero-padded
+    ids = [row[:max(i for i, v in enumerate(row) if v) + 1] for row in ids]
+    (out / "corpus.json").write_text(json.dumps(
+        {"open_clip": open_clip.__version__, "context_length": 77, "texts": texts, "ids": ids},
+        ensure_ascii=False, indent=0))
 
 
 def text_mask_reference(name):
@@ -445,4 +467,4 @@ def siglip_fixtures(imgs, texts):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip, text-mask; none: all
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip, open-clip-bpe, text-mask; none: all

@@ -957,6 +957,28 @@ fn pytorch_bin_only_repos_load_and_bad_bins_are_named() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+/// An OpenCLIP export without tokenizer.json (apple/DFN*, many laion repos) tokenises with
+/// open_clip's built-in BPE (its ids: zoo-nn's corpus test); this fixture's 300-token vocabulary
+/// is too small for it, which is named. A config naming another tokenizer is named too.
+#[test]
+fn open_clip_repos_without_tokenizer_json_use_the_built_in_bpe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir =
+        fixture_copy("hub-open-clip", &tmp.path().join("oc"), &["tokenizer.json", "tokenizer_config.json"]);
+    let (ok, _, stderr) = zero_shot_one(&dir);
+    assert!(!ok && stderr.contains("49408 tokens") && stderr.contains("vocab_size is 300"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    edit_json(&dir.join("open_clip_config.json"), |v| {
+        v["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP".into()
+    });
+    let (ok, _, stderr) = zero_shot_one(&dir);
+    assert!(
+        !ok && stderr.contains("open_clip_config.json") && stderr.contains("timm/ViT-B-16-SigLIP"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn open_clip_variants_not_mapped_are_named() {
     let tmp = tempfile::tempdir().unwrap();

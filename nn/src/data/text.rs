@@ -127,6 +127,8 @@ pub struct TextTokenizer {
     attention_mask: bool,
     /// What [`TextMask::Auto`] gives for this tokenizer.
     returns_mask: bool,
+    /// Texts cleaned as open_clip's `basic_clean` does (its built-in tokenizer).
+    open_clip_clean: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -151,6 +153,9 @@ impl TextTokenizer {
             serde_json::Value::Null
         };
         let path = dir.join("tokenizer.json");
+        if !path.is_file() && dir.join("open_clip_config.json").is_file() {
+            return Self::from_open_clip(dir);
+        }
         if !path.is_file() {
             return Self::from_sentencepiece(dir, &config);
         }
@@ -188,6 +193,44 @@ impl TextTokenizer {
             pad_left,
             attention_mask: returns_mask,
             returns_mask,
+            open_clip_clean: false,
+        })
+    }
+
+    /// An OpenCLIP export without tokenizer.json: open_clip's default tokenizer, built in
+    /// ([`crate::data::open_clip_bpe`]), unless its config names another one.
+    fn from_open_clip(dir: &Path) -> Result<Self> {
+        let path = dir.join("open_clip_config.json");
+        let config: serde_json::Value = crate::load::read_json(&path)?;
+        let text_cfg = &config["model_cfg"]["text_cfg"];
+        let other = |key: &str, why: String| NnError::Tokenizer {
+            path: path.clone(),
+            reason: format!(
+                "model_cfg.text_cfg.{key} {why}: vlm-zoo has open_clip's default tokenizer only (bpe_simple_vocab_16e6); add the repository's tokenizer.json"
+            ),
+        };
+        if let Some(name) =
+            text_cfg.get("hf_tokenizer_name").and_then(|v| v.as_str()).filter(|s| !s.is_empty())
+        {
+            return Err(other("hf_tokenizer_name", format!("names the tokenizer '{name}'")));
+        }
+        if let Some(kwargs) = text_cfg.get("tokenizer_kwargs").filter(|v| !v.is_null()) {
+            let clean = kwargs.get("clean").and_then(|v| v.as_str()).unwrap_or("lower");
+            if clean != "lower" || kwargs.get("reduction_mask").is_some_and(|v| !v.is_null()) {
+                return Err(other("tokenizer_kwargs", format!("asks for {kwargs}")));
+            }
+        }
+        Ok(Self {
+            tokenizer: crate::data::open_clip_bpe::tokenizer()?,
+            path,
+            // open_clip pads with 0 to the context length.
+            pad_id: Some(0),
+            canonicalize: false,
+            spm: None,
+            pad_left: false,
+            open_clip_clean: true,
+            attention_mask: true,
+            returns_mask: true,
         })
     }
 
@@ -242,6 +285,7 @@ impl TextTokenizer {
             pad_left: false,
             attention_mask: returns_attention_mask(config),
             returns_mask: returns_attention_mask(config),
+            open_clip_clean: false,
         })
     }
 
@@ -293,7 +337,9 @@ impl TextTokenizer {
     }
 
     fn prepare(&self, text: &str) -> String {
-        if self.canonicalize {
+        if self.open_clip_clean {
+            crate::data::open_clip_bpe::clean(text)
+        } else if self.canonicalize {
             text.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect()
         } else {
             text.to_string()
