@@ -6,6 +6,10 @@ step reads / the read bandwidth measured in the same run). Ratios read "vlm-zoo'
 (> 1: vlm-zoo is faster; for times that is PyTorch's time / vlm-zoo's), and for memory
 "vlm-zoo's / PyTorch's" (< 1: vlm-zoo uses less).
 
+Rows of `scripts/bench_llama_cpp.sh` (labels "llama.cpp ...") make a second table: for each of
+its benchmarks and weight formats, vlm-zoo's prefill and decode tokens/s beside llama.cpp's in
+the same format (bf16 beside bf16, q8 beside Q8_0), with the ratio "vlm-zoo / llama.cpp".
+
     python scripts/bench_table.py bench.jsonl
 """
 import json
@@ -42,12 +46,17 @@ def bound(r):
     return r["decode_tok_s"] / (bandwidth * 1e9 / r["decode_weight_bytes"])
 
 
-print("| benchmark | metric | vlm-zoo | PyTorch best | ratio |")
-print("|---|---|---|---|---|")
-for bench, runs in by_bench.items():
+def pytorch_table():
+    print("| benchmark | metric | vlm-zoo | PyTorch best | ratio |")
+    print("|---|---|---|---|---|")
+    for bench, runs in by_bench.items():
+        pytorch_rows(bench, runs)
+
+
+def pytorch_rows(bench, runs):
     torch = {label[len("pytorch"):].strip() or "f32": r for label, r in runs.items() if label.startswith("pytorch")}
     if not torch:
-        continue
+        return
     best = {}  # metric -> (value, dtype), PyTorch's best
     for dtype, r in torch.items():
         for name, v, kind in metrics(r):
@@ -71,3 +80,45 @@ for bench, runs in by_bench.items():
             ratio = v / t[0] if kind in ("speed", "mem") else t[0] / v
             fmt = (lambda x: f"{x:.0f}") if kind == "mem" else (lambda x: f"{x:.3g}")
             print(f"| {bench} | {label}: {name} | {fmt(v)} | {fmt(t[0])} ({t[1]}) | {ratio:.2f}x |")
+
+
+# The llama.cpp comparison: its labels name the format ("llama.cpp bf16", "llama.cpp q8_0"),
+# paired with the vlm-zoo label of the same weight format.
+PAIRS = [("bf16", "vlm-zoo flex bf16", "llama.cpp bf16"), ("q8 / Q8_0", "vlm-zoo flex q8", "llama.cpp q8_0")]
+
+
+def llama_cpp_table():
+    setup = by_bench.get("llama.cpp", {}).get("setup")
+    if setup:
+        feats = ", ".join(f for f in ("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni") if setup.get(f))
+        print(f"{setup['llama_cpp']}; llama-bench -t {setup['threads']} -r {setup['reps']}; "
+              f"CPU: {setup['cpu']} ({feats or 'none of avx512_bf16, amx_bf16, amx_int8, avx512_vnni'})\n")
+    print("| benchmark | weights | metric | vlm-zoo | llama.cpp | ratio |")
+    print("|---|---|---|---|---|---|")
+    for bench, runs in by_bench.items():
+        for fmt, ours_label, theirs_label in PAIRS:
+            ours, theirs = runs.get(ours_label), runs.get(theirs_label)
+            if not ours or not theirs:
+                continue
+            n = theirs["prompt_tokens"]
+            if ours["prompt_tokens"] != n:  # not the same benchmark: say so rather than compare
+                print(f"| {bench} | {fmt} | prompt tokens differ | {ours['prompt_tokens']} | {n} | |")
+                continue
+            for name, key in ((f"prefill of {n} tokens (tokens/s)", "prefill"), ("decode (tokens/s)", "decode")):
+                a, b = rate(ours, key), rate(theirs, key)
+                print(f"| {bench} | {fmt} | {name} | {a:.3g} | {b:.3g} | {a / b:.2f}x |")
+
+
+def rate(r, key):
+    """Tokens/s of prefill (prompt tokens over the time to the first token) or of decode."""
+    return r["prompt_tokens"] / r["prefill_s"] if key == "prefill" else r["decode_tok_s"]
+
+
+has_llama_cpp = any(label.startswith("llama.cpp") for runs in by_bench.values() for label in runs)
+has_pytorch = any(label.startswith("pytorch") for runs in by_bench.values() for label in runs)
+if has_pytorch or not has_llama_cpp:
+    pytorch_table()
+if has_llama_cpp:
+    if has_pytorch:
+        print()
+    llama_cpp_table()

@@ -2,6 +2,7 @@
 """Random-weight models of real shapes for benchmarks (not committed; nothing downloaded).
 
     python scripts/make_bench_models.py gemma-100m OUT_DIR     # Gemma-shaped, ~100M parameters, F32
+    python scripts/make_bench_models.py gemma-2b OUT_DIR       # PaliGemma-3B's decoder (2.5B), BF16 files
     python scripts/make_bench_models.py paligemma-3b OUT_DIR   # PaliGemma-3B-224 shape, BF16 files
     python scripts/make_bench_models.py siglip-b16 OUT_DIR     # SigLIP-B/16-224 (203M), F32
     python scripts/make_bench_models.py clip-b32 OUT_DIR       # CLIP-B/32-224 (151M), F32
@@ -28,6 +29,19 @@ if kind == "gemma-100m":
     cfg = GemmaConfig(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=9,
                       num_attention_heads=12, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048)
     model = GemmaForCausalLM(cfg)
+elif kind == "gemma-2b":
+    # The language model of PaliGemma-3B (Gemma-2B with PaliGemma's 257216-token vocabulary),
+    # alone, for decoders that take no image (llama.cpp); made like paligemma-3b below.
+    from transformers import GemmaConfig, GemmaForCausalLM
+    cfg = GemmaConfig(vocab_size=257216, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                      num_attention_heads=8, num_key_value_heads=1, head_dim=256, max_position_embeddings=8192)
+    with torch.device("meta"):
+        model = GemmaForCausalLM(cfg)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    model.tie_weights()  # to_empty unties lm_head; tied, it is neither filled nor saved
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
 elif kind == "siglip-b16":
     model = siglip(224, 16, 768, 12, 12, 64, 32000)
 elif kind == "siglip-tiny":
