@@ -39,12 +39,7 @@ fn main() {
     }
     // The kernel each class of product gets on this CPU, and how it was chosen.
     let choice = Choice::get();
-    println!(
-        "{{\"row\":\"kernel choice\",\"gemv\":\"{}\",\"gemm\":\"{}\",\"how\":{:?}}}",
-        choice.gemv.name(),
-        choice.gemm.name(),
-        choice.how
-    );
+    println!("{{\"row\":\"kernel choice\",\"choice\":{:?}}}", choice.to_string());
     // (what, m, n, k): PaliGemma-3B / Gemma-2B decode and prefill rows, SigLIP-B/16 batch 8.
     let shapes = [
         ("gemma-2b mlp up, decode", 1, 16384, 2048),

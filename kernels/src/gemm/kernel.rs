@@ -51,15 +51,10 @@ impl Kernel {
         matches!(self, Kernel::Amx | Kernel::Avx512Bf16)
     }
 
-    /// The kernel for a product of `m` activation rows (see [`Choice`]).
-    pub fn for_rows(m: usize) -> Kernel {
-        let choice = Choice::get();
-        if m <= GEMV_ROWS { choice.gemv } else { choice.gemm }
-    }
-
-    /// The kernel of the "gemm" class (see [`Choice`]).
-    pub fn detect() -> Kernel {
-        Choice::get().gemm
+    /// The kernel for a product of `m` activation rows over weights stored as `format`
+    /// (see [`Choice`]).
+    pub fn for_product(m: usize, format: WeightFormat) -> Kernel {
+        Choice::get().of(format).for_rows(m)
     }
 
     /// The kernels this CPU can run.
@@ -98,27 +93,52 @@ fn detect_available() -> Vec<Kernel> {
     has
 }
 
-/// Which kernel runs each class of product, and how it was chosen.
-///
-/// Chosen once per process: `VLM_ZOO_KERNEL` (one name for both classes, or
-/// `gemv=NAME,gemm=NAME`) when it names kernels this CPU has; otherwise the choice cached for
-/// this CPU (model name and kernels) in `kernels.txt` of the cache folder
-/// (`VLM_ZOO_CACHE`, else `$XDG_CACHE_HOME/vlm-zoo`, else `~/.cache/vlm-zoo`); otherwise
-/// measured: each kernel times a bf16 product of each class (a 4096 x 1024 GEMV, a
-/// 128 x 1024 x 1024 GEMM; ~0.1 s in all) and the fastest wins, then is cached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Choice {
+/// The kernels of one weight format: one per class of product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
     /// Decode: products of at most [`GEMV_ROWS`] rows (bound by the weight bytes read).
     pub gemv: Kernel,
     /// Prefill, image encoding, batched decode (bound by the arithmetic).
     pub gemm: Kernel,
-    /// How it was chosen: `VLM_ZOO_KERNEL`, `cached (PATH)` or `measured (...)`.
+}
+
+impl Pair {
+    /// The kernel for `m` rows.
+    pub fn for_rows(self, m: usize) -> Kernel {
+        if m <= GEMV_ROWS { self.gemv } else { self.gemm }
+    }
+}
+
+/// Which kernel runs each class of product over each weight format, and how it was chosen.
+///
+/// Chosen once per process: `VLM_ZOO_KERNEL` (one name for everything, or
+/// `gemv=NAME,gemm=NAME`) when it names kernels this CPU has; otherwise the choice cached for
+/// this CPU (model name, kernels, build) in `kernels.txt` of the cache folder (`VLM_ZOO_CACHE`,
+/// else `$XDG_CACHE_HOME/vlm-zoo`, else `~/.cache/vlm-zoo`); otherwise measured: each kernel
+/// times each class of product over bf16 and over int8 weights (a 4096 x 4096 GEMV, larger than
+/// the caches as decode's weights are; a 128 x 1024 x 1024 GEMM) and the fastest wins (a tie
+/// within 5% goes to the first listed, which keeps f32 activations), then is cached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Over bf16 weights.
+    pub bf16: Pair,
+    /// Over int8 weights.
+    pub q8: Pair,
+    /// How it was chosen: `VLM_ZOO_KERNEL`, `cached in PATH` or `measured: ...`.
     pub how: String,
 }
 
 impl std::fmt::Display for Choice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "gemv={} gemm={} ({})", self.gemv.name(), self.gemm.name(), self.how)
+        write!(
+            f,
+            "bf16 gemv={} gemm={}, q8 gemv={} gemm={} ({})",
+            self.bf16.gemv.name(),
+            self.bf16.gemm.name(),
+            self.q8.gemv.name(),
+            self.q8.gemm.name(),
+            self.how
+        )
     }
 }
 
@@ -129,26 +149,37 @@ impl Choice {
         CHOICE.get_or_init(Self::choose)
     }
 
+    /// The kernels of `format`.
+    pub fn of(&self, format: WeightFormat) -> Pair {
+        match format {
+            WeightFormat::Bf16 => self.bf16,
+            WeightFormat::Q8 => self.q8,
+        }
+    }
+
     fn choose() -> Choice {
         let has = available();
         if let Ok(wanted) = std::env::var("VLM_ZOO_KERNEL") {
             match parse(&wanted, has) {
-                Ok((gemv, gemm)) => return Choice { gemv, gemm, how: "VLM_ZOO_KERNEL".into() },
+                Ok((gemv, gemm)) => {
+                    let pair = Pair { gemv, gemm };
+                    return Choice { bf16: pair, q8: pair, how: "VLM_ZOO_KERNEL".into() };
+                }
                 Err(e) => eprintln!("warning: VLM_ZOO_KERNEL={wanted}: {e}; measuring instead"),
             }
         }
         let key = cpu_key(has);
         let file = cache_dir().map(|d| d.join("kernels.txt"));
         if let Some(file) = &file
-            && let Some((gemv, gemm)) = read_cached(file, &key, has)
+            && let Some((bf16, q8)) = read_cached(file, &key, has)
         {
-            return Choice { gemv, gemm, how: format!("cached in {}", file.display()) };
+            return Choice { bf16, q8, how: format!("cached in {}", file.display()) };
         }
-        let (gemv, gemm, how) = measure(has);
+        let (bf16, q8, how) = measure(has);
         if let Some(file) = &file {
-            write_cached(file, &key, gemv, gemm);
+            write_cached(file, &key, bf16, q8);
         }
-        Choice { gemv, gemm, how }
+        Choice { bf16, q8, how }
     }
 }
 
@@ -226,7 +257,7 @@ fn cpu_name() -> String {
 
 /// The cached choice for `key`, if the file has one naming kernels this CPU has. Anything
 /// unreadable is ignored (the choice is measured again).
-fn read_cached(file: &std::path::Path, key: &str, has: &[Kernel]) -> Option<(Kernel, Kernel)> {
+fn read_cached(file: &std::path::Path, key: &str, has: &[Kernel]) -> Option<(Pair, Pair)> {
     let meta = std::fs::metadata(file).ok()?;
     if meta.len() > 1 << 20 {
         return None;
@@ -238,12 +269,14 @@ fn read_cached(file: &std::path::Path, key: &str, has: &[Kernel]) -> Option<(Ker
         let name = parts.next()?.strip_prefix(class)?.strip_prefix('=')?;
         Kernel::from_name(name).filter(|k| has.contains(k))
     };
-    Some((get("gemv")?, get("gemm")?))
+    let bf16 = Pair { gemv: get("bf16.gemv")?, gemm: get("bf16.gemm")? };
+    let q8 = Pair { gemv: get("q8.gemv")?, gemm: get("q8.gemm")? };
+    Some((bf16, q8))
 }
 
 /// Adds (or replaces) `key`'s line, written atomically; a failure only costs a measurement
 /// next time.
-fn write_cached(file: &std::path::Path, key: &str, gemv: Kernel, gemm: Kernel) {
+fn write_cached(file: &std::path::Path, key: &str, bf16: Pair, q8: Pair) {
     let Some(dir) = file.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
@@ -254,32 +287,37 @@ fn write_cached(file: &std::path::Path, key: &str, gemv: Kernel, gemm: Kernel) {
     } else {
         String::new()
     };
-    text.push_str(&format!("{key}\tgemv={}\tgemm={}\n", gemv.name(), gemm.name()));
+    text.push_str(&format!(
+        "{key}\tbf16.gemv={}\tbf16.gemm={}\tq8.gemv={}\tq8.gemm={}\n",
+        bf16.gemv.name(),
+        bf16.gemm.name(),
+        q8.gemv.name(),
+        q8.gemm.name()
+    ));
     let tmp = dir.join(format!(".kernels.txt.{}", std::process::id()));
     if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, file).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }
 
-/// Times every kernel on one product of each class and returns the fastest of each.
-fn measure(has: &[Kernel]) -> (Kernel, Kernel, String) {
+/// Times every kernel on one product of each class over each format and returns the fastest.
+fn measure(has: &[Kernel]) -> (Pair, Pair, String) {
     // The portable loop is timed only where it is all there is.
     let candidates: Vec<Kernel> = if has.len() > 1 {
         has.iter().copied().filter(|&k| k != Kernel::Portable).collect()
     } else {
         has.to_vec()
     };
+    // The AVX2 loop on a 128-row product takes long where AVX-512 exists and never wins.
+    let gemm_list: Vec<Kernel> = if candidates.contains(&Kernel::Avx512) {
+        candidates.iter().copied().filter(|&k| k != Kernel::Avx2).collect()
+    } else {
+        candidates.clone()
+    };
     let data = |len: usize, seed: usize| -> Vec<f32> {
         (0..len).map(|i| (((i * 2_654_435_761 + seed) >> 7) % 1001) as f32 / 1000.0 - 0.5).collect()
     };
-    let (n, k) = (1024, 1024);
-    let w = data(n * k, 3);
-    let small =
-        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16);
-    let w = data(4 * n * k, 5);
-    let tall =
-        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, 4 * n, k, WeightFormat::Bf16);
-    let best = |weight: &PackedWeight, m: usize, reps: usize, list: &[Kernel]| -> Vec<(Kernel, f64)> {
+    let time = |weight: &PackedWeight, m: usize, reps: usize, list: &[Kernel]| -> Vec<(Kernel, f64)> {
         let a = data(m * weight.k(), 7);
         let mut out = vec![0f32; m * weight.n()];
         list.iter()
@@ -294,14 +332,6 @@ fn measure(has: &[Kernel]) -> (Kernel, Kernel, String) {
             })
             .collect()
     };
-    let gemv = best(&tall, 1, 7, &candidates);
-    // The AVX2 loop on a 128-row product takes long where AVX-512 exists and never wins.
-    let gemm_list: Vec<Kernel> = if candidates.contains(&Kernel::Avx512) {
-        candidates.iter().copied().filter(|&k| k != Kernel::Avx2).collect()
-    } else {
-        candidates.clone()
-    };
-    let gemm = best(&small, 128, 3, &gemm_list);
     // The first listed within 5% of the fastest: a tie goes to the kernel that keeps f32
     // activations (listed first), not to measurement noise.
     let fastest = |times: &[(Kernel, f64)]| {
@@ -311,8 +341,20 @@ fn measure(has: &[Kernel]) -> (Kernel, Kernel, String) {
     let show = |times: &[(Kernel, f64)]| {
         times.iter().map(|(k, t)| format!("{} {:.2} ms", k.name(), t * 1e3)).collect::<Vec<_>>().join(", ")
     };
-    let how = format!("measured: gemv {}; gemm {}", show(&gemv), show(&gemm));
-    (fastest(&gemv), fastest(&gemm), how)
+    let (small_w, tall_w) = (data(1024 * 1024, 3), data(4096 * 4096, 5));
+    let mut how = Vec::new();
+    let mut pairs = Vec::new();
+    for format in [WeightFormat::Bf16, WeightFormat::Q8] {
+        let small =
+            PackedWeight::pack(&Matrix { data: &small_w, cols: 1024, transposed: false }, 1024, 1024, format);
+        let tall =
+            PackedWeight::pack(&Matrix { data: &tall_w, cols: 4096, transposed: false }, 4096, 4096, format);
+        let gemv = time(&tall, 1, 5, &candidates);
+        let gemm = time(&small, 128, 3, &gemm_list);
+        how.push(format!("{} gemv {}; gemm {}", format.name(), show(&gemv), show(&gemm)));
+        pairs.push(Pair { gemv: fastest(&gemv), gemm: fastest(&gemm) });
+    }
+    (pairs[0], pairs[1], format!("measured: {}", how.join("; ")))
 }
 
 #[cfg(test)]
@@ -340,10 +382,11 @@ mod tests {
         let file = dir.join("kernels.txt");
         let has = available();
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(&file, "other cpu\tgemv=avx2\tgemm=avx2\nthis cpu\tgemv=bogus\n").unwrap();
+        std::fs::write(&file, "other cpu\tbf16.gemv=avx2\nthis cpu\tbf16.gemv=bogus\n").unwrap();
         assert_eq!(read_cached(&file, "this cpu", has), None);
-        write_cached(&file, "this cpu", Kernel::Portable, Kernel::Portable);
-        assert_eq!(read_cached(&file, "this cpu", has), Some((Kernel::Portable, Kernel::Portable)));
+        let p = Pair { gemv: Kernel::Portable, gemm: Kernel::Portable };
+        write_cached(&file, "this cpu", p, p);
+        assert_eq!(read_cached(&file, "this cpu", has), Some((p, p)));
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("other cpu\t") && text.lines().count() == 2, "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -351,9 +394,10 @@ mod tests {
 
     #[test]
     fn measuring_picks_kernels_this_cpu_has() {
-        let (gemv, gemm, how) = measure(available());
-        assert!(available().contains(&gemv) && available().contains(&gemm), "{how}");
-        assert!(how.contains("gemv") && how.contains(gemm.name()), "{how}");
-        println!("gemv={} gemm={} {how}", gemv.name(), gemm.name());
+        let (bf16, q8, how) = measure(available());
+        for k in [bf16.gemv, bf16.gemm, q8.gemv, q8.gemm] {
+            assert!(available().contains(&k), "{how}");
+        }
+        assert!(how.contains("q8 gemv") && how.contains(bf16.gemm.name()), "{how}");
     }
 }

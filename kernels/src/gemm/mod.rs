@@ -41,7 +41,7 @@ mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use kernel::{Choice, GEMV_ROWS, Kernel};
+pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair};
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
 /// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation

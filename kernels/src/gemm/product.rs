@@ -13,7 +13,7 @@ impl PackedWeight {
     /// # Panics
     /// When `a` or `out` does not have `m * k` or `m * n` elements.
     pub fn matmul(&self, a: &[f32], m: usize, out: &mut [f32]) {
-        self.matmul_with(Kernel::for_rows(m), a, m, out)
+        self.matmul_with(Kernel::for_product(m, self.format()), a, m, out)
     }
 
     /// [`PackedWeight::matmul`] on a chosen kernel (one of [`Kernel::available`]).

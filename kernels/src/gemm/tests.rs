@@ -1,8 +1,8 @@
 use super::*;
 use half::bf16;
 
-fn reference(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    reference_on(Kernel::for_rows(m), a, w, m, n, k)
+fn reference(format: WeightFormat, a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    reference_on(Kernel::for_product(m, format), a, w, m, n, k)
 }
 
 /// The f64 product of the values `kernel` multiplies (activations rounded to bf16 where it
@@ -41,7 +41,7 @@ fn products_equal_the_f64_reference_of_the_rounded_values() {
             for (j, row) in stored.chunks_mut(k).enumerate() {
                 packed.row(j, row);
             }
-            let want = reference(&a, &stored, m, n, k);
+            let want = reference(format, &a, &stored, m, n, k);
             let mut got = vec![0f32; m * n];
             packed.matmul(&a, m, &mut got);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
