@@ -16,20 +16,26 @@ tokens constrained to the segment grammar (4 `<loc>`, 16 `<seg>`, the label, ` ;
 model writes groups; the model picks every location and code. The last group is cut off by the
 fixture's 64 positions: a malformed group the decoder must report while keeping the others.
 
-Each complete group: its box (`round(loc / 1024 * side)`, Python's round), its 64x64 decoded mask,
-and the full-image mask: the 64x64 mask resized bilinearly (half-pixel centres, no antialias)
-into the box, `> 0` inside, as COCO RLE (column-major run lengths starting with 0s).
+Each complete group: its box and full-image mask as big_vision's PaliGemma segmentation evaluator
+makes them (`bigvision_box`, `paste_mask`: `int(loc / 1023 * side)` in float64, the float32 64x64
+mask resized into the box by Pillow's mode "F" BILINEAR resize, `> 0` inside; the evaluator's lines
+are quoted there), its 64x64 decoded mask, and the full-image mask as COCO RLE (column-major run
+lengths starting with 0s). scripts/make_seg_bigvision_fixture.py checks these two helpers against
+big_vision's own `Evaluator.run`.
 
-    python scripts/make_seg_fixture.py   # pinned versions: scripts/requirements.txt
+    python scripts/make_seg_fixture.py                  # everything; pinned: scripts/requirements.txt
+    python scripts/make_seg_fixture.py --update-masks   # only the fields the box/paste rule decides
+                                                        # (box, mask_rle, inside, min_abs_in_box),
+                                                        # from reference.json's text and mask64
 """
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -82,7 +88,66 @@ def rle(mask):  # bool[h, w] -> COCO uncompressed RLE
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
 
 
+def bigvision_box(locs, w, h):
+    """loc tokens [y1, x1, y2, x2] -> pixels (y1, x1, y2, x2), as big_vision's evaluator
+    (big_vision/evaluators/proj/paligemma/transfers/segmentation.py, Evaluator.run, commit
+    0127fb6b337ee2a27bf4e54dea79cff176527356): `bbox = tokens[:, :4] / 1023` (int32 -> float64),
+    then this line verbatim."""
+    y1, x1, y2, x2 = np.asarray(locs, np.int32) / 1023
+    y1, x1, y2, x2 = map(int, (y1 * h, x1 * w, y2 * h, x2 * w))
+    return y1, x1, y2, x2
+
+
+def paste_mask(m64, locs, w, h):
+    """float32[64, 64] mask, loc tokens [y1, x1, y2, x2] -> (bool[h, w] whole-image mask,
+    [x1, y1, x2, y2], float32 box-sized resized mask or None): Evaluator.run's lines (same file and
+    commit), `mi` pasted at [y1:y2, x1:x2]."""
+    y1, x1, y2, x2 = bigvision_box(locs, w, h)
+    full = np.zeros((h, w), dtype=bool)
+    if x2 <= x1 or y2 <= y1:  # Can still happen after int().
+        return full, [x1, y1, x2, y2], None
+    m64 = np.asarray(m64, np.float32).reshape(64, 64)
+    mi = np.asarray(
+        Image.fromarray(m64).resize(
+            [x2 - x1, y2 - y1], resample=Image.BILINEAR
+        )
+    )  # Predicted mask in box-sized image.
+    full[y1:y2, x1:x2] = mi > 0.0
+    return full, [x1, y1, x2, y2], mi
+
+
+def group_fields(m64, locs, w, h):
+    """The fields of a reference.json group that the box and paste rule decides."""
+    full, box, mi = paste_mask(m64, locs, w, h)
+    return {"box": box, "mask_rle": rle(full), "inside": int(full.sum()),
+            "min_abs_in_box": float(np.abs(mi).min()) if full.any() else None}
+
+
 GROUP = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>((?:<seg\d{3}>){16})\s*([^;<>]*)")
+
+
+def check(groups):
+    # The Rust decoder's 64x64 masks differ from these by ~1e-6, and BILINEAR weights are >= 0 and
+    # sum to 1, so the resized mask moves no more: a margin of 1e-5 keeps every pixel's side of 0
+    # (tests/segment.rs checks the difference stays below min_abs_in_box).
+    assert all(g["inside"] and g["min_abs_in_box"] > 1e-5 for g in groups), "a mask too close to 0"
+
+
+def update_masks():
+    """Recomputes the box/paste fields of reference.json's groups from its text and mask64;
+    nothing else (tokens, codes, mask64, vae-oid.npz) changes."""
+    path = OUT / "reference.json"
+    ref = json.loads(path.read_text())
+    w, h = ref["width"], ref["height"]
+    found = list(GROUP.finditer(ref["text"]))
+    assert len(found) == len(ref["groups"]), (len(found), len(ref["groups"]))
+    for m, g in zip(found, ref["groups"]):
+        assert [int(c) for c in re.findall(r"<seg(\d{3})>", m[5])] == g["codes"]
+        before = (g["box"], g["inside"])
+        g.update(group_fields(np.array(g["mask64"], np.float32), [int(m[i]) for i in range(1, 5)], w, h))
+        print(f"group {g['label']}: box {before[0]} -> {g['box']}, inside {before[1]} -> {g['inside']}")
+    check(ref["groups"])
+    path.write_text(json.dumps(ref) + "\n")
 
 
 def main():
@@ -125,21 +190,15 @@ def main():
         last.bias.copy_((last.bias - m.median()) * scale)
     groups = []
     for m in GROUP.finditer(text):
-        y1, x1, y2, x2 = (round(int(m[i]) / 1024 * s) for i, s in zip(range(1, 5), (h, w, h, w)))
+        locs = [int(m[i]) for i in range(1, 5)]
         codes = [int(c) for c in re.findall(r"<seg(\d{3})>", m[5])]
         with torch.no_grad():
-            m64 = dec(torch.tensor([codes]))[0]
-        full = np.zeros((h, w), dtype=bool)
-        values = np.zeros((h, w), dtype=np.float32)
-        if y2 > y1 and x2 > x1:
-            r = F.interpolate(m64[None, None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0, 0]
-            values[y1:y2, x1:x2] = r.numpy()
-            full[y1:y2, x1:x2] = r.numpy() > 0
-        groups.append({"label": m[6].strip(), "box": [x1, y1, x2, y2], "codes": codes,
-                       "mask64": [float(v) for v in m64.reshape(-1)], "mask_rle": rle(full),
-                       "inside": int(full.sum()),
-                       "min_abs_in_box": float(np.abs(values[y1:y2, x1:x2]).min()) if full.any() else None})
-    assert all(g["inside"] and g["min_abs_in_box"] > 1e-4 for g in groups), "a mask too close to 0"
+            m64 = dec(torch.tensor([codes]))[0].numpy()
+        f = group_fields(m64, locs, w, h)
+        groups.append({"label": m[6].strip(), "box": f["box"], "codes": codes,
+                       "mask64": [float(v) for v in m64.reshape(-1)], "mask_rle": f["mask_rle"],
+                       "inside": f["inside"], "min_abs_in_box": f["min_abs_in_box"]})
+    check(groups)
     assert len(groups) >= 1 and text.count("<loc") > 4 * len(groups), "expected complete groups and a cut-off one"
 
     shutil.rmtree(OUT, ignore_errors=True)
@@ -151,4 +210,8 @@ def main():
     print(f"{len(groups)} complete group(s); text: {text[:120]}...")
 
 
-main()
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--update-masks"]:
+        update_masks()
+    else:
+        main()

@@ -4,6 +4,13 @@
 //! PaliGemma space and big_vision use; read there by `_get_reconstruct_masks`), resized bilinearly
 //! into the box; `> 0` is inside.
 //!
+//! Boxes and masks are made as big_vision's PaliGemma segmentation evaluator makes them (the code
+//! behind the published RefCOCO numbers: `big_vision/evaluators/proj/paligemma/transfers/segmentation.py`,
+//! `Evaluator.run`, commit `0127fb6b337ee2a27bf4e54dea79cff176527356`), pixel for pixel: a box side is
+//! `int(loc / 1023 * side)` in float64, and the float32 64x64 mask is resized into the box by
+//! Pillow's mode `"F"` BILINEAR resize (antialiased when shrinking), then thresholded `> 0`.
+//! tests/fixtures/paligemma-seg/bigvision_masks.json holds masks made by that code.
+//!
 //! Axis letters: `B` groups, `K` codebook entries (128), `D` code width (512).
 
 use burn::module::{Module, Param};
@@ -13,6 +20,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use zoo_nn::data::image::{Filter, pillow};
 use zoo_nn::{NnError, Result};
 
 /// The file name of the decoder's weights, as big_vision and the PaliGemma space ship it.
@@ -26,8 +34,9 @@ pub const MASK_SIDE: usize = 64;
 pub struct SegmentGroup {
     /// The class name.
     pub label: String,
-    /// `[x1, y1, x2, y2]` in whole pixels: `round(loc / 1024 * side)` (half to even, as
-    /// big_vision's Python `round`).
+    /// `[x1, y1, x2, y2]` in whole pixels, as big_vision's segmentation evaluator computes them:
+    /// `int(loc / 1023 * side)`, the division and product in `f64` and the result truncated
+    /// (`<loc1023>` is the image's edge). The box is empty when `x2 <= x1` or `y2 <= y1`.
     pub bbox: [u32; 4],
     /// The 16 codebook indices, row-major over a 4x4 grid.
     pub codes: [u32; 16],
@@ -90,7 +99,8 @@ pub fn parse_segments(text: &str, width: u32, height: u32) -> ParsedSegments {
             out.errors.push(fail(why));
             continue;
         }
-        let px = |v: u32, side: u32| ((v as f64 / 1024.0) * side as f64).round_ties_even() as u32;
+        // numpy: `tokens / 1023` (float64), times the side, `int()` truncates (both are >= 0).
+        let px = |v: u32, side: u32| ((v as f64 / 1023.0) * side as f64) as u32;
         out.groups.push(SegmentGroup {
             label: label.to_string(),
             bbox: [px(locs[1], width), px(locs[0], height), px(locs[3], width), px(locs[2], height)],
@@ -310,37 +320,27 @@ fn read_array(entry: impl Read, path: &Path, key: &str, shape: &[usize]) -> Resu
     Ok(v)
 }
 
-/// The mask of a whole `width` x `height` image for one group: the 64x64 `mask` resized
-/// bilinearly (half-pixel centres, no antialiasing) into the group's box, `> 0` inside;
-/// row-major. An empty box (`x2 <= x1` or `y2 <= y1`) gives an empty mask.
+/// The mask of a whole `width` x `height` image for one group, row-major, as big_vision's
+/// segmentation evaluator makes it: the float32 64x64 `mask` resized into the box by Pillow's
+/// mode `"F"` BILINEAR resize (`PIL.Image.fromarray(m64).resize([x2 - x1, y2 - y1])`:
+/// antialiased when shrinking, each pass accumulated in `f64` and stored as `f32`), `> 0` inside,
+/// pasted at `[y1..y2, x1..x2]` (the part of a box outside the image is dropped). An empty box
+/// (`x2 <= x1` or `y2 <= y1`) gives an empty mask.
+///
+/// # Shapes
+/// - `mask`: `[64, 64]` (row-major); output `[height, width]`
 pub fn place_mask(mask: &[f32], bbox: [u32; 4], width: u32, height: u32) -> Vec<bool> {
     let (w, h) = (width as usize, height as usize);
     let mut out = vec![false; w * h];
     let [x1, y1, x2, y2] = bbox.map(|v| v as usize);
-    let (x2, y2) = (x2.min(w), y2.min(h));
-    if x2 <= x1 || y2 <= y1 {
+    if x2 <= x1 || y2 <= y1 || x1 >= w || y1 >= h {
         return out;
     }
-    let (bw, bh) = (bbox[2] as usize - x1, bbox[3] as usize - y1);
-    let taps = |out_len: usize| -> Vec<(usize, usize, f32)> {
-        let scale = MASK_SIDE as f32 / out_len as f32;
-        (0..out_len)
-            .map(|i| {
-                let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(MASK_SIDE - 1);
-                let i1 = (i0 + 1).min(MASK_SIDE - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let (tx, ty) = (taps(bw), taps(bh));
-    for y in y1..y2 {
-        let (r0, r1, fy) = ty[y - y1];
-        for x in x1..x2 {
-            let (c0, c1, fx) = tx[x - x1];
-            let top = mask[r0 * MASK_SIDE + c0] * (1.0 - fx) + mask[r0 * MASK_SIDE + c1] * fx;
-            let bottom = mask[r1 * MASK_SIDE + c0] * (1.0 - fx) + mask[r1 * MASK_SIDE + c1] * fx;
-            out[y * w + x] = top * (1.0 - fy) + bottom * fy > 0.0;
+    let (bw, bh) = (x2 - x1, y2 - y1);
+    let resized = pillow::resample_f32(mask, MASK_SIDE, MASK_SIDE, bw, bh, Filter::Bilinear);
+    for y in y1..y2.min(h) {
+        for x in x1..x2.min(w) {
+            out[y * w + x] = resized[(y - y1) * bw + (x - x1)] > 0.0;
         }
     }
     out
@@ -396,7 +396,7 @@ impl CocoRle {
 pub struct SegmentMask {
     /// The class name.
     pub label: String,
-    /// `[x1, y1, x2, y2]` in whole pixels.
+    /// `[x1, y1, x2, y2]` in whole pixels (see [`SegmentGroup::bbox`]).
     #[serde(rename = "box")]
     pub bbox: [u32; 4],
     /// The whole-image mask.
@@ -489,10 +489,14 @@ mod tests {
     }
 
     #[test]
-    fn boxes_round_half_to_even_like_python() {
-        // 512/1024 * 5 = 2.5 -> 2 (Python's round), 1536... 3/1024*512 = 1.5 -> 2
+    fn boxes_truncate_in_f64_like_big_vision() {
+        // y1 = int(3/1023 * 512) = int(1.50) = 1; x1 = int(512/1023 * 5) = int(2.50) = 2;
+        // y2 = int(512/1023 * 512) = 256; x2 = <loc1023> = the width.
         let p = parse_segments(&group([3, 512, 512, 1023], &[0; 16], "a"), 5, 512);
-        assert_eq!(p.groups[0].bbox, [2, 2, 5, 256]);
+        assert_eq!(p.groups[0].bbox, [2, 1, 5, 256]);
+        // 279 * 55 / 1023 is 15 exactly, but 279 / 1023 * 55 in f64 is just below: numpy gives 14.
+        let p = parse_segments(&group([279, 279, 1023, 1023], &[0; 16], "a"), 55, 55);
+        assert_eq!(p.groups[0].bbox, [14, 14, 55, 55]);
     }
 
     #[test]

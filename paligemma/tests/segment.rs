@@ -1,17 +1,63 @@
 //! Segmentation masks against the PyTorch reference decoder of scripts/make_seg_fixture.py: the
 //! segment tokens transformers generated with the PaliGemma fixture, decoded by our tokenizer,
 //! parsed, decoded to 64x64 masks (within the parity tolerance) and placed into the image
-//! (thresholded masks equal).
+//! (thresholded masks equal); and boxes and whole-image masks against big_vision's own
+//! segmentation evaluator (scripts/make_seg_bigvision_fixture.py), pixel for pixel.
 #![allow(clippy::unwrap_used)]
 
 use npyz::WriterBuilder;
 use zoo_nn::testing::{PARITY_TOL, assert_slices_close, device, fixture};
-use zoo_paligemma::segment::{CocoRle, SegmentationDecoder, decode_masks, parse_segments};
+use zoo_paligemma::segment::{CocoRle, SegmentationDecoder, decode_masks, parse_segments, place_mask};
 use zoo_paligemma::{PaliGemmaProcessor, load::read_config};
 
-fn reference() -> serde_json::Value {
-    let path = fixture("paligemma-seg").join("reference.json");
+fn read_json(name: &str) -> serde_json::Value {
+    let path = fixture("paligemma-seg").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn reference() -> serde_json::Value {
+    read_json("reference.json")
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn uints(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Every case of bigvision_masks.json: the box from the loc tokens and the whole-image mask from
+/// the (exact, float32) 64x64 mask equal big_vision's evaluator's, pixel for pixel.
+#[test]
+fn boxes_and_masks_equal_big_visions_evaluator() {
+    let (r, bv) = (reference(), read_json("bigvision_masks.json"));
+    let mut masks: Vec<Vec<f32>> =
+        r["groups"].as_array().unwrap().iter().map(|g| floats(&g["mask64"])).collect();
+    masks.push(floats(&bv["masks64"]["synthetic"]));
+    assert_eq!(masks.len() as u64, bv["masks64"]["count"].as_u64().unwrap());
+    let cases = bv["cases"].as_array().unwrap();
+    let (mut empty, mut inside) = (0, 0);
+    for (i, case) in cases.iter().enumerate() {
+        let (size, locs) = (uints(&case["size"]), uints(&case["locs"]));
+        let (w, h) = (size[0], size[1]);
+        let mut text: String = locs.iter().map(|v| format!("<loc{v:04}>")).collect();
+        text += &"<seg000>".repeat(16);
+        text += " thing";
+        let parsed = parse_segments(&text, w, h);
+        assert!(parsed.errors.is_empty(), "case {i}: {:?}", parsed.errors);
+        let what = format!("case {i}: {w}x{h}, locs {locs:?}, mask {}", case["mask"]);
+        assert_eq!(parsed.groups[0].bbox.to_vec(), uints(&case["box"]), "{what}: box");
+        let full = place_mask(&masks[case["mask"].as_u64().unwrap() as usize], parsed.groups[0].bbox, w, h);
+        let want: CocoRle = serde_json::from_value(case["mask_rle"].clone()).unwrap();
+        let differ = full.iter().zip(want.decode()).filter(|(a, b)| **a != *b).count();
+        assert_eq!(differ, 0, "{what}: pixels that differ from big_vision's mask");
+        assert_eq!(CocoRle::encode(&full, w, h), want, "{what}: RLE");
+        empty += usize::from(case["empty"].as_bool().unwrap());
+        inside += full.iter().filter(|&&b| b).count();
+    }
+    println!("{} cases ({empty} empty boxes, {inside} pixels inside in all) equal big_vision's", cases.len());
+    assert!(cases.len() >= 100 && empty > 0 && empty < cases.len());
 }
 
 #[test]
@@ -51,6 +97,15 @@ fn masks_equal_the_pytorch_decoder() {
             &want64,
             PARITY_TOL,
             &format!("group {i} 64x64 mask"),
+        );
+        // The box's resized values move by no more than the 64x64 mask (BILINEAR weights are
+        // >= 0 and sum to 1): no pixel can change sides of 0 while this holds.
+        let ours = &m64[i * 4096..(i + 1) * 4096];
+        let max = ours.iter().zip(&want64).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let margin = want["min_abs_in_box"].as_f64().unwrap() as f32;
+        assert!(
+            max < margin,
+            "group {i}: 64x64 masks differ by {max:e}, the resized mask's margin is {margin:e}"
         );
         let want_rle: CocoRle = serde_json::from_value(want["mask_rle"].clone()).unwrap();
         let inside = masks[i].mask_rle.decode().iter().filter(|&&b| b).count();

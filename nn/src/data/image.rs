@@ -352,10 +352,14 @@ pub enum Filter {
     Lanczos,
 }
 
-/// Pillow's resampling of 8-bit images (`Resample.c`), reproduced exactly: per-output-pixel
-/// filter weights normalised to sum 1, turned into 22-bit fixed point, a horizontal pass then a
-/// vertical pass, each rounding and clipping to 8 bits. (fast_image_resize follows Pillow-SIMD,
-/// whose 16-bit coefficients differ from Pillow's by one or two levels on ~18% of pixels of our
+/// Pillow's resampling (`Resample.c`), reproduced exactly for 8-bit images and for 32-bit float
+/// images (mode `"F"`). Both share `precompute_coeffs`: per-output-pixel filter weights in `f64`,
+/// normalised to sum 1. The 8-bit path (`ImagingResample{Horizontal,Vertical}_8bpc`) turns them
+/// into 22-bit fixed point and rounds and clips each pass to 8 bits; the float path
+/// (`ImagingResample{Horizontal,Vertical}_32bpc`) accumulates `f64` sums of `f32` pixels times the
+/// `f64` weights and stores each pass as `f32`. As in Pillow <= 12, the horizontal pass runs first,
+/// over the input rows the vertical pass reads. (fast_image_resize follows Pillow-SIMD, whose
+/// 16-bit coefficients differ from Pillow's by one or two levels on ~18% of pixels of our
 /// fixtures; transformers' PIL processors run upstream Pillow.)
 pub mod pillow {
     use super::Filter;
@@ -401,7 +405,8 @@ pub mod pillow {
                         0.0
                     } else {
                         let x = x * std::f64::consts::PI;
-                        x.sin() / x * (0.54 + 0.46 * x.cos())
+                        // Pillow writes the window's constants as C floats (`0.54f`, `0.46f`).
+                        x.sin() / x * (0.54f32 as f64 + 0.46f32 as f64 * x.cos())
                     }
                 }
                 Filter::Bicubic => {
@@ -426,78 +431,116 @@ pub mod pillow {
         }
     }
 
-    /// For each output index: first input index, number of taps, and fixed-point weights.
-    struct Coeffs {
+    /// For each output index: first input index and number of taps (`bounds`), and its `ksize`
+    /// weights (zero past the taps).
+    struct Coeffs<W> {
         bounds: Vec<(usize, usize)>,
         ksize: usize,
-        weights: Vec<i32>,
+        weights: Vec<W>,
     }
 
-    fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+    /// Pillow's `precompute_coeffs` (no crop box): the normalised `f64` weights. When shrinking,
+    /// the filter's support is scaled by the downscale factor (antialiasing).
+    fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs<f64> {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let mut bounds = Vec::with_capacity(out_size);
-        let mut weights = vec![0i32; out_size * ksize];
-        let mut k = vec![0f64; ksize];
+        let mut weights = vec![0f64; out_size * ksize];
         for xx in 0..out_size {
             let center = (xx as f64 + 0.5) * scale;
             let ss = 1.0 / filterscale;
             // C casts truncate toward zero.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
+            let k = &mut weights[xx * ksize..][..xmax];
             let mut ww = 0.0;
-            for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-                let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
-                *kx = w;
-                ww += w;
+            for (x, kx) in k.iter_mut().enumerate() {
+                *kx = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+                ww += *kx;
             }
-            for (x, kx) in k.iter().enumerate().take(xmax) {
-                let v = if ww != 0.0 { kx / ww } else { *kx };
-                let fixed = v * (1u32 << PRECISION_BITS) as f64;
-                weights[xx * ksize + x] = if v < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            if ww != 0.0 {
+                k.iter_mut().for_each(|kx| *kx /= ww);
             }
             bounds.push((xmin, xmax));
         }
         Coeffs { bounds, ksize, weights }
     }
 
-    fn clip8(v: i32) -> u8 {
-        if v >= (1 << PRECISION_BITS << 8) {
-            255
-        } else if v <= 0 {
-            0
-        } else {
-            (v >> PRECISION_BITS) as u8
+    /// A sample type Pillow resamples: its form of the weights and one output value from taps.
+    trait Sample: Copy + Default {
+        /// The weight type the passes multiply by.
+        type Weight: Copy;
+        /// From the normalised `f64` weights.
+        fn weight(k: f64) -> Self::Weight;
+        /// One output sample from `(input sample, weight)` taps, in order.
+        fn convolve(taps: impl Iterator<Item = (Self, Self::Weight)>) -> Self;
+    }
+
+    /// 8 bits: `normalize_coeffs_8bpc` and the `_8bpc` passes' rounding and clipping.
+    impl Sample for u8 {
+        type Weight = i32;
+
+        fn weight(k: f64) -> i32 {
+            let fixed = k * (1u32 << PRECISION_BITS) as f64;
+            if k < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 }
+        }
+
+        fn convolve(taps: impl Iterator<Item = (u8, i32)>) -> u8 {
+            let ss = taps.fold(1i32 << (PRECISION_BITS - 1), |ss, (v, k)| ss + v as i32 * k);
+            if ss >= (1 << PRECISION_BITS << 8) {
+                255
+            } else if ss <= 0 {
+                0
+            } else {
+                (ss >> PRECISION_BITS) as u8
+            }
         }
     }
 
-    /// Resizes packed RGB (`w * h * 3` bytes) to `nw x nh` as Pillow's `Image.resize` does.
-    pub fn resample(rgb: &[u8], w: usize, h: usize, nw: usize, nh: usize, filter: Filter) -> Vec<u8> {
-        const CH: usize = 3;
-        let round = 1i32 << (PRECISION_BITS - 1);
-        let horiz = coeffs(w, nw, filter);
-        let vert = coeffs(h, nh, filter);
-        let need_h = nw != w;
-        let need_v = nh != h;
+    /// 32-bit float (mode `"F"`): the `_32bpc` passes, a `double` sum stored as `float`.
+    impl Sample for f32 {
+        type Weight = f64;
+
+        fn weight(k: f64) -> f64 {
+            k
+        }
+
+        fn convolve(taps: impl Iterator<Item = (f32, f64)>) -> f32 {
+            taps.fold(0.0f64, |ss, (v, k)| ss + v as f64 * k) as f32
+        }
+    }
+
+    /// `ImagingResampleInner` for `ch` interleaved channels of `w x h` samples.
+    fn resample_channels<S: Sample>(
+        src: &[S],
+        ch: usize,
+        (w, h): (usize, usize),
+        (nw, nh): (usize, usize),
+        filter: Filter,
+    ) -> Vec<S> {
+        let typed = |c: Coeffs<f64>| Coeffs {
+            bounds: c.bounds,
+            ksize: c.ksize,
+            weights: c.weights.into_iter().map(S::weight).collect::<Vec<_>>(),
+        };
+        let horiz = typed(coeffs(w, nw, filter));
+        let vert = typed(coeffs(h, nh, filter));
         // Rows of the input the vertical pass reads.
         let first = vert.bounds[0].0;
         let last = vert.bounds[nh - 1].0 + vert.bounds[nh - 1].1;
-        let (mut img, mut iw, mut row0) = (rgb.to_vec(), w, 0usize);
-        if need_h {
+        let (mut img, mut iw, mut row0) = (src.to_vec(), w, 0usize);
+        if nw != w {
             let rows = last - first;
-            let mut out = vec![0u8; nw * rows * CH];
+            let mut out = vec![S::default(); nw * rows * ch];
             for y in 0..rows {
-                let src = &rgb[(y + first) * w * CH..(y + first + 1) * w * CH];
+                let row = &src[(y + first) * w * ch..(y + first + 1) * w * ch];
                 for (xx, &(xmin, xmax)) in horiz.bounds.iter().enumerate() {
                     let k = &horiz.weights[xx * horiz.ksize..][..xmax];
-                    for c in 0..CH {
-                        let mut ss = round;
-                        for (x, &kx) in k.iter().enumerate() {
-                            ss += src[(x + xmin) * CH + c] as i32 * kx;
-                        }
-                        out[(y * nw + xx) * CH + c] = clip8(ss);
+                    for c in 0..ch {
+                        let taps = k.iter().enumerate().map(|(x, &kx)| (row[(x + xmin) * ch + c], kx));
+                        out[(y * nw + xx) * ch + c] = S::convolve(taps);
                     }
                 }
             }
@@ -505,22 +548,34 @@ pub mod pillow {
             iw = nw;
             row0 = first;
         }
-        if need_v {
-            let mut out = vec![0u8; nw * nh * CH];
+        if nh != h {
+            let mut out = vec![S::default(); nw * nh * ch];
             for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
                 let k = &vert.weights[yy * vert.ksize..][..ymax];
                 let ymin = ymin - row0;
-                for x in 0..iw * CH {
-                    let mut ss = round;
-                    for (y, &ky) in k.iter().enumerate() {
-                        ss += img[(y + ymin) * iw * CH + x] as i32 * ky;
-                    }
-                    out[yy * nw * CH + x] = clip8(ss);
+                for x in 0..iw * ch {
+                    let taps = k.iter().enumerate().map(|(y, &ky)| (img[(y + ymin) * iw * ch + x], ky));
+                    out[yy * nw * ch + x] = S::convolve(taps);
                 }
             }
             img = out;
         }
         img
+    }
+
+    /// Resizes packed RGB (`w * h * 3` bytes) to `nw x nh` as Pillow's `Image.resize` does.
+    pub fn resample(rgb: &[u8], w: usize, h: usize, nw: usize, nh: usize, filter: Filter) -> Vec<u8> {
+        resample_channels(rgb, 3, (w, h), (nw, nh), filter)
+    }
+
+    /// Resizes a row-major `w x h` float image to `nw x nh` as Pillow's `Image.resize` does for
+    /// mode `"F"` (`Image.fromarray` of a float32 array): each pass accumulates in `f64` and
+    /// stores `f32`.
+    ///
+    /// # Shapes
+    /// - `img`: `[h, w]` (row-major); output `[nh, nw]`. Every size must be at least 1.
+    pub fn resample_f32(img: &[f32], w: usize, h: usize, nw: usize, nh: usize, filter: Filter) -> Vec<f32> {
+        resample_channels(img, 1, (w, h), (nw, nh), filter)
     }
 }
 
@@ -592,6 +647,39 @@ mod tests {
         assert_eq!((h, w, v.len()), (10, 10, 300));
         // No normalisation configured: values are pixels / 255, third channel constant 7/255.
         assert!((v[200] - 7.0 / 255.0).abs() < 1e-7);
+    }
+
+    /// Every case of scripts/make_pillow_f32_fixture.py: Pillow's mode "F" resize, bit for bit.
+    #[test]
+    fn float_resize_equals_pillow() {
+        let path = crate::testing::fixture("pillow-f32").join("resize.json");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let floats = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        };
+        let size = |v: &serde_json::Value| -> (usize, usize) {
+            (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize)
+        };
+        let cases = r["cases"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for (i, case) in cases.iter().enumerate() {
+            let img = &r["images"][case["image"].as_u64().unwrap() as usize];
+            let ((w, h), (nw, nh)) = (size(&img["size"]), size(&case["out_size"]));
+            let filter = match case["filter"].as_str().unwrap() {
+                "bilinear" => Filter::Bilinear,
+                "bicubic" => Filter::Bicubic,
+                "lanczos" => Filter::Lanczos,
+                "box" => Filter::Box,
+                "hamming" => Filter::Hamming,
+                other => panic!("filter {other}"),
+            };
+            let got = pillow::resample_f32(&floats(&img["values"]), w, h, nw, nh, filter);
+            let want = floats(&case["output"]);
+            let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            println!("case {i}: {w}x{h} -> {nw}x{nh} {filter:?}: {differ} values differ, largest {max:e}");
+            assert_eq!((got.len(), differ), (want.len(), 0), "case {i}: {w}x{h} -> {nw}x{nh} {filter:?}");
+        }
     }
 
     #[test]
