@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use vlm_zoo::models::Arch;
 use vlm_zoo::train::TrainArgs;
+use vlm_zoo::training::Precision;
 
 fn args(data: &Path, out: &Path, arch: Arch) -> TrainArgs {
     TrainArgs {
@@ -278,4 +279,68 @@ fn gradient_checkpointing_gives_the_same_losses() {
     for (x, y) in losses[0].iter().zip(&losses[1]) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{:?} vs {:?}", losses[0], losses[1]);
     }
+}
+
+/// `--devices cpu,cpu`: two replicas on threads, each embedding half of every batch and scoring
+/// it against the other's embeddings (the all-gather), gradients summed: the same losses and
+/// the same trained weights as one device on the whole batch, for SigLIP (whole and chunked
+/// sigmoid loss) and CLIP (softmax loss), in f32 and under bf16 autocast.
+#[test]
+fn two_cpu_replicas_train_as_one_device_on_the_whole_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 48, 32, 6).unwrap();
+    let cases = [
+        (Arch::Siglip, None, Precision::F32),
+        (Arch::Siglip, Some(4), Precision::F32),
+        (Arch::Clip, None, Precision::F32),
+        (Arch::Clip, None, Precision::Bf16),
+    ];
+    for (i, (arch, chunk, precision)) in cases.into_iter().enumerate() {
+        let mut runs = Vec::new();
+        for devices in [vec![], vec!["cpu".to_string(), "cpu".to_string()]] {
+            let out = tmp.path().join(format!("{i}-{}", devices.len()));
+            let mut a = args(&data, &out, arch);
+            a.epochs = 2;
+            a.chunk_size = chunk;
+            a.precision = precision;
+            a.devices = devices;
+            let losses = vlm_zoo::train::train(&a).unwrap().losses;
+            let weights = zoo_nn::testing::Reference::read(&out.join("model.safetensors"));
+            runs.push((losses, weights));
+        }
+        let what = format!("{arch:?} chunk {chunk:?} {precision:?}");
+        let (one, two) = (&runs[0], &runs[1]);
+        assert_eq!(one.0.len(), two.0.len(), "{what}");
+        // bf16 autocast rounds each replica's half batch as the whole batch is rounded: the
+        // same arithmetic, summed in another order.
+        let tol = if precision == Precision::Bf16 { 2e-3 } else { 2e-5 };
+        for (x, y) in one.0.iter().zip(&two.0) {
+            assert!((x - y).abs() <= tol * x.abs().max(1.0), "{what}: {:?} vs {:?}", one.0, two.0);
+        }
+        assert!(one.0.len() >= 4, "{what}: several steps");
+        for name in one.1.names() {
+            let (p, q) = (one.1.f32(&name), two.1.f32(&name));
+            let worst = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = p.iter().fold(1f32, |m, v| m.max(v.abs()));
+            assert!(worst <= 10.0 * tol as f32 * scale, "{what}: {name} differs by {worst}");
+        }
+    }
+}
+
+/// `--devices` refuses what it cannot run, in one line.
+#[test]
+fn devices_that_cannot_train_together_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 48, 32, 6).unwrap();
+    let refuse = |devices: &[&str], batch: usize, want: &str| {
+        let mut a = args(&data, &tmp.path().join("refused"), Arch::Siglip);
+        a.devices = devices.iter().map(|d| d.to_string()).collect();
+        a.batch_size = batch;
+        let e = vlm_zoo::train::train(&a).unwrap_err().to_string();
+        assert!(e.contains(want) && !e.contains('\n'), "{devices:?}: {e}");
+    };
+    refuse(&["cpu", "cpu", "cpu"], 16, "not divisible by the 3 devices");
+    refuse(&["cpu", "tpu"], 16, "tpu");
+    refuse(&["cpu", "cuda:0"], 16, "not a mix");
+    assert!(!tmp.path().join("refused").join("losses.csv").exists());
 }

@@ -228,6 +228,17 @@ impl Towers {
         }
     }
 
+    /// The ids of the loss's own parameters (temperature, and SigLIP's bias): every replica of
+    /// a data-parallel step scores the whole batch with them, so one replica's gradient of
+    /// them is the whole batch's.
+    pub fn loss_param_ids(&self) -> Vec<burn::module::ParamId> {
+        match self {
+            Self::Siglip(m) => vec![m.logit_scale.id, m.logit_bias.id],
+            Self::Siglip2(m) => vec![m.logit_scale.id, m.logit_bias.id],
+            Self::Clip(m) => vec![m.logit_scale.id],
+        }
+    }
+
     /// Clamps the temperature to `[0, ln 100]`, as CLIP and SigLIP do after each step.
     pub fn clamp_temperature(self) -> Self {
         let clamp =

@@ -144,6 +144,21 @@ pub trait Task {
         batch: Self::Batch,
     ) -> Result<Option<Tensor<1>>>;
 
+    /// The loss value and the gradients of one batch, the loss scaled by `scale` (gradient
+    /// accumulation), or `None` to pass over it. By default the backward pass of
+    /// [`Task::loss`]; a task training on several devices computes them over its replicas and
+    /// reduces them (`vlm-zoo train --devices`).
+    fn gradients(
+        &self,
+        model: &Self::Model,
+        cast: Option<(&Self::Model, DType)>,
+        batch: Self::Batch,
+        scale: f64,
+    ) -> Result<Option<(f64, GradientsParams)>> {
+        let Some(loss) = self.loss(model, cast, batch)? else { return Ok(None) };
+        Ok(Some(backward(model, loss, scale)))
+    }
+
     /// Applied to the model after each optimiser step (a temperature clamp, say).
     fn after_step(&self, model: Self::Model) -> Self::Model {
         model
@@ -159,6 +174,27 @@ pub trait Task {
 
     /// The figure's middle panel (the task's metric per epoch).
     fn panel(&self) -> Panel;
+}
+
+/// Reads every parameter once, in the module's own order. Burn initialises parameters lazily,
+/// drawing from one random stream on first read: without this the values a fresh model gets
+/// would depend on which code reads its parameters first (a forward pass, a bf16 cast, a
+/// data-parallel fork), and the same seed would give different models.
+pub fn materialise<M: Module>(model: &M) {
+    struct Read;
+    impl burn::module::ModuleVisitor for Read {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Read);
+}
+
+/// `loss * scale`'s gradients for `model`'s parameters, and the unscaled loss value.
+pub fn backward<M: Module>(model: &M, loss: Tensor<1>, scale: f64) -> (f64, GradientsParams) {
+    let loss = loss * scale;
+    let value = zoo_nn::host::scalar(loss.clone().inner()) / scale;
+    (value, GradientsParams::from_grads(loss.backward(), model))
 }
 
 /// A locked output folder, ready to train into.
@@ -243,6 +279,7 @@ impl Run {
         title: &str,
     ) -> Result<Outcome<T::Model>> {
         let out = &self.out;
+        materialise(&model);
         let mut optim = AdamWConfig::new()
             .with_weight_decay(opts.weight_decay as f32)
             .with_grad_clipping(
@@ -312,20 +349,19 @@ impl Run {
                 speed.load_seconds += loaded.load_seconds;
                 skipped.extend(loaded.skipped);
                 let index = loaded.index;
-                let loss = match opts.precision {
-                    Precision::F32 => task.loss(&model, None, loaded.batch)?,
+                let scale = 1.0 / grad_accum as f64;
+                let step = match opts.precision {
+                    Precision::F32 => task.gradients(&model, None, loaded.batch, scale)?,
                     Precision::Bf16 => {
                         let half = zoo_nn::train::mixed::autocast(&model, DType::BF16);
-                        task.loss(&model, Some((&half, DType::BF16)), loaded.batch)?
+                        task.gradients(&model, Some((&half, DType::BF16)), loaded.batch, scale)?
                     }
                 };
-                let Some(loss) = loss else {
+                let Some((value, grads)) = step else {
                     // Nothing to learn from in this batch: passed over.
                     state.batch_in_epoch = index + 1;
                     continue;
                 };
-                let loss = loss / grad_accum as f64;
-                let value = zoo_nn::host::scalar(loss.clone().inner()) * grad_accum as f64;
                 if !value.is_finite() {
                     let last = match checkpoint::latest(out) {
                         Ok(Some(dir)) => format!("the last good checkpoint is {}", dir.display()),
@@ -336,7 +372,7 @@ impl Run {
                         state.step, state.epoch
                     )));
                 }
-                accum.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                accum.accumulate(&model, grads);
                 in_accum += 1;
                 state.batch_in_epoch = index + 1;
                 if in_accum < grad_accum {

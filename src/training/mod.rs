@@ -17,4 +17,4 @@ pub mod data;
 pub mod engine;
 pub mod tokenizer;
 
-pub use engine::{EpochEnd, Loaded, Outcome, Precision, Run, Task, TrainLoop, learning_rate};
+pub use engine::{EpochEnd, Loaded, Outcome, Precision, Run, Task, TrainLoop, backward, learning_rate};
