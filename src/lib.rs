@@ -16,7 +16,8 @@
 //! - [`training`]: the one training engine, data formats, checkpoints; its tasks [`train`]
 //!   (CLIP / SigLIP), [`finetune`] (PaliGemma) and [`demo`]; [`export`]: the one HF exporter;
 //! - [`compose`]: your own VLM from the parts; [`draw`]: every picture; [`serve`]: the HTTP
-//!   server; [`bench`], [`inspect`], [`quantize`]: the other commands;
+//!   server; [`embed`]: a dataset's embeddings into parquet files, shardable; [`bench`],
+//!   [`inspect`], [`quantize`]: the other commands;
 //! - [`args`]: the arguments every command shares; [`hub`]: downloads; [`fs`]: atomic writes;
 //!   [`synthetic`]: the synthetic datasets of the demo and the tests.
 //!
@@ -57,6 +58,7 @@ pub mod chat;
 pub mod compose;
 pub mod demo;
 pub mod draw;
+pub mod embed;
 pub mod export;
 pub mod finetune;
 pub mod front_door;

@@ -37,6 +37,9 @@ enum Command {
     Finetune(vlm_zoo::finetune::FinetuneArgs),
     /// Quantise a checkpoint's weights to int8 once, saved next to it, so --dtype q8 loads them in place.
     Quantize(vlm_zoo::quantize::QuantizeArgs),
+    /// Embed a dataset (any format train reads) with a SigLIP, SigLIP 2 or CLIP checkpoint into parquet
+    /// files; --shard I/N takes one of N disjoint shares, a killed run resumes from its last file.
+    Embed(vlm_zoo::embed::EmbedArgs),
     /// Serve a model over HTTP: OpenAI-compatible chat, generate, embeddings, zero-shot, a web page.
     Serve(vlm_zoo::serve::ServeArgs),
     /// Offline demo: train a tiny composed VLM to caption synthetic shapes, then caption held-out images.
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Embed(args) => embed(&args),
         Command::Serve(args) => {
             vlm_zoo::serve::serve(&args, |addr| {
                 note!("serving {} on http://{addr} (Ctrl-C or SIGTERM to stop)", args.model);
@@ -139,6 +143,37 @@ fn zero_shot(args: &ZeroShotArgs) -> Result<()> {
             say!("  {p:>8.4}  {text}");
         }
     }
+    Ok(())
+}
+
+fn embed(args: &vlm_zoo::embed::EmbedArgs) -> Result<()> {
+    let r = args.run(|line| note!("{line}"))?;
+    for note in &r.notes {
+        note!("note: {note}");
+    }
+    let m = &r.metadata;
+    if m.skipped > 0 {
+        note!("note: skipped {} samples whose image did not decode or could not be read", m.skipped);
+        for s in m.skipped_first.iter().take(5) {
+            note!("note:   skipped {s}");
+        }
+    }
+    let resumed =
+        if r.resumed_parts > 0 { format!(", {} parts resumed", r.resumed_parts) } else { String::new() };
+    say!(
+        "{} rows ({} with text) in {} files{resumed}; embedded {} images in {:.1} s ({:.1} images/s); {}",
+        m.count,
+        m.with_text,
+        m.files.len(),
+        r.embedded,
+        r.seconds,
+        r.embedded as f64 / r.seconds.max(1e-9),
+        if m.complete {
+            format!("written to {}", r.dir.display())
+        } else {
+            format!("stopped early in {}", r.dir.display())
+        }
+    );
     Ok(())
 }
 

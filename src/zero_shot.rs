@@ -177,12 +177,48 @@ impl Scorer {
             (Inputs::Naflex(proc), Towers::Siglip2(m)) => {
                 m.image_features(&proc.batch(images, &self.device)?)
             }
-            (Inputs::Pixels(proc), m) => m.encode_image(proc.batch(images, &self.device)?),
+            (Inputs::Pixels(proc), _) => return Ok(self.embed_pixel_batch(proc.batch(images, &self.device)?)),
             (Inputs::Naflex(_), _) => {
                 return Err(NnError::Config("NaFlex inputs need a SigLIP 2 model".into()));
             }
         };
         Ok(zoo_nn::l2_normalize(features))
+    }
+
+    /// The fixed-size image preprocessing of this model, applied to each image before
+    /// [`Scorer::embed_pixels`]; `None` for SigLIP 2 NaFlex, which preprocesses each image at its
+    /// own size inside [`Scorer::embed_images`]. A data loader's workers preprocess with it, so
+    /// `vlm-zoo embed` sees the pixels zero-shot sees.
+    pub fn processor(&self) -> Option<&ImageProcessor> {
+        match &self.inputs {
+            Inputs::Pixels(proc) => Some(proc),
+            Inputs::Naflex(_) => None,
+        }
+    }
+
+    /// L2-normalised image embeddings, `[n][dim]`, of `n` images preprocessed by
+    /// [`Scorer::processor`] to `size = (H, W)`: `pixels` is their `[n, 3, H, W]` values, flattened
+    /// (what [`ImageProcessor::batch`] stacks for [`Scorer::embed_images`]).
+    pub fn embed_pixels(&self, pixels: Vec<f32>, n: usize, size: (usize, usize)) -> Result<Tensor<2>> {
+        if self.processor().is_none() {
+            return Err(NnError::Config(
+                "a SigLIP 2 NaFlex model embeds decoded images (embed_images), not pixels".into(),
+            ));
+        }
+        if pixels.len() != n * 3 * size.0 * size.1 {
+            return Err(NnError::Config(format!(
+                "{} pixel values for {n} images of 3x{}x{}",
+                pixels.len(),
+                size.0,
+                size.1
+            )));
+        }
+        let data = TensorData::new(pixels, [n, 3, size.0, size.1]);
+        Ok(self.embed_pixel_batch(Tensor::from_data(data, &self.device)))
+    }
+
+    fn embed_pixel_batch(&self, pixels: Tensor<4>) -> Tensor<2> {
+        zoo_nn::l2_normalize(self.model().encode_image(pixels))
     }
 
     /// L2-normalised text embeddings, `[n][dim]`.

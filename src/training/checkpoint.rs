@@ -63,6 +63,11 @@ pub struct OutLock {
 /// Locks `out` for one training run; a second run into the same folder is refused, naming the
 /// process that holds it.
 pub fn lock(out: &Path) -> Result<OutLock> {
+    lock_for(out, "training run")
+}
+
+/// [`lock`] for a run of another kind (`what`: "embed run"), named in the refusal.
+pub fn lock_for(out: &Path, what: &str) -> Result<OutLock> {
     use std::io::{Read, Seek, Write};
     let path = out.join(".vlm-zoo.lock");
     let mut file = std::fs::OpenOptions::new()
@@ -76,7 +81,7 @@ pub fn lock(out: &Path) -> Result<OutLock> {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         return Err(NnError::Config(format!(
-            "{}: another training run (pid {}) is writing to this folder; wait for it or choose another --out",
+            "{}: another {what} (pid {}) is writing to this folder; wait for it or choose another --out",
             out.display(),
             holder.trim()
         )));

@@ -93,6 +93,7 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
             };
             match v[field].as_str() {
                 Some(c) => pairs.push(Pair { image: path.join(file), caption: c.trim().to_string() }),
+                None if opts.every_row => pairs.push(Pair { image: path.join(file), caption: String::new() }),
                 None => missing_captions += 1,
             }
         }
@@ -115,6 +116,7 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
             };
             match caption {
                 Some(c) => pairs.push(Pair { image, caption: c.trim().to_string() }),
+                None if opts.every_row => pairs.push(Pair { image, caption: String::new() }),
                 None => missing_captions += 1,
             }
         }
@@ -128,7 +130,8 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
                     NnError::Config(format!("{}:{}: invalid JSON: {e}", path.display(), i + 1))
                 })?;
-                let (Some(image), Some(caption)) = (v["image"].as_str(), v[caption_field].as_str()) else {
+                let caption = v[caption_field].as_str().or(opts.every_row.then_some(""));
+                let (Some(image), Some(caption)) = (v["image"].as_str(), caption) else {
                     return Err(NnError::Config(format!(
                         "{}:{}: each line needs string fields \"image\" and \"{caption_field}\"",
                         path.display(),
@@ -162,8 +165,9 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
             };
             for line in lines.filter(|l| !l.trim().is_empty()) {
                 let f = split_fields(line, sep);
-                if let (Some(image), Some(caption)) = (f.get(ic), f.get(cc)) {
-                    pairs.push(Pair { image: base.join(image.trim()), caption: caption.clone() });
+                let caption = f.get(cc).cloned().or(opts.every_row.then(String::new));
+                if let (Some(image), Some(caption)) = (f.get(ic), caption) {
+                    pairs.push(Pair { image: base.join(image.trim()), caption });
                 }
             }
         }
@@ -176,6 +180,13 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
     }
     let mut skipped = Skipped { empty_captions: missing_captions, ..Default::default() };
     let mut kept = Vec::with_capacity(pairs.len());
+    if opts.every_row {
+        // Every row goes on to the workers, which skip and report images that do not decode.
+        if pairs.is_empty() {
+            return Err(NnError::Config(format!("{}: no rows", path.display())));
+        }
+        return Ok((pairs, skipped));
+    }
     for p in pairs {
         if p.caption.trim().is_empty() {
             if strict {

@@ -23,36 +23,77 @@ pub fn batches(
     workers: usize,
     skip: usize,
 ) -> mpsc::Receiver<Result<Batch>> {
+    prepared(source, batch_size, order_seed, &Prepare::Pixels(proc.clone(), aug), workers, skip)
+}
+
+/// What the workers make of each sample's image.
+#[derive(Debug, Clone)]
+pub enum Prepare {
+    /// Decoded, augmented and preprocessed to the processor's fixed size ([`Batch::pixels`]).
+    Pixels(ImageProcessor, Augment),
+    /// Decoded only ([`Batch::images`]), for a model that preprocesses each image at its own
+    /// size (SigLIP 2 NaFlex).
+    Decode,
+}
+
+/// [`batches`] with the workers preparing each image as `prepare` says.
+pub fn prepared(
+    source: &dyn Source,
+    batch_size: usize,
+    order_seed: u64,
+    prepare: &Prepare,
+    workers: usize,
+    skip: usize,
+) -> mpsc::Receiver<Result<Batch>> {
     let workers = workers.max(1);
     let jobs = Arc::new(Mutex::new(source.epoch(batch_size, order_seed, skip)));
     let (tx, rx) = mpsc::sync_channel(workers * 2);
     let (done_tx, done_rx) = mpsc::sync_channel::<(usize, Result<Batch>)>(workers * 2);
     for _ in 0..workers {
-        let (jobs, done_tx, proc) = (jobs.clone(), done_tx.clone(), proc.clone());
+        let (jobs, done_tx, prepare) = (jobs.clone(), done_tx.clone(), prepare.clone());
         std::thread::spawn(move || {
             loop {
                 let job = jobs.lock().map(|r| r.recv());
                 let Ok(Ok(Job { index, samples, mut skipped })) = job else { return };
                 let started = std::time::Instant::now();
-                let (mut pixels, mut captions, mut indices, mut size) =
-                    (Vec::new(), Vec::new(), Vec::new(), (0, 0));
+                let (mut pixels, mut images, mut size) = (Vec::new(), Vec::new(), (0, 0));
+                let (mut captions, mut indices, mut keys) = (Vec::new(), Vec::new(), Vec::new());
                 for s in samples {
-                    match s.pixels(&proc, aug) {
-                        // Every image of a batch comes out the processor's size; one that does
-                        // not (a processor without a fixed size) is left out, named.
-                        Ok((h, w, _)) if !captions.is_empty() && (h, w) != size => skipped
-                            .push(format!("{}: preprocesses to {h}x{w}, not {}x{}", s.key, size.0, size.1)),
-                        Ok((h, w, px)) => {
-                            size = (h, w);
-                            pixels.extend(px);
-                            captions.push(s.caption);
-                            indices.push(s.index);
-                        }
-                        Err(e) => skipped.push(e),
+                    match &prepare {
+                        Prepare::Pixels(proc, aug) => match s.pixels(proc, *aug) {
+                            // Every image of a batch comes out the processor's size; one that
+                            // does not (a processor without a fixed size) is left out, named.
+                            Ok((h, w, _)) if !captions.is_empty() && (h, w) != size => {
+                                skipped.push(format!(
+                                    "{}: preprocesses to {h}x{w}, not {}x{}",
+                                    s.key, size.0, size.1
+                                ));
+                                continue;
+                            }
+                            Ok((h, w, px)) => {
+                                size = (h, w);
+                                pixels.extend(px);
+                            }
+                            Err(e) => {
+                                skipped.push(e);
+                                continue;
+                            }
+                        },
+                        Prepare::Decode => match s.decode() {
+                            Ok(img) => images.push(img),
+                            Err(e) => {
+                                skipped.push(e);
+                                continue;
+                            }
+                        },
                     }
+                    captions.push(s.caption);
+                    indices.push(s.index);
+                    keys.push(s.key);
                 }
                 let load_seconds = started.elapsed().as_secs_f64();
-                let batch = Batch { index, pixels, size, captions, indices, skipped, load_seconds };
+                let batch =
+                    Batch { index, pixels, images, size, captions, indices, keys, skipped, load_seconds };
                 if done_tx.send((index, Ok(batch))).is_err() {
                     return;
                 }

@@ -107,9 +107,20 @@ impl Sample {
     ) -> std::result::Result<(usize, usize, Vec<f32>), String> {
         match &self.image {
             ImageData::File(path) => load_image(path, proc, aug, self.seed).map_err(|e| e.to_string()),
-            ImageData::Bytes(bytes) => zoo_nn::data::image::decode_image(bytes)
-                .map_err(|e| format!("{}: {e}", self.key))
+            ImageData::Bytes(_) => self
+                .decode()
                 .and_then(|img| augment(img, proc, aug, self.seed).map_err(|e| format!("{}: {e}", self.key))),
+        }
+    }
+
+    /// Decodes the image as zero-shot does (`zoo_nn::open_image` for a file), or says why not
+    /// (`path or key: reason`).
+    pub fn decode(&self) -> std::result::Result<image::DynamicImage, String> {
+        match &self.image {
+            ImageData::File(path) => zoo_nn::open_image(path).map_err(|e| e.to_string()),
+            ImageData::Bytes(bytes) => {
+                zoo_nn::data::image::decode_image(bytes).map_err(|e| format!("{}: {e}", self.key))
+            }
         }
     }
 }
@@ -125,19 +136,24 @@ pub struct Job {
     pub skipped: Vec<String>,
 }
 
-/// A prepared batch: pixel values `[B * 3 * H * W]` and the captions.
+/// A prepared batch: pixel values `[B * 3 * H * W]` (or the decoded images) and the captions.
 #[derive(Debug)]
 pub struct Batch {
     /// Position of this batch in the epoch.
     pub index: usize,
-    /// Flattened `[B, 3, H, W]`.
+    /// Flattened `[B, 3, H, W]` (empty when the workers only decode: [`Batch::images`]).
     pub pixels: Vec<f32>,
+    /// The decoded images, when the workers only decode (`loader::Prepare::Decode`: a model
+    /// that preprocesses each image at its own size); empty otherwise.
+    pub images: Vec<image::DynamicImage>,
     /// `(H, W)` of each image (`(0, 0)` when none decoded).
     pub size: (usize, usize),
     /// Captions, in order.
     pub captions: Vec<String>,
     /// [`Sample::index`] of each image, in order.
     pub indices: Vec<usize>,
+    /// [`Sample::key`] of each image, in order.
+    pub keys: Vec<String>,
     /// Samples of this batch that failed to decode or preprocess (`path: reason`), left out.
     pub skipped: Vec<String>,
     /// Seconds one worker spent reading, decoding and augmenting this batch.

@@ -44,6 +44,12 @@ pub struct SourceOptions {
     /// OUT/held-out/ and evaluated every epoch).
     #[arg(long, default_value_t = 1000)]
     pub val_max: usize,
+    /// Every row reaches the workers, for a pass that accounts for each sample (`vlm-zoo
+    /// embed`), not training: a row without a caption comes through with an empty one (a parquet
+    /// file needs no caption column), and a list's images are not checked while scanning (the
+    /// workers skip and report those that do not decode).
+    #[arg(skip)]
+    pub every_row: bool,
 }
 
 impl Default for SourceOptions {
@@ -56,6 +62,7 @@ impl Default for SourceOptions {
             shuffle_buffer: 2000,
             train_num_samples: None,
             val_max: 1000,
+            every_row: false,
         }
     }
 }
@@ -184,7 +191,7 @@ impl Stream {
                 .map(|c| c.name().to_string())
                 .collect();
             let (image, caption) = parquet_columns(&columns, opts);
-            if image.is_none() || caption.is_none() {
+            if image.is_none() || (caption.is_none() && !opts.every_row) {
                 return Err(NnError::Load {
                     path: f.clone(),
                     reason: format!(
@@ -292,6 +299,7 @@ fn caption_from_json(bytes: &[u8], key: &str) -> Option<String> {
 fn tar_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = Item> + use<> {
     let shard = path.display().to_string();
     let caption_key = opts.caption_key.clone();
+    let every_row = opts.every_row;
     let (tx, rx) = mpsc::sync_channel::<Item>(64);
     let path = path.to_path_buf();
     std::thread::spawn(move || {
@@ -331,6 +339,7 @@ fn tar_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = Item> 
                 Some(k) => g.json.as_deref().and_then(|j| caption_from_json(j, k)),
                 None => g.txt.or_else(|| g.json.as_deref().and_then(|j| caption_from_json(j, "caption"))),
             };
+            let caption = if every_row { Some(caption.unwrap_or_default()) } else { caption };
             Some(match (g.image, caption) {
                 (None, _) => Err(format!("{key}: no image member ({})", IMAGE_EXTS.join("/"))),
                 (_, None) => Err(format!(
@@ -339,7 +348,9 @@ fn tar_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = Item> 
                         .as_ref()
                         .map_or("a .txt member".to_string(), |k| format!("no \"{k}\" in its .json"))
                 )),
-                (Some(_), Some(c)) if c.trim().is_empty() => Err(format!("{key}: empty caption")),
+                (Some(_), Some(c)) if c.trim().is_empty() && !every_row => {
+                    Err(format!("{key}: empty caption"))
+                }
                 (Some((ext, bytes)), Some(caption)) => {
                     Ok(RawSample { key, ext, bytes, caption: caption.trim().to_string() })
                 }
@@ -430,7 +441,9 @@ fn parquet_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = It
             .iter()
             .map(|f| f.name().to_string())
             .collect();
-        let (Some(image_col), Some(caption_col)) = parquet_columns(&columns, &opts) else {
+        let (image_col, caption_col) = parquet_columns(&columns, &opts);
+        let caption_col = if opts.every_row { Some(caption_col.unwrap_or_default()) } else { caption_col };
+        let (Some(image_col), Some(caption_col)) = (image_col, caption_col) else {
             let _ = tx.send(Err(format!(
                 "{name}: no image or caption column; its columns are {}",
                 columns.join(", ")
@@ -480,9 +493,11 @@ fn parquet_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = It
                     }
                 }
                 let (ext, bytes) = image.ok_or_else(|| format!("{key}: no image in column '{image_col}'"))?;
-                let caption = caption
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| format!("{key}: no caption in column '{caption_col}'"))?;
+                let caption = match caption.filter(|c| !c.is_empty()) {
+                    Some(c) => c,
+                    None if opts.every_row => String::new(),
+                    None => return Err(format!("{key}: no caption in column '{caption_col}'")),
+                };
                 Ok(RawSample { key: key.clone(), ext, bytes, caption })
             })();
             if tx.send(item).is_err() {
