@@ -15,6 +15,10 @@ pub enum Kernel {
     Avx512,
     /// `vdpbf16ps` (AVX512-BF16) on activations rounded to bf16.
     Avx512Bf16,
+    /// `vpdpwssd` (AVX512-VNNI) on int8 weights and activations quantised to int16 per row and
+    /// block of 256 k (the rounding is 2^-16 of the block's largest value); bf16 weights run
+    /// the AVX-512 FMA kernel.
+    Avx512Vnni,
     /// The portable loop compiled for AVX2 + FMA.
     Avx2,
     /// The portable loop for the baseline target.
@@ -27,8 +31,8 @@ pub const GEMV_ROWS: usize = 4;
 
 impl Kernel {
     /// Every kernel, in the order [`Kernel::available`] lists them.
-    pub const ALL: [Kernel; 5] =
-        [Kernel::Avx512, Kernel::Avx512Bf16, Kernel::Amx, Kernel::Avx2, Kernel::Portable];
+    pub const ALL: [Kernel; 6] =
+        [Kernel::Avx512, Kernel::Avx512Vnni, Kernel::Avx512Bf16, Kernel::Amx, Kernel::Avx2, Kernel::Portable];
 
     /// The name `VLM_ZOO_KERNEL` and the cache use.
     pub fn name(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Kernel {
             Kernel::Amx => "amx",
             Kernel::Avx512 => "avx512",
             Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::Avx512Vnni => "avx512vnni",
             Kernel::Avx2 => "avx2",
             Kernel::Portable => "portable",
         }
@@ -78,6 +83,9 @@ fn detect_available() -> Vec<Kernel> {
             && is_x86_feature_detected!("avx512vl")
         {
             has.push(Kernel::Avx512);
+            if is_x86_feature_detected!("avx512vnni") {
+                has.push(Kernel::Avx512Vnni);
+            }
             if is_x86_feature_detected!("avx512bf16") {
                 has.push(Kernel::Avx512Bf16);
             }

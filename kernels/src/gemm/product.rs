@@ -72,7 +72,7 @@ impl PackedWeight {
             let range = c * chunk..((c + 1) * chunk).min(n);
             let out = out_ptr;
             #[cfg(target_arch = "x86_64")]
-            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx) {
+            if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx | Kernel::Avx512Vnni) {
                 // SAFETY: AVX-512 was detected; tasks write disjoint output columns.
                 unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, n, range, out.0) };
                 return;
@@ -107,6 +107,33 @@ impl PackedWeight {
             let row = &a[(b * h + i) * k..(b * h + i + 1) * k];
             (row[2 * t], row.get(2 * t + 1).copied().unwrap_or(0.0))
         };
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx512Vnni && self.q8().is_some() {
+            // Int16 pairs, one scale per row and block of I16_BLOCK pairs: `s = max |a| / 32767`.
+            let kblocks = kp2.div_ceil(x86::I16_BLOCK);
+            let mut packed = vec![0u32; blocks * kp2 * h];
+            let mut scales = vec![0f32; blocks * kblocks * h];
+            packed.par_chunks_mut(kp2 * h).zip(scales.par_chunks_mut(kblocks * h)).enumerate().for_each(
+                |(b, (block, scale))| {
+                    for i in 0..h.min(m - b * h) {
+                        let row = &a[(b * h + i) * k..(b * h + i + 1) * k];
+                        for kb in 0..kblocks {
+                            let (t0, t1) = (kb * x86::I16_BLOCK, ((kb + 1) * x86::I16_BLOCK).min(kp2));
+                            let part = &row[2 * t0..(2 * t1).min(k)];
+                            let max = part.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let s = if max > 0.0 && max.is_finite() { max / 32767.0 } else { 1.0 };
+                            scale[kb * h + i] = s;
+                            let q = |v: f32| ((v / s).round().clamp(-32767.0, 32767.0) as i16) as u16 as u32;
+                            for t in t0..t1 {
+                                let (lo, hi) = pair(b, i, t);
+                                block[t * h + i] = q(lo) | (q(hi) << 16);
+                            }
+                        }
+                    }
+                },
+            );
+            return Activations::I16 { pairs: packed, scales };
+        }
         if kernel == Kernel::Avx512Bf16 {
             let mut packed = vec![0u32; blocks * kp2 * h];
             packed.par_chunks_mut(kp2 * h).enumerate().for_each(|(b, block)| {
@@ -182,7 +209,13 @@ impl PackedWeight {
                         x86::dp_q8(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
                     #[cfg(target_arch = "x86_64")]
-                    (Some(w), _, Activations::F32(a), Kernel::Avx512) => unsafe {
+                    (_, Some(w), Activations::I16 { pairs, scales }, Kernel::Avx512Vnni) => unsafe {
+                        let a = pairs.as_ptr().add(b * block_len);
+                        let s = scales.as_ptr().add(b * self.kp2.div_ceil(x86::I16_BLOCK) * h);
+                        x86::vnni_q8(a, s, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Some(w), _, Activations::F32(a), Kernel::Avx512 | Kernel::Avx512Vnni) => unsafe {
                         let a = a.as_ptr().add(b * block_len * 2);
                         x86::fma_bf16(a, h, w.as_ptr(), panel_len, self.kp2, np, &mut acc)
                     },
@@ -382,4 +415,7 @@ pub(super) enum Activations {
     F32(Vec<f32>),
     /// Pairs of bf16 in one u32, for `vdpbf16ps`.
     Bf16(Vec<u32>),
+    /// Pairs of int16 in one u32 and their scales (block `b`, k-block `kb`, row `i` at
+    /// `(b * kblocks + kb) * h + i`), for `vpdpwssd` on int8 weights.
+    I16 { pairs: Vec<u32>, scales: Vec<f32> },
 }

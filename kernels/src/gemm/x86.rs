@@ -298,3 +298,92 @@ pub unsafe fn stage_pairs(rows: *const u8, row_bytes: usize, cols: usize, blocks
         }
     }
 }
+
+/// Pairs of k per block of the int16 activations: each block has its own scale per row, and
+/// its int32 sums (at most 2 * 128 * 32767 * 127 < 2^31) are converted to f32 at its end.
+pub const I16_BLOCK: usize = 128;
+
+/// `vpdpwssd` tiles (AVX512-VNNI) over int8 weights widened to int16 and activations quantised
+/// to int16 per row and block of [`I16_BLOCK`] pairs: exact integer sums within a block, f32
+/// across blocks.
+///
+/// # Safety
+/// The CPU has AVX512-VNNI and BW; `a` holds a packed block of `h` rows of int16 pairs, `s`
+/// its scales (`kp2.div_ceil(I16_BLOCK) * h`), `w` `np` int8 panels `panel_len` apart.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn vnni_q8(
+    a: *const u32,
+    s: *const f32,
+    h: usize,
+    w: *const i8,
+    panel_len: usize,
+    kp2: usize,
+    np: usize,
+    acc: &mut [[f32; PANEL * NR]; MR],
+) {
+    unsafe {
+        match (h, np) {
+            (1, 2) => vnni_tile::<1, 2>(a, s, w, panel_len, kp2, acc),
+            (2, 2) => vnni_tile::<2, 2>(a, s, w, panel_len, kp2, acc),
+            (3, 2) => vnni_tile::<3, 2>(a, s, w, panel_len, kp2, acc),
+            (4, 2) => vnni_tile::<4, 2>(a, s, w, panel_len, kp2, acc),
+            (1, _) => vnni_tile::<1, 1>(a, s, w, panel_len, kp2, acc),
+            (2, _) => vnni_tile::<2, 1>(a, s, w, panel_len, kp2, acc),
+            (3, _) => vnni_tile::<3, 1>(a, s, w, panel_len, kp2, acc),
+            (4, _) => vnni_tile::<4, 1>(a, s, w, panel_len, kp2, acc),
+            (5, 2) => vnni_tile::<5, 2>(a, s, w, panel_len, kp2, acc),
+            (6, 2) => vnni_tile::<6, 2>(a, s, w, panel_len, kp2, acc),
+            (7, 2) => vnni_tile::<7, 2>(a, s, w, panel_len, kp2, acc),
+            (8, 2) => vnni_tile::<8, 2>(a, s, w, panel_len, kp2, acc),
+            (5, _) => vnni_tile::<5, 1>(a, s, w, panel_len, kp2, acc),
+            (6, _) => vnni_tile::<6, 1>(a, s, w, panel_len, kp2, acc),
+            (7, _) => vnni_tile::<7, 1>(a, s, w, panel_len, kp2, acc),
+            _ => vnni_tile::<8, 1>(a, s, w, panel_len, kp2, acc),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni_tile<const R: usize, const P: usize>(
+    a: *const u32,
+    s: *const f32,
+    w: *const i8,
+    panel_len: usize,
+    kp2: usize,
+    out: &mut [[f32; PANEL * NR]; MR],
+) {
+    unsafe {
+        let mut total = [[_mm512_setzero_ps(); P]; R];
+        let mut t0 = 0;
+        let mut kb = 0;
+        while t0 < kp2 {
+            let t1 = (t0 + I16_BLOCK).min(kp2);
+            let mut sum = [[_mm512_setzero_si512(); P]; R];
+            for t in t0..t1 {
+                for j in 0..P {
+                    // 16 columns x 2 k of int8, sign-extended to int16 pairs.
+                    let wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                        w.add(j * panel_len + t * 32) as *const __m256i
+                    ));
+                    for i in 0..R {
+                        let av = _mm512_set1_epi32(*a.add(t * R + i) as i32);
+                        sum[i][j] = _mm512_dpwssd_epi32(sum[i][j], av, wv);
+                    }
+                }
+            }
+            for i in 0..R {
+                let scale = _mm512_set1_ps(*s.add(kb * R + i));
+                for j in 0..P {
+                    total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i][j]), scale, total[i][j]);
+                }
+            }
+            t0 = t1;
+            kb += 1;
+        }
+        for i in 0..R {
+            for j in 0..P {
+                _mm512_storeu_ps(out[i].as_mut_ptr().add(j * PANEL), total[i][j]);
+            }
+        }
+    }
+}
