@@ -19,7 +19,7 @@
 use crate::args::{ComputeArgs, ModelArgs};
 use crate::models::Family;
 use crate::training::checkpoint;
-use crate::training::data::{Ordered, Prepare, Shard, SourceOptions, prepared};
+use crate::training::data::{FormatOptions, Ordered, Prepare, Shard, SourceOptions, prepared};
 use crate::zero_shot::Scorer;
 use burn::tensor::f16;
 use parquet::basic::Compression;
@@ -75,19 +75,9 @@ pub struct EmbedArgs {
     /// Threads that read, decode and preprocess images ahead of the model.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// JSON field holding the caption (WebDataset `.json` members, img2dataset's `.json` files,
-    /// JSONL rows) [default: the `.txt` member / `caption`].
-    #[arg(long)]
-    pub caption_key: Option<String>,
-    /// CSV/TSV separator [default: tab for .tsv, comma for .csv].
-    #[arg(long)]
-    pub csv_separator: Option<char>,
-    /// CSV/TSV column of the image path [default: `filepath` (open_clip) or `image`].
-    #[arg(long)]
-    pub csv_img_key: Option<String>,
-    /// CSV/TSV column of the caption [default: `title` (open_clip) or `caption`].
-    #[arg(long)]
-    pub csv_caption_key: Option<String>,
+    /// Where captions and images are in each format.
+    #[command(flatten)]
+    pub format: FormatOptions,
     /// Device and dtype.
     #[command(flatten)]
     pub compute: ComputeArgs,
@@ -186,14 +176,7 @@ impl EmbedArgs {
     }
 
     fn source_options(&self) -> SourceOptions {
-        SourceOptions {
-            caption_key: self.caption_key.clone(),
-            csv_separator: self.csv_separator,
-            csv_img_key: self.csv_img_key.clone(),
-            csv_caption_key: self.csv_caption_key.clone(),
-            every_row: true,
-            ..Default::default()
-        }
+        SourceOptions { format: self.format.clone(), every_row: true, ..Default::default() }
     }
 
     /// Embeds the share, calling `progress` with a line after each part file.
@@ -214,10 +197,10 @@ impl EmbedArgs {
             dtype: self.out_dtype,
             data: self.data.display().to_string(),
             data_options: [
-                self.caption_key.clone(),
-                self.csv_separator.map(String::from),
-                self.csv_img_key.clone(),
-                self.csv_caption_key.clone(),
+                self.format.caption_key.clone(),
+                self.format.csv_separator.map(String::from),
+                self.format.csv_img_key.clone(),
+                self.format.csv_caption_key.clone(),
             ],
             shard: shard.to_string(),
             rows_per_file: self.rows_per_file,

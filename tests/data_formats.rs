@@ -131,7 +131,7 @@ fn img2dataset_tree_with_json_captions() {
         std::fs::write(d.join(format!("{i:09}.txt")), "from the txt").unwrap();
     }
     let mut a = args(&root, &tmp.path().join("out"));
-    a.source.caption_key = Some("alt".into());
+    a.source.format.caption_key = Some("alt".into());
     let r = vlm_zoo::train::train(&a).unwrap();
     assert!(r.steps >= 4, "{}", r.steps);
     // Without --caption-key the .txt captions are used.
@@ -167,11 +167,11 @@ fn open_clip_tsv_and_imagefolder_metadata() {
     // Custom separator and keys; a wrong key names what the header has.
     std::fs::write(d.join("c.csv"), tsv.replace('\t', ";").replace("filepath;title", "path;text")).unwrap();
     let mut a = args(&d.join("c.csv"), &tmp.path().join("o2"));
-    a.source.csv_separator = Some(';');
-    a.source.csv_img_key = Some("path".into());
-    a.source.csv_caption_key = Some("text".into());
+    a.source.format.csv_separator = Some(';');
+    a.source.format.csv_img_key = Some("path".into());
+    a.source.format.csv_caption_key = Some("text".into());
     assert!(vlm_zoo::train::train(&a).unwrap().steps >= 3);
-    a.source.csv_caption_key = Some("caption".into());
+    a.source.format.csv_caption_key = Some("caption".into());
     a.out = tmp.path().join("o3");
     let e = vlm_zoo::train::train(&a).unwrap_err().to_string();
     assert!(e.contains("\"caption\"") && e.contains("\"path\", \"text\""), "{e}");

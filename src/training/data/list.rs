@@ -80,11 +80,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
 pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Result<(Vec<Pair>, Skipped)> {
     let mut pairs = Vec::new();
     let mut missing_captions = 0usize;
-    let caption_field = opts.caption_key.as_deref().unwrap_or("caption");
+    let caption_field = opts.format.caption_key.as_deref().unwrap_or("caption");
     if path.is_dir() && path.join("metadata.jsonl").is_file() {
         let meta = path.join("metadata.jsonl");
         let text = zoo_nn::load::read_text(&meta, 4 << 30)?;
-        let field = opts.caption_key.as_deref().unwrap_or("text");
+        let field = opts.format.caption_key.as_deref().unwrap_or("text");
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| NnError::Config(format!("{}:{}: invalid JSON: {e}", meta.display(), i + 1)))?;
@@ -106,7 +106,7 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
                 continue;
             }
             let (txt, json) = (image.with_extension("txt"), image.with_extension("json"));
-            let caption = if opts.caption_key.is_none() && txt.is_file() {
+            let caption = if opts.format.caption_key.is_none() && txt.is_file() {
                 Some(std::fs::read_to_string(&txt).map_err(|e| NnError::io(&txt, e))?)
             } else if json.is_file() {
                 let v: serde_json::Value = zoo_nn::read_json(&json)?;
@@ -142,7 +142,7 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
             }
         } else {
             let tsv = path.extension().is_some_and(|e| e == "tsv");
-            let sep = opts.csv_separator.unwrap_or(if tsv { '\t' } else { ',' });
+            let sep = opts.format.csv_separator.unwrap_or(if tsv { '\t' } else { ',' });
             let mut lines = text.lines();
             let header = split_fields(lines.next().unwrap_or_default(), sep);
             let col = |name: &str| header.iter().position(|h| h.trim() == name);
@@ -151,13 +151,13 @@ pub fn load_pairs_with(path: &Path, strict: bool, opts: &SourceOptions) -> Resul
                 None => defaults.iter().find_map(|d| col(d)),
             };
             let (Some(ic), Some(cc)) = (
-                pick(&opts.csv_img_key, ["filepath", "image"]),
-                pick(&opts.csv_caption_key, ["title", "caption"]),
+                pick(&opts.format.csv_img_key, ["filepath", "image"]),
+                pick(&opts.format.csv_caption_key, ["title", "caption"]),
             ) else {
                 return Err(NnError::Config(format!(
                     "{}: no image / caption columns {} (found {header:?}, separator {sep:?}; see --csv-img-key, --csv-caption-key, --csv-separator)",
                     path.display(),
-                    match (&opts.csv_img_key, &opts.csv_caption_key) {
+                    match (&opts.format.csv_img_key, &opts.format.csv_caption_key) {
                         (Some(i), Some(c)) => format!("\"{i}\" / \"{c}\""),
                         _ => "(filepath/title or image/caption)".to_string(),
                     }

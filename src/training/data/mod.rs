@@ -27,4 +27,4 @@ pub use list::{ListSource, Skipped, csv_fields, load_pairs, load_pairs_with, spl
 pub use loader::{Dataset, DatasetOptions, Prepare, batches, loaded, prepared, stream_batches};
 pub use ordered::{Ordered, Shard};
 pub use sample::{Augment, Batch, ImageData, Job, Pair, Sample, Source, augment, load_image, shuffle};
-pub use stream::{ShuffleBuffer, SourceOptions, Stream, StreamSource, is_stream};
+pub use stream::{FormatOptions, ShuffleBuffer, SourceOptions, Stream, StreamSource, is_stream};

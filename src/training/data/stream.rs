@@ -17,9 +17,9 @@ use zoo_nn::{NnError, Result, Rng};
 /// Image file extensions of a sample, as WebDataset names its members.
 pub const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
-/// Where captions come from, and how CSV/TSV files are laid out (open_clip's options).
-#[derive(clap::Args, Debug, Clone, PartialEq)]
-pub struct SourceOptions {
+/// Where the captions and image paths are in each format (`train` and `embed` read the same).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct FormatOptions {
     /// JSON field holding the caption (WebDataset `.json` members, img2dataset's `.json` files,
     /// JSONL rows) [default: the `.txt` member / `caption`].
     #[arg(long)]
@@ -33,6 +33,14 @@ pub struct SourceOptions {
     /// CSV/TSV column of the caption [default: `title` (open_clip) or `caption`].
     #[arg(long)]
     pub csv_caption_key: Option<String>,
+}
+
+/// Where captions come from, and how CSV/TSV files are laid out (open_clip's options).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct SourceOptions {
+    /// Where captions and images are in each format.
+    #[command(flatten)]
+    pub format: FormatOptions,
     /// Samples held in the shuffle buffer of a stream (shards, parquet).
     #[arg(long, default_value_t = 2000)]
     pub shuffle_buffer: usize,
@@ -55,10 +63,7 @@ pub struct SourceOptions {
 impl Default for SourceOptions {
     fn default() -> Self {
         Self {
-            caption_key: None,
-            csv_separator: None,
-            csv_img_key: None,
-            csv_caption_key: None,
+            format: FormatOptions::default(),
             shuffle_buffer: 2000,
             train_num_samples: None,
             val_max: 1000,
@@ -244,7 +249,7 @@ impl Stream {
 const PARQUET_IMAGE_COLUMNS: [&str; 7] = ["image", "jpg", "png", "webp", "img", "file_name", "filepath"];
 
 fn caption_candidates(opts: &SourceOptions) -> Vec<String> {
-    match &opts.caption_key {
+    match &opts.format.caption_key {
         Some(k) => vec![k.clone()],
         None => ["caption", "text", "txt", "title"].map(String::from).to_vec(),
     }
@@ -298,7 +303,7 @@ fn caption_from_json(bytes: &[u8], key: &str) -> Option<String> {
 /// WebDataset writes them). A truncated shard ends with one skip naming where.
 fn tar_samples(path: &Path, opts: &SourceOptions) -> impl Iterator<Item = Item> + use<> {
     let shard = path.display().to_string();
-    let caption_key = opts.caption_key.clone();
+    let caption_key = opts.format.caption_key.clone();
     let every_row = opts.every_row;
     let (tx, rx) = mpsc::sync_channel::<Item>(64);
     let path = path.to_path_buf();
