@@ -113,6 +113,11 @@ pub struct FinetuneArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Data-parallel fine-tuning on several devices, as `vlm-zoo train --devices`: one replica
+    /// per device with its share of each batch's rows, weighted by its share of the batch's
+    /// answer tokens, gradients summed on the first device.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Vec<String>,
     /// Show a progress bar.
     #[arg(skip = true)]
     pub progress: bool,
@@ -143,6 +148,7 @@ impl Default for FinetuneArgs {
             precision: Precision::F32,
             gradient_checkpointing: false,
             device: DeviceArgs::default(),
+            devices: Vec::new(),
             progress: true,
         }
     }
@@ -396,7 +402,11 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         )));
     }
 
-    let device = args.device.device()?.autodiff();
+    let (devices, how) = crate::training::parallel::devices(&args.devices, &args.device, args.batch_size)?;
+    if let Some(how) = how {
+        on_line(&how);
+    }
+    let device = devices[0].clone();
     // Recompute the memory-bound activations in the backward pass instead of keeping them.
     let device = if args.gradient_checkpointing { device.gradient_checkpointing() } else { device };
     device.seed(args.seed);
@@ -463,6 +473,7 @@ pub fn finetune(args: &FinetuneArgs, mut on_line: impl FnMut(&str)) -> Result<Fi
         train_rows: std::sync::Arc::new(train_rows),
         held_out,
         device,
+        devices,
         on_line: &mut on_line,
         intro: Some(intro),
         exact_match_before: None,
@@ -501,6 +512,8 @@ struct Finetune<'a, F: FnMut(&str)> {
     train_rows: std::sync::Arc<Vec<Example>>,
     held_out: Vec<Example>,
     device: Device,
+    /// The data-parallel replicas' devices (`--devices`; one: no replicas).
+    devices: Vec<Device>,
     on_line: &'a mut F,
     /// The first line, printed when training starts.
     intro: Option<String>,
@@ -626,6 +639,55 @@ impl<F: FnMut(&str)> Task for Finetune<'_, F> {
             Some((half, dtype)) => half.forward(pixels.cast(dtype), &b.ids, &types)?.cast(DType::F32),
         };
         Ok(Some(zoo_nn::train::loss::suffix_cross_entropy(logits, &b.ids, &b.prefix, &b.suffix_len)))
+    }
+
+    fn gradients(
+        &self,
+        model: &Self::Model,
+        cast: Option<(&Self::Model, DType)>,
+        b: RowBatch,
+        scale: f64,
+    ) -> Result<Option<(f64, burn::optim::GradientsParams)>> {
+        if self.devices.len() < 2 {
+            let Some(loss) = self.loss(model, cast, b)? else { return Ok(None) };
+            return Ok(Some(crate::training::backward(model, loss, scale)));
+        }
+        if b.ids.is_empty() {
+            return Ok(None);
+        }
+        // Replica r's rows, weighted by their share of the batch's answer tokens: the weighted
+        // means add up to the whole batch's mean, and so do their gradients.
+        let (n, width) = (b.ids.len(), b.ids[0].len());
+        let d = self.devices.len().min(n);
+        let positions = |rows: std::ops::Range<usize>| -> usize {
+            rows.map(|i| zoo_nn::train::loss::suffix_positions(width, b.prefix[i], b.suffix_len[i])).sum()
+        };
+        let total = positions(0..n).max(1);
+        let (h, w) = b.size;
+        let per_image = 3 * h * w;
+        let dtype = cast.map(|c| c.1);
+        let shard = crate::training::parallel::shard;
+        let (values, grads) =
+            crate::training::parallel::replicas(model, &self.devices[..d], |r, replica, device| {
+                let rows = shard(n, d, r);
+                let share = positions(rows.clone()) as f64 / total as f64;
+                let ids = &b.ids[rows.clone()];
+                let (prefix, suffix) = (&b.prefix[rows.clone()], &b.suffix_len[rows.clone()]);
+                let pixels = b.pixels[rows.start * per_image..rows.end * per_image].to_vec();
+                let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [rows.len(), 3, h, w]), device);
+                let types: Vec<Vec<u32>> =
+                    prefix.iter().map(|&p| (0..width).map(|t| (t >= p) as u32).collect()).collect();
+                let logits = match dtype {
+                    None => replica.forward(pixels, ids, &types)?,
+                    Some(dt) => {
+                        let half = zoo_nn::train::mixed::autocast(replica, dt);
+                        half.forward(pixels.cast(dt), ids, &types)?.cast(DType::F32)
+                    }
+                };
+                let loss = zoo_nn::train::loss::suffix_cross_entropy(logits, ids, prefix, suffix) * share;
+                Ok(crate::training::backward(replica, loss, scale))
+            })?;
+        Ok(Some((values.iter().sum(), grads)))
     }
 
     fn begin(&mut self, model: &Self::Model, state: &TrainState) -> Result<Vec<String>> {

@@ -282,3 +282,38 @@ fn bf16_precision_trains_full_and_lora() {
         assert!(header.values().all(|t| t.dtype == "F32"), "{name}: the export is f32");
     }
 }
+
+/// `--devices cpu,cpu`: two replicas, each with half of every batch's rows weighted by its share
+/// of the answer tokens, gradients summed: the losses of one device on the whole batch, full
+/// fine-tuning and LoRA.
+#[test]
+fn two_cpu_replicas_fine_tune_as_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_detection_dataset(&tmp.path().join("data"), 40, 56, 5).unwrap();
+    for extra in [&["--lora-rank", "2"][..], &["--train", "all"][..]] {
+        let mut losses = Vec::new();
+        for devices in [None, Some("cpu,cpu")] {
+            let out = tmp.path().join(format!("{}-{}", extra.join(""), devices.is_some()));
+            let mut a = vec!["--epochs", "2"];
+            a.extend(extra);
+            if let Some(d) = devices {
+                a.extend(["--devices", d]);
+            }
+            let (ok, _, stderr) = finetune(&data, &out, &a);
+            assert!(ok, "{stderr}");
+            let text = std::fs::read_to_string(out.join("losses.csv")).unwrap();
+            let values: Vec<f64> =
+                text.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+            losses.push(values);
+        }
+        assert!(losses[0].len() >= 4 && losses[0].len() == losses[1].len(), "{extra:?}: {losses:?}");
+        for (x, y) in losses[0].iter().zip(&losses[1]) {
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                "{extra:?}: {:?} vs {:?}",
+                losses[0],
+                losses[1]
+            );
+        }
+    }
+}

@@ -136,43 +136,7 @@ impl TrainArgs {
     /// there are several. Errors name a malformed or repeated device, a mix of kinds, and a
     /// batch size the devices do not divide.
     pub fn train_devices(&self) -> Result<(Vec<Device>, Option<String>)> {
-        if self.devices.len() <= 1 {
-            let one = match self.devices.first() {
-                Some(d) => zoo_nn::parse_device(d)?,
-                None => self.device.device()?,
-            };
-            return Ok((vec![one.autodiff()], None));
-        }
-        let n = self.devices.len();
-        let cuda = |d: &str| d.starts_with("cuda");
-        if self.devices.iter().any(|d| cuda(d)) && !self.devices.iter().all(|d| cuda(d)) {
-            return Err(NnError::Config(format!(
-                "--devices {}: all CUDA or all CPU, not a mix",
-                self.devices.join(",")
-            )));
-        }
-        for (i, d) in self.devices.iter().enumerate() {
-            if cuda(d) && self.devices[..i].contains(d) {
-                return Err(NnError::Config(format!("--devices: {d} is named twice")));
-            }
-        }
-        if !self.batch_size.is_multiple_of(n) {
-            return Err(NnError::Config(format!(
-                "--batch-size {} is not divisible by the {n} devices of --devices",
-                self.batch_size
-            )));
-        }
-        let devices = self
-            .devices
-            .iter()
-            .map(|d| zoo_nn::parse_device(d).map(|d| d.autodiff()))
-            .collect::<Result<Vec<_>>>()?;
-        let how = if cuda(&self.devices[0]) {
-            "gradients moved to the first GPU and summed there (GradientsParams::to_device), parameters copied back after each step"
-        } else {
-            "CPU replicas on threads, gradients summed on the host (Burn's NCCL collective runs on CUDA only)"
-        };
-        Ok((devices, Some(format!("training on {n} devices ({}): {how}", self.devices.join(",")))))
+        crate::training::parallel::devices(&self.devices, &self.device, self.batch_size)
     }
 
     /// Checks every numeric option, naming it and its range.
@@ -498,97 +462,64 @@ fn data_parallel(
     let d = task.devices.len().min(n);
     let s = task.image_size;
     let per_image = 3 * s * s;
-    let shard = |r: usize| r * n / d..(r + 1) * n / d;
+    let shard = crate::training::parallel::shard;
     let loss_ids = model.loss_param_ids();
     let tower_ids: Vec<_> =
         burn::module::list_param_ids(model).into_iter().filter(|id| !loss_ids.contains(id)).collect();
     let barrier = Barrier::new(d);
     // Each replica's embeddings on the host, for the others: (image, text) rows.
     let gathered: Mutex<Vec<Option<(TensorData, TensorData)>>> = Mutex::new(vec![None; d]);
-    let results: Vec<Result<(f64, burn::optim::GradientsParams)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..d)
-            .map(|r| {
-                let (barrier, gathered, batch) = (&barrier, &gathered, &batch);
-                let (tower_ids, device) = (&tower_ids, &task.devices[r]);
-                scope.spawn(move || -> Result<(f64, burn::optim::GradientsParams)> {
-                    let range = shard(r);
-                    // Its own leaves, even on the same device: replicas sharing parameter tensors
-                    // would share one autodiff graph, and their backward passes would race.
-                    let replica = model.clone().fork(device);
-                    let embedded = (|| -> Result<(Tensor<2>, Tensor<2>)> {
-                        let pixels = batch.pixels[range.start * per_image..range.end * per_image].to_vec();
-                        let pixels =
-                            Tensor::<4>::from_data(TensorData::new(pixels, [range.len(), 3, s, s]), device);
-                        let text = task.tok.encode_batch(
-                            &batch.captions[range.clone()],
-                            replica.text_padding(),
-                            device,
-                        )?;
-                        Ok(match dtype {
-                            None => replica.embed(pixels, &text),
-                            Some(dt) => {
-                                let half = zoo_nn::train::mixed::autocast(&replica, dt);
-                                let (i, t) = half.embed(pixels.cast(dt), &text);
-                                (i.cast(DType::F32), t.cast(DType::F32))
-                            }
-                        })
-                    })();
-                    if let Ok((img, txt)) = &embedded {
-                        gathered.lock().map_err(|_| NnError::Config("a replica panicked".into()))?[r] =
-                            Some((img.clone().into_data(), txt.clone().into_data()));
-                    }
-                    // Every replica reaches the exchange, failed or not, so none waits forever.
-                    barrier.wait();
-                    let (img, txt) = embedded?;
-                    let all =
-                        gathered.lock().map_err(|_| NnError::Config("a replica panicked".into()))?.clone();
-                    let mut imgs = Vec::with_capacity(d);
-                    let mut txts = Vec::with_capacity(d);
-                    for (q, part) in all.into_iter().enumerate() {
-                        let Some((i, t)) = part else {
-                            return Err(NnError::Config(format!(
-                                "replica {q} on {:?} failed before the exchange",
-                                task.devices[q]
-                            )));
-                        };
-                        if q == r {
-                            imgs.push(img.clone());
-                            txts.push(txt.clone());
-                        } else {
-                            imgs.push(Tensor::from_data(i, device));
-                            txts.push(Tensor::from_data(t, device));
-                        }
-                    }
-                    let loss = replica.loss(Tensor::cat(imgs, 0), Tensor::cat(txts, 0), task.args.chunk_size)
-                        * scale;
-                    let value = zoo_nn::host::scalar(loss.clone().inner()) / scale;
-                    let mut grads = loss.backward();
-                    let params = if r == 0 {
-                        burn::optim::GradientsParams::from_module(&mut grads, &replica)
-                    } else {
-                        burn::optim::GradientsParams::from_params(&mut grads, &replica, tower_ids)
-                    };
-                    Ok((value, params))
-                })
+    let devices = &task.devices[..d];
+    let (values, grads) = crate::training::parallel::replicas(model, devices, |r, replica, device| {
+        let range = shard(n, d, r);
+        let embedded = (|| -> Result<(Tensor<2>, Tensor<2>)> {
+            let pixels = batch.pixels[range.start * per_image..range.end * per_image].to_vec();
+            let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [range.len(), 3, s, s]), device);
+            let text =
+                task.tok.encode_batch(&batch.captions[range.clone()], replica.text_padding(), device)?;
+            Ok(match dtype {
+                None => replica.embed(pixels, &text),
+                Some(dt) => {
+                    let half = zoo_nn::train::mixed::autocast(replica, dt);
+                    let (i, t) = half.embed(pixels.cast(dt), &text);
+                    (i.cast(DType::F32), t.cast(DType::F32))
+                }
             })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(r, h)| h.join().unwrap_or_else(|_| Err(NnError::Config(format!("replica {r} panicked")))))
-            .collect()
-    });
-    let first = task.devices[0].clone();
-    let mut sum = burn::optim::GradientsAccumulator::new();
-    let mut value = f64::NAN;
-    for (r, result) in results.into_iter().enumerate() {
-        let (v, grads) = result?;
-        if r == 0 {
-            value = v;
+        })();
+        if let Ok((img, txt)) = &embedded {
+            gathered.lock().map_err(|_| NnError::Config("a replica panicked".into()))?[r] =
+                Some((img.clone().into_data(), txt.clone().into_data()));
         }
-        sum.accumulate(model, grads.to_device(&first, model));
-    }
-    Ok((value, sum.grads()))
+        // Every replica reaches the exchange, failed or not, so none waits forever.
+        barrier.wait();
+        let (img, txt) = embedded?;
+        let all = gathered.lock().map_err(|_| NnError::Config("a replica panicked".into()))?.clone();
+        let mut imgs = Vec::with_capacity(d);
+        let mut txts = Vec::with_capacity(d);
+        for (q, part) in all.into_iter().enumerate() {
+            let Some((i, t)) = part else {
+                return Err(NnError::Config(format!("replica {q} failed before the exchange")));
+            };
+            if q == r {
+                imgs.push(img.clone());
+                txts.push(txt.clone());
+            } else {
+                imgs.push(Tensor::from_data(i, device));
+                txts.push(Tensor::from_data(t, device));
+            }
+        }
+        let loss = replica.loss(Tensor::cat(imgs, 0), Tensor::cat(txts, 0), task.args.chunk_size) * scale;
+        let value = zoo_nn::host::scalar(loss.clone().inner()) / scale;
+        let mut grads = loss.backward();
+        let params = if r == 0 {
+            burn::optim::GradientsParams::from_module(&mut grads, replica)
+        } else {
+            burn::optim::GradientsParams::from_params(&mut grads, replica, &tower_ids)
+        };
+        Ok((value, params))
+    })?;
+    // Every replica scored the whole batch: the first's value is the loss.
+    Ok((values[0], grads))
 }
 
 /// `vlm-zoo train` as a training task: contrastive loss on batches of image-caption pairs,

@@ -7,7 +7,8 @@
 //!
 //! - [`data`]: every training data format behind one source, decoded in one place;
 //! - [`checkpoint`]: checkpoints, the lock on a run's folder, `--resume`;
-//! - [`tokenizer`]: BPE tokenizers trained on captions.
+//! - [`tokenizer`]: BPE tokenizers trained on captions;
+//! - [`parallel`]: data-parallel steps over several devices (`--devices`).
 //!
 //! A new trainer: a type implementing [`Task`], a `clap::Args` struct that flattens
 //! [`TrainLoop`]'s options as it needs, and a call to [`Run::open`] + [`Run::train`].
@@ -15,6 +16,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod engine;
+pub mod parallel;
 pub mod tokenizer;
 
 pub use engine::{EpochEnd, Loaded, Outcome, Precision, Run, Task, TrainLoop, backward, learning_rate};

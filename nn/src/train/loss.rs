@@ -95,6 +95,12 @@ pub fn siglip_loss_chunked(
     total.unwrap_or_else(|| Tensor::zeros([1], &device)) / n as f64
 }
 
+/// Positions whose next token [`suffix_cross_entropy`] scores in a row of `width` ids whose
+/// suffix of `suffix_len` tokens starts at `prefix` (what its mean divides by, summed over rows).
+pub fn suffix_positions(width: usize, prefix: usize, suffix_len: usize) -> usize {
+    (1..width).filter(|&next| next >= prefix && next < prefix + suffix_len).count()
+}
+
 /// Next-token cross-entropy on the suffix only, as transformers' PaliGemma computes it with the
 /// processor's `labels` (-100 on the image, the prompt and the padding): position `t` predicts
 /// token `t + 1` for `prefix[b] <= t + 1 < prefix[b] + suffix_len[b]`; the mean over those
