@@ -396,10 +396,34 @@ def main(wanted):
         open_clip_export("hub-open-clip", 14, images=[imgs[0], imgs[1], imgs[4]], texts=texts)
     if want("open-clip-bpe"):
         open_clip_bpe_corpus()
+    if want("naflex-grads"):
+        naflex_grads()
     if want("text-mask"):
         for name in ["hub-siglip-base", "hub-siglip2"]:
             text_mask_reference(name)
     print("hub fixtures written to", FIX)
+
+
+def naflex_grads():
+    """The SigLIP loss of hub-siglip2-naflex on its 3 images (NaFlex patches at each image's own
+    aspect ratio, padding masked) and its first 3 texts, and the gradient of every parameter
+    (`vlm-zoo train --init` a NaFlex folder). Reads only the committed folder."""
+    from transformers import AutoModel, AutoProcessor
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+    out = FIX / "hub-siglip2-naflex"
+    meta = json.loads((out / "reference.json").read_text())
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    model = AutoModel.from_pretrained(out).eval()
+    proc = AutoProcessor.from_pretrained(out)
+    proc.image_processor = Siglip2ImageProcessorPil.from_pretrained(out)
+    images = [Image.open(FIX / "images" / name) for name in meta["images"]]
+    enc = proc(text=meta["texts"][:3], images=images, padding="max_length", max_length=64,
+               max_num_patches=pre["max_num_patches"], patch_size=pre["patch_size"], return_tensors="pt")
+    o = model(**enc, return_loss=True)
+    o.loss.backward()
+    grads = {"loss": o.loss.detach().reshape(1)}
+    grads.update({f"grad.{k}": p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None})
+    save_file({k: v.contiguous() for k, v in grads.items()}, out / "grads.safetensors")
 
 
 def open_clip_bpe_corpus():
@@ -467,4 +491,4 @@ def siglip_fixtures(imgs, texts):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip, open-clip-bpe, text-mask; none: all
+    main(sys.argv[1:])  # names: hub-siglip (both SigLIP folders), hub-siglip2, hub-siglip2-naflex, hub-clip-legacy, hub-open-clip, open-clip-bpe, naflex-grads, text-mask; none: all

@@ -107,7 +107,9 @@ impl HfFolder {
 }
 
 /// A trained SigLIP or CLIP into `out`: config.json, model.safetensors, the tokenizer files from
-/// `tok_dir`, preprocessor_config.json and processor_config.json.
+/// `tok_dir`, preprocessor_config.json and processor_config.json. A SigLIP 2 NaFlex model (only
+/// trained from its folder, which is then `tok_dir`) keeps that folder's NaFlex settings
+/// (`max_num_patches`, `patch_size`).
 pub fn contrastive(
     out: &Path,
     model: &Towers,
@@ -151,6 +153,18 @@ pub fn contrastive(
     }
     folder.json("tokenizer_config.json", &tok_config)?;
     let mut pre_json = serde_json::to_value(proc).map_err(|e| NnError::Config(e.to_string()))?;
+    let src_pre = tok_dir.join("preprocessor_config.json");
+    if let (ModelConfig::Siglip2(_), true) = (config, src_pre.is_file()) {
+        let src: serde_json::Value = zoo_nn::read_json(&src_pre)?;
+        if let (Some(obj), Some(src)) = (pre_json.as_object_mut(), src.as_object()) {
+            for (key, value) in src {
+                obj.entry(key.clone()).or_insert_with(|| value.clone());
+                if matches!(key.as_str(), "max_num_patches" | "patch_size") {
+                    obj.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
     pre_json["image_processor_type"] = json!(image_processor);
     pre_json["processor_class"] = json!(processor);
     folder.json("preprocessor_config.json", &pre_json)?;

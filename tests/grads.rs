@@ -136,3 +136,36 @@ fn bf16_mixed_precision_gradients_follow_f32() {
     }
     println!("bf16 mixed precision: loss {a} vs {b}, gradients within {worst:.4} of each tensor's largest");
 }
+
+/// SigLIP 2 NaFlex (`train --init` a NaFlex folder): the loss over NaFlex patches of images of
+/// three aspect ratios (padding masked) and the gradient of every parameter equal transformers'
+/// Siglip2Model (scripts/make_hub_fixtures.py naflex-grads).
+#[test]
+fn siglip2_naflex_gradients_match_pytorch() {
+    let dev = device().autodiff();
+    let dir = zoo_nn::testing::fixture("hub-siglip2-naflex");
+    let (model, _) = vlm_zoo::models::Towers::load(&dir, DType::F32, &dev).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let images: Vec<_> = meta["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| zoo_nn::open_image(&zoo_nn::testing::fixture("images").join(n.as_str().unwrap())).unwrap())
+        .collect();
+    let texts: Vec<String> =
+        meta["texts"].as_array().unwrap()[..3].iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let patches =
+        vlm_zoo::siglip::naflex::NaflexProcessor::from_dir(&dir).unwrap().batch(&images, &dev).unwrap();
+    let tok = zoo_nn::TextTokenizer::from_dir(&dir).unwrap();
+    use zoo_nn::ContrastiveModel;
+    let text = tok.encode_batch(&texts, model.text_padding(), &dev).unwrap();
+    let (img, txt) = model.embed_naflex(&patches, &text).unwrap();
+    let loss = model.loss(img, txt, None);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grad_model = model.valid().map(&mut ToGrads(&grads));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("grads.safetensors");
+    grad_model.save_hf(&file).unwrap();
+    compare(&dir, &file, loss.inner());
+}

@@ -344,3 +344,43 @@ fn devices_that_cannot_train_together_are_refused() {
     refuse(&["cpu", "cuda:0"], 16, "not a mix");
     assert!(!tmp.path().join("refused").join("losses.csv").exists());
 }
+
+/// SigLIP 2 NaFlex fine-tunes from its folder (`--init`) with each image as NaFlex patches at
+/// its own aspect ratio: the loss falls, the export loads as a NaFlex model again (its
+/// processor settings kept) and scores as the trained model did.
+#[test]
+fn siglip2_naflex_trains_on_naflex_patches_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 48, 40, 6).unwrap();
+    let out = tmp.path().join("naflex");
+    let mut a = args(&data, &out, Arch::Siglip);
+    a.init = Some(vlm_zoo::args::ModelSource(zoo_nn::testing::fixture("hub-siglip2-naflex")));
+    a.epochs = 3;
+    a.lr = 1e-3;
+    let r = vlm_zoo::train::train(&a).unwrap();
+    let (first, last) = (r.losses[0], *r.losses.last().unwrap());
+    assert!(r.losses.iter().all(|l| l.is_finite()) && last < first, "{:?}", r.losses);
+    let pre: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap())
+            .unwrap();
+    assert!(pre.get("max_num_patches").is_some(), "{pre}");
+    let family = vlm_zoo::models::Family::of(&out).unwrap();
+    assert_eq!(family, vlm_zoo::models::Family::Siglip2NaFlex);
+    let image = zoo_nn::testing::fixture("images").join("rgb_64x48.png");
+    let compute = zoo_nn::Compute::parse("cpu", "f32").unwrap();
+    let z =
+        vlm_zoo::zero_shot::zero_shot(&out, &[image], &["a photo".into(), "red".into()], &compute).unwrap();
+    assert!(z.probs[0].iter().all(|p| p.is_finite()));
+}
+
+/// A NaFlex model refuses the fixed-size augmentations, in one line.
+#[test]
+fn siglip2_naflex_refuses_crops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = vlm_zoo::synthetic::write_dataset(&tmp.path().join("data"), 48, 40, 6).unwrap();
+    let mut a = args(&data, &tmp.path().join("x"), Arch::Siglip);
+    a.init = Some(vlm_zoo::args::ModelSource(zoo_nn::testing::fixture("hub-siglip2-naflex")));
+    a.augment.flip = true;
+    let e = vlm_zoo::train::train(&a).unwrap_err().to_string();
+    assert!(e.contains("--flip") && e.contains("NaFlex") && !e.contains('\n'), "{e}");
+}

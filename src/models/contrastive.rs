@@ -259,6 +259,22 @@ impl Towers {
         }
     }
 
+    /// L2-normalised image and text embeddings of a SigLIP 2 NaFlex model from NaFlex patches
+    /// (each image at its own aspect ratio, padding masked); `None` for the fixed-size families.
+    pub fn embed_naflex(
+        &self,
+        batch: &zoo_siglip::naflex::NaflexBatch,
+        text: &TextBatch,
+    ) -> Option<(Tensor<2>, Tensor<2>)> {
+        match self {
+            Self::Siglip2(m) => Some((
+                zoo_nn::l2_normalize(m.image_features(batch)),
+                zoo_nn::l2_normalize(m.encode_text(text)),
+            )),
+            Self::Siglip(_) | Self::Clip(_) => None,
+        }
+    }
+
     /// Writes `model.safetensors` with transformers' key names and layouts.
     pub fn save_hf(&self, path: &Path) -> Result<()> {
         let renames = [(r"\.self_attn\.o_proj\.", ".self_attn.out_proj.")];

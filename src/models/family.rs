@@ -129,15 +129,14 @@ impl Family {
         matches!(self, Self::Siglip | Self::Siglip2NaFlex | Self::Clip)
     }
 
-    /// The architecture `train` trains (`train --init`, `bench --train`); `None` for families
-    /// vlm-zoo runs but does not train contrastively (SigLIP 2 NaFlex, whose images are
-    /// variable-size patch sets that training's fixed-size batches do not make; the generators,
-    /// which `finetune` covers for PaliGemma).
+    /// The architecture `train` trains (`train --init`, `bench --train`); `None` for the
+    /// generators (which `finetune` covers for PaliGemma). SigLIP 2 NaFlex trains as `siglip`
+    /// from its folder (`--init`), its images as NaFlex patches.
     pub fn arch(self) -> Option<Arch> {
         match self {
-            Self::Siglip => Some(Arch::Siglip),
+            Self::Siglip | Self::Siglip2NaFlex => Some(Arch::Siglip),
             Self::Clip => Some(Arch::Clip),
-            Self::Siglip2NaFlex | Self::Gemma | Self::Gemma2 | Self::PaliGemma => None,
+            Self::Gemma | Self::Gemma2 | Self::PaliGemma => None,
         }
     }
 

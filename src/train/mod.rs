@@ -258,15 +258,26 @@ fn embed_all(
     model: &Towers,
     pairs: &[Pair],
     proc: &ImageProcessor,
+    naflex: Option<&zoo_siglip::naflex::NaflexProcessor>,
     tok: &TextTokenizer,
     device: &Device,
 ) -> Result<(Tensor<2>, Tensor<2>)> {
     let (mut imgs, mut txts) = (Vec::new(), Vec::new());
     for chunk in pairs.chunks(64) {
         let paths: Vec<PathBuf> = chunk.iter().map(|p| p.image.clone()).collect();
-        let pixels = proc.batch_from_files(&paths, device)?;
         let captions: Vec<String> = chunk.iter().map(|p| p.caption.clone()).collect();
-        let (i, t) = model.embed(pixels, &tok.encode_batch(&captions, model.text_padding(), device)?);
+        let text = tok.encode_batch(&captions, model.text_padding(), device)?;
+        let embedded = match naflex {
+            Some(nf) => {
+                let images = paths.iter().map(|p| zoo_nn::open_image(p)).collect::<Result<Vec<_>>>()?;
+                model.embed_naflex(&nf.batch(&images, device)?, &text)
+            }
+            None => None,
+        };
+        let (i, t) = match embedded {
+            Some(e) => e,
+            None => model.embed(proc.batch_from_files(&paths, device)?, &text),
+        };
         imgs.push(i);
         txts.push(t);
     }
@@ -384,6 +395,21 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     };
     drop(init_guard);
     tok.check_vocab(config.vocab_size())?;
+    // SigLIP 2 NaFlex: each image as NaFlex patches at its own aspect ratio, as it was trained.
+    let naflex = match (&model, &init) {
+        (Towers::Siglip2(_), Some(dir)) => {
+            if args.augment != Augment::default() {
+                return Err(NnError::Config(
+                    "--random-crop / --flip: a SigLIP 2 NaFlex model takes each image whole at its own aspect ratio; augmentations are not applied to NaFlex images".into(),
+                ));
+            }
+            if devices.len() > 1 {
+                return Err(NnError::Config("--devices: SigLIP 2 NaFlex trains on one device".into()));
+            }
+            Some(zoo_siglip::naflex::NaflexProcessor::from_dir(dir)?)
+        }
+        _ => None,
+    };
     let pre = preprocessor(&config, init.as_deref())?;
     let arch = format!("{:?}", args.arch).to_lowercase();
     let model_name = match &args.init {
@@ -422,6 +448,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         held_out,
         device: device.clone(),
         devices,
+        naflex,
         recalls: Vec::new(),
         zero_shot: None,
     };
@@ -534,6 +561,8 @@ struct Contrastive<'a> {
     device: Device,
     /// The data-parallel replicas' devices (`--devices`; one: no replicas).
     devices: Vec<Device>,
+    /// SigLIP 2 NaFlex's processor: batches are decoded images, made into patches per image.
+    naflex: Option<zoo_siglip::naflex::NaflexProcessor>,
     /// `(epoch, recall)` after each epoch of this process.
     recalls: Vec<(usize, eval::Recall)>,
     zero_shot: Option<f64>,
@@ -550,8 +579,19 @@ impl Task for Contrastive<'_> {
     fn batches(&mut self, epoch: usize, skip: usize) -> Box<dyn Iterator<Item = Result<Loaded<Batch>>>> {
         let a = self.args;
         let order_seed = a.seed.wrapping_add(1000 * epoch as u64 + 1);
-        let rx =
-            data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip);
+        let rx = match &self.naflex {
+            Some(_) => data::prepared(
+                &*self.source,
+                a.batch_size,
+                order_seed,
+                &data::Prepare::Decode,
+                a.workers,
+                skip,
+            ),
+            None => {
+                data::batches(&*self.source, a.batch_size, order_seed, a.augment, &self.proc, a.workers, skip)
+            }
+        };
         data::loaded(rx, a.workers)
     }
 
@@ -566,9 +606,25 @@ impl Task for Contrastive<'_> {
             // Too few samples decoded for a contrastive loss.
             return Ok(None);
         }
+        let text = self.tok.encode_batch(&batch.captions, model.text_padding(), &self.device)?;
+        if let Some(naflex) = &self.naflex {
+            let patches = naflex.batch(&batch.images, &self.device)?;
+            let embedded = match cast {
+                None => model.embed_naflex(&patches, &text),
+                Some((half, dtype)) => {
+                    let patches = zoo_siglip::naflex::NaflexBatch {
+                        patches: patches.patches.clone().cast(dtype),
+                        ..patches.clone()
+                    };
+                    half.embed_naflex(&patches, &text).map(|(i, t)| (i.cast(DType::F32), t.cast(DType::F32)))
+                }
+            };
+            let (img, txt) =
+                embedded.ok_or_else(|| NnError::Config("NaFlex batches need a SigLIP 2 model".into()))?;
+            return Ok(Some(model.loss(img, txt, self.args.chunk_size)));
+        }
         let s = self.image_size;
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &self.device);
-        let text = self.tok.encode_batch(&batch.captions, model.text_padding(), &self.device)?;
         let (img, txt) = match cast {
             None => model.embed(pixels, &text),
             Some((half, dtype)) => {
@@ -606,7 +662,8 @@ impl Task for Contrastive<'_> {
         }
         let valid = model.valid();
         let cpu = self.device.clone().inner();
-        let (img, txt) = embed_all(&valid, &self.held_out, &self.proc, &self.tok, &cpu)?;
+        let (img, txt) =
+            embed_all(&valid, &self.held_out, &self.proc, self.naflex.as_ref(), &self.tok, &cpu)?;
         let r = eval::recall(img, txt);
         self.recalls.push((end.epoch, r));
         if end.last
