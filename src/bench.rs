@@ -196,8 +196,8 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
             Ok(r)
         }
         Family::Siglip | Family::Siglip2NaFlex | Family::Clip if opts.train => {
-            if !family.trains() {
-                return Err(family.unsupported(dir, "bench --train", Family::trains));
+            if !family.trains_fixed_size() {
+                return Err(family.unsupported(dir, "bench --train", Family::trains_fixed_size));
             }
             bench_train(dir, kind, opts, device)
         }
@@ -222,7 +222,7 @@ pub fn bench(dir: &Path, opts: &BenchOptions, compute: &Compute) -> Result<Value
     }
 }
 
-/// Training steps/s of a SigLIP or CLIP folder (a family that [`Family::trains`]): forward both towers, contrastive loss,
+/// Training steps/s of a SigLIP or CLIP folder (a family that [`Family::trains_fixed_size`]): forward both towers, contrastive loss,
 /// backward, AdamW (lr 1e-4, no weight decay), on a fixed batch.
 fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> Result<Value> {
     let device = device.clone().autodiff();

@@ -253,8 +253,8 @@ fn bench_reports_every_kind() {
 }
 
 /// Every family zero-shot accepts, bench accepts: a SigLIP 2 NaFlex folder encodes square
-/// images whose patch grid fills its position table (4 x 4 patches of 8 px here); training
-/// it is refused in one line.
+/// images whose patch grid fills its position table (4 x 4 patches of 8 px here); `bench
+/// --train` (fixed-size steps) refuses it in one line: NaFlex trains through `train --init`.
 #[test]
 fn bench_encodes_siglip2_naflex() {
     let m = fixtures().join("hub-siglip2-naflex").display().to_string();

@@ -145,6 +145,12 @@ impl Family {
         self.arch().is_some()
     }
 
+    /// Trains on fixed-size image batches (`bench --train` times those steps; SigLIP 2 NaFlex
+    /// trains on NaFlex patches, through `train --init` only).
+    pub fn trains_fixed_size(self) -> bool {
+        matches!(self, Self::Siglip | Self::Clip)
+    }
+
     /// Checks the config of the folder `dir` of this family as loading would, without reading
     /// any weights (`inspect`).
     pub fn check_config(self, dir: &Path) -> Result<()> {
