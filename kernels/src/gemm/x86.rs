@@ -3,6 +3,30 @@
 use super::{MR, NR, PANEL};
 use std::arch::x86_64::*;
 
+/// Calls the monomorphic tile `$tile::<R, P>` for `h` rows (1..=8) and `np` panels (1 or 2).
+macro_rules! by_shape {
+    ($tile:ident, $h:expr, $np:expr, ($($arg:expr),*)) => {
+        match ($h, $np) {
+            (8, 2) => $tile::<8, 2>($($arg),*),
+            (7, 2) => $tile::<7, 2>($($arg),*),
+            (6, 2) => $tile::<6, 2>($($arg),*),
+            (5, 2) => $tile::<5, 2>($($arg),*),
+            (4, 2) => $tile::<4, 2>($($arg),*),
+            (3, 2) => $tile::<3, 2>($($arg),*),
+            (2, 2) => $tile::<2, 2>($($arg),*),
+            (1, 2) => $tile::<1, 2>($($arg),*),
+            (8, _) => $tile::<8, 1>($($arg),*),
+            (7, _) => $tile::<7, 1>($($arg),*),
+            (6, _) => $tile::<6, 1>($($arg),*),
+            (5, _) => $tile::<5, 1>($($arg),*),
+            (4, _) => $tile::<4, 1>($($arg),*),
+            (3, _) => $tile::<3, 1>($($arg),*),
+            (2, _) => $tile::<2, 1>($($arg),*),
+            _ => $tile::<1, 1>($($arg),*),
+        }
+    };
+}
+
 /// Dispatches a tile of `h` rows (the block height) and `np` panels to the monomorphic
 /// kernel `$tile::<R, P>`.
 macro_rules! dispatch {
@@ -21,26 +45,7 @@ macro_rules! dispatch {
             np: usize,
             acc: &mut [[f32; PANEL * NR]; MR],
         ) {
-            unsafe {
-                match (h, np) {
-                    (8, 2) => $tile::<8, 2>(a, w, panel_len, kp2, acc),
-                    (7, 2) => $tile::<7, 2>(a, w, panel_len, kp2, acc),
-                    (6, 2) => $tile::<6, 2>(a, w, panel_len, kp2, acc),
-                    (5, 2) => $tile::<5, 2>(a, w, panel_len, kp2, acc),
-                    (4, 2) => $tile::<4, 2>(a, w, panel_len, kp2, acc),
-                    (3, 2) => $tile::<3, 2>(a, w, panel_len, kp2, acc),
-                    (2, 2) => $tile::<2, 2>(a, w, panel_len, kp2, acc),
-                    (1, 2) => $tile::<1, 2>(a, w, panel_len, kp2, acc),
-                    (8, _) => $tile::<8, 1>(a, w, panel_len, kp2, acc),
-                    (7, _) => $tile::<7, 1>(a, w, panel_len, kp2, acc),
-                    (6, _) => $tile::<6, 1>(a, w, panel_len, kp2, acc),
-                    (5, _) => $tile::<5, 1>(a, w, panel_len, kp2, acc),
-                    (4, _) => $tile::<4, 1>(a, w, panel_len, kp2, acc),
-                    (3, _) => $tile::<3, 1>(a, w, panel_len, kp2, acc),
-                    (2, _) => $tile::<2, 1>(a, w, panel_len, kp2, acc),
-                    _ => $tile::<1, 1>(a, w, panel_len, kp2, acc),
-                }
-            }
+            unsafe { by_shape!($tile, h, np, (a, w, panel_len, kp2, acc)) }
         }
     };
 }
@@ -321,26 +326,7 @@ pub unsafe fn vnni_q8(
     np: usize,
     acc: &mut [[f32; PANEL * NR]; MR],
 ) {
-    unsafe {
-        match (h, np) {
-            (1, 2) => vnni_tile::<1, 2>(a, s, w, panel_len, kp2, acc),
-            (2, 2) => vnni_tile::<2, 2>(a, s, w, panel_len, kp2, acc),
-            (3, 2) => vnni_tile::<3, 2>(a, s, w, panel_len, kp2, acc),
-            (4, 2) => vnni_tile::<4, 2>(a, s, w, panel_len, kp2, acc),
-            (1, _) => vnni_tile::<1, 1>(a, s, w, panel_len, kp2, acc),
-            (2, _) => vnni_tile::<2, 1>(a, s, w, panel_len, kp2, acc),
-            (3, _) => vnni_tile::<3, 1>(a, s, w, panel_len, kp2, acc),
-            (4, _) => vnni_tile::<4, 1>(a, s, w, panel_len, kp2, acc),
-            (5, 2) => vnni_tile::<5, 2>(a, s, w, panel_len, kp2, acc),
-            (6, 2) => vnni_tile::<6, 2>(a, s, w, panel_len, kp2, acc),
-            (7, 2) => vnni_tile::<7, 2>(a, s, w, panel_len, kp2, acc),
-            (8, 2) => vnni_tile::<8, 2>(a, s, w, panel_len, kp2, acc),
-            (5, _) => vnni_tile::<5, 1>(a, s, w, panel_len, kp2, acc),
-            (6, _) => vnni_tile::<6, 1>(a, s, w, panel_len, kp2, acc),
-            (7, _) => vnni_tile::<7, 1>(a, s, w, panel_len, kp2, acc),
-            _ => vnni_tile::<8, 1>(a, s, w, panel_len, kp2, acc),
-        }
-    }
+    unsafe { by_shape!(vnni_tile, h, np, (a, s, w, panel_len, kp2, acc)) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
