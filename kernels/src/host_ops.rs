@@ -19,7 +19,7 @@ use rayon::prelude::*;
 /// `|r| <= ln2 / 2`, `2^n` by building the exponent bits. Inputs are clamped to `[-87, 88]`
 /// (results below `e^-87` ~ 1.6e-38 are not needed by softmax or sigmoid).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -63,13 +63,13 @@ fn reduce3(x: &[f32], y: &[f32], z: &[f32], f: impl Fn(f32, f32, f32) -> f32) ->
 
 /// `sum(f(x_i))`, vectorised.
 #[inline(always)]
-fn reduce(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn reduce(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     reduce3(x, x, x, |a, _, _| f(a))
 }
 
 /// The largest element (`-inf` for an empty slice), vectorised.
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -124,12 +124,17 @@ pub fn softmax(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
     let n = n.max(1);
     let mut out = vec![0f32; x.len()];
     let step = rows_per_task(n) * n;
-    chunks2(&mut out, x, step, |o, x| {
+    chunks2(&mut out, x, step, |o, x| softmax_rows(o, x, n, scale));
+    out
+}
+
+crate::wide_fn! {
+    /// [`softmax_row`] over each row of `n`.
+    fn softmax_rows(o: &mut [f32], x: &[f32], n: usize, scale: f32) {
         for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
             softmax_row(x, o, scale);
         }
-    });
-    out
+    }
 }
 
 #[inline(always)]
@@ -154,7 +159,13 @@ pub fn softmax_backward(x: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> 
     let n = n.max(1);
     let mut out = vec![0f32; x.len()];
     let step = rows_per_task(n) * n;
-    chunks3(&mut out, x, g, step, |o, x, g| {
+    chunks3(&mut out, x, g, step, |o, x, g| softmax_backward_rows(o, x, g, n, scale));
+    out
+}
+
+crate::wide_fn! {
+    /// [`softmax_backward`] of rows of `n`.
+    fn softmax_backward_rows(o: &mut [f32], x: &[f32], g: &[f32], n: usize, scale: f32) {
         for ((o, x), g) in o.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
             softmax_row(x, o, scale);
             let dot = reduce3(o, g, g, |y, g, _| y * g);
@@ -162,33 +173,42 @@ pub fn softmax_backward(x: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> 
                 *o = scale * *o * (g - dot);
             }
         }
-    });
-    out
+    }
 }
 
 /// `x * sigmoid(x * (a + b x^2))`: tanh-GELU with `a = 2 sqrt(2/pi)`, `b = 0.044715 a`;
 /// quick-GELU with `a = 1.702`, `b = 0`.
 pub fn x_sigmoid(x: &[f32], a: f32, b: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    chunks2(&mut out, x, CHUNK, |o, x| {
+    chunks2(&mut out, x, CHUNK, |o, x| x_sigmoid_slice(o, x, a, b));
+    out
+}
+
+crate::wide_fn! {
+    /// [`x_sigmoid`] of a slice.
+    fn x_sigmoid_slice(o: &mut [f32], x: &[f32], a: f32, b: f32) {
         for (o, &x) in o.iter_mut().zip(x) {
             *o = x / (1.0 + exp(-x * (a + b * x * x)));
         }
-    });
-    out
+    }
 }
 
 /// The gradient of [`x_sigmoid`] for the output gradient `g`: with `z = x (a + b x^2)` and
 /// `s = sigmoid(z)`, `g * (s + x s (1 - s) (a + 3 b x^2))`.
 pub fn x_sigmoid_backward(x: &[f32], g: &[f32], a: f32, b: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    chunks3(&mut out, x, g, CHUNK, |o, x, g| {
+    chunks3(&mut out, x, g, CHUNK, |o, x, g| x_sigmoid_backward_slice(o, x, g, a, b));
+    out
+}
+
+crate::wide_fn! {
+    /// [`x_sigmoid_backward`] of a slice.
+    fn x_sigmoid_backward_slice(o: &mut [f32], x: &[f32], g: &[f32], a: f32, b: f32) {
         for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
             let s = 1.0 / (1.0 + exp(-x * (a + b * x * x)));
             *o = g * (s + x * s * (1.0 - s) * (a + 3.0 * b * x * x));
         }
-    });
-    out
+    }
 }
 
 /// Mean and `1 / sqrt(var + eps)` of a row (biased variance, two passes).
@@ -205,15 +225,21 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> 
     let n = gamma.len().max(1);
     let mut out = vec![0f32; x.len()];
     let step = rows_per_task(n) * n;
-    chunks2(&mut out, x, step, |o, x| {
+    chunks2(&mut out, x, step, |o, x| layer_norm_rows(o, x, gamma, beta, eps));
+    out
+}
+
+crate::wide_fn! {
+    /// [`layer_norm`] of rows of `gamma.len()`.
+    fn layer_norm_rows(o: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let n = gamma.len().max(1);
         for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
             let (mean, rstd) = row_stats(x, eps);
             for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
                 *o = (x - mean) * rstd * w + b;
             }
         }
-    });
-    out
+    }
 }
 
 /// The gradients of [`layer_norm`] for the output gradient `g`: `(dx, dgamma, dbeta)`, with
@@ -224,7 +250,29 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Ve
     let n = gamma.len().max(1);
     let mut dx = vec![0f32; x.len()];
     let step = rows_per_task(n) * n;
-    let partial = |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| {
+    let partial =
+        |(dx, (x, g)): (&mut [f32], (&[f32], &[f32]))| layer_norm_backward_rows(dx, x, g, gamma, eps);
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    };
+    let acc = if x.len() <= INLINE {
+        partial((&mut dx, (x, g)))
+    } else {
+        dx.par_chunks_mut(step)
+            .zip(x.par_chunks(step).zip(g.par_chunks(step)))
+            .map(partial)
+            .reduce(|| vec![0f32; 2 * n], add)
+    };
+    let (dgamma, dbeta) = acc.split_at(n);
+    (dx, dgamma.to_vec(), dbeta.to_vec())
+}
+
+crate::wide_fn! {
+    /// [`layer_norm_backward`] of rows of `gamma.len()`: `dx` written, `(dgamma, dbeta)` of
+    /// these rows returned side by side.
+    fn layer_norm_backward_rows(dx: &mut [f32], x: &[f32], g: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+        let n = gamma.len().max(1);
         let mut acc = vec![0f32; 2 * n];
         let (dgamma, dbeta) = acc.split_at_mut(n);
         for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
@@ -243,21 +291,7 @@ pub fn layer_norm_backward(x: &[f32], gamma: &[f32], g: &[f32], eps: f32) -> (Ve
             }
         }
         acc
-    };
-    let add = |mut a: Vec<f32>, b: Vec<f32>| {
-        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-        a
-    };
-    let acc = if x.len() <= INLINE {
-        partial((&mut dx, (x, g)))
-    } else {
-        dx.par_chunks_mut(step)
-            .zip(x.par_chunks(step).zip(g.par_chunks(step)))
-            .map(partial)
-            .reduce(|| vec![0f32; 2 * n], add)
-    };
-    let (dgamma, dbeta) = acc.split_at(n);
-    (dx, dgamma.to_vec(), dbeta.to_vec())
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod mmap;
 pub mod packed;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod wide;
 
 pub use adamw::AdamWStep;
 pub use alloc::keep_freed_pages;

@@ -270,9 +270,16 @@ impl PackedWeight {
         let lda = kp16 * 2 + 32;
         let mp = m.next_multiple_of(amx::ROWS);
         let mut ab = vec![0u16; mp * lda];
+        let vector = std::arch::is_x86_feature_detected!("avx512bf16");
         ab.par_chunks_mut(lda).take(m).enumerate().for_each(|(i, row)| {
-            for (d, s) in row.iter_mut().zip(&a[i * k..(i + 1) * k]) {
-                *d = bf16::from_f32(*s).to_bits();
+            let src = &a[i * k..(i + 1) * k];
+            if vector {
+                // SAFETY: AVX512_BF16 was detected; `row` has `lda >= k` elements.
+                unsafe { x86::round_bf16(src, row) };
+            } else {
+                for (d, s) in row.iter_mut().zip(src) {
+                    *d = bf16::from_f32(*s).to_bits();
+                }
             }
         });
         let panels = n.div_ceil(PANEL);

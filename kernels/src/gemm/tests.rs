@@ -190,3 +190,27 @@ fn kernel_timings() {
         }
     }
 }
+
+/// The vector rounding of activations equals `bf16::from_f32` (nearest even) on every length
+/// around the 16- and 32-lane edges, ties included.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_rounding_equals_the_scalar_one() {
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        return;
+    }
+    for len in [0, 1, 15, 16, 17, 31, 32, 33, 47, 64, 77] {
+        let mut src = data(len, 5 + len as u32);
+        // Exact ties (low 16 bits 0x8000) round to even both ways.
+        for (i, v) in src.iter_mut().enumerate().step_by(3) {
+            *v = f32::from_bits((v.to_bits() & 0xffff_0000) | 0x8000 | ((i as u32 & 1) << 16));
+        }
+        let mut got = vec![0xffffu16; len + 3];
+        // SAFETY: the feature was detected; `got` is longer than `src`.
+        unsafe { x86::round_bf16(&src, &mut got) };
+        for (i, s) in src.iter().enumerate() {
+            assert_eq!(got[i], bf16::from_f32(*s).to_bits(), "len {len}, element {i}");
+        }
+        assert!(got[len..].iter().all(|&g| g == 0xffff), "len {len}: wrote past the end");
+    }
+}

@@ -304,6 +304,38 @@ pub unsafe fn stage_pairs(rows: *const u8, row_bytes: usize, cols: usize, blocks
     }
 }
 
+/// `dst[i] = bf16(src[i])` rounded to nearest even (`vcvtne2ps2bf16`, 32 at a time; subnormal
+/// inputs become zero, as the instruction treats them).
+///
+/// # Safety
+/// The CPU has AVX512F and AVX512_BF16; `dst.len() >= src.len()`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn round_bf16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len();
+    debug_assert!(dst.len() >= n);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    unsafe {
+        while i + 32 <= n {
+            let lo = _mm512_loadu_ps(s.add(i));
+            let hi = _mm512_loadu_ps(s.add(i + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(d.add(i) as *mut _, v);
+            i += 32;
+        }
+        if i < n {
+            let rest = n - i;
+            let mask = if rest >= 16 { 0xffff } else { (1u16 << rest) - 1 };
+            let lo = _mm512_maskz_loadu_ps(mask, s.add(i));
+            let mask_hi = if rest > 16 { ((1u32 << (rest - 16)) - 1) as u16 } else { 0 };
+            let hi = _mm512_maskz_loadu_ps(mask_hi, s.add(i + 16.min(rest)));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let keep = if rest >= 32 { u32::MAX } else { (1u32 << rest) - 1 };
+            _mm512_mask_storeu_epi16(d.add(i) as *mut _, keep, v);
+        }
+    }
+}
+
 /// Pairs of k per block of the int16 activations: each block has its own scale per row, and
 /// its int32 sums (at most 2 * 128 * 32767 * 127 < 2^31) are converted to f32 at its end.
 pub const I16_BLOCK: usize = 128;

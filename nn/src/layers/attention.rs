@@ -138,9 +138,58 @@ impl Attention {
             Some(cache) => cache.append(key, value),
             None => (key, value),
         };
-        let out = scaled_dot_product_attention(q, key, value, mask, self.scale, self.softcap);
-        let out = out.swap_dims(1, 2).reshape([b, l, h * d]); // (B, L, H*D)
+        let out = match self.packed_attention(&q, &key, &value, mask) {
+            Some(out) => out,
+            None => {
+                let out = scaled_dot_product_attention(q, key, value, mask, self.scale, self.softcap);
+                out.swap_dims(1, 2).reshape([b, l, h * d]) // (B, L, H*D)
+            }
+        };
         crate::packed::linear(&self.o_proj, out)
+    }
+
+    /// With packed weights (`--dtype bf16|q8` on the CPU) on a CPU with AMX, and at least 16
+    /// queries: the attention on the tiles ([`zoo_kernels::gemm::attention_bf16`]: q, k, p and
+    /// v rounded to bf16, sums in f32, as PyTorch's bf16 attention), straight into
+    /// `(B, L, H*D)`; `None` otherwise (f32 weights, training, GPUs, decode), for the
+    /// tensor-op path.
+    fn packed_attention(
+        &self,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Option<Tensor<3>> {
+        use zoo_kernels::gemm::{AttentionMask, AttentionShape, attention_bf16, attention_bf16_available};
+        let [b, h, l, d] = q.dims();
+        let [_, kh, s, _] = k.dims();
+        if l < 16 || !crate::packed::is_packed(&self.q_proj) || !attention_bf16_available() {
+            return None;
+        }
+        let mask_dims = mask.map(|m| m.dims());
+        if mask_dims.is_some_and(|[mb, one, ml, ms]| (mb != 1 && mb != b) || one != 1 || ml != l || ms != s) {
+            return None;
+        }
+        let host = |t: &Tensor<4>| t.clone().cast(DType::F32).into_data().try_into_vec::<f32>().ok();
+        let (q_host, k_host, v_host) = (host(q)?, host(k)?, host(v)?);
+        let masked = match mask {
+            Some(m) => Some(m.clone().into_data().try_into_vec::<bool>().ok()?),
+            None => None,
+        };
+        let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: s, head_dim: d };
+        let mask = masked
+            .as_deref()
+            .map(|m| AttentionMask { masked: m, per_batch: mask_dims.is_some_and(|m| m[0] == b) });
+        let out = attention_bf16(
+            &q_host,
+            &k_host,
+            &v_host,
+            shape,
+            mask,
+            self.scale as f32,
+            self.softcap.map(|c| c as f32),
+        )?;
+        Some(Tensor::from_data(TensorData::new(out, [b, l, h * d]), (&q.device(), DType::F32)))
     }
 }
 
@@ -283,6 +332,41 @@ mod tests {
             6,
             None,
         );
+    }
+
+    /// With packed weights on an AMX CPU, prefill-sized attention runs on the tiles
+    /// (`packed_attention`): the same block output as the f32 path within bf16's rounding, for
+    /// grouped heads, a soft cap, and masks shared by the batch and per entry (one prompt's
+    /// keys partly invalid). Elsewhere both runs take the tensor path.
+    #[test]
+    fn packed_attention_follows_the_f32_path() {
+        let dev = device();
+        let cfg = AttentionConfig {
+            hidden_size: 48,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 24,
+            qkv_bias: true,
+            o_bias: true,
+            scale: None,
+            softcap: Some(3.0),
+        };
+        let attn = cfg.init(&dev);
+        let (b, l) = (2, 37);
+        let x = tensor_from(&seq(b * l * 48, 9), [b, l, 48], &dev);
+        let valid = vec![vec![true; l], (0..l).map(|j| j >= 5).collect()];
+        for spec in
+            [MaskSpec::none(), MaskSpec::causal(), MaskSpec::prefix_lm(vec![20, 9]).with_key_valid(valid)]
+        {
+            let mask = spec.build(b, l, l, &dev);
+            let want = to_vec(attn.forward(x.clone(), None, mask.as_ref(), None));
+            let packed = crate::packed::pack(attn.clone(), zoo_kernels::gemm::WeightFormat::Bf16);
+            let got = to_vec(packed.forward(x.clone(), None, mask.as_ref(), None));
+            crate::packed::release(&packed);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert!(worst < 0.02 * scale, "{spec:?}: max |d| {worst} of {scale}");
+        }
     }
 
     #[test]
