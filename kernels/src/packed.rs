@@ -203,17 +203,57 @@ fn host_matmul<const D: usize>(entry: &Entry, x: Tensor<D>) -> Tensor<D> {
     let mut out = vec![0f32; m * n];
     entry.weight.matmul(&a, m, &mut out);
     if let Some(bias) = &entry.bias {
-        for row in out.chunks_mut(n) {
-            for (o, b) in row.iter_mut().zip(bias) {
-                *o += b;
-            }
-        }
+        add_bias(&mut out, n, 0, bias);
     }
     let mut shape = dims;
     shape[D - 1] = n;
     debug_assert_eq!(dims[D - 1], k);
     let t = Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32));
     if dtype == DType::F32 { t } else { t.cast(dtype) }
+}
+
+crate::wide_fn! {
+    /// Adds `bias` to columns `at..at + bias.len()` of each row of `width`.
+    fn add_bias(out: &mut [f32], width: usize, at: usize, bias: &[f32]) {
+        for row in out.chunks_mut(width) {
+            for (o, b) in row[at..at + bias.len()].iter_mut().zip(bias) {
+                *o += b;
+            }
+        }
+    }
+}
+
+/// Several Linear layers of the same input width applied to the same `x`, their outputs side
+/// by side in one `[.., sum of out]` tensor (a block's q, k and v projections): one pass over
+/// `x` and, on AMX, its bf16 rounding once for all. `Err(x)` unless every weight is packed for
+/// inputs of `x`'s width.
+///
+/// # Shapes
+/// - `x`: `[.., in]`; output `[.., out_1 + out_2 + ...]`
+pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let entries: Option<Vec<Arc<Entry>>> = linears.iter().map(|l| lookup(&l.weight.id)).collect();
+    let Some(entries) = entries.filter(|e| !e.is_empty() && e.iter().all(|e| e.weight.k() == k)) else {
+        return Err(x);
+    };
+    let device = x.device();
+    let m = dims[..D - 1].iter().product::<usize>();
+    let width: usize = entries.iter().map(|e| e.weight.n()).sum();
+    let a = host_values(x);
+    let mut out = vec![0f32; m * width];
+    let weights: Vec<&PackedWeight> = entries.iter().map(|e| &e.weight).collect();
+    PackedWeight::matmul_many(&weights, &a, m, &mut out);
+    let mut at = 0;
+    for e in &entries {
+        if let Some(bias) = &e.bias {
+            add_bias(&mut out, width, at, bias);
+        }
+        at += e.weight.n();
+    }
+    let mut shape = dims;
+    shape[D - 1] = width;
+    Ok(Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32)))
 }
 
 /// `linear.forward(x)`, on the host kernels when its weight is packed.

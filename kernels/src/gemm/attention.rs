@@ -36,6 +36,51 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// Where q, k or v is: element `(b, head, position, d)` at
+/// `offset + b * batch + head * head_stride + position * row + d` of `data` (head-major
+/// `[B, H, L, D]` tensors and token-major `[B, L, width]` projection outputs alike).
+#[derive(Clone, Copy, Debug)]
+pub struct Heads<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Index of element `(0, 0, 0, 0)`.
+    pub offset: usize,
+    /// Between batch entries.
+    pub batch: usize,
+    /// Between heads.
+    pub head_stride: usize,
+    /// Between positions.
+    pub row: usize,
+}
+
+impl<'a> Heads<'a> {
+    /// A row-major `[B, heads, len, D]` tensor.
+    pub fn head_major(data: &'a [f32], heads: usize, len: usize, d: usize) -> Self {
+        Self { data, offset: 0, batch: heads * len * d, head_stride: len * d, row: d }
+    }
+
+    /// Heads `D` wide starting at column `at` of row-major `[B, len, width]` rows.
+    pub fn token_major(data: &'a [f32], len: usize, width: usize, at: usize, d: usize) -> Self {
+        Self { data, offset: at, batch: len * width, head_stride: d, row: width }
+    }
+
+    /// Position `l` of head `h` of entry `b`: `d` values.
+    #[inline]
+    fn at(&self, b: usize, h: usize, l: usize, d: usize) -> &'a [f32] {
+        let i = self.offset + b * self.batch + h * self.head_stride + l * self.row;
+        &self.data[i..i + d]
+    }
+
+    /// Whether every element of `[batch, heads, len, d]` is inside `data`.
+    fn covers(&self, batch: usize, heads: usize, len: usize, d: usize) -> bool {
+        let last = |n: usize, stride: usize| n.saturating_sub(1).checked_mul(stride);
+        let end = [last(batch, self.batch), last(heads, self.head_stride), last(len, self.row)]
+            .into_iter()
+            .try_fold(self.offset + d, |acc, x| x.and_then(|x| acc.checked_add(x)));
+        batch * heads * len * d == 0 || end.is_some_and(|e| e <= self.data.len())
+    }
+}
+
 /// The mask of an attention call: `true` = masked, `[B or 1, L, S]` row-major.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionMask<'a> {
@@ -52,13 +97,13 @@ pub fn attention_bf16_available() -> bool {
 
 /// `out[b, l, h * D + d] = sum_s p[b, h, l, s] v[b, h / G, s, d]` with `p` the softmax over `s`
 /// of `scale * q·k` (soft-capped to `cap * tanh(x / cap)` when `softcap` is set), masked
-/// positions excluded: q `[B, H, L, D]`, k and v `[B, K, S, D]`, row-major; output
-/// `[B, L, H * D]`. `None` when the CPU lacks AMX ([`attention_bf16_available`]), the sizes
-/// disagree with the slices, or `H % K != 0`.
+/// positions excluded: q `[B, H, L, D]`, k and v `[B, K, S, D]` (laid out as [`Heads`] say);
+/// output `[B, L, H * D]`. `None` when the CPU lacks AMX ([`attention_bf16_available`]), the
+/// sizes disagree with the slices, or `H % K != 0`.
 pub fn attention_bf16(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
     shape: AttentionShape,
     mask: Option<AttentionMask<'_>>,
     scale: f32,
@@ -67,9 +112,9 @@ pub fn attention_bf16(
     let AttentionShape { batch, heads, kv_heads, len, keys, head_dim } = shape;
     let sizes_agree = kv_heads > 0
         && heads.is_multiple_of(kv_heads)
-        && q.len() == batch * heads * len * head_dim
-        && k.len() == batch * kv_heads * keys * head_dim
-        && v.len() == k.len()
+        && q.covers(batch, heads, len, head_dim)
+        && k.covers(batch, kv_heads, keys, head_dim)
+        && v.covers(batch, kv_heads, keys, head_dim)
         && mask.is_none_or(|m| m.masked.len() == if m.per_batch { batch } else { 1 } * len * keys);
     if !attention_bf16_available() || !sizes_agree {
         return None;
@@ -88,10 +133,9 @@ pub fn attention_bf16(
         let mut staged = vec![0u16; batch * kv_heads * per];
         staged.par_chunks_mut(per).enumerate().for_each(|(bk, buf)| {
             let (kp, vp) = buf.split_at_mut(sp * dp);
-            let k = &k[bk * keys * head_dim..(bk + 1) * keys * head_dim];
-            let v = &v[bk * keys * head_dim..(bk + 1) * keys * head_dim];
-            stage_keys(k, keys, head_dim, dp, kp);
-            stage_values(v, keys, head_dim, dp, vp);
+            let (b, kh) = (bk / kv_heads, bk % kv_heads);
+            stage_keys(|s| k.at(b, kh, s, head_dim), keys, dp, kp);
+            stage_values(|s| v.at(b, kh, s, head_dim), keys, head_dim, dp, vp);
         });
         let blocks = len.div_ceil(amx::ROWS);
         let group = heads / kv_heads;
@@ -105,7 +149,7 @@ pub fn attention_bf16(
                 let bk = b * kv_heads + h / group;
                 let buf = &staged[bk * per..(bk + 1) * per];
                 let rows = rb * amx::ROWS..((rb + 1) * amx::ROWS).min(len);
-                let q = &q[(bh * len + rows.start) * head_dim..(bh * len + rows.end) * head_dim];
+                let q = |l: usize| q.at(b, h, l, head_dim);
                 let mask = mask.map(|m| {
                     let at = if m.per_batch { b * len * keys } else { 0 };
                     &m.masked[at + rows.start * keys..at + rows.end * keys]
@@ -114,7 +158,7 @@ pub fn attention_bf16(
                 // SAFETY: `attention_bf16_available` checked AMX and AVX512-BF16; each task
                 // writes rows `rows` of head `h` of batch entry `b`, which no other task writes,
                 // inside the `batch * len * heads * head_dim` output.
-                unsafe { block(q, buf, shape, dp, sp, mask, scale, softcap, scratch, out.0, b, h, rows) };
+                unsafe { block(&q, buf, shape, dp, sp, mask, scale, softcap, scratch, out.0, b, h, rows) };
             },
         );
     }
@@ -147,7 +191,7 @@ unsafe impl Sync for SyncPtr {}
 
 /// Keys `[S, D]` as `sp / 16` AMX weight panels of 16 keys x `dp / 2` pairs of head dims.
 #[cfg(target_arch = "x86_64")]
-fn stage_keys(k: &[f32], keys: usize, d: usize, dp: usize, kp: &mut [u16]) {
+fn stage_keys<'a>(k: impl Fn(usize) -> &'a [f32], keys: usize, dp: usize, kp: &mut [u16]) {
     let mut rows = vec![0u16; PANEL * dp];
     for (j, panel) in kp.chunks_mut(PANEL * dp).enumerate() {
         let n = PANEL.min(keys.saturating_sub(j * PANEL));
@@ -156,7 +200,7 @@ fn stage_keys(k: &[f32], keys: usize, d: usize, dp: usize, kp: &mut [u16]) {
             let s = j * PANEL + c;
             // SAFETY: AVX512-BF16 is present (checked by the caller's caller); the row has
             // `dp >= d` elements.
-            unsafe { x86::round_bf16(&k[s * d..(s + 1) * d], &mut rows[c * dp..(c + 1) * dp]) };
+            unsafe { x86::round_bf16(k(s), &mut rows[c * dp..(c + 1) * dp]) };
         }
         // SAFETY: AVX-512F is present; `n` rows of `dp` bf16 (64 * dp / 32 bytes each) are
         // readable, and the panel has `16 * dp` u16 = `256 * dp / 32` u32.
@@ -168,7 +212,7 @@ fn stage_keys(k: &[f32], keys: usize, d: usize, dp: usize, kp: &mut [u16]) {
 
 /// Values `[S, D]` as `dp / 16` panels of 16 head dims x `sp / 2` pairs of positions.
 #[cfg(target_arch = "x86_64")]
-fn stage_values(v: &[f32], keys: usize, d: usize, dp: usize, vp: &mut [u16]) {
+fn stage_values<'a>(v: impl Fn(usize) -> &'a [f32], keys: usize, d: usize, dp: usize, vp: &mut [u16]) {
     let sp2 = vp.len() / dp; // sp / 2 pairs * 2
     let pairs = sp2 / 2;
     let bf = |x: f32| half::bf16::from_f32(x).to_bits();
@@ -178,7 +222,7 @@ fn stage_values(v: &[f32], keys: usize, d: usize, dp: usize, vp: &mut [u16]) {
                 let s = 2 * t + e;
                 for c in 0..PANEL {
                     let dd = j * PANEL + c;
-                    panel[(t * PANEL + c) * 2 + e] = if s < keys && dd < d { bf(v[s * d + dd]) } else { 0 };
+                    panel[(t * PANEL + c) * 2 + e] = if s < keys && dd < d { bf(v(s)[dd]) } else { 0 };
                 }
             }
         }
@@ -192,8 +236,8 @@ fn stage_values(v: &[f32], keys: usize, d: usize, dp: usize, vp: &mut [u16]) {
 /// writes these rows of this head.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(
-    q: &[f32],
+unsafe fn block<'a>(
+    q: &impl Fn(usize) -> &'a [f32],
     staged: &[u16],
     shape: AttentionShape,
     dp: usize,
@@ -213,7 +257,7 @@ unsafe fn block(
     scratch.q.fill(0);
     for i in 0..n {
         // SAFETY: AVX512-BF16 is present; the row has `dp >= d` elements.
-        unsafe { x86::round_bf16(&q[i * d..(i + 1) * d], &mut scratch.q[i * dp..(i + 1) * dp]) };
+        unsafe { x86::round_bf16(q(rows.start + i), &mut scratch.q[i * dp..(i + 1) * dp]) };
     }
     let mut c = [0f32; amx::ROWS * 32];
     // SAFETY: AMX is usable (the caller's contract).
@@ -393,7 +437,9 @@ mod tests {
             for mask in masks {
                 for softcap in [None, Some(5.0f32)] {
                     let scale = (head_dim as f32).powf(-0.5);
-                    let got = attention_bf16(&q, &k, &v, sh, mask, scale, softcap).expect("available");
+                    let hm = |t, n, l| Heads::head_major(t, n, l, head_dim);
+                    let (qh, kh, vh) = (hm(&q, heads, len), hm(&k, kv_heads, keys), hm(&v, kv_heads, keys));
+                    let got = attention_bf16(qh, kh, vh, sh, mask, scale, softcap).expect("available");
                     let want = reference(&q, &k, &v, sh, mask, scale as f64, softcap.map(f64::from));
                     let worst = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
                     assert!(
@@ -406,11 +452,50 @@ mod tests {
         }
     }
 
+    /// q, k and v read from one token-major `[B, L, (H + 2K) D]` buffer (the projections side
+    /// by side) give exactly what the head-major tensors give.
+    #[test]
+    fn token_major_heads_equal_head_major_ones() {
+        if !attention_bf16_available() {
+            return;
+        }
+        let (batch, heads, kv_heads, len, d) = (2, 4, 2, 37, 24);
+        let sh = AttentionShape { batch, heads, kv_heads, len, keys: len, head_dim: d };
+        let width = (heads + 2 * kv_heads) * d;
+        let qkv = data(batch * len * width, 13);
+        let head_major = |at: usize, n: usize| {
+            let mut t = vec![0f32; batch * n * len * d];
+            for b in 0..batch {
+                for h in 0..n {
+                    for l in 0..len {
+                        let src = &qkv[(b * len + l) * width + at + h * d..][..d];
+                        t[((b * n + h) * len + l) * d..][..d].copy_from_slice(src);
+                    }
+                }
+            }
+            t
+        };
+        let (q, k, v) = (
+            head_major(0, heads),
+            head_major(heads * d, kv_heads),
+            head_major((heads + kv_heads) * d, kv_heads),
+        );
+        let hm = |t, n| Heads::head_major(t, n, len, d);
+        let want = attention_bf16(hm(&q, heads), hm(&k, kv_heads), hm(&v, kv_heads), sh, None, 0.3, None);
+        let tm = |at| Heads::token_major(&qkv, len, width, at, d);
+        let got = attention_bf16(tm(0), tm(heads * d), tm((heads + kv_heads) * d), sh, None, 0.3, None);
+        assert_eq!(got.expect("available"), want.expect("available"));
+    }
+
     #[test]
     fn mismatched_sizes_are_refused() {
         let sh = AttentionShape { batch: 1, heads: 2, kv_heads: 2, len: 3, keys: 4, head_dim: 8 };
         let (q, k) = (vec![0f32; 48], vec![0f32; 64]);
-        assert!(attention_bf16(&q[..47], &k, &k, sh, None, 1.0, None).is_none());
-        assert!(attention_bf16(&q, &k, &k, AttentionShape { kv_heads: 3, ..sh }, None, 1.0, None).is_none());
+        let hm = |t, len| Heads::head_major(t, 2, len, 8);
+        assert!(attention_bf16(hm(&q[..47], 3), hm(&k, 4), hm(&k, 4), sh, None, 1.0, None).is_none());
+        let sh3 = AttentionShape { kv_heads: 3, ..sh };
+        assert!(attention_bf16(hm(&q, 3), hm(&k, 4), hm(&k, 4), sh3, None, 1.0, None).is_none());
+        let tm = Heads::token_major(&k, 4, 16, 9, 8);
+        assert!(attention_bf16(hm(&q, 3), tm, tm, sh, None, 1.0, None).is_none(), "past the end");
     }
 }

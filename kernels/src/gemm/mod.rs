@@ -42,7 +42,7 @@ mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use attention::{AttentionMask, AttentionShape, attention_bf16, attention_bf16_available};
+pub use attention::{AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available};
 pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair};
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 

@@ -21,17 +21,66 @@ impl PackedWeight {
     /// # Panics
     /// As `matmul`, and when this CPU lacks `kernel`.
     pub fn matmul_with(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), m * self.n, "output");
+        self.product(kernel, a, m, out, self.n)
+    }
+
+    /// `out[i * ldc + j] = (a · W^T)[i, j]` for the `m x n` product, rows `ldc >= n` apart
+    /// (several products side by side in one buffer); the other elements are left as they are.
+    ///
+    /// # Panics
+    /// When `a` does not have `m * k` elements, `ldc < n`, or `out` is shorter than
+    /// `(m - 1) * ldc + n`.
+    pub fn matmul_into(&self, a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
+        self.product(Kernel::for_product(m, self.format()), a, m, out, ldc)
+    }
+
+    /// Several weights of the same `k` applied to the same rows, side by side: `out` is
+    /// `[m, sum of n]`, weight `i`'s columns after those of the weights before it (a block's
+    /// q, k and v projections in one buffer). On AMX the activations are rounded once for all.
+    ///
+    /// # Panics
+    /// When the weights' `k` differ, `a` does not have `m * k` elements or `out` not
+    /// `m * sum of n`.
+    pub fn matmul_many(weights: &[&PackedWeight], a: &[f32], m: usize, out: &mut [f32]) {
+        let ldc: usize = weights.iter().map(|w| w.n).sum();
+        assert_eq!(out.len(), m * ldc, "output");
+        let k = weights.first().map_or(0, |w| w.k);
+        assert!(weights.iter().all(|w| w.k == k), "weights of different k");
+        #[cfg(target_arch = "x86_64")]
+        if weights.iter().all(|w| {
+            Kernel::for_product(m, w.format()) == Kernel::Amx && w.rows_bytes().is_none_or(|_| m > 4)
+        }) && let Some(w) = weights.first()
+        {
+            let rounded = w.amx_activations(a, m);
+            let mut at = 0;
+            for w in weights {
+                w.amx_product(&rounded, m, &mut out[at..], ldc);
+                at += w.n;
+            }
+            return;
+        }
+        let mut at = 0;
+        for w in weights {
+            w.matmul_into(a, m, &mut out[at..], ldc);
+            at += w.n;
+        }
+    }
+
+    /// The product on `kernel` into rows `ldc` apart (see [`PackedWeight::matmul_into`]).
+    fn product(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
         assert!(available().contains(&kernel), "this CPU cannot run {kernel:?}");
         assert_eq!(a.len(), m * self.k, "activations");
-        assert_eq!(out.len(), m * self.n, "output");
+        assert!(ldc >= self.n && (m == 0 || out.len() >= (m - 1) * ldc + self.n), "output");
         if let Some(rows) = self.rows_bytes()
             && m <= 4
         {
-            return self.dot_rows(kernel, rows, a, m, out);
+            return self.dot_rows(kernel, rows, a, m, out, ldc);
         }
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
-            return self.matmul_amx(a, m, out);
+            let rounded = self.amx_activations(a, m);
+            return self.amx_product(&rounded, m, out, ldc);
         }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
@@ -57,13 +106,13 @@ impl PackedWeight {
             let ps = pb * per_task..((pb + 1) * per_task).min(panels);
             let out = out_ptr;
             // SAFETY: tasks write disjoint (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.block(kernel, &ab, m, rows, ps, out.0) };
+            unsafe { self.block(kernel, &ab, m, rows, ps, out.0, ldc) };
         });
     }
 
     /// Few activation rows against row-major bf16 weights (decode): one dot product per output
     /// over the rows as stored, output rows split over the cores.
-    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32]) {
+    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
         let (n, k) = (self.n, self.k);
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(4 * threads).next_multiple_of(8).max(8);
@@ -74,7 +123,7 @@ impl PackedWeight {
             #[cfg(target_arch = "x86_64")]
             if matches!(kernel, Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::Amx | Kernel::Avx512Vnni) {
                 // SAFETY: AVX-512 was detected; tasks write disjoint output columns.
-                unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, n, range, out.0) };
+                unsafe { x86::dot_rows(a.as_ptr(), m, rows.as_ptr(), k, ldc, range, out.0) };
                 return;
             }
             let _ = kernel;
@@ -89,7 +138,7 @@ impl PackedWeight {
                         }
                     }
                     // SAFETY: (i, j) is in this task's columns of the checked output.
-                    unsafe { *out.0.add(i * n + j) = sum.iter().sum() };
+                    unsafe { *out.0.add(i * ldc + j) = sum.iter().sum() };
                 }
             }
         });
@@ -163,7 +212,8 @@ impl PackedWeight {
     /// One task: output rows `rows` x panels `ps`.
     ///
     /// # Safety
-    /// `out` points to `m * n` f32 and no other task writes this block.
+    /// `out` points to `m` rows of `n` f32, `ldc` apart, and no other task writes this block.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         &self,
         kernel: Kernel,
@@ -172,6 +222,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         ps: std::ops::Range<usize>,
         out: *mut f32,
+        ldc: usize,
     ) {
         let panel_len = self.kp2 * PANEL * 2;
         let h = MR.min(m);
@@ -246,7 +297,7 @@ impl PackedWeight {
                             Some(scale) => acc_row[j] * scale[col],
                             None => acc_row[j],
                         };
-                        unsafe { *out.add((r + i) * self.n + col) = v };
+                        unsafe { *out.add((r + i) * ldc + col) = v };
                     }
                 }
                 r += h;
@@ -258,13 +309,11 @@ impl PackedWeight {
 
 #[cfg(target_arch = "x86_64")]
 impl PackedWeight {
-    /// The product on AMX tiles: activations rounded to bf16 once (rows padded to 32, k to
-    /// 32 with zeros), weight panels read in place (bf16) or staged per panel pair into a
-    /// task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels). Tasks are
-    /// (row block, run of panel pairs); each stages a pair once for all its rows.
-    fn matmul_amx(&self, a: &[f32], m: usize, out: &mut [f32]) {
-        let (n, k, kp2) = (self.n, self.k, self.kp2);
-        let kp16 = kp2.next_multiple_of(amx::PAIRS);
+    /// The activations for [`PackedWeight::amx_product`]: rounded to bf16 once, rows padded
+    /// to 32 and k to 32 with zeros (any weight of this `k` can use them).
+    fn amx_activations(&self, a: &[f32], m: usize) -> AmxActivations {
+        let k = self.k;
+        let kp16 = self.kp2.next_multiple_of(amx::PAIRS);
         // Rows 64 bytes more than a multiple of 4 KiB apart: 16 rows a tile would otherwise
         // fall in one L1 set.
         let lda = kp16 * 2 + 32;
@@ -282,6 +331,17 @@ impl PackedWeight {
                 }
             }
         });
+        AmxActivations { ab, lda, mp }
+    }
+
+    /// The product on AMX tiles: weight panels read in place (bf16) or staged per panel pair
+    /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
+    /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
+    /// Output rows `ldc` apart.
+    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: &mut [f32], ldc: usize) {
+        let AmxActivations { ab, lda, mp } = rounded;
+        let (lda, mp) = (*lda, *mp);
+        let n = self.n;
         let panels = n.div_ceil(PANEL);
         let pairs = panels.div_ceil(2);
         let threads = rayon::current_num_threads().max(1);
@@ -298,15 +358,16 @@ impl PackedWeight {
             let out = out_ptr;
             // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
             // (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0) };
+            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc) };
         });
     }
 
     /// One AMX task: rows `rows` (multiples of 32 of the padded activations) x panel pairs `pps`.
     ///
     /// # Safety
-    /// AMX is usable; `ab` holds the padded bf16 activations; `out` points to `m * n` f32 and
-    /// no other task writes this block.
+    /// AMX is usable; `ab` holds the padded bf16 activations; `out` points to `m` rows of `n`
+    /// f32, `ldc` apart, and no other task writes this block.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn amx_task(
         &self,
         ab: &[u16],
@@ -315,6 +376,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         pps: std::ops::Range<usize>,
         out: *mut f32,
+        ldc: usize,
     ) {
         let (n, kp2) = (self.n, self.kp2);
         let panel_len = kp2 * PANEL * 2;
@@ -393,7 +455,7 @@ impl PackedWeight {
                     // SAFETY: row r + i, columns p * 16.. + cols are this task's block of the
                     // checked output, written by no one else.
                     let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * n + p * PANEL), cols) };
+                        unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * ldc + p * PANEL), cols) };
                     match scales {
                         Some(s) => {
                             for ((d, v), s) in dst.iter_mut().zip(src).zip(&s[p * PANEL..]) {
@@ -415,6 +477,14 @@ struct SyncPtr(*mut f32);
 // SAFETY: used only to hand disjoint output blocks to rayon tasks.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+
+/// Activations rounded for the AMX tiles: `mp` rows (`m` padded to 32) of `lda` bf16.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct AmxActivations {
+    ab: Vec<u16>,
+    lda: usize,
+    mp: usize,
+}
 
 /// Activations laid out for the tiles (see [`PackedWeight::pack_activations`]).
 pub(super) enum Activations {

@@ -214,3 +214,57 @@ fn vector_rounding_equals_the_scalar_one() {
         assert!(got[len..].iter().all(|&g| g == 0xffff), "len {len}: wrote past the end");
     }
 }
+
+/// Products side by side in one buffer (`matmul_many`, `matmul_into`) equal each product on
+/// its own, bit for bit: bf16 panels, int8 and bf16 rows of different widths, decode and
+/// prefill row counts; columns outside a product are left alone.
+#[test]
+fn products_side_by_side_equal_each_alone() {
+    let k = 70;
+    let mut bytes = Vec::new();
+    let w3 = data(24 * k, 23);
+    for x in &w3 {
+        bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
+    }
+    let weights = [
+        PackedWeight::pack(
+            &Matrix { data: &data(40 * k, 21), cols: k, transposed: false },
+            40,
+            k,
+            WeightFormat::Bf16,
+        ),
+        PackedWeight::pack(
+            &Matrix { data: &data(17 * k, 22), cols: k, transposed: false },
+            17,
+            k,
+            WeightFormat::Q8,
+        ),
+        PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, 24, k),
+    ];
+    let refs: Vec<&PackedWeight> = weights.iter().collect();
+    let width: usize = weights.iter().map(|w| w.n()).sum();
+    for m in [1, 3, 5, 40] {
+        let a = data(m * k, 31 + m as u32);
+        let mut many = vec![0f32; m * width];
+        PackedWeight::matmul_many(&refs, &a, m, &mut many);
+        let mut at = 0;
+        for w in &weights {
+            let mut alone = vec![0f32; m * w.n()];
+            w.matmul(&a, m, &mut alone);
+            for i in 0..m {
+                assert_eq!(
+                    &many[i * width + at..i * width + at + w.n()],
+                    &alone[i * w.n()..(i + 1) * w.n()],
+                    "m {m}"
+                );
+            }
+            let mut into = vec![-1f32; m * width];
+            w.matmul_into(&a, m, &mut into[at..], width);
+            for i in 0..m {
+                assert_eq!(&into[i * width + at..i * width + at + w.n()], &alone[i * w.n()..(i + 1) * w.n()]);
+                assert!(into[i * width..i * width + at].iter().all(|&x| x == -1.0), "left alone");
+            }
+            at += w.n();
+        }
+    }
+}

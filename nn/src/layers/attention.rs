@@ -127,9 +127,26 @@ impl Attention {
         let [b, l, _] = x.dims();
         let (h, k, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |t: Tensor<3>, heads| t.reshape([b, l, heads, d]).swap_dims(1, 2);
-        let mut q = split(crate::packed::linear(&self.q_proj, x.clone()), h); // (B, H, L, D)
-        let mut key = split(crate::packed::linear(&self.k_proj, x.clone()), k); // (B, K, L, D)
-        let value = split(crate::packed::linear(&self.v_proj, x), k); // (B, K, L, D)
+        // Packed weights: q, k and v from one product over x, side by side; self-attention
+        // without positions or cache (encoders) then reads them in place on the AMX tiles.
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let (mut q, mut key, value) = match crate::packed::linear_many(&projections, x) {
+            Ok(qkv) => {
+                if rope.is_none()
+                    && cache.is_none()
+                    && let Some(out) = self.packed_self_attention(&qkv, mask)
+                {
+                    return crate::packed::linear(&self.o_proj, out);
+                }
+                let part = |at: usize, n: usize| split(qkv.clone().narrow(2, at * d, n * d), n);
+                (part(0, h), part(h, k), part(h + k, k))
+            }
+            Err(x) => (
+                split(crate::packed::linear(&self.q_proj, x.clone()), h), // (B, H, L, D)
+                split(crate::packed::linear(&self.k_proj, x.clone()), k), // (B, K, L, D)
+                split(crate::packed::linear(&self.v_proj, x), k),         // (B, K, L, D)
+            ),
+        };
         if let Some(tables) = rope {
             q = apply_rotary(q, tables);
             key = apply_rotary(key, tables);
@@ -160,30 +177,23 @@ impl Attention {
         v: &Tensor<4>,
         mask: Option<&Tensor<4, Bool>>,
     ) -> Option<Tensor<3>> {
-        use zoo_kernels::gemm::{AttentionMask, AttentionShape, attention_bf16, attention_bf16_available};
+        use zoo_kernels::gemm::{
+            AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available,
+        };
         let [b, h, l, d] = q.dims();
         let [_, kh, s, _] = k.dims();
         if l < 16 || !crate::packed::is_packed(&self.q_proj) || !attention_bf16_available() {
             return None;
         }
-        let mask_dims = mask.map(|m| m.dims());
-        if mask_dims.is_some_and(|[mb, one, ml, ms]| (mb != 1 && mb != b) || one != 1 || ml != l || ms != s) {
-            return None;
-        }
+        let masked = host_mask(mask, b, l, s)?;
         let host = |t: &Tensor<4>| t.clone().cast(DType::F32).into_data().try_into_vec::<f32>().ok();
         let (q_host, k_host, v_host) = (host(q)?, host(k)?, host(v)?);
-        let masked = match mask {
-            Some(m) => Some(m.clone().into_data().try_into_vec::<bool>().ok()?),
-            None => None,
-        };
         let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: s, head_dim: d };
-        let mask = masked
-            .as_deref()
-            .map(|m| AttentionMask { masked: m, per_batch: mask_dims.is_some_and(|m| m[0] == b) });
+        let mask = masked.as_ref().map(|(m, per_batch)| AttentionMask { masked: m, per_batch: *per_batch });
         let out = attention_bf16(
-            &q_host,
-            &k_host,
-            &v_host,
+            Heads::head_major(&q_host, h, l, d),
+            Heads::head_major(&k_host, kh, s, d),
+            Heads::head_major(&v_host, kh, s, d),
             shape,
             mask,
             self.scale as f32,
@@ -191,6 +201,52 @@ impl Attention {
         )?;
         Some(Tensor::from_data(TensorData::new(out, [b, l, h * d]), (&q.device(), DType::F32)))
     }
+
+    /// Self-attention of 16 or more positions on the AMX tiles straight from the side-by-side
+    /// projections `qkv` (`(B, L, (H + 2K) D)`, see `forward`), read in place; `(B, L, H*D)`.
+    fn packed_self_attention(&self, qkv: &Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Option<Tensor<3>> {
+        use zoo_kernels::gemm::{
+            AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available,
+        };
+        let [b, l, width] = qkv.dims();
+        let (h, kh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        if l < 16 || width != (h + 2 * kh) * d || !attention_bf16_available() {
+            return None;
+        }
+        let masked = host_mask(mask, b, l, l)?;
+        let data = qkv.clone().into_data().try_into_vec::<f32>().ok()?;
+        let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: l, head_dim: d };
+        let mask = masked.as_ref().map(|(m, per_batch)| AttentionMask { masked: m, per_batch: *per_batch });
+        let heads = |at: usize| Heads::token_major(&data, l, width, at * d, d);
+        let out = attention_bf16(
+            heads(0),
+            heads(h),
+            heads(h + kh),
+            shape,
+            mask,
+            self.scale as f32,
+            self.softcap.map(|c| c as f32),
+        )?;
+        Some(Tensor::from_data(TensorData::new(out, [b, l, h * d]), (&qkv.device(), DType::F32)))
+    }
+}
+
+/// A `bool[B or 1, 1, L, S]` mask on the host: `Some(None)` without one, `Some(Some((flags,
+/// per batch entry)))`, or `None` for another shape.
+#[allow(clippy::type_complexity)]
+fn host_mask(
+    mask: Option<&Tensor<4, Bool>>,
+    b: usize,
+    l: usize,
+    s: usize,
+) -> Option<Option<(Vec<bool>, bool)>> {
+    let Some(mask) = mask else { return Some(None) };
+    let [mb, one, ml, ms] = mask.dims();
+    if (mb != 1 && mb != b) || one != 1 || ml != l || ms != s {
+        return None;
+    }
+    let flags = mask.clone().into_data().try_into_vec::<bool>().ok()?;
+    Some(Some((flags, mb == b)))
 }
 
 /// `softmax(softcap(q·kᵀ·scale) + mask)·v`, with grouped key/value heads.
