@@ -230,6 +230,8 @@ crate::wide_fn! {
 ///
 /// # Shapes
 /// - `x`: `[.., in]`; output `[.., out_1 + out_2 + ...]`
+// The error gives `x` back for the per-projection path (a tensor handle, moved, not copied).
+#[allow(clippy::result_large_err)]
 pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     let dims = x.dims();
     let k = dims[D - 1];
