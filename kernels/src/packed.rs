@@ -17,6 +17,7 @@
 
 use crate::gemm::{Matrix, PackedWeight, WeightFormat};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -139,7 +140,98 @@ impl ModuleVisitor for Biases<'_> {
 pub fn pack<M: Module>(model: M, format: WeightFormat) -> M {
     let model = model.map(&mut Packer { format, path: Vec::new() });
     attach_biases(&model);
+    pack_patch_embeddings(&model, format);
     model
+}
+
+/// Packs each patch-embedding convolution (a Conv2d in a field named `patch_embedding`) as
+/// the product it is: `W[out, in * p * p]` over the image's patches, with its bias
+/// ([`patch_embedding`] runs it). The f32 weight stays in the model (it is small) for any
+/// other use. Called by [`pack`] and by packed checkpoint loading.
+pub fn pack_patch_embeddings<M: Module>(model: &M, format: WeightFormat) {
+    struct Convs {
+        format: WeightFormat,
+        path: Vec<(String, String)>,
+        weight: Option<ParamId>,
+        found: Vec<(ParamId, PackedWeight)>,
+        biases: HashMap<ParamId, Vec<f32>>,
+    }
+    impl ModuleVisitor for Convs {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.push((name.to_string(), container_type.to_string()));
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            // The path ends with (field, container): ("weight" or "bias", "Struct:Conv2d") under
+            // a field named patch_embedding.
+            let n = self.path.len();
+            let in_patch_conv =
+                n >= 2 && self.path[n - 1].1 == "Struct:Conv2d" && self.path[n - 2].0 == "patch_embedding";
+            if !in_patch_conv {
+                return;
+            }
+            if D == 4 {
+                let t = param.val();
+                let dims = t.dims();
+                let (rows, cols) = (dims[0], dims[1..].iter().product::<usize>());
+                let values = host_values(t);
+                let src = Matrix { data: &values, cols, transposed: false };
+                self.found.push((param.id, PackedWeight::pack(&src, rows, cols, self.format)));
+                self.weight = Some(param.id);
+            } else if D == 1
+                && let Some(w) = self.weight.take()
+            {
+                self.biases.insert(w, host_values(param.val()));
+            }
+        }
+    }
+    let mut convs =
+        Convs { format, path: Vec::new(), weight: None, found: Vec::new(), biases: HashMap::new() };
+    model.visit(&mut convs);
+    if let Ok(mut table) = TABLE.write() {
+        for (id, weight) in convs.found {
+            let bias = convs.biases.remove(&id);
+            table.insert(id, Arc::new(Entry { weight, bias }));
+        }
+    }
+}
+
+/// `embed_patches` of a packed patch-embedding convolution ([`pack_patch_embeddings`]): the
+/// image cut into `p x p` patches (channel, row, column within a patch: the weight's order)
+/// and multiplied on the host kernels, bias added: `[B, (H/p) (W/p), out]`, patches row by
+/// row. `Err(pixels)` when the convolution is not packed or not a patch embedding (stride =
+/// kernel, no padding, dilation 1, one group).
+///
+/// # Shapes
+/// - `pixels`: `[B, in, H, W]`; output `[B, (H/p) * (W/p), out]`
+#[allow(clippy::result_large_err)]
+pub fn patch_embedding(conv: &Conv2d, pixels: Tensor<4>) -> Result<Tensor<3>, Tensor<4>> {
+    let [kh, kw] = conv.kernel_size;
+    let patch_like = conv.stride == conv.kernel_size
+        && kh == kw
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && matches!(
+            conv.padding,
+            burn::nn::PaddingConfig2d::Valid | burn::nn::PaddingConfig2d::Explicit(0, 0, 0, 0)
+        );
+    let Some(entry) = lookup(&conv.weight.id).filter(|_| patch_like) else {
+        return Err(pixels);
+    };
+    let [b, c, hh, ww] = pixels.dims();
+    let p = kh;
+    let (h, w) = (hh / p, ww / p);
+    if p == 0 || h == 0 || w == 0 || entry.weight.k() != c * p * p {
+        return Err(pixels);
+    }
+    let patches = pixels
+        .slice([0..b, 0..c, 0..h * p, 0..w * p])
+        .reshape([b, c, h, p, w, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, h * w, c * p * p]);
+    Ok(host_matmul(&entry, patches))
 }
 
 /// Registers `weight` as the packed form of parameter `id`.

@@ -25,6 +25,11 @@ pub fn patch_embedding(
 /// # Shapes
 /// - `pixels`: `[B, channels, H, W]`; output: `[B, (H/p)*(W/p), hidden]`
 pub fn embed_patches(conv: &Conv2d, pixels: Tensor<4>) -> Tensor<3> {
+    // Packed weights (`--dtype bf16|q8` on the CPU): the product over the patches.
+    let pixels = match crate::packed::patch_embedding(conv, pixels) {
+        Ok(x) => return x,
+        Err(pixels) => pixels,
+    };
     let grid = conv.forward(pixels); // (B, C, h, w)
     let [b, c, h, w] = grid.dims();
     grid.reshape([b, c, h * w]).swap_dims(1, 2)
@@ -65,6 +70,27 @@ mod tests {
         // Patches (row-major): [0,1,4,5], [2,3,6,7], [8,9,12,13], [10,11,14,15].
         let expect = [10.5, -1.0, 18.5, 1.0, 42.5, 7.0, 50.5, 9.0];
         assert_close(out, &expect, 1e-6, "patches");
+    }
+
+    /// Packed (`--dtype bf16|q8`), the patch convolution is a product over the patches: the
+    /// convolution's values within bf16's rounding, on a non-square image whose size is not a
+    /// multiple of the patch (the remainder is dropped, as the convolution drops it).
+    #[test]
+    fn packed_patches_follow_the_convolution() {
+        #[derive(Module, Debug)]
+        struct Tower {
+            patch_embedding: Conv2d,
+        }
+        let dev = device();
+        let tower = Tower { patch_embedding: patch_embedding(3, 8, 4, true, &dev) };
+        let img = Tensor::<4>::random([2, 3, 13, 18], burn::tensor::Distribution::Default, &dev);
+        let want = crate::testing::to_vec(embed_patches(&tower.patch_embedding, img.clone()));
+        let packed = crate::packed::pack(tower, zoo_kernels::gemm::WeightFormat::Bf16);
+        assert!(crate::packed::contains(&packed.patch_embedding.weight.id), "packed");
+        let got = embed_patches(&packed.patch_embedding, img);
+        assert_eq!(got.dims(), [2, 12, 8]);
+        assert_close(got, &want, 2e-2, "packed patches");
+        crate::packed::release(&packed);
     }
 
     #[test]

@@ -283,6 +283,7 @@ impl Checkpoint {
         let rest = self.without(&packed_keys)?;
         rest.load_burn(module, keys, DType::F32, &packed_paths)?;
         crate::packed::attach_biases(module);
+        crate::packed::pack_patch_embeddings(module, format);
         Ok(())
     }
 
