@@ -361,6 +361,10 @@ pub unsafe fn vnni_q8(
     unsafe { by_shape!(vnni_tile, h, np, (a, s, w, panel_len, kp2, acc)) }
 }
 
+/// Bytes of a weight panel prefetched ahead of the decode tiles (a hint: an address past the
+/// end of the weights fetches nothing and cannot fault).
+const VNNI_AHEAD: usize = 2048;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni_tile<const R: usize, const P: usize>(
     a: *const u32,
@@ -379,6 +383,11 @@ unsafe fn vnni_tile<const R: usize, const P: usize>(
             let mut sum = [[_mm512_setzero_si512(); P]; R];
             for t in t0..t1 {
                 for j in 0..P {
+                    // Few rows (decode) read the panels faster than the hardware prefetcher
+                    // brings them: ask for the line `VNNI_AHEAD` bytes on, once per line.
+                    if R <= 2 && t % 2 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(j * panel_len + t * 32 + VNNI_AHEAD));
+                    }
                     // 16 columns x 2 k of int8, sign-extended to int16 pairs.
                     let wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
                         w.add(j * panel_len + t * 32) as *const __m256i
