@@ -9,6 +9,7 @@
 
 use crate::args::{ComputeArgs, ModelArgs};
 use crate::models::{Family, Towers};
+use crate::training::Precision;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -68,11 +69,23 @@ pub struct BenchOptions {
     /// Timed training steps.
     #[arg(long, default_value_t = BenchOptions::default().steps)]
     pub steps: usize,
+    /// Training precision with --train: f32, or bf16 (forward and backward on a bf16 cast of the
+    /// f32 weights, as `vlm-zoo train --precision bf16`).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { prompt_len: 64, new_tokens: 32, batches: vec![1, 8], iters: 3, train: false, steps: 3 }
+        Self {
+            prompt_len: 64,
+            new_tokens: 32,
+            batches: vec![1, 8],
+            iters: 3,
+            train: false,
+            steps: 3,
+            precision: Precision::F32,
+        }
     }
 }
 
@@ -239,8 +252,17 @@ fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> 
         &device,
     );
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let precision = opts.precision;
     let mut step = |model: Towers| {
-        let (img, txt) = model.embed(pixels(b, config.image_size(), &device), &text);
+        let pixels = pixels(b, config.image_size(), &device);
+        let (img, txt) = match precision {
+            Precision::F32 => model.embed(pixels, &text),
+            Precision::Bf16 => {
+                let half = zoo_nn::train::mixed::autocast(&model, DType::BF16);
+                let (i, t) = half.embed(pixels.cast(DType::BF16), &text);
+                (i.cast(DType::F32), t.cast(DType::F32))
+            }
+        };
         let loss = model.loss(img, txt, None);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optim.step(1e-4, model, grads).clamp_temperature()
@@ -255,6 +277,7 @@ fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> 
     }
     sync_model(&model);
     let steps_per_s = opts.steps as f64 / t.elapsed().as_secs_f64();
+    let precision = format!("{:?}", opts.precision).to_lowercase();
     Ok(json!({"model_type": kind, "load_s": load_s, "task": "train", "batch": b, "steps": opts.steps,
-              "steps_per_s": steps_per_s, "peak_rss_mib": peak_rss_mib()}))
+              "precision": precision, "steps_per_s": steps_per_s, "peak_rss_mib": peak_rss_mib()}))
 }

@@ -3,14 +3,23 @@
 use super::*;
 use burn::backend::Flex;
 
-/// The tensor's elements, row-major, when it is f32 (`None` otherwise).
+/// The tensor's elements, row-major, as f32: f32 in place, bf16 widened (`--precision bf16`
+/// training computes these ops in f32 between bf16 tensors, as PyTorch's autocast does);
+/// `None` for other dtypes.
 fn read(t: &FloatTensor<Flex>) -> Option<Cow<'_, [f32]>> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    match t.as_slice::<f32>() {
-        Some(s) => Some(Cow::Borrowed(s)),
-        None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
+    match t.dtype() {
+        DType::F32 => match t.as_slice::<f32>() {
+            Some(s) => Some(Cow::Borrowed(s)),
+            None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
+        },
+        DType::BF16 => {
+            let widen = |s: &[half::bf16]| s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+            match t.as_slice::<half::bf16>() {
+                Some(s) => Some(Cow::Owned(widen(s))),
+                None => t.to_contiguous().as_slice::<half::bf16>().map(|s| Cow::Owned(widen(s))),
+            }
+        }
+        _ => None,
     }
 }
 
@@ -22,8 +31,13 @@ fn write_in_place(t: &mut FloatTensor<Flex>) -> Option<&mut [f32]> {
     (buffer.len() == n).then_some(buffer)
 }
 
-/// A tensor of `shape` from `values` (moved in, not copied), on `like`'s device.
+/// A tensor of `shape` from `values` (moved in, not copied), on `like`'s device, in `like`'s
+/// dtype (bf16 values rounded to nearest even).
 fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+    if like.dtype() == DType::BF16 {
+        let values: Vec<half::bf16> = values.into_iter().map(half::bf16::from_f32).collect();
+        return Flex::float_from_data(TensorData::new(values, shape), &like.device());
+    }
     Flex::float_from_data(TensorData::new(values, shape), &like.device())
 }
 
@@ -58,8 +72,42 @@ fn strided<'a>(
     })
 }
 
+/// `t`'s matrices as a bf16 operand (see [`strided`]): `None` unless bf16 with non-negative
+/// strides.
+fn strided_bf16<'a>(
+    t: &'a FloatTensor<Flex>,
+    offsets: &'a mut Vec<usize>,
+    shared: bool,
+) -> Option<crate::gemm::StridedBf16<'a>> {
+    if t.dtype() != DType::BF16 {
+        return None;
+    }
+    let layout = t.layout();
+    let r = layout.num_dims();
+    if r < 2 || layout.strides().iter().any(|&s| s < 0) {
+        return None;
+    }
+    let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
+    let dims = layout.shape();
+    offsets.clear();
+    offsets.push(layout.start_offset());
+    if !shared {
+        for axis in 0..r - 2 {
+            let (prev, step) = (std::mem::take(offsets), strides[axis]);
+            offsets.extend(prev.iter().flat_map(|&o| (0..dims[axis]).map(move |i| o + i * step)));
+        }
+    }
+    Some(crate::gemm::StridedBf16 {
+        data: t.storage::<half::bf16>(),
+        offsets,
+        row_stride: strides[r - 2],
+        col_stride: strides[r - 1],
+    })
+}
+
 /// The product on the host, or `None` for shapes or layouts it does not take (broadcast
-/// `lhs`, mismatched batch axes, bf16, negative strides).
+/// `lhs`, mismatched batch axes, negative strides, bf16 without AMX, other dtypes). Two bf16
+/// operands run on the AMX tiles (`--precision bf16` training) and give bf16.
 fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<FloatTensor<Flex>> {
     let (ls, rs) = (lhs.shape(), rhs.shape());
     let r = ls.num_dims();
@@ -74,7 +122,8 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
     let (m, k, n) = (ls[r - 2], ls[r - 1], rs[r - 1]);
     let batch: usize = lb.iter().product();
     let (mut lo, mut ro) = (Vec::new(), Vec::new());
-    let rhs_op = strided(rhs, &mut ro, shared)?;
+    let mut dims = lb.to_vec();
+    dims.extend([m, n]);
     // A shared weight and batch rows that follow one another at the row stride: one product
     // over all `batch * m` rows.
     let merged = shared && {
@@ -87,14 +136,20 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
             .is_some()
             || batch == 1
     };
+    let (pb, pm) = if merged { (1, batch * m) } else { (batch, m) };
+    if lhs.dtype() == DType::BF16 && rhs.dtype() == DType::BF16 {
+        if !crate::gemm::matmul_bf16_available() {
+            return None;
+        }
+        let lhs_op = strided_bf16(lhs, &mut lo, merged)?;
+        let rhs_op = strided_bf16(rhs, &mut ro, shared)?;
+        let out = crate::gemm::matmul_bf16(pb, pm, k, n, lhs_op, rhs_op)?;
+        let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
+        return Some(Flex::float_from_data(TensorData::new(out, Shape::from(dims)), &lhs.device()));
+    }
+    let rhs_op = strided(rhs, &mut ro, shared)?;
     let lhs_op = strided(lhs, &mut lo, merged)?;
-    let out = if merged {
-        crate::matmul_f32::matmul_f32(1, batch * m, k, n, lhs_op, rhs_op)?
-    } else {
-        crate::matmul_f32::matmul_f32(batch, m, k, n, lhs_op, rhs_op)?
-    };
-    let mut dims = lb.to_vec();
-    dims.extend([m, n]);
+    let out = crate::matmul_f32::matmul_f32(pb, pm, k, n, lhs_op, rhs_op)?;
     Some(write(out, Shape::from(dims), lhs))
 }
 

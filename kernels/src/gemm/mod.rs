@@ -32,6 +32,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
+mod dense;
 mod kernel;
 mod portable;
 mod product;
@@ -43,6 +44,7 @@ mod weight;
 mod x86;
 
 pub use attention::{AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available};
+pub use dense::{StridedBf16, matmul_bf16, matmul_bf16_available};
 pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair};
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
