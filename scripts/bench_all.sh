@@ -41,6 +41,10 @@ both() {  # both BENCHMARK DIR VLM_ZOO_ARGS -- TORCH_ARGS
   run "pytorch" "$bench" "$dir" "$py" scripts/bench_torch.py "$dir" "${torch[@]}" --threads "$threads"
   # Inference benchmarks: packed CPU weights, and PyTorch in bf16 (its best setting on CPUs
   # with AVX512_BF16; the table takes PyTorch's better dtype per metric).
+  # Training: also bf16 compute on a cast of the f32 weights (`--precision bf16`).
+  if [[ "$bench" == *train ]]; then
+    run "vlm-zoo flex bf16" "$bench" "$dir" "$bin" bench --model "$dir" --device flex --precision bf16 "${ours[@]}"
+  fi
   if [[ "$bench" != *train ]]; then
     run "vlm-zoo flex bf16" "$bench" "$dir" "$bin" bench --model "$dir" --device flex --dtype bf16 "${ours[@]}"
     run "vlm-zoo flex q8" "$bench" "$dir" "$bin" bench --model "$dir" --device flex --dtype q8 "${ours[@]}"
