@@ -225,6 +225,12 @@ unsafe fn dot<const M: usize, const J: usize>(
                     *x = _mm512_maskz_loadu_ps(mask, a.add(i * k + kk));
                 }
                 for o in 0..J {
+                    // Rows are short streams (a few KiB each): ask for the next rows' line at
+                    // this k while these are read, once per line (a hint; past the end of the
+                    // weights it fetches nothing and cannot fault).
+                    if kk % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(((j + J + o) * k + kk) * 2) as *const i8);
+                    }
                     if o < nj {
                         let p = w.add(((j + o) * k + kk) * 2) as *const i16;
                         let bits = _mm256_maskz_loadu_epi16(mask, p);
