@@ -228,12 +228,17 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("vlm-zoo")))
 }
 
+/// Raised whenever a kernel changes enough to reorder the timings (choices cached by an earlier
+/// revision are measured again): 2 = decode GEMVs that prefetch.
+const KERNELS_REVISION: u32 = 2;
+
 /// What identifies this CPU to the cache: its model name, the kernels it can run, and the build.
 fn cpu_key(has: &[Kernel]) -> String {
     let names: Vec<&str> = has.iter().map(|k| k.name()).collect();
     // A debug build's kernels run at other relative speeds than a release build's.
     let build = if cfg!(debug_assertions) { " debug" } else { "" };
-    let key = format!("{} [{}] v{}{build}", cpu_name(), names.join(","), env!("CARGO_PKG_VERSION"));
+    let version = env!("CARGO_PKG_VERSION");
+    let key = format!("{} [{}] v{version} r{KERNELS_REVISION}{build}", cpu_name(), names.join(","));
     key.replace(['\t', '\n'], " ")
 }
 
