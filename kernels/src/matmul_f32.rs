@@ -6,13 +6,14 @@
 
 use rayon::prelude::*;
 
-/// One operand of [`matmul_f32`]: `data[offset_b + r * row_stride + c * col_stride]` is
-/// element `(r, c)` of matrix `b`, with `offsets` holding `offset_b` for every matrix of the
-/// batch (one entry: the same matrix for all, as a Linear weight is).
-#[derive(Debug, Clone, Copy)]
-pub struct Strided<'a> {
+/// One operand of [`matmul_f32`] (or, of bf16, of [`crate::gemm::matmul_bf16`]):
+/// `data[offset_b + r * row_stride + c * col_stride]` is element `(r, c)` of matrix `b`, with
+/// `offsets` holding `offset_b` for every matrix of the batch (one entry: the same matrix for
+/// all, as a Linear weight is).
+#[derive(Debug)]
+pub struct Strided<'a, T = f32> {
     /// The buffer holding every matrix.
-    pub data: &'a [f32],
+    pub data: &'a [T],
     /// Start of each matrix in `data` (length 1 or the batch size).
     pub offsets: &'a [usize],
     /// Element step between rows.
@@ -21,9 +22,17 @@ pub struct Strided<'a> {
     pub col_stride: usize,
 }
 
-impl Strided<'_> {
+// Derived Clone/Copy would ask `T: Copy`; the fields are references and integers.
+impl<T> Clone for Strided<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Strided<'_, T> {}
+
+impl<T> Strided<'_, T> {
     /// Whether every element of every `rows x cols` matrix lies inside `data`.
-    fn in_bounds(&self, rows: usize, cols: usize) -> bool {
+    pub(crate) fn in_bounds(&self, rows: usize, cols: usize) -> bool {
         let last = |o: usize| {
             let r = rows.checked_sub(1)?.checked_mul(self.row_stride)?;
             let c = cols.checked_sub(1)?.checked_mul(self.col_stride)?;
@@ -32,7 +41,8 @@ impl Strided<'_> {
         rows == 0 || cols == 0 || self.offsets.iter().all(|&o| last(o).is_some_and(|l| l < self.data.len()))
     }
 
-    fn offset(&self, b: usize) -> usize {
+    /// Where matrix `b` starts.
+    pub(crate) fn offset(&self, b: usize) -> usize {
         self.offsets[if self.offsets.len() == 1 { 0 } else { b }]
     }
 }

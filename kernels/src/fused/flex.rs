@@ -41,16 +41,19 @@ fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTenso
     Flex::float_from_data(TensorData::new(values, shape), &like.device())
 }
 
-/// `t`'s matrices as a [`Strided`](crate::matmul_f32::Strided) operand with `rows x cols` per matrix and the given
-/// batch axes: `None` unless f32 with non-negative strides. `shared`: one matrix for all.
-fn strided<'a>(
+/// `t`'s matrices as a [`Strided`](crate::matmul_f32::Strided) operand of element type `T`
+/// (f32 or bf16: `dtype`, read by `storage`) with `rows x cols` per matrix and the given batch axes: `None` unless
+/// of `dtype` with non-negative strides. `shared`: one matrix for all.
+fn strided<'a, T>(
     t: &'a FloatTensor<Flex>,
+    dtype: DType,
+    storage: fn(&'a FloatTensor<Flex>) -> &'a [T],
     offsets: &'a mut Vec<usize>,
     shared: bool,
-) -> Option<crate::matmul_f32::Strided<'a>> {
+) -> Option<crate::matmul_f32::Strided<'a, T>> {
     let layout = t.layout();
     let r = layout.num_dims();
-    if t.dtype() != DType::F32 || r < 2 || layout.strides().iter().any(|&s| s < 0) {
+    if t.dtype() != dtype || r < 2 || layout.strides().iter().any(|&s| s < 0) {
         return None;
     }
     let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
@@ -65,40 +68,7 @@ fn strided<'a>(
         }
     }
     Some(crate::matmul_f32::Strided {
-        data: t.storage::<f32>(),
-        offsets,
-        row_stride: strides[r - 2],
-        col_stride: strides[r - 1],
-    })
-}
-
-/// `t`'s matrices as a bf16 operand (see [`strided`]): `None` unless bf16 with non-negative
-/// strides.
-fn strided_bf16<'a>(
-    t: &'a FloatTensor<Flex>,
-    offsets: &'a mut Vec<usize>,
-    shared: bool,
-) -> Option<crate::gemm::StridedBf16<'a>> {
-    if t.dtype() != DType::BF16 {
-        return None;
-    }
-    let layout = t.layout();
-    let r = layout.num_dims();
-    if r < 2 || layout.strides().iter().any(|&s| s < 0) {
-        return None;
-    }
-    let strides: Vec<usize> = layout.strides().iter().map(|&s| s as usize).collect();
-    let dims = layout.shape();
-    offsets.clear();
-    offsets.push(layout.start_offset());
-    if !shared {
-        for axis in 0..r - 2 {
-            let (prev, step) = (std::mem::take(offsets), strides[axis]);
-            offsets.extend(prev.iter().flat_map(|&o| (0..dims[axis]).map(move |i| o + i * step)));
-        }
-    }
-    Some(crate::gemm::StridedBf16 {
-        data: t.storage::<half::bf16>(),
+        data: storage(t),
         offsets,
         row_stride: strides[r - 2],
         col_stride: strides[r - 1],
@@ -141,14 +111,14 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
         if !crate::gemm::matmul_bf16_available() {
             return None;
         }
-        let lhs_op = strided_bf16(lhs, &mut lo, merged)?;
-        let rhs_op = strided_bf16(rhs, &mut ro, shared)?;
+        let lhs_op = strided(lhs, DType::BF16, |t| t.storage::<half::bf16>(), &mut lo, merged)?;
+        let rhs_op = strided(rhs, DType::BF16, |t| t.storage::<half::bf16>(), &mut ro, shared)?;
         let out = crate::gemm::matmul_bf16(pb, pm, k, n, lhs_op, rhs_op)?;
         let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
         return Some(Flex::float_from_data(TensorData::new(out, Shape::from(dims)), &lhs.device()));
     }
-    let rhs_op = strided(rhs, &mut ro, shared)?;
-    let lhs_op = strided(lhs, &mut lo, merged)?;
+    let rhs_op = strided(rhs, DType::F32, |t| t.storage::<f32>(), &mut ro, shared)?;
+    let lhs_op = strided(lhs, DType::F32, |t| t.storage::<f32>(), &mut lo, merged)?;
     let out = crate::matmul_f32::matmul_f32(pb, pm, k, n, lhs_op, rhs_op)?;
     Some(write(out, Shape::from(dims), lhs))
 }

@@ -14,7 +14,7 @@
 
 use super::{Kernel, kernel::available};
 #[cfg(target_arch = "x86_64")]
-use super::{PANEL, amx, x86};
+use super::{PANEL, SyncPtr, amx, x86};
 use crate::host_ops::{exp, max, reduce};
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
@@ -179,15 +179,6 @@ impl Scratch {
         Self { q: vec![0; amx::ROWS * dp], scores: vec![0.0; amx::ROWS * sp], p: vec![0; amx::ROWS * sp] }
     }
 }
-
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint output rows to rayon tasks.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SyncPtr {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SyncPtr {}
 
 /// Keys `[S, D]` as `sp / 16` AMX weight panels of 16 keys x `dp / 2` pairs of head dims.
 #[cfg(target_arch = "x86_64")]

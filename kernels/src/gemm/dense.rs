@@ -9,40 +9,19 @@
 
 use super::{Kernel, kernel::available};
 #[cfg(target_arch = "x86_64")]
-use super::{PANEL, amx};
+use super::{PANEL, SyncPtr, amx};
+use crate::matmul_f32::Strided;
 use half::bf16;
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
-/// One bf16 operand: `data[offsets[b] + r * row_stride + c * col_stride]` is element `(r, c)` of
-/// matrix `b` (one offset: the same matrix for every entry of the batch).
-#[derive(Debug, Clone, Copy)]
-pub struct StridedBf16<'a> {
-    /// The buffer holding every matrix.
-    pub data: &'a [bf16],
-    /// Start of each matrix (length 1 or the batch size).
-    pub offsets: &'a [usize],
-    /// Element step between rows.
-    pub row_stride: usize,
-    /// Element step between columns.
-    pub col_stride: usize,
-}
+/// One bf16 operand of [`matmul_bf16`] (see [`Strided`]).
+pub type StridedBf16<'a> = Strided<'a, bf16>;
 
-impl StridedBf16<'_> {
-    fn in_bounds(&self, rows: usize, cols: usize) -> bool {
-        let last = |o: usize| {
-            let r = rows.checked_sub(1)?.checked_mul(self.row_stride)?;
-            let c = cols.checked_sub(1)?.checked_mul(self.col_stride)?;
-            o.checked_add(r)?.checked_add(c)
-        };
-        rows == 0 || cols == 0 || self.offsets.iter().all(|&o| last(o).is_some_and(|l| l < self.data.len()))
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn get(&self, b: usize, r: usize, c: usize) -> u16 {
-        let o = self.offsets[if self.offsets.len() == 1 { 0 } else { b }];
-        self.data[o + r * self.row_stride + c * self.col_stride].to_bits()
-    }
+/// Element `(r, c)` of matrix `b` of a bf16 operand, as bits.
+#[cfg(target_arch = "x86_64")]
+fn get(s: &StridedBf16<'_>, b: usize, r: usize, c: usize) -> u16 {
+    s.data[s.offset(b) + r * s.row_stride + c * s.col_stride].to_bits()
 }
 
 /// Whether [`matmul_bf16`] runs on this CPU (AMX-BF16 usable).
@@ -102,7 +81,7 @@ fn product(
     let lda = kp + 32;
     let mp = m.next_multiple_of(amx::ROWS);
     let mut a = vec![0u16; mp * lda];
-    let lhs_at = lhs.offsets[if lhs.offsets.len() == 1 { 0 } else { b }];
+    let lhs_at = lhs.offset(b);
     let (rs, cs, data) = (lhs.row_stride, lhs.col_stride, lhs.data);
     a.par_chunks_mut(lda * amx::ROWS).enumerate().for_each(|(blk, rows)| {
         let r0 = blk * amx::ROWS;
@@ -125,7 +104,7 @@ fn product(
         } else {
             for i in 0..n_rows {
                 for kk in 0..k {
-                    rows[i * lda + kk] = lhs.get(b, r0 + i, kk);
+                    rows[i * lda + kk] = get(lhs, b, r0 + i, kk);
                 }
             }
         }
@@ -134,7 +113,7 @@ fn product(
     let panels = n.div_ceil(PANEL).next_multiple_of(2);
     let panel_len = kp * PANEL;
     let mut w = vec![0u16; panels * panel_len];
-    let rhs_at = rhs.offsets[if rhs.offsets.len() == 1 { 0 } else { b }];
+    let rhs_at = rhs.offset(b);
     let (rs, cs, data) = (rhs.row_stride, rhs.col_stride, rhs.data);
     w.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
         let cols = PANEL.min(n.saturating_sub(p * PANEL));
@@ -161,7 +140,7 @@ fn product(
         } else {
             for kk in 0..k {
                 for c in 0..cols {
-                    panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = rhs.get(b, kk, p * PANEL + c);
+                    panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = get(rhs, b, kk, p * PANEL + c);
                 }
             }
         }
@@ -192,15 +171,6 @@ fn product(
         }
     });
 }
-
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint output blocks to rayon tasks.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SyncPtr {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SyncPtr {}
 
 #[cfg(test)]
 mod tests {

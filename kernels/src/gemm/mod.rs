@@ -48,6 +48,13 @@ pub use dense::{StridedBf16, matmul_bf16, matmul_bf16_available};
 pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair};
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
+/// An output pointer handed to rayon tasks that each write their own disjoint block of it.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used to give tasks disjoint output blocks (each use says which).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
 /// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation
 /// makes it: adding and subtracting 1.5 * 2^23 rounds in the FPU's default mode (nearest even)
 /// without a call to `rintf` (the baseline x86-64 target has no rounding instruction).

@@ -1,7 +1,7 @@
 //! The products: activations packed for the tiles, output blocks split over the cores, and
 //! decode's dot products over rows used in place.
 
-use super::{Kernel, MR, NR, PANEL, PackedWeight, Values, kernel::available, portable};
+use super::{Kernel, MR, NR, PANEL, PackedWeight, SyncPtr, Values, kernel::available, portable};
 #[cfg(target_arch = "x86_64")]
 use super::{amx, x86};
 use half::bf16;
@@ -471,12 +471,6 @@ impl PackedWeight {
         unsafe { amx::release() };
     }
 }
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to hand disjoint output blocks to rayon tasks.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
 
 /// Activations rounded for the AMX tiles: `mp` rows (`m` padded to 32) of `lda` bf16.
 #[cfg(target_arch = "x86_64")]
