@@ -108,7 +108,9 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
     };
     let (pb, pm) = if merged { (1, batch * m) } else { (batch, m) };
     if lhs.dtype() == DType::BF16 && rhs.dtype() == DType::BF16 {
-        if !crate::gemm::matmul_bf16_available() {
+        // Below ~1M multiply-adds a matrix, laying both operands out for the tiles costs more
+        // than Flex's own bf16 product (the tiny SigLIP preset trains 2x faster that way).
+        if !crate::gemm::matmul_bf16_available() || pm.saturating_mul(n).saturating_mul(k) < 1 << 20 {
             return None;
         }
         let lhs_op = strided(lhs, DType::BF16, |t| t.storage::<half::bf16>(), &mut lo, merged)?;
