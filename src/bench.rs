@@ -254,15 +254,10 @@ fn bench_train(dir: &Path, kind: &str, opts: &BenchOptions, device: &Device) -> 
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let precision = opts.precision;
     let mut step = |model: Towers| {
-        let pixels = pixels(b, config.image_size(), &device);
-        let (img, txt) = match precision {
-            Precision::F32 => model.embed(pixels, &text),
-            Precision::Bf16 => {
-                let half = zoo_nn::train::mixed::autocast(&model, DType::BF16);
-                let (i, t) = half.embed(pixels.cast(DType::BF16), &text);
-                (i.cast(DType::F32), t.cast(DType::F32))
-            }
-        };
+        let half =
+            (precision == Precision::Bf16).then(|| zoo_nn::train::mixed::autocast(&model, DType::BF16));
+        let cast = half.as_ref().map(|h| (h, DType::BF16));
+        let (img, txt) = model.embed_in(cast, pixels(b, config.image_size(), &device), &text);
         let loss = model.loss(img, txt, None);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optim.step(1e-4, model, grads).clamp_temperature()

@@ -231,7 +231,7 @@ pub fn patch_embedding(conv: &Conv2d, pixels: Tensor<4>) -> Result<Tensor<3>, Te
         .reshape([b, c, h, p, w, p])
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, h * w, c * p * p]);
-    Ok(host_matmul(&entry, patches))
+    Ok(host_matmul(&[&entry], patches))
 }
 
 /// Registers `weight` as the packed form of parameter `id`.
@@ -284,22 +284,27 @@ pub fn placeholder<const D: usize>(id: ParamId, dims: [usize; D], device: &Devic
     Param::initialized(id, Tensor::<D>::zeros([1; D], device).expand(dims))
 }
 
-/// Runs a packed product on the host: `x[.., k] -> [.., n]`, plus the bias.
-fn host_matmul<const D: usize>(entry: &Entry, x: Tensor<D>) -> Tensor<D> {
+/// Runs packed products on the host: `x[.., k] -> [.., n_1 + n_2 + ...]`, each weight's
+/// columns after the previous ones', biases added; in `x`'s dtype.
+fn host_matmul<const D: usize>(entries: &[&Entry], x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let device = x.device();
     let dtype = x.dtype();
-    let (k, n) = (entry.weight.k(), entry.weight.n());
     let m = dims[..D - 1].iter().product::<usize>();
+    let width: usize = entries.iter().map(|e| e.weight.n()).sum();
     let a = host_values(x);
-    let mut out = vec![0f32; m * n];
-    entry.weight.matmul(&a, m, &mut out);
-    if let Some(bias) = &entry.bias {
-        add_bias(&mut out, n, 0, bias);
+    let mut out = vec![0f32; m * width];
+    let weights: Vec<&PackedWeight> = entries.iter().map(|e| &e.weight).collect();
+    PackedWeight::matmul_many(&weights, &a, m, &mut out);
+    let mut at = 0;
+    for e in entries {
+        if let Some(bias) = &e.bias {
+            add_bias(&mut out, width, at, bias);
+        }
+        at += e.weight.n();
     }
     let mut shape = dims;
-    shape[D - 1] = n;
-    debug_assert_eq!(dims[D - 1], k);
+    shape[D - 1] = width;
     let t = Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32));
     if dtype == DType::F32 { t } else { t.cast(dtype) }
 }
@@ -331,23 +336,8 @@ pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<
     let Some(entries) = entries.filter(|e| !e.is_empty() && e.iter().all(|e| e.weight.k() == k)) else {
         return Err(x);
     };
-    let device = x.device();
-    let m = dims[..D - 1].iter().product::<usize>();
-    let width: usize = entries.iter().map(|e| e.weight.n()).sum();
-    let a = host_values(x);
-    let mut out = vec![0f32; m * width];
-    let weights: Vec<&PackedWeight> = entries.iter().map(|e| &e.weight).collect();
-    PackedWeight::matmul_many(&weights, &a, m, &mut out);
-    let mut at = 0;
-    for e in &entries {
-        if let Some(bias) = &e.bias {
-            add_bias(&mut out, width, at, bias);
-        }
-        at += e.weight.n();
-    }
-    let mut shape = dims;
-    shape[D - 1] = width;
-    Ok(Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32)))
+    let entries: Vec<&Entry> = entries.iter().map(|e| &**e).collect();
+    Ok(host_matmul(&entries, x))
 }
 
 /// `linear.forward(x)`, on the host kernels when its weight is packed.
@@ -356,7 +346,7 @@ pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<
 /// - `x`: `[.., in]`; output `[.., out]`
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     match lookup(&linear.weight.id) {
-        Some(entry) => host_matmul(&entry, x),
+        Some(entry) => host_matmul(&[&entry], x),
         None if D >= 2 => {
             // Burn's `Linear::forward` with the product as one fused operation: the weight's
             // gradient is one product over all rows instead of one per batch entry then summed.
@@ -397,7 +387,7 @@ pub fn embedding(embedding: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
 /// # Shapes
 /// - `h`: `[B, L, C]`; output `[B, L, V]`
 pub fn tied_logits(embedding: &Embedding, h: Tensor<3>) -> Option<Tensor<3>> {
-    lookup(&embedding.weight.id).map(|entry| host_matmul(&entry, h))
+    lookup(&embedding.weight.id).map(|entry| host_matmul(&[&entry], h))
 }
 
 /// A tensor's values on the host, as f32.

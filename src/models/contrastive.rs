@@ -259,6 +259,24 @@ impl Towers {
         }
     }
 
+    /// `embed` in the step's compute precision: with `cast` (`--precision bf16`: the model's
+    /// half-precision view and its dtype) the pixels go in cast and the embeddings come back
+    /// f32, for the loss on the f32 model.
+    pub fn embed_in(
+        &self,
+        cast: Option<(&Towers, burn::tensor::DType)>,
+        pixels: Tensor<4>,
+        text: &TextBatch,
+    ) -> (Tensor<2>, Tensor<2>) {
+        match cast {
+            None => self.embed(pixels, text),
+            Some((half, dtype)) => {
+                let (i, t) = half.embed(pixels.cast(dtype), text);
+                (i.cast(burn::tensor::DType::F32), t.cast(burn::tensor::DType::F32))
+            }
+        }
+    }
+
     /// L2-normalised image and text embeddings of a SigLIP 2 NaFlex model from NaFlex patches
     /// (each image at its own aspect ratio, padding masked); `None` for the fixed-size families.
     pub fn embed_naflex(

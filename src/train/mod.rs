@@ -625,13 +625,7 @@ impl Task for Contrastive<'_> {
         }
         let s = self.image_size;
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, s, s]), &self.device);
-        let (img, txt) = match cast {
-            None => model.embed(pixels, &text),
-            Some((half, dtype)) => {
-                let (i, t) = half.embed(pixels.cast(dtype), &text);
-                (i.cast(DType::F32), t.cast(DType::F32))
-            }
-        };
+        let (img, txt) = model.embed_in(cast, pixels, &text);
         Ok(Some(model.loss(img, txt, self.args.chunk_size)))
     }
 

@@ -204,18 +204,13 @@ fn stage_keys<'a>(k: impl Fn(usize) -> &'a [f32], keys: usize, dp: usize, kp: &m
 /// Values `[S, D]` as `dp / 16` panels of 16 head dims x `sp / 2` pairs of positions.
 #[cfg(target_arch = "x86_64")]
 fn stage_values<'a>(v: impl Fn(usize) -> &'a [f32], keys: usize, d: usize, dp: usize, vp: &mut [u16]) {
-    let sp2 = vp.len() / dp; // sp / 2 pairs * 2
-    let pairs = sp2 / 2;
-    let bf = |x: f32| half::bf16::from_f32(x).to_bits();
-    for (j, panel) in vp.chunks_mut(pairs * PANEL * 2).enumerate() {
-        for t in 0..pairs {
-            for e in 0..2 {
-                let s = 2 * t + e;
-                for c in 0..PANEL {
-                    let dd = j * PANEL + c;
-                    panel[(t * PANEL + c) * 2 + e] = if s < keys && dd < d { bf(v(s)[dd]) } else { 0 };
-                }
-            }
+    let pairs = vp.len() / dp / 2;
+    // Every position's row once, its head dims spread over the panels (the rest stays zero).
+    for s in 0..keys {
+        let (t, e) = (s / 2, s % 2);
+        for (dd, x) in v(s).iter().enumerate().take(d) {
+            let (j, c) = (dd / PANEL, dd % PANEL);
+            vp[(j * pairs + t) * PANEL * 2 + c * 2 + e] = half::bf16::from_f32(*x).to_bits();
         }
     }
 }

@@ -177,76 +177,67 @@ impl Attention {
         v: &Tensor<4>,
         mask: Option<&Tensor<4, Bool>>,
     ) -> Option<Tensor<3>> {
-        use zoo_kernels::gemm::{
-            AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available,
-        };
+        use zoo_kernels::gemm::{AttentionShape, Heads, attention_bf16_available};
         let [b, h, l, d] = q.dims();
         let [_, kh, s, _] = k.dims();
+        // Checked before the host copies below.
         if l < 16 || !crate::packed::is_packed(&self.q_proj) || !attention_bf16_available() {
             return None;
         }
-        let masked = host_mask(mask, b, l, s)?;
         let host = |t: &Tensor<4>| t.clone().cast(DType::F32).into_data().try_into_vec::<f32>().ok();
         let (q_host, k_host, v_host) = (host(q)?, host(k)?, host(v)?);
         let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: s, head_dim: d };
-        let mask = masked.as_ref().map(|(m, per_batch)| AttentionMask { masked: m, per_batch: *per_batch });
-        let out = attention_bf16(
+        let heads = [
             Heads::head_major(&q_host, h, l, d),
             Heads::head_major(&k_host, kh, s, d),
             Heads::head_major(&v_host, kh, s, d),
-            shape,
-            mask,
-            self.scale as f32,
-            self.softcap.map(|c| c as f32),
-        )?;
-        Some(Tensor::from_data(TensorData::new(out, [b, l, h * d]), (&q.device(), DType::F32)))
+        ];
+        self.attend_on_tiles(heads, shape, mask, &q.device())
     }
 
     /// Self-attention of 16 or more positions on the AMX tiles straight from the side-by-side
     /// projections `qkv` (`(B, L, (H + 2K) D)`, see `forward`), read in place; `(B, L, H*D)`.
     fn packed_self_attention(&self, qkv: &Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Option<Tensor<3>> {
-        use zoo_kernels::gemm::{
-            AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available,
-        };
+        use zoo_kernels::gemm::{AttentionShape, Heads, attention_bf16_available};
         let [b, l, width] = qkv.dims();
         let (h, kh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         if l < 16 || width != (h + 2 * kh) * d || !attention_bf16_available() {
             return None;
         }
-        let masked = host_mask(mask, b, l, l)?;
         let data = qkv.clone().into_data().try_into_vec::<f32>().ok()?;
         let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: l, head_dim: d };
-        let mask = masked.as_ref().map(|(m, per_batch)| AttentionMask { masked: m, per_batch: *per_batch });
         let heads = |at: usize| Heads::token_major(&data, l, width, at * d, d);
-        let out = attention_bf16(
-            heads(0),
-            heads(h),
-            heads(h + kh),
-            shape,
-            mask,
-            self.scale as f32,
-            self.softcap.map(|c| c as f32),
-        )?;
-        Some(Tensor::from_data(TensorData::new(out, [b, l, h * d]), (&qkv.device(), DType::F32)))
+        self.attend_on_tiles([heads(0), heads(h), heads(h + kh)], shape, mask, &qkv.device())
     }
-}
 
-/// A `bool[B or 1, 1, L, S]` mask on the host: `Some(None)` without one, `Some(Some((flags,
-/// per batch entry)))`, or `None` for another shape.
-#[allow(clippy::type_complexity)]
-fn host_mask(
-    mask: Option<&Tensor<4, Bool>>,
-    b: usize,
-    l: usize,
-    s: usize,
-) -> Option<Option<(Vec<bool>, bool)>> {
-    let Some(mask) = mask else { return Some(None) };
-    let [mb, one, ml, ms] = mask.dims();
-    if (mb != 1 && mb != b) || one != 1 || ml != l || ms != s {
-        return None;
+    /// [`zoo_kernels::gemm::attention_bf16`] of q, k, v with this block's scale, soft cap and
+    /// `mask` (`bool[B or 1, 1, L, S]`): `(B, L, H*D)`, or `None` for another mask shape (or
+    /// without AMX, which the callers check first).
+    fn attend_on_tiles(
+        &self,
+        [q, k, v]: [zoo_kernels::gemm::Heads<'_>; 3],
+        shape: zoo_kernels::gemm::AttentionShape,
+        mask: Option<&Tensor<4, Bool>>,
+        device: &Device,
+    ) -> Option<Tensor<3>> {
+        use zoo_kernels::gemm::{AttentionMask, attention_bf16};
+        let (b, l, s) = (shape.batch, shape.len, shape.keys);
+        let masked = match mask {
+            None => None,
+            Some(mask) => {
+                let [mb, one, ml, ms] = mask.dims();
+                if (mb != 1 && mb != b) || one != 1 || ml != l || ms != s {
+                    return None;
+                }
+                Some((mask.clone().into_data().try_into_vec::<bool>().ok()?, mb == b))
+            }
+        };
+        let mask = masked.as_ref().map(|(m, per_batch)| AttentionMask { masked: m, per_batch: *per_batch });
+        let scale = self.scale as f32;
+        let out = attention_bf16(q, k, v, shape, mask, scale, self.softcap.map(|c| c as f32))?;
+        let width = shape.heads * shape.head_dim;
+        Some(Tensor::from_data(TensorData::new(out, [b, l, width]), (device, DType::F32)))
     }
-    let flags = mask.clone().into_data().try_into_vec::<bool>().ok()?;
-    Some(Some((flags, mb == b)))
 }
 
 /// `softmax(softcap(q·kᵀ·scale) + mask)·v`, with grouped key/value heads.
