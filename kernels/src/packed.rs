@@ -15,7 +15,7 @@
 //! on the host kernels, any other (f32 CPU, CUDA, training) takes Burn's path unchanged.
 //! [`release`] drops a model's entries from the table.
 
-use crate::gemm::{Matrix, PackedWeight, WeightFormat};
+use crate::gemm::{Epilogue, Matrix, PackedWeight, WeightFormat};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear};
@@ -231,7 +231,7 @@ pub fn patch_embedding(conv: &Conv2d, pixels: Tensor<4>) -> Result<Tensor<3>, Te
         .reshape([b, c, h, p, w, p])
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, h * w, c * p * p]);
-    Ok(host_matmul(&[&entry], patches))
+    Ok(host_matmul(&[&entry], patches, None))
 }
 
 /// Registers `weight` as the packed form of parameter `id`.
@@ -285,39 +285,22 @@ pub fn placeholder<const D: usize>(id: ParamId, dims: [usize; D], device: &Devic
 }
 
 /// Runs packed products on the host: `x[.., k] -> [.., n_1 + n_2 + ...]`, each weight's
-/// columns after the previous ones', biases added; in `x`'s dtype.
-fn host_matmul<const D: usize>(entries: &[&Entry], x: Tensor<D>) -> Tensor<D> {
+/// columns after the previous ones', biases added and then `x_sigmoid` applied when given
+/// (see [`crate::gemm::Epilogue`]); in `x`'s dtype.
+fn host_matmul<const D: usize>(entries: &[&Entry], x: Tensor<D>, x_sigmoid: Option<(f32, f32)>) -> Tensor<D> {
     let dims = x.dims();
     let device = x.device();
     let dtype = x.dtype();
     let m = dims[..D - 1].iter().product::<usize>();
     let width: usize = entries.iter().map(|e| e.weight.n()).sum();
     let a = host_values(x);
-    let mut out = vec![0f32; m * width];
-    let weights: Vec<&PackedWeight> = entries.iter().map(|e| &e.weight).collect();
-    PackedWeight::matmul_many(&weights, &a, m, &mut out);
-    let mut at = 0;
-    for e in entries {
-        if let Some(bias) = &e.bias {
-            add_bias(&mut out, width, at, bias);
-        }
-        at += e.weight.n();
-    }
+    let products: Vec<(&PackedWeight, Epilogue)> =
+        entries.iter().map(|e| (&e.weight, Epilogue { bias: e.bias.as_deref(), x_sigmoid })).collect();
+    let out = PackedWeight::matmul_many_new(&products, &a, m);
     let mut shape = dims;
     shape[D - 1] = width;
     let t = Tensor::from_data(TensorData::new(out, shape), (&device, DType::F32));
     if dtype == DType::F32 { t } else { t.cast(dtype) }
-}
-
-crate::wide_fn! {
-    /// Adds `bias` to columns `at..at + bias.len()` of each row of `width`.
-    fn add_bias(out: &mut [f32], width: usize, at: usize, bias: &[f32]) {
-        for row in out.chunks_mut(width) {
-            for (o, b) in row[at..at + bias.len()].iter_mut().zip(bias) {
-                *o += b;
-            }
-        }
-    }
 }
 
 /// Several Linear layers of the same input width applied to the same `x`, their outputs side
@@ -337,7 +320,25 @@ pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<
         return Err(x);
     };
     let entries: Vec<&Entry> = entries.iter().map(|e| &**e).collect();
-    Ok(host_matmul(&entries, x))
+    Ok(host_matmul(&entries, x, None))
+}
+
+/// `x_sigmoid(linear.forward(x), a, b)` ([`crate::fused::x_sigmoid`]: GELU-tanh, quick-GELU)
+/// with the activation applied in the product's store, when the weight is packed; `Err(x)`
+/// otherwise.
+///
+/// # Shapes
+/// - `x`: `[.., in]`; output `[.., out]`
+#[allow(clippy::result_large_err)]
+pub fn linear_x_sigmoid<const D: usize>(
+    linear: &Linear,
+    x: Tensor<D>,
+    (a, b): (f32, f32),
+) -> Result<Tensor<D>, Tensor<D>> {
+    match lookup(&linear.weight.id) {
+        Some(entry) if entry.weight.k() == x.dims()[D - 1] => Ok(host_matmul(&[&entry], x, Some((a, b)))),
+        _ => Err(x),
+    }
 }
 
 /// `linear.forward(x)`, on the host kernels when its weight is packed.
@@ -346,7 +347,7 @@ pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<
 /// - `x`: `[.., in]`; output `[.., out]`
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     match lookup(&linear.weight.id) {
-        Some(entry) => host_matmul(&[&entry], x),
+        Some(entry) => host_matmul(&[&entry], x, None),
         None if D >= 2 => {
             // Burn's `Linear::forward` with the product as one fused operation: the weight's
             // gradient is one product over all rows instead of one per batch entry then summed.
@@ -387,7 +388,7 @@ pub fn embedding(embedding: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
 /// # Shapes
 /// - `h`: `[B, L, C]`; output `[B, L, V]`
 pub fn tied_logits(embedding: &Embedding, h: Tensor<3>) -> Option<Tensor<3>> {
-    lookup(&embedding.weight.id).map(|entry| host_matmul(&[&entry], h))
+    lookup(&embedding.weight.id).map(|entry| host_matmul(&[&entry], h, None))
 }
 
 /// A tensor's values on the host, as f32.

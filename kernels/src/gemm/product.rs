@@ -7,6 +7,41 @@ use super::{amx, x86};
 use half::bf16;
 use rayon::prelude::*;
 
+/// What a product does to each output as it stores it: `act(v + bias[column])`. On AMX it
+/// happens in the store of each block, while the block is in cache; the other kernels apply
+/// it in a pass after the product.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added to each row: one value per output column.
+    pub bias: Option<&'a [f32]>,
+    /// `Some((a, b))`: `x * sigmoid(x (a + b x^2))` of the biased output
+    /// ([`crate::host_ops::x_sigmoid`]: GELU-tanh and quick-GELU).
+    pub x_sigmoid: Option<(f32, f32)>,
+}
+
+impl Epilogue<'_> {
+    fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.x_sigmoid.is_none()
+    }
+}
+
+crate::wide_fn! {
+    /// [`Epilogue`] of one output row in place: `dst` holds `n` products, `bias` at least `n`.
+    fn finish_row(dst: &mut [f32], bias: Option<&[f32]>, x_sigmoid: Option<(f32, f32)>) {
+        if let Some(bias) = bias {
+            for (d, b) in dst.iter_mut().zip(bias) {
+                *d += b;
+            }
+        }
+        if let Some((a, b)) = x_sigmoid {
+            for d in dst.iter_mut() {
+                let x = *d;
+                *d = x / (1.0 + crate::host_ops::exp(-x * (a + b * x * x)));
+            }
+        }
+    }
+}
+
 impl PackedWeight {
     /// `out[m, n] = a[m, k] · W[n, k]^T` (`a` row-major `[m, k]`, `out` row-major `[m, n]`).
     ///
@@ -22,7 +57,7 @@ impl PackedWeight {
     /// As `matmul`, and when this CPU lacks `kernel`.
     pub fn matmul_with(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(out.len(), m * self.n, "output");
-        self.product(kernel, a, m, out, self.n)
+        self.product(kernel, a, m, Out::of(out), self.n)
     }
 
     /// `out[i * ldc + j] = (a · W^T)[i, j]` for the `m x n` product, rows `ldc >= n` apart
@@ -32,55 +67,87 @@ impl PackedWeight {
     /// When `a` does not have `m * k` elements, `ldc < n`, or `out` is shorter than
     /// `(m - 1) * ldc + n`.
     pub fn matmul_into(&self, a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
-        self.product(Kernel::for_product(m, self.format()), a, m, out, ldc)
+        self.product(Kernel::for_product(m, self.format()), a, m, Out::of(out), ldc)
     }
 
-    /// Several weights of the same `k` applied to the same rows, side by side: `out` is
-    /// `[m, sum of n]`, weight `i`'s columns after those of the weights before it (a block's
-    /// q, k and v projections in one buffer). On AMX the activations are rounded once for all.
+    /// Several weights of the same `k` applied to the same rows, side by side, each with its
+    /// [`Epilogue`]: `out` is `[m, sum of n]`, weight `i`'s columns after those of the
+    /// weights before it (a block's q, k and v projections in one buffer). On AMX the
+    /// activations are rounded once for all.
     ///
     /// # Panics
-    /// When the weights' `k` differ, `a` does not have `m * k` elements or `out` not
-    /// `m * sum of n`.
-    pub fn matmul_many(weights: &[&PackedWeight], a: &[f32], m: usize, out: &mut [f32]) {
-        let ldc: usize = weights.iter().map(|w| w.n).sum();
-        assert_eq!(out.len(), m * ldc, "output");
-        let k = weights.first().map_or(0, |w| w.k);
-        assert!(weights.iter().all(|w| w.k == k), "weights of different k");
+    /// When the weights' `k` differ, `a` does not have `m * k` elements, `out` not
+    /// `m * sum of n`, or a bias is shorter than its weight's `n`.
+    pub fn matmul_many(products: &[(&PackedWeight, Epilogue<'_>)], a: &[f32], m: usize, out: &mut [f32]) {
+        Self::many(products, a, m, Out::of(out))
+    }
+
+    /// [`PackedWeight::matmul_many`] into a new buffer (not zeroed first: every element is
+    /// written once).
+    ///
+    /// # Panics
+    /// As `matmul_many`.
+    pub fn matmul_many_new(products: &[(&PackedWeight, Epilogue<'_>)], a: &[f32], m: usize) -> Vec<f32> {
+        let len = m * products.iter().map(|(w, _)| w.n).sum::<usize>();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let ptr = out.spare_capacity_mut().as_mut_ptr() as *mut f32;
+        Self::many(products, a, m, Out { ptr: SyncPtr(ptr), len });
+        // SAFETY: `many` wrote each of the `m * sum of n = len` elements.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    fn many(products: &[(&PackedWeight, Epilogue<'_>)], a: &[f32], m: usize, out: Out) {
+        let ldc: usize = products.iter().map(|(w, _)| w.n).sum();
+        assert_eq!(out.len, m * ldc, "output");
+        let k = products.first().map_or(0, |(w, _)| w.k);
+        assert!(products.iter().all(|(w, _)| w.k == k), "weights of different k");
+        assert!(products.iter().all(|(w, e)| e.bias.is_none_or(|b| b.len() >= w.n)), "bias");
         #[cfg(target_arch = "x86_64")]
-        if weights.iter().all(|w| {
+        if products.iter().all(|(w, _)| {
             Kernel::for_product(m, w.format()) == Kernel::Amx && w.rows_bytes().is_none_or(|_| m > 4)
-        }) && let Some(w) = weights.first()
+        }) && let Some((w, _)) = products.first()
         {
             let rounded = w.amx_activations(a, m);
             let mut at = 0;
-            for w in weights {
-                w.amx_product(&rounded, m, &mut out[at..], ldc);
+            for (w, epilogue) in products {
+                w.amx_product(&rounded, m, out.from(at), ldc, *epilogue);
                 at += w.n;
             }
             return;
         }
         let mut at = 0;
-        for w in weights {
-            w.matmul_into(a, m, &mut out[at..], ldc);
+        for (w, epilogue) in products {
+            w.product(Kernel::for_product(m, w.format()), a, m, out.from(at), ldc);
+            if !epilogue.is_identity() {
+                let out = out.from(at);
+                let n = w.n;
+                (0..m).into_par_iter().for_each(|i| {
+                    let out = out;
+                    // SAFETY: row `i`'s `n` columns of this product, written above, are inside
+                    // the checked output; each task takes its own row.
+                    let row = unsafe { std::slice::from_raw_parts_mut(out.ptr.0.add(i * ldc), n) };
+                    finish_row(row, epilogue.bias, epilogue.x_sigmoid);
+                });
+            }
             at += w.n;
         }
     }
 
     /// The product on `kernel` into rows `ldc` apart (see [`PackedWeight::matmul_into`]).
-    fn product(&self, kernel: Kernel, a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
+    fn product(&self, kernel: Kernel, a: &[f32], m: usize, out: Out, ldc: usize) {
         assert!(available().contains(&kernel), "this CPU cannot run {kernel:?}");
         assert_eq!(a.len(), m * self.k, "activations");
-        assert!(ldc >= self.n && (m == 0 || out.len() >= (m - 1) * ldc + self.n), "output");
+        assert!(ldc >= self.n && (m == 0 || out.len >= (m - 1) * ldc + self.n), "output");
         if let Some(rows) = self.rows_bytes()
             && m <= 4
         {
-            return self.dot_rows(kernel, rows, a, m, out, ldc);
+            return self.dot_rows(kernel, rows, a, m, out.ptr, ldc);
         }
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
             let rounded = self.amx_activations(a, m);
-            return self.amx_product(&rounded, m, out, ldc);
+            return self.amx_product(&rounded, m, out, ldc, Epilogue::default());
         }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
@@ -99,7 +166,7 @@ impl PackedWeight {
         let per_task = (panels * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
         let per_task = if per_task > NR { per_task.next_multiple_of(NR) } else { per_task };
         let panel_blocks = panels.div_ceil(per_task);
-        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let out_ptr = out.ptr;
         (0..row_blocks * panel_blocks).into_par_iter().for_each(|task| {
             let (rb, pb) = (task / panel_blocks, task % panel_blocks);
             let rows = rb * mc..((rb + 1) * mc).min(m);
@@ -112,11 +179,10 @@ impl PackedWeight {
 
     /// Few activation rows against row-major bf16 weights (decode): one dot product per output
     /// over the rows as stored, output rows split over the cores.
-    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out: &mut [f32], ldc: usize) {
+    fn dot_rows(&self, kernel: Kernel, rows: &[u8], a: &[f32], m: usize, out_ptr: SyncPtr, ldc: usize) {
         let (n, k) = (self.n, self.k);
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(4 * threads).next_multiple_of(8).max(8);
-        let out_ptr = SyncPtr(out.as_mut_ptr());
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let range = c * chunk..((c + 1) * chunk).min(n);
             let out = out_ptr;
@@ -318,19 +384,29 @@ impl PackedWeight {
         // fall in one L1 set.
         let lda = kp16 * 2 + 32;
         let mp = m.next_multiple_of(amx::ROWS);
-        let mut ab = vec![0u16; mp * lda];
+        // Every element written once (rows, their padding, the padding rows): no zeroing first.
+        let mut ab: Vec<u16> = Vec::with_capacity(mp * lda);
         let vector = std::arch::is_x86_feature_detected!("avx512bf16");
-        ab.par_chunks_mut(lda).take(m).enumerate().for_each(|(i, row)| {
-            let src = &a[i * k..(i + 1) * k];
-            if vector {
-                // SAFETY: AVX512_BF16 was detected; `row` has `lda >= k` elements.
-                unsafe { x86::round_bf16(src, row) };
-            } else {
-                for (d, s) in row.iter_mut().zip(src) {
-                    *d = bf16::from_f32(*s).to_bits();
+        let fresh = &mut ab.spare_capacity_mut()[..mp * lda];
+        fresh.par_chunks_mut(lda).enumerate().for_each(|(i, row)| {
+            let (values, pad) = row.split_at_mut(if i < m { k } else { 0 });
+            if i < m {
+                let src = &a[i * k..(i + 1) * k];
+                if vector {
+                    // SAFETY: AVX512_BF16 was detected; `values` has room for the `k` results.
+                    unsafe { x86::round_bf16_to(src, values.as_mut_ptr() as *mut u16) };
+                } else {
+                    for (d, s) in values.iter_mut().zip(src) {
+                        d.write(bf16::from_f32(*s).to_bits());
+                    }
                 }
             }
+            for d in pad {
+                d.write(0);
+            }
         });
+        // SAFETY: each of the `mp * lda` elements was written above.
+        unsafe { ab.set_len(mp * lda) };
         AmxActivations { ab, lda, mp }
     }
 
@@ -338,7 +414,7 @@ impl PackedWeight {
     /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
     /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
     /// Output rows `ldc` apart.
-    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: &mut [f32], ldc: usize) {
+    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, epilogue: Epilogue<'_>) {
         let AmxActivations { ab, lda, mp } = rounded;
         let (lda, mp) = (*lda, *mp);
         let n = self.n;
@@ -349,7 +425,7 @@ impl PackedWeight {
         let row_blocks = mp.div_ceil(mc);
         let per_task = (pairs * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
         let pair_blocks = pairs.div_ceil(per_task);
-        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let out_ptr = out.ptr;
         let ab = &ab[..];
         (0..row_blocks * pair_blocks).into_par_iter().for_each(|task| {
             let (rb, pb) = (task / pair_blocks, task % pair_blocks);
@@ -358,7 +434,7 @@ impl PackedWeight {
             let out = out_ptr;
             // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
             // (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc) };
+            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc, epilogue) };
         });
     }
 
@@ -377,6 +453,7 @@ impl PackedWeight {
         pps: std::ops::Range<usize>,
         out: *mut f32,
         ldc: usize,
+        epilogue: Epilogue<'_>,
     ) {
         let (n, kp2) = (self.n, self.kp2);
         let panel_len = kp2 * PANEL * 2;
@@ -464,11 +541,34 @@ impl PackedWeight {
                         }
                         None => dst.copy_from_slice(src),
                     }
+                    if !epilogue.is_identity() {
+                        finish_row(dst, epilogue.bias.map(|b| &b[p * PANEL..]), epilogue.x_sigmoid);
+                    }
                 }
             }
         }
         // SAFETY: configured above.
         unsafe { amx::release() };
+    }
+}
+
+/// An output buffer of `len` f32 (possibly not yet written), split among tasks by pointer.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: SyncPtr,
+    len: usize,
+}
+
+impl Out {
+    fn of(out: &mut [f32]) -> Self {
+        Self { ptr: SyncPtr(out.as_mut_ptr()), len: out.len() }
+    }
+
+    /// The buffer from element `at` (a product's first column among several side by side).
+    fn from(self, at: usize) -> Self {
+        assert!(at <= self.len, "output");
+        // SAFETY: `at` is inside the buffer (checked).
+        Self { ptr: SyncPtr(unsafe { self.ptr.0.add(at) }), len: self.len - at }
     }
 }
 

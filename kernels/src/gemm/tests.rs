@@ -241,7 +241,7 @@ fn products_side_by_side_equal_each_alone() {
         ),
         PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, 24, k),
     ];
-    let refs: Vec<&PackedWeight> = weights.iter().collect();
+    let refs: Vec<(&PackedWeight, Epilogue)> = weights.iter().map(|w| (w, Epilogue::default())).collect();
     let width: usize = weights.iter().map(|w| w.n()).sum();
     for m in [1, 3, 5, 40] {
         let a = data(m * k, 31 + m as u32);
@@ -263,6 +263,37 @@ fn products_side_by_side_equal_each_alone() {
             for i in 0..m {
                 assert_eq!(&into[i * width + at..i * width + at + w.n()], &alone[i * w.n()..(i + 1) * w.n()]);
                 assert!(into[i * width..i * width + at].iter().all(|&x| x == -1.0), "left alone");
+            }
+            at += w.n();
+        }
+        // With epilogues (a bias on two of them, x * sigmoid on all), into a fresh buffer: the
+        // plain products, then bias and activation as a scalar loop computes them.
+        let biases: Vec<Vec<f32>> = weights.iter().map(|w| data(w.n(), 7 + w.n() as u32)).collect();
+        let (a_s, b_s) = (1.6, 0.07);
+        let with: Vec<(&PackedWeight, Epilogue)> = weights
+            .iter()
+            .zip(&biases)
+            .enumerate()
+            .map(|(i, (w, b))| {
+                (w, Epilogue { bias: (i != 1).then_some(&b[..]), x_sigmoid: Some((a_s, b_s)) })
+            })
+            .collect();
+        let fresh = PackedWeight::matmul_many_new(&with, &a, m);
+        let mut at = 0;
+        for (i, (w, b)) in weights.iter().zip(&biases).enumerate() {
+            for r in 0..m {
+                for j in 0..w.n() {
+                    let mut x = many[r * width + at + j];
+                    if i != 1 {
+                        x += b[j];
+                    }
+                    let want = x / (1.0 + crate::host_ops::exp(-x * (a_s + b_s * x * x)));
+                    let got = fresh[r * width + at + j];
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "m {m}, weight {i}: {got} vs {want}"
+                    );
+                }
             }
             at += w.n();
         }

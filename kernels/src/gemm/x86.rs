@@ -317,9 +317,19 @@ pub unsafe fn stage_pairs(rows: *const u8, row_bytes: usize, cols: usize, blocks
 /// The CPU has AVX512F and AVX512_BF16; `dst.len() >= src.len()`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn round_bf16(src: &[f32], dst: &mut [u16]) {
+    debug_assert!(dst.len() >= src.len());
+    // SAFETY: as the caller vouches.
+    unsafe { round_bf16_to(src, dst.as_mut_ptr()) }
+}
+
+/// [`round_bf16`] into memory that may not be written yet.
+///
+/// # Safety
+/// The CPU has AVX512F and AVX512_BF16; `dst` is valid for `src.len()` writes.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn round_bf16_to(src: &[f32], dst: *mut u16) {
     let n = src.len();
-    debug_assert!(dst.len() >= n);
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let (s, d) = (src.as_ptr(), dst);
     let mut i = 0;
     unsafe {
         while i + 32 <= n {

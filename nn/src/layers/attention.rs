@@ -132,12 +132,14 @@ impl Attention {
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let (mut q, mut key, value) = match crate::packed::linear_many(&projections, x) {
             Ok(qkv) => {
-                if rope.is_none()
-                    && cache.is_none()
-                    && let Some(out) = self.packed_self_attention(&qkv, mask)
-                {
-                    return crate::packed::linear(&self.o_proj, out);
-                }
+                let qkv = if rope.is_none() && cache.is_none() {
+                    match self.packed_self_attention(qkv, mask) {
+                        Ok(out) => return crate::packed::linear(&self.o_proj, out),
+                        Err(qkv) => qkv,
+                    }
+                } else {
+                    qkv
+                };
                 let part = |at: usize, n: usize| split(qkv.clone().narrow(2, at * d, n * d), n);
                 (part(0, h), part(h, k), part(h + k, k))
             }
@@ -197,17 +199,38 @@ impl Attention {
 
     /// Self-attention of 16 or more positions on the AMX tiles straight from the side-by-side
     /// projections `qkv` (`(B, L, (H + 2K) D)`, see `forward`), read in place; `(B, L, H*D)`.
-    fn packed_self_attention(&self, qkv: &Tensor<3>, mask: Option<&Tensor<4, Bool>>) -> Option<Tensor<3>> {
+    /// `Err(qkv)` when it does not apply.
+    #[allow(clippy::result_large_err)]
+    fn packed_self_attention(
+        &self,
+        qkv: Tensor<3>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Result<Tensor<3>, Tensor<3>> {
         use zoo_kernels::gemm::{AttentionShape, Heads, attention_bf16_available};
         let [b, l, width] = qkv.dims();
         let (h, kh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        if l < 16 || width != (h + 2 * kh) * d || !attention_bf16_available() {
-            return None;
+        let mask_fits = mask.is_none_or(|m| {
+            let [mb, one, ml, ms] = m.dims();
+            (mb == 1 || mb == b) && one == 1 && ml == l && ms == l
+        });
+        if l < 16 || width != (h + 2 * kh) * d || !mask_fits || !attention_bf16_available() {
+            return Err(qkv);
         }
-        let data = qkv.clone().into_data().try_into_vec::<f32>().ok()?;
+        let device = qkv.device();
+        // Taken, not copied (the tensor is not shared).
+        let data = qkv.into_data();
         let shape = AttentionShape { batch: b, heads: h, kv_heads: kh, len: l, keys: l, head_dim: d };
-        let heads = |at: usize| Heads::token_major(&data, l, width, at * d, d);
-        self.attend_on_tiles([heads(0), heads(h), heads(h + kh)], shape, mask, &qkv.device())
+        let out = match data.as_slice::<f32>() {
+            Ok(values) => {
+                let heads = |at: usize| Heads::token_major(values, l, width, at * d, d);
+                self.attend_on_tiles([heads(0), heads(h), heads(h + kh)], shape, mask, &device)
+            }
+            Err(_) => None,
+        };
+        out.ok_or_else(|| {
+            let dtype = data.dtype();
+            Tensor::from_data(data, (&device, dtype))
+        })
     }
 
     /// [`zoo_kernels::gemm::attention_bf16`] of q, k, v with this block's scale, soft cap and

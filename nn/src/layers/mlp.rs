@@ -37,12 +37,28 @@ impl Activation {
         })
     }
 
+    /// `Some((a, b))` when the activation is `x * sigmoid(x (a + b x^2))`
+    /// ([`zoo_kernels::fused::x_sigmoid`]): GELU-tanh (see [`gelu_tanh`]) and quick-GELU.
+    pub fn x_sigmoid(&self) -> Option<(f32, f32)> {
+        match self {
+            Activation::GeluTanh => {
+                let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+                Some((c as f32, (c * 0.044715) as f32))
+            }
+            Activation::QuickGelu => Some((1.702, 0.0)),
+            Activation::Gelu | Activation::Silu | Activation::Relu => None,
+        }
+    }
+
     /// Applies the activation elementwise (`GeluTanh` through [`gelu_tanh`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::GeluTanh => gelu_tanh(x),
             Activation::Gelu => activation::gelu(x),
-            Activation::QuickGelu => zoo_kernels::fused::x_sigmoid(x, 1.702, 0.0),
+            Activation::QuickGelu => {
+                let (a, b) = Activation::QuickGelu.x_sigmoid().unwrap_or_default();
+                zoo_kernels::fused::x_sigmoid(x, a, b)
+            }
             Activation::Silu => activation::silu(x),
             Activation::Relu => activation::relu(x),
         }
@@ -74,7 +90,7 @@ impl Mlp {
     /// # Shapes
     /// - input `[..., C]`, output `[..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        crate::packed::linear(&self.fc2, self.act.forward(crate::packed::linear(&self.fc1, x)))
+        crate::packed::linear(&self.fc2, activated(&self.fc1, self.act, x))
     }
 }
 
@@ -107,9 +123,22 @@ impl GatedMlp {
     /// # Shapes
     /// - input `[..., C]`, output `[..., C]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = self.act.forward(crate::packed::linear(&self.gate_proj, x.clone()));
+        let gate = activated(&self.gate_proj, self.act, x.clone());
         crate::packed::linear(&self.down_proj, gate * crate::packed::linear(&self.up_proj, x))
     }
+}
+
+/// `act(linear(x))`: with a packed weight the activation runs in the product's store when it
+/// is an `x * sigmoid` form ([`Activation::x_sigmoid`]).
+fn activated<const D: usize>(linear: &Linear, act: Activation, x: Tensor<D>) -> Tensor<D> {
+    let x = match act.x_sigmoid() {
+        Some(ab) => match crate::packed::linear_x_sigmoid(linear, x, ab) {
+            Ok(y) => return y,
+            Err(x) => x,
+        },
+        None => x,
+    };
+    act.forward(crate::packed::linear(linear, x))
 }
 
 /// `0.5x(1 + tanh(u))` with `u = sqrt(2/pi)(x + 0.044715x^3)`, computed as the equal
@@ -117,8 +146,8 @@ impl GatedMlp {
 /// ([`zoo_kernels::fused::x_sigmoid`]: one host pass on the CPU, one backward pass under autodiff);
 /// Burn's own takes eight passes with `powf` and `tanh` (18% of a SigLIP-B/16 forward, perf).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
-    zoo_kernels::fused::x_sigmoid(x, c as f32, (c * 0.044715) as f32)
+    let (a, b) = Activation::GeluTanh.x_sigmoid().unwrap_or_default();
+    zoo_kernels::fused::x_sigmoid(x, a, b)
 }
 
 #[cfg(test)]
