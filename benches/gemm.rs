@@ -61,6 +61,9 @@ fn main() {
         ("paligemma lm head, decode", 1, 257216, 2048),
         ("gemma-2b mlp up, prefill 267", 267, 16384, 2048),
         ("siglip-b16 mlp fc1, batch 8", 8 * 196, 3072, 768),
+        ("siglip-b16 mlp fc2, batch 8", 8 * 196, 768, 3072),
+        ("siglip-b16 qkv, batch 8", 8 * 196, 2304, 768),
+        ("siglip-b16 out_proj, batch 8", 8 * 196, 768, 768),
     ];
     // `cargo bench --bench gemm -- prefill`: only the rows whose name contains "prefill".
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();

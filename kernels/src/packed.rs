@@ -103,7 +103,8 @@ impl ModuleMapper for Packer {
     }
 }
 
-/// Collects each Linear's bias (f32) under its weight's id.
+/// Collects each Linear's bias (f32) under its weight's id, and `in_proj_bias` under
+/// `in_proj_weight`'s.
 struct Biases<'a> {
     path: Vec<(String, String)>,
     weight: Option<ParamId>,
@@ -121,12 +122,10 @@ impl ModuleVisitor for Biases<'_> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some((field, container)) = self.path.last() else { return };
-        if container != "Struct:Linear" {
-            return;
-        }
-        if field == "weight" {
+        let linear = container == "Struct:Linear";
+        if (linear && field == "weight") || field == "in_proj_weight" {
             self.weight = Some(param.id);
-        } else if field == "bias"
+        } else if ((linear && field == "bias") || field == "in_proj_bias")
             && let Some(w) = self.weight.take()
         {
             self.out.insert(w, host_values(param.val()));
@@ -258,6 +257,8 @@ pub fn packs(path: &[(String, String)]) -> bool {
     match path.last().map(|(f, c)| (f.as_str(), c.as_str())) {
         Some(("weight", "Struct:Linear")) => true,
         Some(("weight", "Struct:Embedding")) => n >= 2 && path[n - 2].0 == "embed_tokens",
+        // torch.nn.MultiheadAttention's q/k/v projection `[3C, C]` (SigLIP's pooling head).
+        Some(("in_proj_weight", _)) => true,
         _ => false,
     }
 }
@@ -338,6 +339,29 @@ pub fn linear_x_sigmoid<const D: usize>(
     match lookup(&linear.weight.id) {
         Some(entry) if entry.weight.k() == x.dims()[D - 1] => Ok(host_matmul(&[&entry], x, Some((a, b)))),
         _ => Err(x),
+    }
+}
+
+/// `x · Wᵀ + bias` for a weight parameter `W[n, k]` in PyTorch's layout that is not a
+/// Linear's (`in_proj_weight`, see [`packs`]): on the host kernels when it is packed (its bias
+/// attached), else as one fused product.
+///
+/// # Shapes
+/// - `x`: `[.., k]`; `weight`: `[n, k]`; `bias`: `[n]`; output `[.., n]`
+pub fn weight_product<const D: usize>(
+    weight: &Param<Tensor<2>>,
+    bias: Option<&Param<Tensor<1>>>,
+    x: Tensor<D>,
+) -> Tensor<D> {
+    match lookup(&weight.id) {
+        Some(entry) => host_matmul(&[&entry], x, None),
+        None => {
+            let y = crate::fused::matmul(x, weight.val().transpose().unsqueeze::<D>());
+            match bias {
+                Some(bias) => y + bias.val().unsqueeze::<D>(),
+                None => y,
+            }
+        }
     }
 }
 

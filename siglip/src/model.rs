@@ -76,9 +76,20 @@ impl MultiheadAttention {
                 .reshape([b, len, h, d])
                 .swap_dims(1, 2)
         };
-        let q = project(query, 0, q_len); // (B, h, Q, d)
-        let k = project(kv.clone(), 1, n); // (B, h, N, d)
-        let v = project(kv, 2, n);
+        let (q, k, v) = if zoo_nn::packed::contains(&self.in_proj_weight.id) {
+            // Packed (`--dtype bf16|q8`): q, k and v of each row in one product on the host
+            // kernels (the tokens' q is not needed: a third of a small product).
+            let all = |x| zoo_nn::packed::weight_product(&self.in_proj_weight, Some(&self.in_proj_bias), x);
+            let heads = |t: Tensor<3>, len| t.reshape([b, len, h, d]).swap_dims(1, 2);
+            let (q, kv) = (all(query), all(kv));
+            (
+                heads(q.narrow(2, 0, c), q_len),
+                heads(kv.clone().narrow(2, c, c), n),
+                heads(kv.narrow(2, 2 * c, c), n),
+            )
+        } else {
+            (project(query, 0, q_len), project(kv.clone(), 1, n), project(kv, 2, n)) // (B, h, Q|N, d)
+        };
         let out = scaled_dot_product_attention(q, k, v, mask, (d as f64).powf(-0.5), None);
         zoo_nn::packed::linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, q_len, c]))
     }
