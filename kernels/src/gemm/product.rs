@@ -111,7 +111,12 @@ impl PackedWeight {
             let rounded = w.amx_activations(a, m);
             let mut at = 0;
             for (w, epilogue) in products {
-                w.amx_product(&rounded, m, out.from(at), ldc, *epilogue);
+                // The bias in the store; the activation in a pass after: in the store, between
+                // tile products, it took 1.5x as long (SigLIP-B/16's fc1: 7.2 against 5.0 ms).
+                let bias = Epilogue { bias: epilogue.bias, x_sigmoid: None };
+                w.amx_product(&rounded, m, out.from(at), ldc, bias);
+                let act = Epilogue { bias: None, x_sigmoid: epilogue.x_sigmoid };
+                finish_pass(out.from(at), m, w.n, ldc, act);
                 at += w.n;
             }
             return;
@@ -119,17 +124,7 @@ impl PackedWeight {
         let mut at = 0;
         for (w, epilogue) in products {
             w.product(Kernel::for_product(m, w.format()), a, m, out.from(at), ldc);
-            if !epilogue.is_identity() {
-                let out = out.from(at);
-                let n = w.n;
-                (0..m).into_par_iter().for_each(|i| {
-                    let out = out;
-                    // SAFETY: row `i`'s `n` columns of this product, written above, are inside
-                    // the checked output; each task takes its own row.
-                    let row = unsafe { std::slice::from_raw_parts_mut(out.ptr.0.add(i * ldc), n) };
-                    finish_row(row, epilogue.bias, epilogue.x_sigmoid);
-                });
-            }
+            finish_pass(out.from(at), m, w.n, ldc, *epilogue);
             at += w.n;
         }
     }
@@ -550,6 +545,21 @@ impl PackedWeight {
         // SAFETY: configured above.
         unsafe { amx::release() };
     }
+}
+
+/// `epilogue` over the written `m x n` product at `out`, rows `ldc` apart, rows split over the
+/// cores.
+fn finish_pass(out: Out, m: usize, n: usize, ldc: usize, epilogue: Epilogue<'_>) {
+    if epilogue.is_identity() {
+        return;
+    }
+    (0..m).into_par_iter().with_min_len(16).for_each(|i| {
+        let out = out;
+        // SAFETY: row `i`'s `n` columns of the product, written, are inside the checked output;
+        // each task takes its own rows.
+        let row = unsafe { std::slice::from_raw_parts_mut(out.ptr.0.add(i * ldc), n) };
+        finish_row(row, epilogue.bias, epilogue.x_sigmoid);
+    });
 }
 
 /// An output buffer of `len` f32 (possibly not yet written), split among tasks by pointer.
