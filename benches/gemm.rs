@@ -60,6 +60,7 @@ fn main() {
         ("gemma-2b mlp down, decode", 1, 2048, 16384),
         ("paligemma lm head, decode", 1, 257216, 2048),
         ("gemma-2b mlp up, prefill 267", 267, 16384, 2048),
+        ("gemma-2b mlp down, prefill 267", 267, 2048, 16384),
         ("siglip-b16 mlp fc1, batch 8", 8 * 196, 3072, 768),
         ("siglip-b16 mlp fc2, batch 8", 8 * 196, 768, 3072),
         ("siglip-b16 qkv, batch 8", 8 * 196, 2304, 768),
@@ -91,6 +92,19 @@ fn main() {
                 );
             }
         }
+        // The weight as a checkpoint's bf16 rows, staged per product (how a mapped bf16 file
+        // is used).
+        let bytes: Vec<u8> = w.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        let rows = PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k);
+        let mut out = vec![0f32; m * n];
+        let kernel = Kernel::for_product(m, WeightFormat::Bf16);
+        let s = time(|| rows.matmul_with(kernel, &a, m, &mut out));
+        println!(
+            "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm bf16 rows {kernel:?}\",\"ms\":{:.3},\"GFLOP/s\":{:.1}}}",
+            s * 1e3,
+            flop / s / 1e9
+        );
+        drop(rows);
         drop(w);
         if n * k > 100_000_000 {
             continue; // Flex would widen 0.5 G weights per call: minutes.

@@ -145,3 +145,26 @@ pub unsafe fn store(out: &mut [f32; ROWS * 32]) {
         );
     }
 }
+
+/// Loads the accumulators from `c` (as [`store`] left them), to go on accumulating.
+///
+/// # Safety
+/// [`configure`] ran on this thread.
+pub unsafe fn load(c: &[f32; ROWS * 32]) {
+    let c = c.as_ptr();
+    // SAFETY: four 16 x 16 f32 tiles from the four quarters of `c`, 128 bytes a row.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{o0} + {s}*1]",
+            "tileloadd tmm1, [{o1} + {s}*1]",
+            "tileloadd tmm2, [{o2} + {s}*1]",
+            "tileloadd tmm3, [{o3} + {s}*1]",
+            o0 = in(reg) c,
+            o1 = in(reg) c.add(16),
+            o2 = in(reg) c.add(16 * 32),
+            o3 = in(reg) c.add(16 * 32 + 16),
+            s = in(reg) 32usize * 4,
+            options(nostack, readonly),
+        );
+    }
+}

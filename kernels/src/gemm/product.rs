@@ -298,7 +298,8 @@ impl PackedWeight {
             let bf: Option<&[u16]> = match &self.values {
                 Values::Bf16(v) => Some(&v[p * panel_len..(p + np) * panel_len]),
                 Values::Bf16Rows { .. } => {
-                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, panel_len, &mut scratch);
+                    let rows = self.rows_bytes().unwrap_or_default();
+                    self.stage(rows, p, np, 0..self.kp2, panel_len, &mut scratch);
                     Some(&scratch[..])
                 }
                 Values::Q8 { .. } | Values::Q8Mapped { .. } => None,
@@ -453,91 +454,114 @@ impl PackedWeight {
         let (n, kp2) = (self.n, self.kp2);
         let panel_len = kp2 * PANEL * 2;
         let kp16 = kp2.next_multiple_of(amx::PAIRS);
-        let (full, rem) = (kp2 / amx::PAIRS, kp2 % amx::PAIRS);
+        // Blocks of 32 k (the last one partial when `rem > 0`), `step` u16 a block in a panel.
+        let (blocks, full, rem) = (kp16 / amx::PAIRS, kp2 / amx::PAIRS, kp2 % amx::PAIRS);
+        let step = amx::PAIRS * PANEL * 2;
         let panels = n.div_ceil(PANEL);
         let scales = self.q8().map(|(_, s)| s);
+        let starts: Vec<usize> = rows.clone().step_by(amx::ROWS).filter(|&r| r < m).collect();
+        // The reduction in chunks when the task's rows of activations would not stay in L2
+        // (over 2 MiB; Gemma-2B's down projection, k = 16384): a chunk of CHUNK_BYTES of them
+        // is read from L2 by every panel pair of the task, the accumulators kept in `partial`
+        // between chunks (2x on that product; smaller products lose by chunking).
+        let block_bytes = starts.len().max(1) * amx::ROWS * 64;
+        let kc = if block_bytes * blocks > 2 << 20 { (CHUNK_BYTES / block_bytes).max(16) } else { blocks };
+        let chunks = blocks.div_ceil(kc.max(1)).max(1);
+        let mut partial = vec![[0f32; amx::ROWS * 32]; if chunks > 1 { pps.len() * starts.len() } else { 0 }];
         let mut staged: Vec<u16> = Vec::new();
-        let mut tail = vec![0u16; 2 * amx::PAIRS * PANEL * 2];
+        let mut tail = vec![0u16; 2 * step];
         let mut c = [0f32; amx::ROWS * 32];
         // SAFETY: the caller checked AMX is usable.
         unsafe { amx::configure() };
-        for pp in pps {
-            let p = pp * 2;
-            let np = (panels - p).min(2);
-            // Two panels of `kp16` pairs (or `full` blocks in place plus a zero-padded tail).
-            let (b0, b1, in_place): (*const u16, *const u16, bool) = match &self.values {
-                Values::Bf16(v) => {
-                    let first = &v[p * panel_len..];
-                    let second = if np == 2 { &v[(p + 1) * panel_len..] } else { first };
-                    if rem > 0 {
-                        let at = full * amx::PAIRS * PANEL * 2;
-                        let len = rem * PANEL * 2;
-                        tail.fill(0);
-                        let half = amx::PAIRS * PANEL * 2;
-                        tail[..len].copy_from_slice(&first[at..at + len]);
-                        tail[half..half + len].copy_from_slice(&second[at..at + len]);
-                    }
-                    (first.as_ptr(), second.as_ptr(), true)
-                }
-                Values::Bf16Rows { .. } => {
-                    self.stage(self.rows_bytes().unwrap_or_default(), p, np, kp16 * PANEL * 2, &mut staged);
-                    let second = if np == 2 { kp16 * PANEL * 2 } else { 0 };
-                    (staged.as_ptr(), staged[second..].as_ptr(), false)
-                }
-                Values::Q8 { .. } | Values::Q8Mapped { .. } => {
-                    let (q, _) = self.q8().unwrap_or_default();
-                    let stride = kp16 * PANEL * 2;
-                    staged.clear();
-                    staged.resize(np * stride, 0);
-                    for j in 0..np {
-                        let src = &q[(p + j) * panel_len..(p + j + 1) * panel_len];
-                        // |q| <= 127 is exact in bf16: the f32's top half.
-                        for (d, s) in staged[j * stride..].iter_mut().zip(src) {
-                            *d = ((*s as f32).to_bits() >> 16) as u16;
+        for chunk in 0..chunks {
+            let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(blocks));
+            let last = chunk + 1 == chunks;
+            for (pi, pp) in pps.clone().enumerate() {
+                let p = pp * 2;
+                let np = (panels - p).min(2);
+                // The two panels' blocks k0..k1: `in_place` of them read where they are (and
+                // the partial last block from `tail`), or all staged in `staged`.
+                let (b0, b1, in_place): (*const u16, *const u16, Option<usize>) = match &self.values {
+                    Values::Bf16(v) => {
+                        let first = &v[p * panel_len..];
+                        let second = if np == 2 { &v[(p + 1) * panel_len..] } else { first };
+                        if rem > 0 && k1 > full {
+                            let (at, len) = (full * step, rem * PANEL * 2);
+                            tail.fill(0);
+                            tail[..len].copy_from_slice(&first[at..at + len]);
+                            tail[step..step + len].copy_from_slice(&second[at..at + len]);
                         }
+                        (first[k0 * step..].as_ptr(), second[k0 * step..].as_ptr(), Some(k1.min(full) - k0))
                     }
-                    let second = if np == 2 { stride } else { 0 };
-                    (staged.as_ptr(), staged[second..].as_ptr(), false)
-                }
-            };
-            for r in rows.clone().step_by(amx::ROWS) {
-                if r >= m {
-                    break;
-                }
-                let a = ab[r * lda..].as_ptr();
-                // SAFETY: configured above; `a` has 32 rows of `lda` (padded), the panels
-                // `full` blocks in place (or `kp16 / 16` staged) and the tail one block.
-                unsafe {
-                    amx::zero();
-                    if in_place {
-                        amx::accumulate(a, lda, b0, b1, full);
-                        if rem > 0 {
-                            let t = tail.as_ptr();
-                            let a = a.add(full * 32);
-                            amx::accumulate(a, lda, t, t.add(amx::PAIRS * PANEL * 2), 1);
-                        }
-                    } else {
-                        amx::accumulate(a, lda, b0, b1, kp16 / amx::PAIRS);
+                    Values::Bf16Rows { .. } => {
+                        let rows = self.rows_bytes().unwrap_or_default();
+                        let len = (k1 - k0) * step;
+                        self.stage(rows, p, np, k0 * amx::PAIRS..k1 * amx::PAIRS, len, &mut staged);
+                        let second = if np == 2 { len } else { 0 };
+                        (staged.as_ptr(), staged[second..].as_ptr(), None)
                     }
-                    amx::store(&mut c);
-                }
-                let cols = (np * PANEL).min(n - p * PANEL);
-                for i in 0..amx::ROWS.min(m - r) {
-                    let src = &c[i * 32..i * 32 + cols];
-                    // SAFETY: row r + i, columns p * 16.. + cols are this task's block of the
-                    // checked output, written by no one else.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * ldc + p * PANEL), cols) };
-                    match scales {
-                        Some(s) => {
-                            for ((d, v), s) in dst.iter_mut().zip(src).zip(&s[p * PANEL..]) {
-                                *d = v * s;
+                    Values::Q8 { .. } | Values::Q8Mapped { .. } => {
+                        let (q, _) = self.q8().unwrap_or_default();
+                        let len = (k1 - k0) * step;
+                        staged.clear();
+                        staged.resize(np * len, 0);
+                        for j in 0..np {
+                            let from = (p + j) * panel_len;
+                            let src = &q[from + k0 * step..from + (k1 * step).min(panel_len)];
+                            // |q| <= 127 is exact in bf16: the f32's top half.
+                            for (d, s) in staged[j * len..].iter_mut().zip(src) {
+                                *d = ((*s as f32).to_bits() >> 16) as u16;
                             }
                         }
-                        None => dst.copy_from_slice(src),
+                        let second = if np == 2 { len } else { 0 };
+                        (staged.as_ptr(), staged[second..].as_ptr(), None)
                     }
-                    if !epilogue.is_identity() {
-                        finish_row(dst, epilogue.bias.map(|b| &b[p * PANEL..]), epilogue.x_sigmoid);
+                };
+                for (ri, &r) in starts.iter().enumerate() {
+                    let a = ab[r * lda + k0 * 32..].as_ptr();
+                    // SAFETY: configured above; `a` has 32 rows of `lda` (padded) from block k0,
+                    // the panels the blocks described above and the tail one block.
+                    unsafe {
+                        if chunk == 0 {
+                            amx::zero();
+                        } else {
+                            amx::load(&partial[pi * starts.len() + ri]);
+                        }
+                        match in_place {
+                            Some(blocks) => {
+                                amx::accumulate(a, lda, b0, b1, blocks);
+                                if rem > 0 && k1 > full {
+                                    let t = tail.as_ptr();
+                                    amx::accumulate(a.add(blocks * 32), lda, t, t.add(step), 1);
+                                }
+                            }
+                            None => amx::accumulate(a, lda, b0, b1, k1 - k0),
+                        }
+                        if !last {
+                            amx::store(&mut partial[pi * starts.len() + ri]);
+                            continue;
+                        }
+                        amx::store(&mut c);
+                    }
+                    let cols = (np * PANEL).min(n - p * PANEL);
+                    for i in 0..amx::ROWS.min(m - r) {
+                        let src = &c[i * 32..i * 32 + cols];
+                        // SAFETY: row r + i, columns p * 16.. + cols are this task's block of
+                        // the checked output, written by no one else.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out.add((r + i) * ldc + p * PANEL), cols)
+                        };
+                        match scales {
+                            Some(s) => {
+                                for ((d, v), s) in dst.iter_mut().zip(src).zip(&s[p * PANEL..]) {
+                                    *d = v * s;
+                                }
+                            }
+                            None => dst.copy_from_slice(src),
+                        }
+                        if !epilogue.is_identity() {
+                            finish_row(dst, epilogue.bias.map(|b| &b[p * PANEL..]), epilogue.x_sigmoid);
+                        }
                     }
                 }
             }
@@ -561,6 +585,12 @@ fn finish_pass(out: Out, m: usize, n: usize, ldc: usize, epilogue: Epilogue<'_>)
         finish_row(row, epilogue.bias, epilogue.x_sigmoid);
     });
 }
+
+/// Bytes of activations (rows x a chunk of the reduction) an AMX task keeps in L2 while its
+/// panel pairs pass over them, when the reduction is chunked (measured: 512 and 800 KiB
+/// alike).
+#[cfg(target_arch = "x86_64")]
+const CHUNK_BYTES: usize = 640 * 1024;
 
 /// An output buffer of `len` f32 (possibly not yet written), split among tasks by pointer.
 #[derive(Clone, Copy)]

@@ -299,3 +299,37 @@ fn products_side_by_side_equal_each_alone() {
         }
     }
 }
+
+/// AMX products whose activations exceed L2 run their reduction in chunks (the accumulators
+/// kept between chunks): with a partial last block of k, a partial row block and an odd panel
+/// count, each weight format equals the reference.
+#[test]
+fn chunked_reductions_equal_the_scalar_reference() {
+    if !Kernel::available().contains(&Kernel::Amx) {
+        return;
+    }
+    // 33 rows are two row blocks: 4 KiB of bf16 activations per block of 32 k, so k = 16400
+    // (513 blocks, the last half full) is over the 2 MiB that chunks.
+    let (m, n, k) = (33, 40, 16400);
+    let (a, w) = (data(m * k, 3), data(n * k, 4));
+    let mut bytes = Vec::new();
+    for x in &w {
+        bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
+    }
+    let weights = [
+        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16),
+        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Q8),
+        PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k),
+    ];
+    for packed in &weights {
+        let mut stored = vec![0f32; n * k];
+        for (j, row) in stored.chunks_mut(k).enumerate() {
+            packed.row(j, row);
+        }
+        let want = reference_on(Kernel::Amx, &a, &stored, m, n, k);
+        let mut got = vec![f32::NAN; m * n];
+        packed.matmul_with(Kernel::Amx, &a, m, &mut got);
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4 * (k as f32).sqrt(), "{packed:?}: {worst}");
+    }
+}

@@ -103,12 +103,24 @@ impl PackedWeight {
         }
     }
 
-    /// Lays panels `p..p + np` of row-major bf16 `rows` out as packed panels in `scratch`,
-    /// `panel_len` elements apart (at least `kp2 * 32`; the rest zeros).
-    pub(super) fn stage(&self, rows: &[u8], p: usize, np: usize, panel_len: usize, scratch: &mut Vec<u16>) {
-        scratch.clear();
-        scratch.resize(np * panel_len, 0);
+    /// Lays pairs `pairs` (starting at a multiple of 16) of panels `p..p + np` of row-major
+    /// bf16 `rows` out as packed panels in `scratch`, `panel_len` elements apart (at least
+    /// `pairs.len() * 32`; the rest zeros).
+    pub(super) fn stage(
+        &self,
+        rows: &[u8],
+        p: usize,
+        np: usize,
+        pairs: std::ops::Range<usize>,
+        panel_len: usize,
+        scratch: &mut Vec<u16>,
+    ) {
+        if scratch.len() != np * panel_len {
+            scratch.clear();
+            scratch.resize(np * panel_len, 0);
+        }
         let row_bytes = self.k * 2;
+        let count = pairs.end.min(self.kp2).saturating_sub(pairs.start);
         for j in 0..np {
             let panel = &mut scratch[j * panel_len..(j + 1) * panel_len];
             let first = (p + j) * PANEL;
@@ -117,22 +129,29 @@ impl PackedWeight {
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
             if available().contains(&Kernel::Avx512) && cols > 0 {
-                let blocks = self.k / 32;
-                let start = rows[first * row_bytes..].as_ptr();
+                let blocks = (count / 16).min((self.k / 32).saturating_sub(pairs.start / 16));
+                let at = first * row_bytes + pairs.start * 4;
+                let start = rows[at..].as_ptr();
                 assert!(
-                    panel.len() >= blocks * 512 && rows.len() >= (first + cols - 1) * row_bytes + blocks * 64
+                    panel.len() >= blocks * 512 && rows.len() >= at + (cols - 1) * row_bytes + blocks * 64
                 );
                 // SAFETY: AVX-512 was detected; the bounds were checked above.
                 unsafe { x86::stage_pairs(start, row_bytes, cols, blocks, panel.as_mut_ptr().cast()) };
                 done = blocks * 16;
             }
+            // The loop below writes pairs `done..count` of columns `0..cols`: the rest of the
+            // panel (a tail of under 16 pairs and the padding) zeroed first.
+            let written = (done * PANEL * 2).min(panel.len());
+            panel[written..].fill(0);
             for c in 0..cols {
-                let row = &rows[(first + c) * row_bytes + done * 4..(first + c + 1) * row_bytes];
-                let pairs = row.chunks_exact(4);
-                let tail = pairs.remainder();
+                let row_start = (first + c) * row_bytes;
+                let end = (row_start + (pairs.start + count) * 4).min(row_start + row_bytes);
+                let row = &rows[row_start + (pairs.start + done) * 4..end];
+                let quads = row.chunks_exact(4);
+                let tail = quads.remainder();
                 let mut t = done;
                 let from = ((done * PANEL + c) * 2).min(panel.len());
-                for (pair, dst) in pairs.zip(panel[from..].chunks_mut(PANEL * 2)) {
+                for (pair, dst) in quads.zip(panel[from..].chunks_mut(PANEL * 2)) {
                     dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
                     dst[1] = u16::from_le_bytes([pair[2], pair[3]]);
                     t += 1;
