@@ -42,6 +42,15 @@ crate::wide_fn! {
     }
 }
 
+crate::wide_fn! {
+    /// Int8 weights as bf16 (exact for |q| <= 127: the f32's top half), for the AMX tiles.
+    fn widen_q8(dst: &mut [u16], src: &[i8]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = ((*s as f32).to_bits() >> 16) as u16;
+        }
+    }
+}
+
 impl PackedWeight {
     /// `out[m, n] = a[m, k] · W[n, k]^T` (`a` row-major `[m, k]`, `out` row-major `[m, n]`).
     ///
@@ -508,10 +517,7 @@ impl PackedWeight {
                         for j in 0..np {
                             let from = (p + j) * panel_len;
                             let src = &q[from + k0 * step..from + (k1 * step).min(panel_len)];
-                            // |q| <= 127 is exact in bf16: the f32's top half.
-                            for (d, s) in staged[j * len..].iter_mut().zip(src) {
-                                *d = ((*s as f32).to_bits() >> 16) as u16;
-                            }
+                            widen_q8(&mut staged[j * len..j * len + src.len()], src);
                         }
                         let second = if np == 2 { len } else { 0 };
                         (staged.as_ptr(), staged[second..].as_ptr(), None)
