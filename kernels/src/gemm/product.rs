@@ -584,10 +584,9 @@ fn finish_pass(out: Out, m: usize, n: usize, ldc: usize, epilogue: Epilogue<'_>)
         return;
     }
     (0..m).into_par_iter().with_min_len(16).for_each(|i| {
-        let out = out;
         // SAFETY: row `i`'s `n` columns of the product, written, are inside the checked output;
         // each task takes its own rows.
-        let row = unsafe { std::slice::from_raw_parts_mut(out.ptr.0.add(i * ldc), n) };
+        let row = unsafe { std::slice::from_raw_parts_mut(out.at(i * ldc), n) };
         finish_row(row, epilogue.bias, epilogue.x_sigmoid);
     });
 }
@@ -608,6 +607,11 @@ struct Out {
 impl Out {
     fn of(out: &mut [f32]) -> Self {
         Self { ptr: SyncPtr(out.as_mut_ptr()), len: out.len() }
+    }
+
+    /// Element `i`'s address (a method, so closures capture the whole `Out`, which is `Sync`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.ptr.0.wrapping_add(i)
     }
 
     /// The buffer from element `at` (a product's first column among several side by side).
