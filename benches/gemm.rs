@@ -2,8 +2,9 @@
 //! (`cargo bench --bench gemm`): memory read bandwidth measured here (all cores summing a
 //! buffer larger than the caches), then the decode GEMVs (bound: weight bytes / bandwidth) and
 //! prefill/encode GEMMs (FLOP/s) of the bench models' shapes, beside Flex's f32 and bf16
-//! matmuls on the same shapes. One JSON line per row; `--bandwidth` measures bandwidth only; a
-//! word keeps only the rows whose name contains it.
+//! matmuls on the same shapes; where the CPU has AMX, the tiles' FLOP/s first (the units'
+//! peak, and 32 x 32 steps that load their tiles as the products do). One JSON line per row;
+//! `--bandwidth` measures only those bounds; a word keeps only the rows whose name contains it.
 
 use burn::prelude::*;
 use rayon::prelude::*;
@@ -48,6 +49,15 @@ fn main() {
         bandwidth / 1e9,
         rayon::current_num_threads()
     );
+    // The FLOP bound: the AMX tiles' peak, and what steps that load their tiles reach.
+    if let Some([products, with_loads]) = zoo_nn::kernels::gemm::amx_peak() {
+        println!(
+            "{{\"row\":\"amx peak\",\"GFLOP/s\":{:.1},\"GFLOP/s with tile loads\":{:.1},\"threads\":{}}}",
+            products / 1e9,
+            with_loads / 1e9,
+            rayon::current_num_threads()
+        );
+    }
     if std::env::args().any(|a| a == "--bandwidth") {
         return;
     }

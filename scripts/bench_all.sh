@@ -51,9 +51,12 @@ both() {  # both BENCHMARK DIR VLM_ZOO_ARGS -- TORCH_ARGS
     run "pytorch bf16" "$bench" "$dir" "$py" scripts/bench_torch.py "$dir" "${torch[@]}" --threads "$threads" --dtype bf16
   fi
 }
-# The hardware bound: read bandwidth of all cores (benches/gemm.rs).
+# The hardware bounds: read bandwidth of all cores and, with AMX, the tiles' FLOP/s
+# (benches/gemm.rs).
 cargo bench --bench gemm -- --bandwidth 2>/dev/null | grep '^{' |
-  "$py" -c 'import json,sys; d=json.loads(sys.stdin.read()); d.update(label="hardware", bench="bandwidth"); print(json.dumps(d))' >> "$out"
+  "$py" -c 'import json,sys
+for line in sys.stdin:
+    d = json.loads(line); d.update(label="hardware", bench="bandwidth" if d["row"] == "read bandwidth" else d["row"]); print(json.dumps(d))' >> "$out"
 
 both siglip-b16-encode "$models/siglip-b16" --batch 1,8 --iters 3 -- --batch 1,8 --iters 3
 both clip-b32-encode "$models/clip-b32" --batch 1,8 --iters 5 -- --batch 1,8 --iters 5

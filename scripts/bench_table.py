@@ -21,6 +21,7 @@ by_bench = defaultdict(dict)
 for r in rows:
     by_bench[r["bench"]][r["label"]] = r
 bandwidth = by_bench.get("bandwidth", {}).get("hardware", {}).get("GB/s")
+amx_peak = by_bench.get("amx peak", {}).get("hardware")
 
 
 def metrics(r):
@@ -114,7 +115,21 @@ def rate(r, key):
     return r["prompt_tokens"] / r["prefill_s"] if key == "prefill" else r["decode_tok_s"]
 
 
+def bounds_line():
+    """The hardware bounds measured in the run (benches/gemm.rs --bandwidth)."""
+    parts = []
+    if bandwidth:
+        parts.append(f"read bandwidth {bandwidth:.1f} GB/s")
+    if amx_peak:
+        parts.append(f"AMX tiles {amx_peak['GFLOP/s']:.0f} GFLOP/s (products alone), "
+                     f"{amx_peak['GFLOP/s with tile loads']:.0f} GFLOP/s (steps loading their tiles from L1)")
+    if parts:
+        print("Hardware bounds, same run, all cores: " + "; ".join(parts) + ".")
+        print()
+
+
 has_llama_cpp = any(label.startswith("llama.cpp") for runs in by_bench.values() for label in runs)
+bounds_line()
 has_pytorch = any(label.startswith("pytorch") for runs in by_bench.values() for label in runs)
 if has_pytorch or not has_llama_cpp:
     pytorch_table()
