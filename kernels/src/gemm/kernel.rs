@@ -370,6 +370,28 @@ fn measure(has: &[Kernel]) -> (Pair, Pair, String) {
     (pairs[0], pairs[1], format!("measured: {}", how.join("; ")))
 }
 
+/// The AMX tiles' FLOP/s on all cores at once (one measuring thread per rayon thread, ~0.2 s):
+/// `[the tile products alone (the units' peak), 32 x 32 steps that load their four tiles
+/// from L1 (what a product's inner loop can reach)]`; `None` without AMX.
+pub fn amx_peak() -> Option<[f64; 2]> {
+    if !available().contains(&Kernel::Amx) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let rate = |with_loads: bool| -> f64 {
+            // SAFETY: `available` lists Amx only when the tiles are usable.
+            rayon::broadcast(|_| unsafe { super::amx::throughput(with_loads, 1 << 20) }).iter().sum()
+        };
+        // The first ~0.1 s of tile work on a core runs at about a third of the rate (measured
+        // here: 1.2 against 3.1 TFLOP/s a core): warm up before measuring.
+        rate(false);
+        return Some([rate(false), rate(true)]);
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,26 +435,4 @@ mod tests {
         }
         assert!(how.contains("q8 gemv") && how.contains(bf16.gemm.name()), "{how}");
     }
-}
-
-/// The AMX tiles' FLOP/s on all cores at once (one measuring thread per rayon thread, ~0.2 s):
-/// `[the tile products alone (the units' peak), 32 x 32 steps that load their four tiles
-/// from L1 (what a product's inner loop can reach)]`; `None` without AMX.
-pub fn amx_peak() -> Option<[f64; 2]> {
-    if !available().contains(&Kernel::Amx) {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let rate = |with_loads: bool| -> f64 {
-            // SAFETY: `available` lists Amx only when the tiles are usable.
-            rayon::broadcast(|_| unsafe { super::amx::throughput(with_loads, 1 << 20) }).iter().sum()
-        };
-        // The first ~0.1 s of tile work on a core runs at about a third of the rate (measured
-        // here: 1.2 against 3.1 TFLOP/s a core): warm up before measuring.
-        rate(false);
-        return Some([rate(false), rate(true)]);
-    }
-    #[allow(unreachable_code)]
-    None
 }
