@@ -325,8 +325,8 @@ pub fn linear_many<const D: usize>(linears: &[&Linear], x: Tensor<D>) -> Result<
 }
 
 /// `x_sigmoid(linear.forward(x), a, b)` ([`crate::fused::x_sigmoid`]: GELU-tanh, quick-GELU)
-/// with the activation applied in the product's store, when the weight is packed; `Err(x)`
-/// otherwise.
+/// on the host kernels with the activation in the product's epilogue (no tensor between), when
+/// the weight is packed; `Err(x)` otherwise.
 ///
 /// # Shapes
 /// - `x`: `[.., in]`; output `[.., out]`

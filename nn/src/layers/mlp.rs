@@ -128,8 +128,8 @@ impl GatedMlp {
     }
 }
 
-/// `act(linear(x))`: with a packed weight the activation runs in the product's store when it
-/// is an `x * sigmoid` form ([`Activation::x_sigmoid`]).
+/// `act(linear(x))`: with a packed weight the activation is the product's epilogue when it is
+/// an `x * sigmoid` form ([`Activation::x_sigmoid`]).
 fn activated<const D: usize>(linear: &Linear, act: Activation, x: Tensor<D>) -> Tensor<D> {
     let x = match act.x_sigmoid() {
         Some(ab) => match crate::packed::linear_x_sigmoid(linear, x, ab) {
