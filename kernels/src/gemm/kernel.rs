@@ -383,8 +383,8 @@ pub fn amx_peak() -> Option<[f64; 2]> {
             // SAFETY: `available` lists Amx only when the tiles are usable.
             rayon::broadcast(|_| unsafe { super::amx::throughput(with_loads, 1 << 20) }).iter().sum()
         };
-        // The first ~0.1 s of tile work on a core runs at about a third of the rate (measured
-        // here: 1.2 against 3.1 TFLOP/s a core): warm up before measuring.
+        // One run first, as the products' timing does (the rate of a VM's core moves between
+        // runs: 1.1-3.3 TFLOP/s a core for the same loop here, from process to process).
         rate(false);
         return Some([rate(false), rate(true)]);
     }
