@@ -19,6 +19,30 @@ fn reference_on(kernel: Kernel, a: &[f32], w: &[f32], m: usize, n: usize, k: usi
     out
 }
 
+/// `W[n, k]` as bf16 panels, int8 panels and bf16 rows used in place, each with the values
+/// it stores.
+fn every_format(w: &[f32], n: usize, k: usize) -> Vec<(PackedWeight, Vec<f32>)> {
+    let mut bytes = Vec::new();
+    for x in w {
+        bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
+    }
+    let weights = [
+        PackedWeight::pack(&Matrix { data: w, cols: k, transposed: false }, n, k, WeightFormat::Bf16),
+        PackedWeight::pack(&Matrix { data: w, cols: k, transposed: false }, n, k, WeightFormat::Q8),
+        PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k),
+    ];
+    weights
+        .into_iter()
+        .map(|packed| {
+            let mut stored = vec![0f32; n * k];
+            for (j, row) in stored.chunks_mut(k).enumerate() {
+                packed.row(j, row);
+            }
+            (packed, stored)
+        })
+        .collect()
+}
+
 fn data(len: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;
     (0..len)
@@ -134,20 +158,7 @@ fn every_kernel_equals_the_scalar_reference_on_edge_shapes() {
     ];
     for &(m, n, k) in &shapes {
         let (a, w) = (data(m * k, 5 + m as u32), data(n * k, 9 + k as u32));
-        let mut bytes = Vec::new();
-        for x in &w {
-            bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
-        }
-        let weights = [
-            PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16),
-            PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Q8),
-            PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k),
-        ];
-        for packed in &weights {
-            let mut stored = vec![0f32; n * k];
-            for (j, row) in stored.chunks_mut(k).enumerate() {
-                packed.row(j, row);
-            }
+        for (packed, stored) in every_format(&w, n, k) {
             for &kernel in Kernel::available() {
                 let want = reference_on(kernel, &a, &stored, m, n, k);
                 let mut got = vec![f32::NAN; m * n];
@@ -312,20 +323,7 @@ fn chunked_reductions_equal_the_scalar_reference() {
     // (513 blocks, the last half full) is over the 2 MiB that chunks.
     let (m, n, k) = (33, 40, 16400);
     let (a, w) = (data(m * k, 3), data(n * k, 4));
-    let mut bytes = Vec::new();
-    for x in &w {
-        bytes.extend(bf16::from_f32(*x).to_bits().to_le_bytes());
-    }
-    let weights = [
-        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Bf16),
-        PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Q8),
-        PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes), 0, n, k),
-    ];
-    for packed in &weights {
-        let mut stored = vec![0f32; n * k];
-        for (j, row) in stored.chunks_mut(k).enumerate() {
-            packed.row(j, row);
-        }
+    for (packed, stored) in every_format(&w, n, k) {
         let want = reference_on(Kernel::Amx, &a, &stored, m, n, k);
         let mut got = vec![f32::NAN; m * n];
         packed.matmul_with(Kernel::Amx, &a, m, &mut got);
