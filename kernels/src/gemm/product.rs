@@ -123,8 +123,7 @@ impl PackedWeight {
             for (w, epilogue) in products {
                 // The bias in the store; the activation in a pass after: in the store, between
                 // tile products, it took 1.5x as long (SigLIP-B/16's fc1: 7.2 against 5.0 ms).
-                let bias = Epilogue { bias: epilogue.bias, x_sigmoid: None };
-                w.amx_product(&rounded, m, out.from(at), ldc, bias);
+                w.amx_product(&rounded, m, out.from(at), ldc, epilogue.bias);
                 let act = Epilogue { bias: None, x_sigmoid: epilogue.x_sigmoid };
                 finish_pass(out.from(at), m, w.n, ldc, act);
                 at += w.n;
@@ -152,7 +151,7 @@ impl PackedWeight {
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
             let rounded = self.amx_activations(a, m);
-            return self.amx_product(&rounded, m, out, ldc, Epilogue::default());
+            return self.amx_product(&rounded, m, out, ldc, None);
         }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
@@ -419,8 +418,8 @@ impl PackedWeight {
     /// The product on AMX tiles: weight panels read in place (bf16) or staged per panel pair
     /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
     /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
-    /// Output rows `ldc` apart.
-    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, epilogue: Epilogue<'_>) {
+    /// Output rows `ldc` apart; `bias` (one per column) added as each block is stored.
+    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, bias: Option<&[f32]>) {
         let AmxActivations { ab, lda, mp } = rounded;
         let (lda, mp) = (*lda, *mp);
         let n = self.n;
@@ -440,7 +439,7 @@ impl PackedWeight {
             let out = out_ptr;
             // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
             // (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc, epilogue) };
+            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc, bias) };
         });
     }
 
@@ -459,7 +458,7 @@ impl PackedWeight {
         pps: std::ops::Range<usize>,
         out: *mut f32,
         ldc: usize,
-        epilogue: Epilogue<'_>,
+        bias: Option<&[f32]>,
     ) {
         let (n, kp2) = (self.n, self.kp2);
         let panel_len = kp2 * PANEL * 2;
@@ -566,8 +565,8 @@ impl PackedWeight {
                             }
                             None => dst.copy_from_slice(src),
                         }
-                        if !epilogue.is_identity() {
-                            finish_row(dst, epilogue.bias.map(|b| &b[p * PANEL..]), epilogue.x_sigmoid);
+                        if let Some(bias) = bias {
+                            finish_row(dst, Some(&bias[p * PANEL..]), None);
                         }
                     }
                 }
