@@ -13,6 +13,7 @@
 //! - [`matmul_f32`]: the strided f32 product of training and f32 inference on the host;
 //! - [`host_ops`]: softmax, the `x * sigmoid(...)` GELUs and LayerNorm on f32 slices, each with
 //!   its backward pass;
+//! - [`convert`]: bf16 <-> f32 over whole slices on every core (casts, bf16 tensors);
 //! - [`adamw`]: the AdamW update on f32 slices (parameter and both moments, one pass);
 //! - [`fused`]: those operations as a Burn backend extension (`FusedOps`: composed fallbacks,
 //!   Flex / ndarray host paths, autodiff recording), what the layers call;
@@ -25,6 +26,7 @@
 
 pub mod adamw;
 pub mod alloc;
+pub mod convert;
 pub mod fused;
 pub mod gemm;
 pub mod host_ops;

@@ -132,7 +132,30 @@ impl<B: FusedOps> Backward<B, 2> for MatmulBackward {
     }
 }
 
+/// The cast's backward: the gradient cast back to the input's dtype.
+#[derive(Debug)]
+struct CastBackward;
+
+impl<B: FusedOps> Backward<B, 1> for CastBackward {
+    type State = FloatDType;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let dtype = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::fused_cast(grad, dtype));
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        match CastBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let from = x.dtype().into();
+                prep.finish(from, B::fused_cast(x.into_primitive(), dtype))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_cast(x.into_primitive(), dtype)),
+        }
+    }
+
     fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
         let rhs_shape = rhs.shape();

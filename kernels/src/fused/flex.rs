@@ -12,13 +12,10 @@ fn read(t: &FloatTensor<Flex>) -> Option<Cow<'_, [f32]>> {
             Some(s) => Some(Cow::Borrowed(s)),
             None => t.to_contiguous().as_slice::<f32>().map(|s| Cow::Owned(s.to_vec())),
         },
-        DType::BF16 => {
-            let widen = |s: &[half::bf16]| s.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
-            match t.as_slice::<half::bf16>() {
-                Some(s) => Some(Cow::Owned(widen(s))),
-                None => t.to_contiguous().as_slice::<half::bf16>().map(|s| Cow::Owned(widen(s))),
-            }
-        }
+        DType::BF16 => match t.as_slice::<half::bf16>() {
+            Some(s) => Some(Cow::Owned(crate::convert::to_f32(s))),
+            None => t.to_contiguous().as_slice::<half::bf16>().map(|s| Cow::Owned(crate::convert::to_f32(s))),
+        },
         _ => None,
     }
 }
@@ -35,10 +32,39 @@ fn write_in_place(t: &mut FloatTensor<Flex>) -> Option<&mut [f32]> {
 /// dtype (bf16 values rounded to nearest even).
 fn write(values: Vec<f32>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTensor<Flex> {
     if like.dtype() == DType::BF16 {
-        let values: Vec<half::bf16> = values.into_iter().map(half::bf16::from_f32).collect();
+        let values = crate::convert::to_bf16(&values);
         return Flex::float_from_data(TensorData::new(values, shape), &like.device());
     }
     Flex::float_from_data(TensorData::new(values, shape), &like.device())
+}
+
+/// The elements of a bf16 tensor, row-major (in place when contiguous); `None` for other dtypes.
+fn bf16s(t: &FloatTensor<Flex>) -> Option<Cow<'_, [half::bf16]>> {
+    if t.dtype() != DType::BF16 {
+        return None;
+    }
+    match t.as_slice::<half::bf16>() {
+        Some(s) => Some(Cow::Borrowed(s)),
+        None => t.to_contiguous().as_slice::<half::bf16>().map(|s| Cow::Owned(s.to_vec())),
+    }
+}
+
+/// A bf16 tensor of `shape` from `values` on `like`'s device.
+fn bf16_tensor(values: Vec<half::bf16>, shape: Shape, like: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+    Flex::float_from_data(TensorData::new(values, shape), &like.device())
+}
+
+/// An elementwise / row op on bf16 tensors through [`crate::convert::through_f32`] (chunks
+/// widened in cache), when every input is bf16: the op's f32 result rounded, and the sums of
+/// its second result.
+fn on_bf16(
+    inputs: &[&FloatTensor<Flex>],
+    n: usize,
+    f: impl Fn(&[&[f32]]) -> (Vec<f32>, Vec<f32>) + Sync,
+) -> Option<(Vec<half::bf16>, Vec<f32>)> {
+    let values: Vec<Cow<'_, [half::bf16]>> = inputs.iter().map(|t| bf16s(t)).collect::<Option<_>>()?;
+    let slices: Vec<&[half::bf16]> = values.iter().map(|v| &v[..]).collect();
+    Some(crate::convert::through_f32(&slices, n, f))
 }
 
 /// `t`'s matrices as a [`Strided`](crate::matmul_f32::Strided) operand of element type `T`
@@ -115,8 +141,7 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
         }
         let lhs_op = strided(lhs, DType::BF16, |t| t.storage::<half::bf16>(), &mut lo, merged)?;
         let rhs_op = strided(rhs, DType::BF16, |t| t.storage::<half::bf16>(), &mut ro, shared)?;
-        let out = crate::gemm::matmul_bf16(pb, pm, k, n, lhs_op, rhs_op)?;
-        let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
+        let out = crate::gemm::matmul_bf16::<half::bf16>(pb, pm, k, n, lhs_op, rhs_op)?;
         return Some(Flex::float_from_data(TensorData::new(out, Shape::from(dims)), &lhs.device()));
     }
     let rhs_op = strided(rhs, DType::F32, |t| t.storage::<f32>(), &mut ro, shared)?;
@@ -130,7 +155,28 @@ impl FusedOps for Flex {
         host_matmul(&lhs, &rhs).unwrap_or_else(|| Self::float_matmul(lhs, rhs))
     }
 
+    fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        let to = DType::from(dtype);
+        let shape = x.shape();
+        let data = match (x.dtype(), to) {
+            (DType::F32, DType::BF16) => {
+                x.as_slice::<f32>().map(|s| TensorData::new(crate::convert::to_bf16(s), shape))
+            }
+            (DType::BF16, DType::F32) => {
+                x.as_slice::<half::bf16>().map(|s| TensorData::new(crate::convert::to_f32(s), shape))
+            }
+            _ => None,
+        };
+        match data {
+            Some(d) => Self::float_from_data(d, &x.device()),
+            None => Self::float_cast(x, dtype),
+        }
+    }
+
     fn x_sigmoid(x: FloatTensor<Self>, a: f32, b: f32) -> FloatTensor<Self> {
+        if let Some((y, _)) = on_bf16(&[&x], 1, |i| (host_ops::x_sigmoid(i[0], a, b), Vec::new())) {
+            return bf16_tensor(y, x.shape(), &x);
+        }
         match read(&x) {
             Some(v) => write(host_ops::x_sigmoid(&v, a, b), x.shape(), &x),
             None => composed::x_sigmoid::<Self>(x, a, b),
@@ -143,6 +189,10 @@ impl FusedOps for Flex {
         a: f32,
         b: f32,
     ) -> FloatTensor<Self> {
+        let op = |i: &[&[f32]]| (host_ops::x_sigmoid_backward(i[0], i[1], a, b), Vec::new());
+        if let Some((y, _)) = on_bf16(&[&x, &grad], 1, op) {
+            return bf16_tensor(y, x.shape(), &x);
+        }
         match (read(&x), read(&grad)) {
             (Some(v), Some(g)) => write(host_ops::x_sigmoid_backward(&v, &g, a, b), x.shape(), &x),
             _ => composed::x_sigmoid_backward::<Self>(x, grad, a, b),
@@ -151,6 +201,9 @@ impl FusedOps for Flex {
 
     fn softmax_last(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         let n = x.shape()[x.shape().num_dims() - 1];
+        if let Some((y, _)) = on_bf16(&[&x], n, |i| (host_ops::softmax(i[0], n, scale), Vec::new())) {
+            return bf16_tensor(y, x.shape(), &x);
+        }
         match read(&x) {
             Some(v) => write(host_ops::softmax(&v, n, scale), x.shape(), &x),
             None => composed::softmax_last::<Self>(x, scale),
@@ -159,6 +212,10 @@ impl FusedOps for Flex {
 
     fn softmax_last_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         let n = x.shape()[x.shape().num_dims() - 1];
+        let op = |i: &[&[f32]]| (host_ops::softmax_backward(i[0], i[1], n, scale), Vec::new());
+        if let Some((y, _)) = on_bf16(&[&x, &grad], n, op) {
+            return bf16_tensor(y, x.shape(), &x);
+        }
         match (read(&x), read(&grad)) {
             (Some(v), Some(g)) => write(host_ops::softmax_backward(&v, &g, n, scale), x.shape(), &x),
             _ => composed::softmax_last_backward::<Self>(x, grad, scale),
@@ -171,9 +228,17 @@ impl FusedOps for Flex {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        match (read(&x), read(&gamma), read(&beta)) {
-            (Some(v), Some(w), Some(b)) => write(host_ops::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x),
-            _ => composed::layer_norm::<Self>(x, gamma, beta, eps),
+        let (Some(w), Some(b)) = (read(&gamma), read(&beta)) else {
+            return composed::layer_norm::<Self>(x, gamma, beta, eps);
+        };
+        let n = w.len();
+        let op = |i: &[&[f32]]| (host_ops::layer_norm(i[0], &w, &b, eps as f32), Vec::new());
+        if let Some((y, _)) = on_bf16(&[&x], n, op) {
+            return bf16_tensor(y, x.shape(), &x);
+        }
+        match read(&x) {
+            Some(v) => write(host_ops::layer_norm(&v, &w, &b, eps as f32), x.shape(), &x),
+            None => composed::layer_norm::<Self>(x, gamma, beta, eps),
         }
     }
 
@@ -214,8 +279,25 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        match (read(&x), read(&gamma), read(&grad)) {
-            (Some(v), Some(w), Some(g)) => {
+        let Some(w) = read(&gamma) else {
+            return composed::layer_norm_backward::<Self>(x, gamma, grad, eps);
+        };
+        let op = |i: &[&[f32]]| {
+            let (dx, dgamma, dbeta) = host_ops::layer_norm_backward(i[0], &w, i[1], eps as f32);
+            (dx, [dgamma, dbeta].concat())
+        };
+        if let Some((dx, sums)) = on_bf16(&[&x, &grad], w.len(), op) {
+            // The per-column sums of every chunk (empty only for an empty input).
+            let sums = if sums.is_empty() { vec![0.0; 2 * w.len()] } else { sums };
+            let (dgamma, dbeta) = sums.split_at(w.len());
+            return (
+                bf16_tensor(dx, x.shape(), &x),
+                write(dgamma.to_vec(), gamma.shape(), &gamma),
+                write(dbeta.to_vec(), gamma.shape(), &gamma),
+            );
+        }
+        match (read(&x), read(&grad)) {
+            (Some(v), Some(g)) => {
                 let (dx, dgamma, dbeta) = host_ops::layer_norm_backward(&v, &w, &g, eps as f32);
                 (
                     write(dx, x.shape(), &x),

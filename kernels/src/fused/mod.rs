@@ -1,6 +1,6 @@
 //! Fused operations with their own backward pass, as a Burn backend extension: softmax over the
 //! last axis (with a scale folded in), `x * sigmoid(x * (a + b x^2))` (tanh-GELU, quick-GELU),
-//! LayerNorm, the matrix product, and AdamW's update (`zoo_nn::train::optim::AdamW`).
+//! LayerNorm, the matrix product, the f32 <-> bf16 cast, and AdamW's update (`zoo_nn::train::optim::AdamW`).
 //!
 //! Each is one operation in the autodiff graph whose backward pass is one more: Burn's autodiff
 //! otherwise records the 5-10 primitive ops each of these chains is made of (LayerNorm's mean,
@@ -32,7 +32,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor};
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, FloatDType};
 use std::borrow::Cow;
 use std::marker::PhantomData;
 
@@ -117,6 +117,10 @@ pub trait FusedOps: Backend {
     fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+    /// `x` as `dtype` (its gradient cast back to `x`'s dtype).
+    fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
+        Self::float_cast(x, dtype)
+    }
 }
 
 /// One AdamW step on a parameter tensor `param` with gradient `grad` and moments `m`, `v`, as
@@ -147,6 +151,16 @@ pub fn adamw_step<const D: usize>(
 /// - `lhs`: `[..., M, K]`; `rhs`: `[..., K, N]` with the batch axes of `lhs` or all 1
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_matmul(lhs.into_dispatch(), rhs.into_dispatch()))
+}
+
+/// `x` as `dtype` on any device, differentiable (the gradient is cast back): on Flex, f32 <->
+/// bf16 on every core ([`crate::convert`]) where Burn's cast runs element by element on one
+/// (the f32 master weights' bf16 view each step of `--precision bf16` training, and back).
+pub fn cast<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype {
+        return x;
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_cast(x.into_dispatch(), dtype.into()))
 }
 
 /// `x * sigmoid(x * (a + b x^2))` on any device, differentiable as one operation.

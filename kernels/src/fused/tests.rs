@@ -75,7 +75,8 @@ fn fused_ops_and_gradients_equal_the_tensor_ops() {
         let dtypes: &[(DType, f32)] =
             if ndarray { &[(DType::F32, 1e-5)] } else { &[(DType::F32, 1e-5), (DType::BF16, 3e-2)] };
         for device in [base.clone().autodiff(), base.clone().autodiff().gradient_checkpointing()] {
-            // f32 takes the host kernels; bf16 the composed tensor ops.
+            // Both take the host kernels (bf16 through f32 chunks, `convert::through_f32`); the
+            // references are Burn's tensor ops in that dtype.
             for &(dtype, tol) in dtypes {
                 for (name, fused, reference) in &cases {
                     let what = format!("{name} on {device:?} {dtype:?}");

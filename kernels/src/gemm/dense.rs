@@ -9,11 +9,12 @@
 
 use super::{Kernel, kernel::available};
 #[cfg(target_arch = "x86_64")]
-use super::{PANEL, SyncPtr, amx};
+use super::{PANEL, amx, x86};
 use crate::matmul_f32::Strided;
 use half::bf16;
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// One bf16 operand of [`matmul_bf16`] (see [`Strided`]).
 pub type StridedBf16<'a> = Strided<'a, bf16>;
@@ -29,17 +30,42 @@ pub fn matmul_bf16_available() -> bool {
     available().contains(&Kernel::Amx)
 }
 
-/// `out[b] = lhs[b] (m x k) · rhs[b] (k x n)` for `batch` matrices of bf16, summed in f32,
-/// row-major `batch * m * n` f32. `None` without AMX, when an operand reaches outside its
-/// buffer, or when the sizes overflow.
-pub fn matmul_bf16(
+/// What [`matmul_bf16`] stores its f32 sums as: f32, or bf16 rounded as `half::bf16::from_f32`
+/// rounds (what a bf16 tensor's product gives, without an f32 buffer and a pass after).
+pub trait DenseOut: Copy + Send + Sync + 'static {
+    /// Zero.
+    const ZERO: Self;
+    /// `dst[i] = src[i]` in this type (`dst` at least as long as `src`).
+    fn store(src: &[f32], dst: &mut [MaybeUninit<Self>]);
+}
+
+impl DenseOut for f32 {
+    const ZERO: Self = 0.0;
+    fn store(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(*s);
+        }
+    }
+}
+
+impl DenseOut for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    fn store(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
+        crate::convert::round_into(src, dst);
+    }
+}
+
+/// `out[b] = lhs[b] (m x k) · rhs[b] (k x n)` for `batch` matrices of bf16, summed in f32 and
+/// stored as `T` (f32 or bf16), row-major `batch * m * n`. `None` without AMX, when an operand
+/// reaches outside its buffer, or when the sizes overflow.
+pub fn matmul_bf16<T: DenseOut>(
     batch: usize,
     m: usize,
     k: usize,
     n: usize,
     lhs: StridedBf16<'_>,
     rhs: StridedBf16<'_>,
-) -> Option<Vec<f32>> {
+) -> Option<Vec<T>> {
     let len = m.checked_mul(n)?.checked_mul(batch)?;
     let batch_ok = |s: &StridedBf16<'_>| s.offsets.len() == 1 || s.offsets.len() == batch;
     let usable = matmul_bf16_available()
@@ -54,100 +80,128 @@ pub fn matmul_bf16(
     let kp = k.checked_next_multiple_of(32)?;
     m.checked_next_multiple_of(32)?.checked_mul(kp + 32)?;
     n.checked_next_multiple_of(32)?.checked_mul(kp)?;
-    let mut out = vec![0f32; len];
     if len == 0 || k == 0 {
-        return Some(out);
+        return Some(vec![T::ZERO; len]);
     }
+    let mut out: Vec<T> = Vec::with_capacity(len);
     #[cfg(target_arch = "x86_64")]
-    for (b, out) in out.chunks_mut(m * n).enumerate() {
+    for (b, out) in out.spare_capacity_mut()[..len].chunks_mut(m * n).enumerate() {
         product(b, m, k, n, &lhs, &rhs, out);
     }
+    // SAFETY: `product` wrote every element of each matrix (its tasks' blocks cover all `m`
+    // rows and `n` columns); there is no other target with AMX.
+    unsafe { out.set_len(len) };
     Some(out)
+}
+
+/// A `*mut` that tasks share, each writing its own elements.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: the tasks that share one write disjoint elements (see each use).
+#[cfg(target_arch = "x86_64")]
+unsafe impl<T> Send for Shared<T> {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl<T> Sync for Shared<T> {}
+
+/// A vector of `len` u16 whose elements `fill` writes, in chunks of `chunk` on the pool.
+#[cfg(target_arch = "x86_64")]
+fn laid_out(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<u16>]) + Sync) -> Vec<u16> {
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i, c));
+    // SAFETY: each `fill` below writes every element of its chunk.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `dst[..]` as u16 pointer (the layouts write through the vector kernels).
+#[cfg(target_arch = "x86_64")]
+fn raw(dst: &mut [MaybeUninit<u16>]) -> *mut u16 {
+    dst.as_mut_ptr() as *mut u16
 }
 
 /// One matrix of the batch (see [`matmul_bf16`]).
 #[cfg(target_arch = "x86_64")]
-fn product(
+fn product<T: DenseOut>(
     b: usize,
     m: usize,
     k: usize,
     n: usize,
     lhs: &StridedBf16<'_>,
     rhs: &StridedBf16<'_>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<T>],
 ) {
     let kp = k.next_multiple_of(32);
     // Rows 64 bytes more than a multiple of 4 KiB apart (see PackedWeight's AMX path).
     let lda = kp + 32;
     let mp = m.next_multiple_of(amx::ROWS);
-    let mut a = vec![0u16; mp * lda];
+    // AMX CPUs have AVX-512 (F, BW, VL): the transposed layouts run on its gathers.
+    let vector = crate::wide::level() == 2;
     let lhs_at = lhs.offset(b);
     let (rs, cs, data) = (lhs.row_stride, lhs.col_stride, lhs.data);
-    a.par_chunks_mut(lda * amx::ROWS).enumerate().for_each(|(blk, rows)| {
+    let a = laid_out(mp * lda, lda * amx::ROWS, |blk, rows| {
+        let src = data.as_ptr() as *const u16;
         let r0 = blk * amx::ROWS;
         let n_rows = amx::ROWS.min(m.saturating_sub(r0));
-        if cs == 1 {
-            for (i, row) in rows.chunks_mut(lda).take(n_rows).enumerate() {
-                let src = &data[lhs_at + (r0 + i) * rs..][..k];
-                for (d, s) in row.iter_mut().zip(src) {
-                    *d = s.to_bits();
-                }
-            }
-        } else if rs == 1 {
-            // A transposed view: each k's rows are contiguous.
-            for kk in 0..k {
-                let src = &data[lhs_at + kk * cs + r0..][..n_rows];
-                for (i, v) in src.iter().enumerate() {
-                    rows[i * lda + kk] = v.to_bits();
-                }
-            }
+        let dst = raw(rows);
+        if rs == 1 && cs != 1 && vector && x86::gather_stride_ok(cs) {
+            // A transposed view (each k's rows contiguous), as a weight's gradient reads the
+            // activations. SAFETY: `in_bounds` checked every element of rows `r0..r0 +
+            // n_rows` x `0..k`; `rows` holds 32 rows of `lda >= k`.
+            unsafe { x86::rows_from_columns(src.add(lhs_at + r0), cs, n_rows, k, dst, lda) };
         } else {
             for i in 0..n_rows {
-                for kk in 0..k {
-                    rows[i * lda + kk] = get(lhs, b, r0 + i, kk);
+                let row = &mut rows[i * lda..][..k];
+                if cs == 1 {
+                    let from = &data[lhs_at + (r0 + i) * rs..][..k];
+                    for (d, s) in row.iter_mut().zip(from) {
+                        d.write(s.to_bits());
+                    }
+                } else {
+                    for (kk, d) in row.iter_mut().enumerate() {
+                        d.write(get(lhs, b, r0 + i, kk));
+                    }
                 }
+            }
+        }
+        // Zeros past `k` (the tiles read up to `kp`; the rest of `lda` too, so that every
+        // element is written) and in the rows past `m`.
+        for i in 0..amx::ROWS {
+            let from = if i < n_rows { k } else { 0 };
+            for d in &mut rows[i * lda + from..(i + 1) * lda] {
+                d.write(0);
             }
         }
     });
     // Panels of 16 columns, kp / 2 pairs each; an even number of them (pairs of panels).
     let panels = n.div_ceil(PANEL).next_multiple_of(2);
     let panel_len = kp * PANEL;
-    let mut w = vec![0u16; panels * panel_len];
     let rhs_at = rhs.offset(b);
     let (rs, cs, data) = (rhs.row_stride, rhs.col_stride, rhs.data);
-    w.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+    let w = laid_out(panels * panel_len, panel_len, |p, panel| {
+        let src = data.as_ptr() as *const u16;
         let cols = PANEL.min(n.saturating_sub(p * PANEL));
-        if cols == 0 {
-            return;
-        }
-        if cs == 1 {
-            // Rows of B contiguous: each row's 16 columns, interleaved by pairs of rows.
-            for kk in 0..k {
-                let row = &data[rhs_at + kk * rs + p * PANEL..][..cols];
-                let (t, e) = (kk / 2, kk % 2);
-                for (c, v) in row.iter().enumerate() {
-                    panel[(t * PANEL + c) * 2 + e] = v.to_bits();
-                }
-            }
-        } else if rs == 1 {
-            // Columns of B contiguous (a transposed view): each column's k values in turn.
-            for c in 0..cols {
-                let col = &data[rhs_at + (p * PANEL + c) * cs..][..k];
-                for (kk, v) in col.iter().enumerate() {
-                    panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = v.to_bits();
-                }
-            }
+        let dst = raw(panel);
+        let at = rhs_at + p * PANEL * cs;
+        if cols > 0 && vector && cs == 1 {
+            // Rows of B contiguous (a weight as Linear keeps it). SAFETY: `in_bounds` checked
+            // rows `0..k` x columns `p * 16..` + `cols`; the panel holds `kp / 2` pairs.
+            unsafe { x86::panel_from_rows(src.add(at), rs, cols, k, dst, kp / 2) };
+        } else if cols > 0 && vector && rs == 1 && x86::gather_stride_ok(cs) {
+            // Columns of B contiguous (a transposed view, as the input gradient reads the
+            // weight). SAFETY: as above.
+            unsafe { x86::panel_from_columns(src.add(at), cs, cols, k, dst, kp / 2) };
         } else {
-            for kk in 0..k {
-                for c in 0..cols {
-                    panel[((kk / 2) * PANEL + c) * 2 + kk % 2] = get(rhs, b, kk, p * PANEL + c);
-                }
+            for (i, d) in panel.iter_mut().enumerate() {
+                let (t, c, e) = (i / (2 * PANEL), (i / 2) % PANEL, i % 2);
+                let kk = 2 * t + e;
+                d.write(if c < cols && kk < k { get(rhs, b, kk, p * PANEL + c) } else { 0 });
             }
         }
     });
     let pairs = panels / 2;
     let row_blocks = mp / amx::ROWS;
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = Shared(out.as_mut_ptr());
     let (a, w) = (&a[..], &w[..]);
     (0..row_blocks * pairs).into_par_iter().for_each(|task| {
         let (rb, pp) = (task / pairs, task % pairs);
@@ -155,7 +209,8 @@ fn product(
         let out = out_ptr;
         // SAFETY: AMX is usable (`matmul_bf16_available`); `a` has 32 rows of `lda` from row
         // `rb * 32`, each panel `kp / 2` pairs; the task writes rows `rb * 32..` x columns
-        // `pp * 32..` of the `m x n` output, which no other task writes.
+        // `pp * 32..` of the `m x n` output (`pp * 32 < n`: `pairs` pairs of 16 columns cover
+        // `n` with less than one pair to spare), which no other task writes.
         unsafe {
             amx::configure();
             amx::zero();
@@ -166,7 +221,8 @@ fn product(
             let cols = 32.min(n - pp * 32);
             for i in 0..amx::ROWS.min(m - rb * amx::ROWS) {
                 let r = rb * amx::ROWS + i;
-                std::ptr::copy_nonoverlapping(c[i * 32..].as_ptr(), out.0.add(r * n + pp * 32), cols);
+                let dst = std::slice::from_raw_parts_mut(out.0.add(r * n + pp * 32), cols);
+                T::store(&c[i * 32..][..cols], dst);
             }
         }
     });
@@ -185,13 +241,20 @@ mod tests {
             return;
         }
         let val = |i: usize| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 25.0);
-        for &(batch, m, k, n) in &[(1, 1, 1, 1), (2, 33, 70, 17), (1, 64, 32, 64), (3, 5, 129, 40)] {
+        for &(batch, m, k, n) in &[
+            (1, 1, 1, 1),
+            (2, 33, 70, 17),
+            (1, 64, 32, 64),
+            (3, 5, 129, 40),
+            (1, 2, 2, 16),
+            (1, 70, 301, 49),
+        ] {
             let a: Vec<bf16> = (0..batch * m * k).map(val).collect();
             let bt: Vec<bf16> = (0..n * k).map(|i| val(i + 7)).collect(); // [n, k]: B transposed
             let a_offsets: Vec<usize> = (0..batch).map(|b| b * m * k).collect();
             let lhs = StridedBf16 { data: &a, offsets: &a_offsets, row_stride: k, col_stride: 1 };
             let rhs = StridedBf16 { data: &bt, offsets: &[0], row_stride: 1, col_stride: k };
-            let got = matmul_bf16(batch, m, k, n, lhs, rhs).expect("available");
+            let got = matmul_bf16::<f32>(batch, m, k, n, lhs, rhs).expect("available");
             for b in 0..batch {
                 for i in 0..m {
                     for j in 0..n {
@@ -206,16 +269,19 @@ mod tests {
                     }
                 }
             }
+            // Stored as bf16: the f32 sums rounded as half rounds them.
+            let rounded: Vec<bf16> = matmul_bf16(batch, m, k, n, lhs, rhs).expect("available");
+            assert!(rounded.iter().zip(&got).all(|(r, g)| *r == bf16::from_f32(*g)));
             let short = StridedBf16 { data: &bt[1..], ..rhs };
-            assert!(matmul_bf16(batch, m, k, n, lhs, short).is_none());
+            assert!(matmul_bf16::<f32>(batch, m, k, n, lhs, short).is_none());
             // The same right operand row-major ([k, n], columns contiguous) and with both
             // strides above one (every other element of a wider buffer): the same products.
             let b_rows: Vec<bf16> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
             let rows = StridedBf16 { data: &b_rows, offsets: &[0], row_stride: n, col_stride: 1 };
-            assert_eq!(matmul_bf16(batch, m, k, n, lhs, rows).expect("available"), got);
+            assert_eq!(matmul_bf16::<f32>(batch, m, k, n, lhs, rows).expect("available"), got);
             let spread: Vec<bf16> = b_rows.iter().flat_map(|&v| [v, bf16::ZERO]).collect();
             let wide = StridedBf16 { data: &spread, offsets: &[0], row_stride: 2 * n, col_stride: 2 };
-            assert_eq!(matmul_bf16(batch, m, k, n, lhs, wide).expect("available"), got);
+            assert_eq!(matmul_bf16::<f32>(batch, m, k, n, lhs, wide).expect("available"), got);
             // The left operand transposed (rows contiguous per k) and spread out.
             let at: Vec<bf16> = (0..batch * m * k)
                 .map(|i| {
@@ -224,12 +290,12 @@ mod tests {
                 })
                 .collect();
             let lhs_t = StridedBf16 { data: &at, offsets: &a_offsets, row_stride: 1, col_stride: m };
-            assert_eq!(matmul_bf16(batch, m, k, n, lhs_t, rhs).expect("available"), got);
+            assert_eq!(matmul_bf16::<f32>(batch, m, k, n, lhs_t, rhs).expect("available"), got);
             let a_spread: Vec<bf16> = a.iter().flat_map(|&v| [v, bf16::ZERO]).collect();
             let spread_offsets: Vec<usize> = a_offsets.iter().map(|o| 2 * o).collect();
             let lhs_s =
                 StridedBf16 { data: &a_spread, offsets: &spread_offsets, row_stride: 2 * k, col_stride: 2 };
-            assert_eq!(matmul_bf16(batch, m, k, n, lhs_s, rhs).expect("available"), got);
+            assert_eq!(matmul_bf16::<f32>(batch, m, k, n, lhs_s, rhs).expect("available"), got);
         }
     }
 }

@@ -430,3 +430,143 @@ unsafe fn vnni_tile<const R: usize, const P: usize>(
         }
     }
 }
+
+/// Whether the layout kernels below may read a matrix whose other axis is `stride` elements
+/// apart: their gathers index 16 of them with 32-bit offsets.
+pub fn gather_stride_ok(stride: usize) -> bool {
+    stride.checked_mul(16).is_some_and(|s| s <= i32::MAX as usize)
+}
+
+/// `(0, s, 2s, ..., 15s)`: the gathers' offsets for stride `s` ([`gather_stride_ok`]).
+#[target_feature(enable = "avx512f")]
+fn offsets(s: usize) -> __m512i {
+    let s = s as i32;
+    _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(s),
+    )
+}
+
+/// Lanes `0..n` of 16 (all for `n >= 16`).
+fn lanes(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+}
+
+/// Rows of a transposed matrix laid out for the tiles: `dst[i * ld + c] = src[c * cs + i]`
+/// for `i < rows`, `c < k` (element `i` of each of `k` source rows `cs` apart; a bf16 matrix
+/// read through its transpose, as the gradient of a weight reads the activations). Pairs of
+/// rows come from one 32-bit gather of 16 source rows, split into the two rows' 16 values.
+///
+/// # Safety
+/// AVX512F/BW/VL; `src` is readable at `c * cs + i` for those `i, c`; `dst` writable at
+/// `i * ld + c`; [`gather_stride_ok`]`(cs)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn rows_from_columns(src: *const u16, cs: usize, rows: usize, k: usize, dst: *mut u16, ld: usize) {
+    let idx = offsets(cs);
+    let pairs = rows / 2;
+    let mut c = 0;
+    // SAFETY (all blocks): the gathers read lanes `j < k - c` at `(c + j) * cs + i` and
+    // `+ i + 1` (both rows `< rows`), the stores write `dst` rows `i`, `i + 1` at `c..`.
+    unsafe {
+        while c < k {
+            let mask = lanes(k - c);
+            for p in 0..pairs {
+                let i = 2 * p;
+                let base = src.add(c * cs + i) as *const i32;
+                let v = _mm512_mask_i32gather_epi32::<2>(_mm512_setzero_si512(), mask, idx, base);
+                _mm256_mask_storeu_epi16(dst.add(i * ld + c) as *mut _, mask, _mm512_cvtepi32_epi16(v));
+                let hi = _mm512_srli_epi32::<16>(v);
+                _mm256_mask_storeu_epi16(
+                    dst.add((i + 1) * ld + c) as *mut _,
+                    mask,
+                    _mm512_cvtepi32_epi16(hi),
+                );
+            }
+            c += 16;
+        }
+        if rows % 2 == 1 {
+            let i = rows - 1;
+            for c in 0..k {
+                *dst.add(i * ld + c) = *src.add(c * cs + i);
+            }
+        }
+    }
+}
+
+/// One AMX weight panel of 16 columns from a matrix whose rows are contiguous: the panel's
+/// pair `t` holds, for each column `c < cols`, rows `2t` and `2t + 1` side by side
+/// (`dst[(t * 16 + c) * 2 + e] = src[(2t + e) * rs + c]`), zeros past `k` rows and `cols`
+/// columns; `pairs` pairs are written (at least `k / 2` rounded up).
+///
+/// # Safety
+/// AVX512F/BW/VL; `src` readable at `r * rs + c` for `r < k`, `c < cols <= 16`; `dst` writable
+/// for `pairs * 32` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn panel_from_rows(
+    src: *const u16,
+    rs: usize,
+    cols: usize,
+    k: usize,
+    dst: *mut u16,
+    pairs: usize,
+) {
+    // Output lane j takes row (j & 1) (the upper half of the pair) at column j / 2.
+    let perm = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18,
+        2, 17, 1, 16, 0,
+    );
+    let mask = lanes(cols);
+    // SAFETY: rows are read only below `k`, columns only below `cols` (masked loads); each
+    // pair writes its 32 elements of `dst`.
+    unsafe {
+        let row = |r: usize| {
+            if r < k {
+                _mm256_maskz_loadu_epi16(mask, src.add(r * rs) as *const _)
+            } else {
+                _mm256_setzero_si256()
+            }
+        };
+        for t in 0..pairs {
+            let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(2 * t)), row(2 * t + 1));
+            _mm512_storeu_si512(dst.add(t * 32) as *mut _, _mm512_permutexvar_epi16(perm, v));
+        }
+    }
+}
+
+/// One AMX weight panel of 16 columns from a matrix whose columns are contiguous (a transposed
+/// view: column `c` at `src + c * cs`), as [`panel_from_rows`] lays it out: each pair of a
+/// column is one 32-bit element, so pair `t` is one gather across the columns.
+///
+/// # Safety
+/// AVX512F; `src` readable at `c * cs + r` for `c < cols <= 16`, `r < k`; `dst` writable for
+/// `pairs * 32` elements; [`gather_stride_ok`]`(cs)`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn panel_from_columns(
+    src: *const u16,
+    cs: usize,
+    cols: usize,
+    k: usize,
+    dst: *mut u16,
+    pairs: usize,
+) {
+    let idx = offsets(cs);
+    let mask = lanes(cols);
+    let full = (k / 2).min(pairs);
+    // SAFETY: pair `t < k / 2` reads rows `2t`, `2t + 1 < k` of columns `< cols`; an odd last
+    // row is read alone; each pair writes its 32 elements of `dst`.
+    unsafe {
+        for t in 0..full {
+            let base = src.add(2 * t) as *const i32;
+            let v = _mm512_mask_i32gather_epi32::<2>(_mm512_setzero_si512(), mask, idx, base);
+            _mm512_storeu_si512(dst.add(t * 32) as *mut _, v);
+        }
+        for t in full..pairs {
+            let d = dst.add(t * 32);
+            for c in 0..16 {
+                let r = 2 * t;
+                *d.add(2 * c) = if c < cols && r < k { *src.add(c * cs + r) } else { 0 };
+                *d.add(2 * c + 1) = 0;
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ impl ModuleMapper for Cast {
         let (id, value) = (param.id, param.val());
         // A differentiable cast of the (tracked) master weight: same id, so gradients found
         // through the view are looked up as the master's.
-        Param::initialized(id, value.cast(self.0))
+        Param::initialized(id, zoo_kernels::fused::cast(value, self.0))
     }
 }
 
