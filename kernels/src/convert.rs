@@ -133,6 +133,26 @@ pub fn through_f32(
     (out, extra)
 }
 
+/// Partial results of `f` over chunks of whole rows of `n` of a bf16 slice, each chunk widened
+/// into f32 in cache (as [`through_f32`] does), added up: a reduction of a bf16 tensor
+/// (a bias's gradient) without an f32 copy of it. Empty for an empty slice.
+pub fn sum_through_f32(x: &[bf16], n: usize, f: impl Fn(&[f32]) -> Vec<f32> + Sync) -> Vec<f32> {
+    let step = (WORKING / n.max(1)).max(1) * n.max(1);
+    let part = |chunk: &[bf16]| f(&to_f32(chunk));
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        if a.is_empty() {
+            return b;
+        }
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    };
+    if x.len() <= crate::host_ops::INLINE {
+        x.chunks(step).map(part).fold(Vec::new(), add)
+    } else {
+        x.par_chunks(step).map(part).reduce(Vec::new, add)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +227,12 @@ mod tests {
             assert!((s - w).abs() <= 1e-3 * (1.0 + w.abs()), "{s} vs {w}");
         }
         assert_eq!(through_f32(&[&x[..0]], n, op).0.len(), 0);
+        // A reduction of the rows: the bias gradient's column sums.
+        let want = crate::host_ops::column_sums(&wx, n);
+        let got = sum_through_f32(&x, n, |c| crate::host_ops::column_sums(c, n));
+        for (s, w) in got.iter().zip(&want) {
+            assert!((s - w).abs() <= 1e-3 * (1.0 + w.abs()), "{s} vs {w}");
+        }
+        assert!(sum_through_f32(&x[..0], n, |c| crate::host_ops::column_sums(c, n)).is_empty());
     }
 }

@@ -211,6 +211,34 @@ crate::wide_fn! {
     }
 }
 
+/// The sums of the rows of `n` of `x` (`x.len() / n` rows): a bias's gradient, the rows split
+/// over the cores and their partial sums added.
+pub fn column_sums(x: &[f32], n: usize) -> Vec<f32> {
+    let n = n.max(1);
+    let step = rows_per_task(n) * n;
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    };
+    let part = |rows: &[f32]| {
+        let mut acc = vec![0f32; n];
+        add_rows(&mut acc, rows);
+        acc
+    };
+    if x.len() <= INLINE { part(x) } else { x.par_chunks(step).map(part).reduce(|| vec![0f32; n], add) }
+}
+
+crate::wide_fn! {
+    /// `acc += row` for each row of `acc.len()` in `rows`.
+    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks_exact(acc.len()) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    }
+}
+
 /// Mean and `1 / sqrt(var + eps)` of a row (biased variance, two passes).
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
@@ -323,6 +351,19 @@ mod tests {
         assert_eq!(&y[2..], &[0.0, 0.0, 0.0]);
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6);
         assert!(y.iter().all(|v| *v == 0.0 || v.is_normal()));
+    }
+
+    /// Row sums split over the cores equal one running sum per column.
+    #[test]
+    fn column_sums_equal_the_plain_sums() {
+        let n = 197;
+        let x = data(n * 400);
+        let got = column_sums(&x, n);
+        for (c, g) in got.iter().enumerate() {
+            let want: f64 = x.iter().skip(c).step_by(n).map(|&v| v as f64).sum();
+            assert!((*g as f64 - want).abs() < 1e-3 * (1.0 + want.abs()), "column {c}: {g} vs {want}");
+        }
+        assert_eq!(column_sums(&[], 3), vec![0.0; 3]);
     }
 
     fn data(len: usize) -> Vec<f32> {

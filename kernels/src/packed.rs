@@ -358,7 +358,7 @@ pub fn weight_product<const D: usize>(
         None => {
             let y = crate::fused::matmul(x, weight.val().transpose().unsqueeze::<D>());
             match bias {
-                Some(bias) => y + bias.val().unsqueeze::<D>(),
+                Some(bias) => crate::fused::bias_add(y, bias.val()),
                 None => y,
             }
         }
@@ -377,7 +377,7 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
             // gradient is one product over all rows instead of one per batch entry then summed.
             let y = crate::fused::matmul(x, linear.weight.val().unsqueeze::<D>());
             match &linear.bias {
-                Some(bias) => y + bias.val().unsqueeze::<D>(),
+                Some(bias) => crate::fused::bias_add(y, bias.val()),
                 None => y,
             }
         }

@@ -72,7 +72,7 @@ impl MultiheadAttention {
         let project = |x: Tensor<3>, i: usize, len: usize| {
             let wi = w.clone().slice([i * c..(i + 1) * c, 0..c]).transpose(); // (C, C) as [in, out]
             let bi = bias.clone().narrow(0, i * c, c);
-            (zoo_nn::kernels::fused::matmul(x, wi.unsqueeze::<3>()) + bi.unsqueeze::<3>())
+            zoo_nn::kernels::fused::bias_add(zoo_nn::kernels::fused::matmul(x, wi.unsqueeze::<3>()), bi)
                 .reshape([b, len, h, d])
                 .swap_dims(1, 2)
         };

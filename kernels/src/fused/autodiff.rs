@@ -132,6 +132,25 @@ impl<B: FusedOps> Backward<B, 2> for MatmulBackward {
     }
 }
 
+/// The bias add's backward: the output's gradient for `x`, its row sums for the bias.
+#[derive(Debug)]
+struct BiasAddBackward;
+
+impl<B: FusedOps> Backward<B, 2> for BiasAddBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x_node, bias_node] = ops.parents;
+        if let Some(node) = bias_node {
+            grads.register::<B>(node.id, B::sum_rows(grad.clone()));
+        }
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, grad);
+        }
+    }
+}
+
 /// The cast's backward: the gradient cast back to the input's dtype.
 #[derive(Debug)]
 struct CastBackward;
@@ -146,6 +165,13 @@ impl<B: FusedOps> Backward<B, 1> for CastBackward {
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn bias_add(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        BiasAddBackward
+            .prepare::<C>([x.node(), bias.node()])
+            .compute_bound()
+            .stateless(B::bias_add(x.into_primitive(), bias.into_primitive()))
+    }
+
     fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
         match CastBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {

@@ -116,3 +116,20 @@ pub fn layer_norm_backward<B: Backend>(
     let dbeta = col_sum(grad);
     (dx, dgamma, dbeta)
 }
+
+/// `x + bias` by Burn's broadcast add.
+pub fn bias_add<B: Backend>(x: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let r = x.shape().num_dims();
+    let mut dims = vec![1; r];
+    dims[r - 1] = bias.shape()[0];
+    B::float_add(x, B::float_reshape(bias, Shape::from(dims)))
+}
+
+/// The sums of the rows of `x` by Burn's `sum_dim` over the flattened rows.
+pub fn sum_rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let n = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / n.max(1);
+    let flat = B::float_reshape(x, Shape::from(vec![rows, n]));
+    B::float_reshape(B::float_sum_dim(flat, 0), Shape::from(vec![n]))
+}

@@ -155,6 +155,19 @@ impl FusedOps for Flex {
         host_matmul(&lhs, &rhs).unwrap_or_else(|| Self::float_matmul(lhs, rhs))
     }
 
+    fn sum_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let n = x.shape()[x.shape().num_dims() - 1];
+        let sums = if let Some(v) = bf16s(&x) {
+            crate::convert::sum_through_f32(&v, n, |c| host_ops::column_sums(c, n))
+        } else if let Some(v) = read(&x) {
+            host_ops::column_sums(&v, n)
+        } else {
+            return composed::sum_rows::<Self>(x);
+        };
+        let sums = if sums.is_empty() { vec![0.0; n] } else { sums };
+        write(sums, Shape::from(vec![n]), &x)
+    }
+
     fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
         let to = DType::from(dtype);
         let shape = x.shape();

@@ -117,6 +117,17 @@ pub trait FusedOps: Backend {
     fn fused_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+    /// `x + bias`, `bias: [N]` added to each row of `x: [..., N]` (its gradient: the sums of
+    /// the rows of the output's, [`FusedOps::sum_rows`]).
+    fn bias_add(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::bias_add::<Self>(x, bias)
+    }
+
+    /// The sums of the rows of `x: [..., N]`: `[N]`.
+    fn sum_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::sum_rows::<Self>(x)
+    }
+
     /// `x` as `dtype` (its gradient cast back to `x`'s dtype).
     fn fused_cast(x: FloatTensor<Self>, dtype: FloatDType) -> FloatTensor<Self> {
         Self::float_cast(x, dtype)
@@ -151,6 +162,16 @@ pub fn adamw_step<const D: usize>(
 /// - `lhs`: `[..., M, K]`; `rhs`: `[..., K, N]` with the batch axes of `lhs` or all 1
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_matmul(lhs.into_dispatch(), rhs.into_dispatch()))
+}
+
+/// `x + bias` over the rows of `x` on any device, differentiable as one operation whose bias
+/// gradient is one parallel pass over the rows (Burn's broadcast add reduces it on one core:
+/// 3.9% of a SigLIP-B/16 training step).
+///
+/// # Shapes
+/// - `x`: `[..., N]`; `bias`: `[N]`; output like `x`
+pub fn bias_add<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::bias_add(x.into_dispatch(), bias.into_dispatch()))
 }
 
 /// `x` as `dtype` on any device, differentiable (the gradient is cast back): on Flex, f32 <->

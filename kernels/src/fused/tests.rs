@@ -59,6 +59,7 @@ fn fused_ops_and_gradients_equal_the_tensor_ops() {
             Box::new(|x, _, _| softmax_last(x, 0.25)),
             Box::new(|x, _, _| activation::softmax(x * 0.25, 2)),
         ),
+        ("bias add", Box::new(|x, _, b| bias_add(x, b)), Box::new(|x, _, b| x + b.unsqueeze::<3>())),
         (
             "layer norm",
             Box::new(|x, g, b| layer_norm(x, g, b, 1e-5)),
@@ -86,6 +87,8 @@ fn fused_ops_and_gradients_equal_the_tensor_ops() {
                     assert_slices_close(&got.1, &want.1, tol * 10.0, &format!("{what}: dx"));
                     if *name == "layer norm" {
                         assert_slices_close(&got.2, &want.2, tol * 10.0, &format!("{what}: dgamma"));
+                    }
+                    if *name == "layer norm" || *name == "bias add" {
                         assert_slices_close(&got.3, &want.3, tol * 10.0, &format!("{what}: dbeta"));
                     }
                 }

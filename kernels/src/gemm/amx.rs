@@ -128,7 +128,15 @@ pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u
 /// # Safety
 /// [`configure`] ran on this thread.
 pub unsafe fn store(out: &mut [f32; ROWS * 32]) {
-    let out = out.as_mut_ptr();
+    // SAFETY: `out` is valid for the block's writes.
+    unsafe { store_to(out.as_mut_ptr()) }
+}
+
+/// [`store`] into memory that need not be initialised (a block's scratch, written whole).
+///
+/// # Safety
+/// [`configure`] ran on this thread; `out` is valid for `ROWS * 32` f32 writes.
+pub unsafe fn store_to(out: *mut f32) {
     // SAFETY: four 16 x 16 f32 tiles into the four quarters of `out`, 128 bytes a row.
     unsafe {
         asm!(

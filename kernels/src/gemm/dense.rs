@@ -205,7 +205,7 @@ fn product<T: DenseOut>(
     let (a, w) = (&a[..], &w[..]);
     (0..row_blocks * pairs).into_par_iter().for_each(|task| {
         let (rb, pp) = (task / pairs, task % pairs);
-        let mut c = [0f32; amx::ROWS * 32];
+        let mut c = MaybeUninit::<[f32; amx::ROWS * 32]>::uninit();
         let out = out_ptr;
         // SAFETY: AMX is usable (`matmul_bf16_available`); `a` has 32 rows of `lda` from row
         // `rb * 32`, each panel `kp / 2` pairs; the task writes rows `rb * 32..` x columns
@@ -216,13 +216,16 @@ fn product<T: DenseOut>(
             amx::zero();
             let b0 = w.as_ptr().add(2 * pp * panel_len);
             amx::accumulate(a.as_ptr().add(rb * amx::ROWS * lda), lda, b0, b0.add(panel_len), kp / 32);
-            amx::store(&mut c);
+            amx::store_to(c.as_mut_ptr() as *mut f32);
             amx::release();
+            let c = c.assume_init_ref();
             let cols = 32.min(n - pp * 32);
+            // The block in `T` at once (one call for its 1024 values), then its rows.
+            let mut block = [MaybeUninit::<T>::uninit(); amx::ROWS * 32];
+            T::store(c, &mut block);
             for i in 0..amx::ROWS.min(m - rb * amx::ROWS) {
                 let r = rb * amx::ROWS + i;
-                let dst = std::slice::from_raw_parts_mut(out.0.add(r * n + pp * 32), cols);
-                T::store(&c[i * 32..][..cols], dst);
+                std::ptr::copy_nonoverlapping(block[i * 32..].as_ptr(), out.0.add(r * n + pp * 32), cols);
             }
         }
     });

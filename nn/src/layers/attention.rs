@@ -284,7 +284,7 @@ pub fn scaled_dot_product_attention(
     let group = h / kh;
     // Fold the query heads that share a key/value head into the query axis: no copy of K or V.
     let q = q.reshape([b, kh, group * l, d]); // (B, K, G*L, D)
-    let scores = zoo_kernels::fused::matmul(q, k.swap_dims(2, 3)).cast(DType::F32); // (B, K, G*L, S)
+    let scores = zoo_kernels::fused::cast(zoo_kernels::fused::matmul(q, k.swap_dims(2, 3)), DType::F32); // (B, K, G*L, S)
     // Without a soft cap the scale is folded into the fused softmax (one pass fewer each way).
     let (scores, scale) = match softcap {
         Some(cap) => (((scores * scale) / cap).tanh() * cap, 1.0),
@@ -295,8 +295,8 @@ pub fn scaled_dot_product_attention(
         let mask = mask.clone().expand([b, h, l, s]);
         scores = scores.mask_fill(mask, f32::MIN);
     }
-    let probs =
-        zoo_kernels::fused::softmax_last(scores, scale as f32).cast(v.dtype()).reshape([b, kh, group * l, s]);
+    let probs = zoo_kernels::fused::cast(zoo_kernels::fused::softmax_last(scores, scale as f32), v.dtype());
+    let probs = probs.reshape([b, kh, group * l, s]);
     zoo_kernels::fused::matmul(probs, v).reshape([b, h, l, d])
 }
 
