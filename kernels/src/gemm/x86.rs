@@ -68,6 +68,11 @@ macro_rules! dp_tile {
                 let mut acc = [[[_mm512_setzero_ps(); P]; R]; 2];
                 for t in 0..kp2 {
                     for j in 0..P {
+                        if R <= 2 {
+                            let ahead =
+                                w.wrapping_add(j * panel_len + t * 32 + DECODE_AHEAD / size_of::<$wt>());
+                            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                        }
                         let wv = $load(w.add(j * panel_len + t * 32));
                         for i in 0..R {
                             let c = if R == 1 { t & 1 } else { 0 };
@@ -108,6 +113,13 @@ macro_rules! fma_tile {
                     let mut we = [_mm512_setzero_ps(); P];
                     let mut wo = [_mm512_setzero_ps(); P];
                     for j in 0..P {
+                        // Decode: as in `vnni_tile`, the line `DECODE_AHEAD` bytes on (64 bytes
+                        // a pair of k here: every pair).
+                        if R <= 2 {
+                            let ahead =
+                                w.wrapping_add(j * panel_len + t * 32 + DECODE_AHEAD / size_of::<$wt>());
+                            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                        }
                         (we[j], wo[j]) = $load(w.add(j * panel_len + t * 32));
                     }
                     for i in 0..R {
@@ -378,8 +390,10 @@ pub unsafe fn vnni_q8(
 }
 
 /// Bytes of a weight panel prefetched ahead of the decode tiles (a hint: an address past the
-/// end of the weights fetches nothing and cannot fault).
-const VNNI_AHEAD: usize = 2048;
+/// end of the weights fetches nothing and cannot fault). Few rows read the panels faster than
+/// the hardware prefetcher brings them: Gemma-100M bf16 decode 165 -> 205 tokens/s with it on
+/// the FMA tiles (32 pairs ahead; 4-16 pairs were slower, 64 no faster).
+const DECODE_AHEAD: usize = 2048;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni_tile<const R: usize, const P: usize>(
@@ -400,9 +414,9 @@ unsafe fn vnni_tile<const R: usize, const P: usize>(
             for t in t0..t1 {
                 for j in 0..P {
                     // Few rows (decode) read the panels faster than the hardware prefetcher
-                    // brings them: ask for the line `VNNI_AHEAD` bytes on, once per line.
+                    // brings them: ask for the line `DECODE_AHEAD` bytes on, once per line.
                     if R <= 2 && t % 2 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(j * panel_len + t * 32 + VNNI_AHEAD));
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(j * panel_len + t * 32 + DECODE_AHEAD));
                     }
                     // 16 columns x 2 k of int8, sign-extended to int16 pairs.
                     let wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
