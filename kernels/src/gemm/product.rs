@@ -121,11 +121,11 @@ impl PackedWeight {
             let rounded = w.amx_activations(a, m);
             let mut at = 0;
             for (w, epilogue) in products {
-                // The bias in the store; the activation in a pass after: in the store, between
-                // tile products, it took 1.5x as long (SigLIP-B/16's fc1: 7.2 against 5.0 ms).
-                w.amx_product(&rounded, m, out.from(at), ldc, epilogue.bias);
-                let act = Epilogue { bias: None, x_sigmoid: epilogue.x_sigmoid };
-                finish_pass(out.from(at), m, w.n, ldc, act);
+                // The bias in the store; the activation over each task's block once its tiles
+                // are done (still in L2): in the store, between tile products, it took 1.5x as
+                // long (SigLIP-B/16's fc1: 7.2 against 5.0 ms), and as a pass over the whole
+                // product after it, it read the output back from memory.
+                w.amx_product(&rounded, m, out.from(at), ldc, *epilogue);
                 at += w.n;
             }
             return;
@@ -151,7 +151,7 @@ impl PackedWeight {
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
             let rounded = self.amx_activations(a, m);
-            return self.amx_product(&rounded, m, out, ldc, None);
+            return self.amx_product(&rounded, m, out, ldc, Epilogue { bias: None, x_sigmoid: None });
         }
         let ab = self.pack_activations(a, m, kernel);
         let panels = self.n.div_ceil(PANEL);
@@ -418,7 +418,7 @@ impl PackedWeight {
     /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
     /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
     /// Output rows `ldc` apart; `bias` (one per column) added as each block is stored.
-    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, bias: Option<&[f32]>) {
+    fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, epilogue: Epilogue<'_>) {
         let AmxActivations { ab, lda, mp } = rounded;
         let (lda, mp) = (*lda, *mp);
         let n = self.n;
@@ -438,7 +438,15 @@ impl PackedWeight {
             let out = out_ptr;
             // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
             // (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.amx_task(ab, lda, m, rows, pps, out.0, ldc, bias) };
+            unsafe { self.amx_task(ab, lda, m, rows.clone(), pps.clone(), out.0, ldc, epilogue.bias) };
+            if let Some(act) = epilogue.x_sigmoid {
+                let (c0, c1) = (pps.start * 2 * PANEL, (pps.end * 2 * PANEL).min(n));
+                for r in rows.start..rows.end.min(m) {
+                    // SAFETY: row `r`, columns `c0..c1` are this task's block, just written.
+                    let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * ldc + c0), c1 - c0) };
+                    finish_row(row, None, Some(act));
+                }
+            }
         });
     }
 
