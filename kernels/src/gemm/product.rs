@@ -651,8 +651,8 @@ pub(super) enum Activations {
 crate::wide_fn! {
     /// Quantises `src` to int16 with one scale `s = max |src| / 32767` (1 for an all-zero or
     /// non-finite block): `dst[i] = round(src[i] / s)` (ties to even), returning `s`. Vectorised
-    /// (the running max in 16 lanes, the rounding one instruction): a scalar `round` is a libm
-    /// call, ~30 us a decode product of k = 3072.
+    /// (the running max in 16 lanes, the rounding and conversion by `to_int`): a scalar `round`
+    /// is a libm call, ~30 us a decode product of k = 3072.
     #[cfg(target_arch = "x86_64")]
     fn quantize_i16(src: &[f32], dst: &mut [i16]) -> f32 {
         let mut acc = [0f32; 16];
@@ -666,7 +666,7 @@ crate::wide_fn! {
         let max = acc.iter().fold(tail, |m, v| m.max(*v));
         let s = if max > 0.0 && max.is_finite() { max / 32767.0 } else { 1.0 };
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = (v / s).round_ties_even().clamp(-32767.0, 32767.0) as i16;
+            *d = super::to_int((v / s).clamp(-32767.0, 32767.0)) as i16;
         }
         s
     }

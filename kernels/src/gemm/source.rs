@@ -18,6 +18,32 @@ pub trait Source: Sync {
     fn bf16_row(&self, _row: usize) -> Option<&[u8]> {
         None
     }
+
+    /// Row `row` (`out.len()` columns) as f32 into `out`; sources stored by rows override it
+    /// with one pass over the row's bytes.
+    fn row_f32(&self, row: usize, out: &mut [f32]) {
+        for (col, x) in out.iter_mut().enumerate() {
+            *x = self.get(row, col);
+        }
+    }
+}
+
+crate::wide_fn! {
+    /// Little-endian f32 bytes as f32.
+    fn f32_from_bytes(bytes: &[u8], out: &mut [f32]) {
+        for (x, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+}
+
+crate::wide_fn! {
+    /// Little-endian bf16 bytes widened to f32 (exact).
+    fn f32_from_bf16_bytes(bytes: &[u8], out: &mut [f32]) {
+        for (x, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *x = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+        }
+    }
 }
 
 /// A row-major `[rows, cols]` slice (`transposed = false`: `W[n, k]`; `true`: `W^T[k, n]`,
@@ -127,5 +153,19 @@ impl Source for RawMatrix<'_> {
 
     fn bf16_row(&self, row: usize) -> Option<&[u8]> {
         (self.dtype == RawDtype::Bf16).then(|| &self.bytes[row * self.cols * 2..(row + 1) * self.cols * 2])
+    }
+
+    fn row_f32(&self, row: usize, out: &mut [f32]) {
+        let size = self.dtype.size();
+        let bytes = &self.bytes[row * self.cols * size..][..out.len() * size];
+        match self.dtype {
+            RawDtype::F32 => f32_from_bytes(bytes, out),
+            RawDtype::Bf16 => f32_from_bf16_bytes(bytes, out),
+            RawDtype::F16 => {
+                for (x, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *x = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                }
+            }
+        }
     }
 }

@@ -44,35 +44,16 @@ impl PackedWeight {
                 q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
                     |(p, (panel, scales))| {
                         let cols = PANEL.min(n - p * PANEL);
-                        if source.bf16_row(0).is_some() {
-                            // Rows of bf16 bytes: widen a row, scale it, round it.
-                            let mut row = vec![0f32; k];
-                            for c in 0..cols {
-                                let bytes = source.bf16_row(p * PANEL + c).unwrap_or_default();
-                                for (x, b) in row.iter_mut().zip(bytes.chunks_exact(2)) {
-                                    *x = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-                                }
-                                let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-                                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-                                scales[c] = s;
-                                for (kk, x) in row.iter().enumerate() {
-                                    panel[at(kk, c)] = quantize(x / s);
-                                }
-                            }
-                            return;
-                        }
-                        let mut max = [0f32; PANEL];
-                        for kk in 0..k {
-                            for c in 0..cols {
-                                max[c] = max[c].max(source.get(p * PANEL + c, kk).abs());
-                            }
-                        }
+                        // Each output's row as f32 (one pass over its bytes), its scale and
+                        // values in vector code, then its pairs of k into the panel.
+                        let (mut row, mut qrow) = (vec![0f32; k], vec![0i8; k]);
                         for c in 0..cols {
-                            scales[c] = if max[c] > 0.0 { max[c] / 127.0 } else { 1.0 };
-                        }
-                        for kk in 0..k {
-                            for c in 0..cols {
-                                panel[at(kk, c)] = quantize(source.get(p * PANEL + c, kk) / scales[c]);
+                            source.row_f32(p * PANEL + c, &mut row);
+                            scales[c] = quantize_row(&row, &mut qrow);
+                            for (t, pair) in qrow.chunks(2).enumerate() {
+                                let dst = &mut panel[(t * PANEL + c) * 2..][..2];
+                                dst[0] = pair[0];
+                                dst[1] = pair.get(1).copied().unwrap_or(0);
                             }
                         }
                     },
@@ -258,5 +239,27 @@ impl PackedWeight {
                 _ => unreachable!("bf16 rows are read above"),
             };
         }
+    }
+}
+
+crate::wide_fn! {
+    /// One output's int8 row: the scale `max |row| / 127` (1 for an all-zero row) and
+    /// `dst[i] = quantize(row[i] / scale)`, returned and written in vector code (the running
+    /// max in 16 lanes).
+    fn quantize_row(row: &[f32], dst: &mut [i8]) -> f32 {
+        let mut acc = [0f32; 16];
+        let chunks = row.chunks_exact(16);
+        let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] = acc[l].max(c[l].abs());
+            }
+        }
+        let max = acc.iter().fold(tail, |m, v| m.max(*v));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        for (d, &x) in dst.iter_mut().zip(row) {
+            *d = quantize(x / s);
+        }
+        s
     }
 }
