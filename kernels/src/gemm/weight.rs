@@ -12,28 +12,25 @@ impl PackedWeight {
         let kp2 = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
         let panel_len = kp2 * PANEL * 2;
-        let at = |kk: usize, c: usize| ((kk / 2) * PANEL + c) * 2 + kk % 2;
         let values = match format {
             WeightFormat::Bf16 => {
                 let mut v = vec![0u16; panels * panel_len];
                 v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-                    let cols = PANEL.min(n - p * PANEL);
-                    if source.bf16_row(0).is_some() {
-                        // Rows of bf16 bytes: pair t of row c is 4 bytes at 4t.
-                        for c in 0..cols {
-                            let row = source.bf16_row(p * PANEL + c).unwrap_or_default();
-                            for (t, pair) in row.chunks(4).enumerate() {
-                                let dst = &mut panel[(t * PANEL + c) * 2..][..2];
-                                dst[0] = u16::from_le_bytes([pair[0], pair[1]]);
-                                dst[1] = pair.get(2..4).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                    // Each output's row as bf16 bits (in place for bf16 bytes; else read as
+                    // f32 in one pass and rounded in vector code), then into the panel.
+                    let (mut row, mut bits) = (vec![0f32; k], Vec::with_capacity(k));
+                    for c in 0..PANEL.min(n - p * PANEL) {
+                        bits.clear();
+                        match source.bf16_row(p * PANEL + c) {
+                            Some(bytes) => {
+                                bits.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])))
+                            }
+                            None => {
+                                source.row_f32(p * PANEL + c, &mut row);
+                                bits.extend(crate::convert::to_bf16(&row).iter().map(|v| v.to_bits()));
                             }
                         }
-                        return;
-                    }
-                    for kk in 0..k {
-                        for c in 0..cols {
-                            panel[at(kk, c)] = source.bf16_bits(p * PANEL + c, kk);
-                        }
+                        into_panel(panel, c, &bits);
                     }
                 });
                 Values::Bf16(v)
@@ -50,11 +47,7 @@ impl PackedWeight {
                         for c in 0..cols {
                             source.row_f32(p * PANEL + c, &mut row);
                             scales[c] = quantize_row(&row, &mut qrow);
-                            for (t, pair) in qrow.chunks(2).enumerate() {
-                                let dst = &mut panel[(t * PANEL + c) * 2..][..2];
-                                dst[0] = pair[0];
-                                dst[1] = pair.get(1).copied().unwrap_or(0);
-                            }
+                            into_panel(panel, c, &qrow);
                         }
                     },
                 );
@@ -261,5 +254,15 @@ crate::wide_fn! {
             *d = quantize(x / s);
         }
         s
+    }
+}
+
+/// Output `c`'s row (`k` values) into its panel: pair `t` of k at `(t * 16 + c) * 2`, an odd
+/// k's last pair completed by a zero.
+fn into_panel<T: Copy + Default>(panel: &mut [T], c: usize, row: &[T]) {
+    for (t, pair) in row.chunks(2).enumerate() {
+        let dst = &mut panel[(t * PANEL + c) * 2..][..2];
+        dst[0] = pair[0];
+        dst[1] = pair.get(1).copied().unwrap_or_default();
     }
 }
