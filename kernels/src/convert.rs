@@ -59,30 +59,37 @@ pub(crate) fn round_into(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
     round_run(src, dst);
 }
 
-/// A new vector of `n` elements, each written by `fill(start, chunk)` over disjoint chunks
-/// (on the pool when `n` is large). Every element is written before the length is set.
-fn filled<T: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+/// A new vector of `n` elements written by `fill(i, chunk)` over its chunks of `chunk`
+/// elements (`i`: the chunk's index), on the pool when `n` is large. `fill` must write every
+/// element of its chunk: the length is set once all have run.
+pub(crate) fn filled<T: Send>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
     let spare = &mut out.spare_capacity_mut()[..n];
+    let chunk = chunk.max(1);
     if n <= crate::host_ops::INLINE {
-        fill(0, spare);
+        spare.chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i, c));
     } else {
-        spare.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| fill(i * CHUNK, c));
+        spare.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i, c));
     }
-    // SAFETY: the chunks cover `0..n` and `fill` writes each element of its chunk (the
-    // conversions below write `min(src, dst)` elements and their chunks are `src`'s length).
+    // SAFETY: the chunks cover `0..n` and `fill` writes each element of its chunk (its
+    // contract; the conversions below write `min(src, dst)` elements with `src` as long as the
+    // chunk, and the bf16 products' layouts write every row and padding element).
     unsafe { out.set_len(n) };
     out
 }
 
 /// `src` rounded to bf16 (as `half::bf16::from_f32`), on every core for large slices.
 pub fn to_bf16(src: &[f32]) -> Vec<bf16> {
-    filled(src.len(), |at, dst| round_run(&src[at..at + dst.len()], dst))
+    filled(src.len(), CHUNK, |i, dst| round_run(&src[i * CHUNK..i * CHUNK + dst.len()], dst))
 }
 
 /// `src` widened to f32 (as `half::bf16::to_f32`), on every core for large slices.
 pub fn to_f32(src: &[bf16]) -> Vec<f32> {
-    filled(src.len(), |at, dst| widen_run(&src[at..at + dst.len()], dst))
+    filled(src.len(), CHUNK, |i, dst| widen_run(&src[i * CHUNK..i * CHUNK + dst.len()], dst))
 }
 
 /// Elements of the f32 working copy a chunk of [`through_f32`] gets (rows kept whole): small

@@ -1,7 +1,8 @@
 //! Host kernels on f32 slices for the elementwise chains that Burn's CPU backends run as many
 //! one-core passes: softmax over the last axis, `x * sigmoid(x * g(x))` (tanh-GELU and
-//! quick-GELU) and LayerNorm, each with its backward pass. [`crate::fused`] calls them for f32
-//! tensors on Flex and ndarray, in inference and (through its autodiff implementation) in
+//! quick-GELU) and LayerNorm, each with its backward pass, and a bias's gradient (the sums of
+//! rows). [`crate::fused`] calls them for f32 tensors on Flex and ndarray, and for bf16 tensors
+//! on Flex through f32 chunks, in inference and (through its autodiff implementation) in
 //! training; other backends and dtypes compose the same functions from tensor operations.
 //!
 //! Measured on a SigLIP-B/16 batch-8 forward (`cargo bench --bench ops`): Flex's softmax of

@@ -157,7 +157,9 @@ impl FusedOps for Flex {
 
     fn sum_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let n = x.shape()[x.shape().num_dims() - 1];
-        let sums = if let Some(v) = bf16s(&x) {
+        let sums = if n == 0 {
+            Vec::new()
+        } else if let Some(v) = bf16s(&x) {
             crate::convert::sum_through_f32(&v, n, |c| host_ops::column_sums(c, n))
         } else if let Some(v) = read(&x) {
             host_ops::column_sums(&v, n)

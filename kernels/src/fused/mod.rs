@@ -1,13 +1,16 @@
 //! Fused operations with their own backward pass, as a Burn backend extension: softmax over the
 //! last axis (with a scale folded in), `x * sigmoid(x * (a + b x^2))` (tanh-GELU, quick-GELU),
-//! LayerNorm, the matrix product, the f32 <-> bf16 cast, and AdamW's update (`zoo_nn::train::optim::AdamW`).
+//! LayerNorm, the matrix product, a bias added to rows (its gradient one parallel row sum), the
+//! f32 <-> bf16 cast, and AdamW's update (`zoo_nn::train::optim::AdamW`).
 //!
 //! Each is one operation in the autodiff graph whose backward pass is one more: Burn's autodiff
 //! otherwise records the 5-10 primitive ops each of these chains is made of (LayerNorm's mean,
 //! subtraction, square, mean, sqrt, division, scale and shift) and replays each backward with
 //! its own pass and buffer, on one core for Flex's elementwise ops. On Flex, f32 tensors go to
-//! the host kernels of [`crate::host_ops`] and [`crate::matmul_f32`] (read in
-//! place, results in fresh f32 buffers); ndarray, other dtypes and the CUDA backend compose the
+//! the host kernels of [`crate::host_ops`] and [`crate::matmul_f32`] (read in place, results in
+//! fresh f32 buffers), and bf16 tensors (`--precision bf16` training) to the same host kernels
+//! through f32 chunks in cache ([`crate::convert::through_f32`]) and their products to the AMX
+//! tiles ([`crate::gemm::matmul_bf16`]); ndarray, other dtypes and the CUDA backend compose the
 //! same functions from tensor operations ([`composed`]), forward and backward. The elementwise
 //! backward passes keep only the inputs (checkpointed like Burn's own memory-bound ops, so
 //! gradient checkpointing recomputes them) and recompute what they need; the product keeps its

@@ -167,3 +167,45 @@ fn fused_matmul_and_gradients_equal_burns() {
         }
     }
 }
+
+/// The fused cast equals Burn's both ways between f32 and bf16, forward and backward (the
+/// gradient cast back to the input's dtype), contiguous and transposed, on the pool path; the
+/// same dtype is the tensor itself; the bias add's gradient on the pool path is the row sums.
+#[test]
+fn fused_cast_and_bias_gradients_equal_burns() {
+    for (base, ndarray) in cpu_devices() {
+        if ndarray {
+            continue; // f32 only
+        }
+        let device = base.clone().autodiff();
+        let (rows, cols) = (300, 257); // > 64K elements: the parallel paths
+        for (from, to) in [(DType::F32, DType::BF16), (DType::BF16, DType::F32)] {
+            for transposed in [false, true] {
+                let run = |fused: bool| {
+                    let x =
+                        tensor_from(&data(rows * cols, 7), [rows, cols], &device).cast(from).require_grad();
+                    let v = if transposed { x.clone().transpose() } else { x.clone() };
+                    let y = if fused { cast(v, to) } else { v.cast(to) };
+                    assert_eq!(y.dtype(), to);
+                    let w = tensor_from(&data(rows * cols, 3), y.dims(), &device).cast(to);
+                    let grads = (y.clone() * w).sum().backward();
+                    let g = x.grad(&grads).expect("a gradient for x");
+                    assert_eq!(g.dtype(), from);
+                    (to_vec(y), to_vec(g))
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.0, want.0, "{from:?} -> {to:?} transposed {transposed}: output");
+                assert_slices_close(&got.1, &want.1, 1e-2, &format!("{from:?} -> {to:?}: gradient"));
+            }
+        }
+        let x = tensor_from(&data(4, 1), [2, 2], &base);
+        assert_eq!(to_vec(cast(x.clone(), DType::F32)), to_vec(x));
+        // The bias gradient of a large input (rows split over the cores).
+        let x = tensor_from(&data(rows * cols, 5), [3, rows / 3, cols], &device).require_grad();
+        let b = tensor_from(&data(cols, 9), [cols], &device).require_grad();
+        let w = tensor_from(&data(rows * cols, 13), [3, rows / 3, cols], &device);
+        let grads = (bias_add(x, b.clone()) * w.clone()).sum().backward();
+        let want = to_vec(w.reshape([rows, cols]).sum_dim(0));
+        assert_slices_close(&to_vec(b.grad(&grads).expect("a bias gradient")), &want, 1e-4, "bias gradient");
+    }
+}

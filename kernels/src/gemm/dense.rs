@@ -9,7 +9,7 @@
 
 use super::{Kernel, kernel::available};
 #[cfg(target_arch = "x86_64")]
-use super::{PANEL, amx, x86};
+use super::{PANEL, SyncPtr, amx, x86};
 use crate::matmul_f32::Strided;
 use half::bf16;
 #[cfg(target_arch = "x86_64")]
@@ -32,14 +32,19 @@ pub fn matmul_bf16_available() -> bool {
 
 /// What [`matmul_bf16`] stores its f32 sums as: f32, or bf16 rounded as `half::bf16::from_f32`
 /// rounds (what a bf16 tensor's product gives, without an f32 buffer and a pass after).
-pub trait DenseOut: Copy + Send + Sync + 'static {
+///
+/// # Safety
+/// `store` writes every `dst[i]` for `i < src.len()`: the product's output is handed out as
+/// initialised once the stores are done.
+pub unsafe trait DenseOut: Copy + Send + Sync + 'static {
     /// Zero.
     const ZERO: Self;
-    /// `dst[i] = src[i]` in this type (`dst` at least as long as `src`).
+    /// `dst[i] = src[i]` in this type for every `i < src.len()` (`dst` at least as long).
     fn store(src: &[f32], dst: &mut [MaybeUninit<Self>]);
 }
 
-impl DenseOut for f32 {
+// SAFETY: each element of `src` is written (`dst` is asserted long enough by the callers).
+unsafe impl DenseOut for f32 {
     const ZERO: Self = 0.0;
     fn store(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
         for (d, s) in dst.iter_mut().zip(src) {
@@ -48,7 +53,8 @@ impl DenseOut for f32 {
     }
 }
 
-impl DenseOut for bf16 {
+// SAFETY: `round_into` writes `src.len()` elements (it asserts `dst` is long enough).
+unsafe impl DenseOut for bf16 {
     const ZERO: Self = bf16::ZERO;
     fn store(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
         crate::convert::round_into(src, dst);
@@ -83,35 +89,19 @@ pub fn matmul_bf16<T: DenseOut>(
     if len == 0 || k == 0 {
         return Some(vec![T::ZERO; len]);
     }
-    let mut out: Vec<T> = Vec::with_capacity(len);
     #[cfg(target_arch = "x86_64")]
-    for (b, out) in out.spare_capacity_mut()[..len].chunks_mut(m * n).enumerate() {
-        product(b, m, k, n, &lhs, &rhs, out);
+    {
+        let mut out: Vec<T> = Vec::with_capacity(len);
+        for (b, out) in out.spare_capacity_mut()[..len].chunks_mut(m * n).enumerate() {
+            product(b, m, k, n, &lhs, &rhs, out);
+        }
+        // SAFETY: `product` wrote every element of each matrix (its tasks' blocks cover all
+        // `m` rows and `n` columns, each stored whole by `DenseOut::store`).
+        unsafe { out.set_len(len) };
+        Some(out)
     }
-    // SAFETY: `product` wrote every element of each matrix (its tasks' blocks cover all `m`
-    // rows and `n` columns); there is no other target with AMX.
-    unsafe { out.set_len(len) };
-    Some(out)
-}
-
-/// A `*mut` that tasks share, each writing its own elements.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: the tasks that share one write disjoint elements (see each use).
-#[cfg(target_arch = "x86_64")]
-unsafe impl<T> Send for Shared<T> {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl<T> Sync for Shared<T> {}
-
-/// A vector of `len` u16 whose elements `fill` writes, in chunks of `chunk` on the pool.
-#[cfg(target_arch = "x86_64")]
-fn laid_out(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<u16>]) + Sync) -> Vec<u16> {
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i, c));
-    // SAFETY: each `fill` below writes every element of its chunk.
-    unsafe { v.set_len(len) };
-    v
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AMX is x86-64 only: `matmul_bf16_available` is false elsewhere")
 }
 
 /// `dst[..]` as u16 pointer (the layouts write through the vector kernels).
@@ -139,7 +129,7 @@ fn product<T: DenseOut>(
     let vector = crate::wide::level() == 2;
     let lhs_at = lhs.offset(b);
     let (rs, cs, data) = (lhs.row_stride, lhs.col_stride, lhs.data);
-    let a = laid_out(mp * lda, lda * amx::ROWS, |blk, rows| {
+    let a = crate::convert::filled(mp * lda, lda * amx::ROWS, |blk, rows| {
         let src = data.as_ptr() as *const u16;
         let r0 = blk * amx::ROWS;
         let n_rows = amx::ROWS.min(m.saturating_sub(r0));
@@ -178,7 +168,7 @@ fn product<T: DenseOut>(
     let panel_len = kp * PANEL;
     let rhs_at = rhs.offset(b);
     let (rs, cs, data) = (rhs.row_stride, rhs.col_stride, rhs.data);
-    let w = laid_out(panels * panel_len, panel_len, |p, panel| {
+    let w = crate::convert::filled(panels * panel_len, panel_len, |p, panel| {
         let src = data.as_ptr() as *const u16;
         let cols = PANEL.min(n.saturating_sub(p * PANEL));
         let dst = raw(panel);
@@ -201,7 +191,7 @@ fn product<T: DenseOut>(
     });
     let pairs = panels / 2;
     let row_blocks = mp / amx::ROWS;
-    let out_ptr = Shared(out.as_mut_ptr());
+    let out_ptr = SyncPtr(out.as_mut_ptr());
     let (a, w) = (&a[..], &w[..]);
     (0..row_blocks * pairs).into_par_iter().for_each(|task| {
         let (rb, pp) = (task / pairs, task % pairs);

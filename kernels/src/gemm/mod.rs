@@ -50,11 +50,16 @@ pub use product::Epilogue;
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
 /// An output pointer handed to rayon tasks that each write their own disjoint block of it.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+struct SyncPtr<T = f32>(*mut T);
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 // SAFETY: only used to give tasks disjoint output blocks (each use says which).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// `v` rounded half to even and clamped to [-127, 127], for |v| <= 127.5 as quantisation
 /// makes it: adding and subtracting 1.5 * 2^23 rounds in the FPU's default mode (nearest even)
@@ -66,6 +71,21 @@ unsafe impl Sync for SyncPtr {}
 #[inline(always)]
 fn quantize(v: f32) -> i8 {
     to_int(v.clamp(-127.0, 127.0)) as i8
+}
+
+/// `max |x|` (0 for an empty slice; NaNs skipped) in 16 lanes, so that the loops that inline it
+/// vectorise (a running `max` is a serial chain the compiler may not reorder).
+#[inline(always)]
+fn max_abs(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = acc[l].max(c[l].abs());
+        }
+    }
+    acc.iter().fold(tail, |m, v| m.max(*v))
 }
 
 /// `v` (finite, |v| < 2^22, or NaN) rounded to the nearest integer (ties to even), NaN as 0, in

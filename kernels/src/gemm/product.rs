@@ -9,8 +9,9 @@ use rayon::prelude::*;
 
 /// What a product does to each output besides computing it: `act(v + bias[column])`. On AMX
 /// the bias is added in the store of each block, while the block is in cache, and the
-/// activation runs in a parallel pass after the product (in the store it took 1.5x as long);
-/// the other kernels apply both in that pass.
+/// activation over each task's block once its tiles are done (still in L2; in the store,
+/// between tile products, it took 1.5x as long); the other kernels apply both in a parallel
+/// pass after the product.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Added to each row: one value per output column.
@@ -655,15 +656,7 @@ crate::wide_fn! {
     /// is a libm call, ~30 us a decode product of k = 3072.
     #[cfg(target_arch = "x86_64")]
     fn quantize_i16(src: &[f32], dst: &mut [i16]) -> f32 {
-        let mut acc = [0f32; 16];
-        let chunks = src.chunks_exact(16);
-        let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
-        for c in chunks {
-            for l in 0..16 {
-                acc[l] = acc[l].max(c[l].abs());
-            }
-        }
-        let max = acc.iter().fold(tail, |m, v| m.max(*v));
+        let max = super::max_abs(src);
         let s = if max > 0.0 && max.is_finite() { max / 32767.0 } else { 1.0 };
         for (d, &v) in dst.iter_mut().zip(src) {
             *d = super::to_int((v / s).clamp(-32767.0, 32767.0)) as i16;

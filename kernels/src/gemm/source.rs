@@ -1,7 +1,6 @@
 //! What a weight is packed from: an f32/bf16 slice ([`Matrix`]) or a checkpoint's bytes read in
 //! place ([`RawMatrix`]).
 
-use half::bf16;
 use rayon::prelude::*;
 
 /// Where element `(row, col)` of the source matrix is, as f32.
@@ -9,21 +8,19 @@ pub trait Source: Sync {
     /// `W[row, col]`.
     fn get(&self, row: usize, col: usize) -> f32;
 
-    /// `W[row, col]` rounded to bf16 (nearest even), as bits.
-    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
-        bf16::from_f32(self.get(row, col)).to_bits()
-    }
-
     /// Row `row` as little-endian bf16 bytes, when the source stores it so (the fast path).
     fn bf16_row(&self, _row: usize) -> Option<&[u8]> {
         None
     }
 
-    /// Row `row` (`out.len()` columns) as f32 into `out`; sources stored by rows override it
-    /// with one pass over the row's bytes.
-    fn row_f32(&self, row: usize, out: &mut [f32]) {
-        for (col, x) in out.iter_mut().enumerate() {
-            *x = self.get(row, col);
+    /// Rows `first..` (`out.len() / k` of them, `k` columns each) as f32 into `out`, row after
+    /// row. Sources stored by rows read each row's bytes in one pass; a transposed matrix reads
+    /// each column's run of these rows (contiguous) in turn.
+    fn rows_f32(&self, first: usize, k: usize, out: &mut [f32]) {
+        for (i, row) in out.chunks_mut(k.max(1)).enumerate() {
+            for (col, x) in row.iter_mut().enumerate() {
+                *x = self.get(first + i, col);
+            }
         }
     }
 }
@@ -62,6 +59,25 @@ impl<T: Copy + Sync + Into<f32>> Source for Matrix<'_, T> {
     fn get(&self, row: usize, col: usize) -> f32 {
         let i = if self.transposed { col * self.cols + row } else { row * self.cols + col };
         self.data[i].into()
+    }
+
+    fn rows_f32(&self, first: usize, k: usize, out: &mut [f32]) {
+        let rows = out.len() / k.max(1);
+        if self.transposed {
+            // `W^T[k, n]`: column `kk` of these rows is `rows` contiguous values.
+            for kk in 0..k {
+                let run = &self.data[kk * self.cols + first..][..rows];
+                for (i, v) in run.iter().enumerate() {
+                    out[i * k + kk] = (*v).into();
+                }
+            }
+        } else {
+            for (i, row) in out.chunks_mut(k.max(1)).enumerate() {
+                for (x, v) in row.iter_mut().zip(&self.data[(first + i) * self.cols..][..k]) {
+                    *x = (*v).into();
+                }
+            }
+        }
     }
 }
 
@@ -143,27 +159,21 @@ impl Source for RawMatrix<'_> {
         }
     }
 
-    #[inline]
-    fn bf16_bits(&self, row: usize, col: usize) -> u16 {
-        match self.dtype {
-            RawDtype::Bf16 => self.bits16(row * self.cols + col),
-            _ => bf16::from_f32(self.get(row, col)).to_bits(),
-        }
-    }
-
     fn bf16_row(&self, row: usize) -> Option<&[u8]> {
         (self.dtype == RawDtype::Bf16).then(|| &self.bytes[row * self.cols * 2..(row + 1) * self.cols * 2])
     }
 
-    fn row_f32(&self, row: usize, out: &mut [f32]) {
+    fn rows_f32(&self, first: usize, k: usize, out: &mut [f32]) {
         let size = self.dtype.size();
-        let bytes = &self.bytes[row * self.cols * size..][..out.len() * size];
-        match self.dtype {
-            RawDtype::F32 => f32_from_bytes(bytes, out),
-            RawDtype::Bf16 => f32_from_bf16_bytes(bytes, out),
-            RawDtype::F16 => {
-                for (x, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *x = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        for (i, out) in out.chunks_mut(k.max(1)).enumerate() {
+            let bytes = &self.bytes[(first + i) * self.cols * size..][..out.len() * size];
+            match self.dtype {
+                RawDtype::F32 => f32_from_bytes(bytes, out),
+                RawDtype::Bf16 => f32_from_bf16_bytes(bytes, out),
+                RawDtype::F16 => {
+                    for (x, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                        *x = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                    }
                 }
             }
         }

@@ -105,16 +105,18 @@ fn bf16_rows_in_place_equal_packed_panels() {
     }
 }
 
-/// The magic-number rounding equals `round_ties_even` then clamp, ties included.
+/// The magic-number rounding equals `round_ties_even` then clamp, ties included; NaN gives 0.
 #[test]
 fn quantize_rounds_half_to_even() {
     let mut v = -130.0f32;
     while v <= 130.0 {
         for x in [v, v + 0.5, v - 1e-4, v + 1e-4] {
             assert_eq!(quantize(x), x.round_ties_even().clamp(-127.0, 127.0) as i8, "{x}");
+            assert_eq!(to_int(x * 200.0), (x * 200.0).round_ties_even() as i32, "{x}");
         }
         v += 0.25;
     }
+    assert_eq!((quantize(f32::NAN), to_int(f32::NAN)), (0, 0));
 }
 
 #[test]
@@ -329,5 +331,84 @@ fn chunked_reductions_equal_the_scalar_reference() {
         packed.matmul_with(Kernel::Amx, &a, m, &mut got);
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-4 * (k as f32).sqrt(), "{packed:?}: {worst}");
+    }
+}
+
+/// The AVX-512 layouts of the bf16 products equal their scalar definitions on edge shapes:
+/// k below and not a multiple of 16, odd k, fewer than 16 columns, odd row counts; nothing
+/// past the written extent is touched.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_layouts_equal_their_definitions() {
+    if crate::wide::level() < 2 {
+        return;
+    }
+    let val = |i: usize| (i as u16).wrapping_mul(40_503) | 1;
+    for (rows, k, cols) in [(1, 1, 1), (3, 5, 16), (32, 17, 7), (31, 33, 16), (2, 48, 15)] {
+        // rows_from_columns: dst[i * ld + c] = src[c * cs + i].
+        let (cs, ld) = (rows + 3, k + 5);
+        let src: Vec<u16> = (0..k * cs).map(val).collect();
+        let mut dst = vec![0xEEEEu16; rows * ld];
+        // SAFETY: level 2 has AVX512F/BW/VL; `src` holds k rows of `cs >= rows`.
+        unsafe { x86::rows_from_columns(src.as_ptr(), cs, rows, k, dst.as_mut_ptr(), ld) };
+        for i in 0..rows {
+            for c in 0..ld {
+                let want = if c < k { src[c * cs + i] } else { 0xEEEE };
+                assert_eq!(dst[i * ld + c], want, "rows_from_columns {rows}x{k}: ({i}, {c})");
+            }
+        }
+        // panel_from_rows / panel_from_columns: dst[(t * 16 + c) * 2 + e] = W[2t + e][c], zeros
+        // past k and cols; one pair more than k needs, and a guard after.
+        let pairs = k.div_ceil(2) + 1;
+        let want = |w: &dyn Fn(usize, usize) -> u16| -> Vec<u16> {
+            let mut v: Vec<u16> = (0..pairs * 32)
+                .map(|i| {
+                    let (t, c, e) = (i / 32, (i / 2) % 16, i % 2);
+                    if c < cols && 2 * t + e < k { w(2 * t + e, c) } else { 0 }
+                })
+                .collect();
+            v.push(0xEEEE);
+            v
+        };
+        let rs = cols + 2;
+        let by_rows: Vec<u16> = (0..k * rs).map(val).collect();
+        let mut got = vec![0xEEEEu16; pairs * 32 + 1];
+        // SAFETY: as above; `by_rows` holds k rows of `rs >= cols`.
+        unsafe { x86::panel_from_rows(by_rows.as_ptr(), rs, cols, k, got.as_mut_ptr(), pairs) };
+        assert_eq!(got, want(&|r, c| by_rows[r * rs + c]), "panel_from_rows {k}x{cols}");
+        let cs = k + 3;
+        let by_cols: Vec<u16> = (0..cols * cs).map(val).collect();
+        let mut got = vec![0xEEEEu16; pairs * 32 + 1];
+        // SAFETY: as above; `by_cols` holds `cols` columns of `cs >= k`.
+        unsafe { x86::panel_from_columns(by_cols.as_ptr(), cs, cols, k, got.as_mut_ptr(), pairs) };
+        assert_eq!(got, want(&|r, c| by_cols[c * cs + r]), "panel_from_columns {k}x{cols}");
+    }
+}
+
+/// Every source reads its rows as its elements: f32, bf16 and f16 bytes and a transposed
+/// matrix.
+#[test]
+fn sources_read_rows_as_their_elements() {
+    let (n, k) = (5, 7);
+    let w = data(n * k, 11);
+    let t: Vec<f32> = (0..n * k).map(|i| w[(i % n) * k + i / n]).collect(); // W^T [k, n]
+    let f32_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bf16_bytes: Vec<u8> = w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+    let f16_bytes: Vec<u8> = w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    let raw = |bytes: &[u8], dtype| -> Vec<f32> {
+        let m = RawMatrix { bytes, dtype, cols: k };
+        let mut out = vec![0f32; 3 * k];
+        m.rows_f32(1, k, &mut out);
+        assert!(out.iter().enumerate().all(|(i, v)| *v == m.get(1 + i / k, i % k)));
+        out
+    };
+    assert_eq!(raw(&f32_bytes, RawDtype::F32), w[k..4 * k]);
+    raw(&bf16_bytes, RawDtype::Bf16);
+    raw(&f16_bytes, RawDtype::F16);
+    for (src, transposed) in [(&w, false), (&t, true)] {
+        let m = Matrix { data: &src[..], cols: if transposed { n } else { k }, transposed };
+        let mut out = vec![0f32; 3 * k];
+        m.rows_f32(1, k, &mut out);
+        assert_eq!(out, w[k..4 * k], "transposed: {transposed}");
     }
 }

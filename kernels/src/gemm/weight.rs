@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 impl PackedWeight {
     /// Packs `W[n, k]` read through `source` into `format`. Panels are packed in parallel, each
-    /// reading `k` runs of its 16 outputs (contiguous in Burn's transposed Linear layout).
+    /// reading its 16 outputs' rows at once ([`Source::rows_f32`]: `k` runs of 16 in Burn's
+    /// transposed Linear layout) or a checkpoint's bf16 rows in place.
     pub fn pack<S: Source>(source: &S, n: usize, k: usize, format: WeightFormat) -> Self {
         let kp2 = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
@@ -16,18 +17,22 @@ impl PackedWeight {
             WeightFormat::Bf16 => {
                 let mut v = vec![0u16; panels * panel_len];
                 v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-                    // Each output's row as bf16 bits (in place for bf16 bytes; else read as
-                    // f32 in one pass and rounded in vector code), then into the panel.
-                    let (mut row, mut bits) = (vec![0f32; k], Vec::with_capacity(k));
-                    for c in 0..PANEL.min(n - p * PANEL) {
+                    // Each output's row as bf16 bits (in place for bf16 bytes; else the
+                    // panel's rows read as f32 and rounded in vector code), then into the panel.
+                    let cols = PANEL.min(n - p * PANEL);
+                    let bf16_bytes = source.bf16_row(p * PANEL).is_some();
+                    let mut rows = vec![0f32; if bf16_bytes { 0 } else { cols * k }];
+                    source.rows_f32(p * PANEL, k, &mut rows);
+                    let mut bits = Vec::with_capacity(k);
+                    for c in 0..cols {
                         bits.clear();
                         match source.bf16_row(p * PANEL + c) {
                             Some(bytes) => {
                                 bits.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])))
                             }
                             None => {
-                                source.row_f32(p * PANEL + c, &mut row);
-                                bits.extend(crate::convert::to_bf16(&row).iter().map(|v| v.to_bits()));
+                                let row = &rows[c * k..(c + 1) * k];
+                                bits.extend(crate::convert::to_bf16(row).iter().map(|v| v.to_bits()));
                             }
                         }
                         into_panel(panel, c, &bits);
@@ -41,12 +46,12 @@ impl PackedWeight {
                 q.par_chunks_mut(panel_len).zip(scale.par_chunks_mut(PANEL)).enumerate().for_each(
                     |(p, (panel, scales))| {
                         let cols = PANEL.min(n - p * PANEL);
-                        // Each output's row as f32 (one pass over its bytes), its scale and
-                        // values in vector code, then its pairs of k into the panel.
-                        let (mut row, mut qrow) = (vec![0f32; k], vec![0i8; k]);
+                        // The panel's rows as f32 (one pass over their bytes), each output's
+                        // scale and values in vector code, then its pairs of k into the panel.
+                        let (mut rows, mut qrow) = (vec![0f32; cols * k], vec![0i8; k]);
+                        source.rows_f32(p * PANEL, k, &mut rows);
                         for c in 0..cols {
-                            source.row_f32(p * PANEL + c, &mut row);
-                            scales[c] = quantize_row(&row, &mut qrow);
+                            scales[c] = quantize_row(&rows[c * k..(c + 1) * k], &mut qrow);
                             into_panel(panel, c, &qrow);
                         }
                     },
@@ -240,15 +245,7 @@ crate::wide_fn! {
     /// `dst[i] = quantize(row[i] / scale)`, returned and written in vector code (the running
     /// max in 16 lanes).
     fn quantize_row(row: &[f32], dst: &mut [i8]) -> f32 {
-        let mut acc = [0f32; 16];
-        let chunks = row.chunks_exact(16);
-        let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
-        for c in chunks {
-            for l in 0..16 {
-                acc[l] = acc[l].max(c[l].abs());
-            }
-        }
-        let max = acc.iter().fold(tail, |m, v| m.max(*v));
+        let max = super::max_abs(row);
         let s = if max > 0.0 { max / 127.0 } else { 1.0 };
         for (d, &x) in dst.iter_mut().zip(row) {
             *d = quantize(x / s);

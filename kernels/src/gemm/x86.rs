@@ -68,7 +68,7 @@ macro_rules! dp_tile {
                 let mut acc = [[[_mm512_setzero_ps(); P]; R]; 2];
                 for t in 0..kp2 {
                     for j in 0..P {
-                        if R <= 2 {
+                        if R <= 2 && (size_of::<$wt>() == 2 || t % 2 == 0) {
                             let ahead =
                                 w.wrapping_add(j * panel_len + t * 32 + DECODE_AHEAD / size_of::<$wt>());
                             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
@@ -113,9 +113,9 @@ macro_rules! fma_tile {
                     let mut we = [_mm512_setzero_ps(); P];
                     let mut wo = [_mm512_setzero_ps(); P];
                     for j in 0..P {
-                        // Decode: as in `vnni_tile`, the line `DECODE_AHEAD` bytes on (64 bytes
-                        // a pair of k here: every pair).
-                        if R <= 2 {
+                        // Decode: as in `vnni_tile`, the line `DECODE_AHEAD` bytes on, once per
+                        // 64-byte line (a pair of k of 16 columns is 64 bytes of bf16, 32 of int8).
+                        if R <= 2 && (size_of::<$wt>() == 2 || t % 2 == 0) {
                             let ahead =
                                 w.wrapping_add(j * panel_len + t * 32 + DECODE_AHEAD / size_of::<$wt>());
                             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
