@@ -3,7 +3,7 @@
 //! The one crate of the workspace with `unsafe` code (every other crate root has
 //! `#![forbid(unsafe_code)]`): SIMD products, raw-pointer output splits, memory maps and the
 //! allocator option live here, each `unsafe` block with its `// SAFETY:` argument, in the modules
-//! that carry `#![allow(unsafe_code)]` (`gemm`, `matmul_f32`, `mmap`, `alloc`); the workspace's
+//! that carry `#![allow(unsafe_code)]` (`gemm`, `matmul_f32`, `mmap`, `alloc`, `convert`); the workspace's
 //! `unsafe_code = "deny"` holds everywhere else in this crate. Also here: the host-side numeric
 //! kernels on f32 slices and the Burn backend extension that routes tensors to them. No layers:
 //! those are zoo-nn's, built on these.
