@@ -67,7 +67,7 @@ impl<M: ImageTextModel> PaliGemmaDecoder<'_, M> {
     }
 }
 
-impl<M: ImageTextModel> Decoder for PaliGemmaDecoder<'_, M> {
+impl<M: ImageTextModel + Sync> Decoder for PaliGemmaDecoder<'_, M> {
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>> {
         let x = self.model.embed_inputs(prompt, Some(&self.image_features), &self.device)?;
         // The whole prompt is the bidirectional prefix; positions are 1-indexed.

@@ -51,7 +51,7 @@ pub struct Generated {
 /// step over one new token per row, both returning the last position's logits `[B, V]` through
 /// [`last_position_logits`] (the vocabulary projection of the last position only: projecting a
 /// 267-token PaliGemma prompt onto 257k tokens to keep one row cost ~1.4e11 multiply-adds).
-pub trait Decoder {
+pub trait Decoder: Sync {
     /// Runs the prompt. `prompt` rows are left-padded to one length; `valid` marks real tokens.
     fn prefill(&self, prompt: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache) -> Result<Tensor<2>>;
     /// Runs one token per row at `positions` (0-indexed counts of real tokens before it);

@@ -156,7 +156,12 @@ impl Running {
         }
         let (padded, valid) = left_pad(prompts, width);
         let mut cache = prefiller.cache(prompts.len(), self.total);
-        let logits = prefiller.prefill(&padded, &valid, &mut cache)?;
+        let logits = match cache.device() {
+            Some(device) => {
+                crate::device::on_cpu_pool(&device, || prefiller.prefill(&padded, &valid, &mut cache))?
+            }
+            None => prefiller.prefill(&padded, &valid, &mut cache)?,
+        };
         self.cache.append_rows(cache)?;
         self.logits = Some(match self.logits.take() {
             Some(l) => Tensor::cat(vec![l, logits], 0),
@@ -242,7 +247,14 @@ impl Running {
         }
         let positions: Vec<i64> = self.rows.iter().map(|r| r.next_pos).collect();
         let valid: Vec<Vec<bool>> = self.rows.iter().map(|r| r.valid.clone()).collect();
-        self.logits = Some(model.step(&tokens, &positions, &valid, &mut self.cache)?);
+        let cache = &mut self.cache;
+        let logits = match cache.device() {
+            Some(device) => {
+                crate::device::on_cpu_pool(&device, || model.step(&tokens, &positions, &valid, cache))?
+            }
+            None => model.step(&tokens, &positions, &valid, cache)?,
+        };
+        self.logits = Some(logits);
         for r in &mut self.rows {
             r.next_pos += 1;
         }

@@ -84,6 +84,11 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The device of its buffers (`None` for a cache of no layers).
+    pub fn device(&self) -> Option<Device> {
+        self.layers.iter().find_map(|l| l.keys.as_ref().map(|k| k.device()))
+    }
+
     /// Preallocates `num_layers` caches of `[batch, kv_heads, max_len, head_dim]`.
     pub fn new(
         num_layers: usize,
