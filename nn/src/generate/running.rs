@@ -156,12 +156,9 @@ impl Running {
         }
         let (padded, valid) = left_pad(prompts, width);
         let mut cache = prefiller.cache(prompts.len(), self.total);
-        let logits = match cache.device() {
-            Some(device) => {
-                crate::device::on_cpu_pool(&device, || prefiller.prefill(&padded, &valid, &mut cache))?
-            }
-            None => prefiller.prefill(&padded, &valid, &mut cache)?,
-        };
+        // Prefill stays on the calling thread: its products are few and large (on the pool it
+        // measured ~5% slower on PaliGemma-3B, where decode steps gain 13-30%).
+        let logits = prefiller.prefill(&padded, &valid, &mut cache)?;
         self.cache.append_rows(cache)?;
         self.logits = Some(match self.logits.take() {
             Some(l) => Tensor::cat(vec![l, logits], 0),
