@@ -92,6 +92,15 @@ pub fn to_f32(src: &[bf16]) -> Vec<f32> {
     filled(src.len(), CHUNK, |i, dst| widen_run(&src[i * CHUNK..i * CHUNK + dst.len()], dst))
 }
 
+/// `a + b` element by element, an empty side standing for zeros: the chunks' partial sums.
+fn add_sums(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    if a.is_empty() {
+        return b;
+    }
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+    a
+}
+
 /// Elements of the f32 working copy a chunk of [`through_f32`] gets (rows kept whole): small
 /// enough to stay in L2 between its widening, its op and its rounding.
 const WORKING: usize = 16 * 1024;
@@ -121,18 +130,11 @@ pub fn through_f32(
         round_run(&y, dst);
         extra
     };
-    let add = |mut a: Vec<f32>, b: Vec<f32>| {
-        if a.is_empty() {
-            return b;
-        }
-        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-        a
-    };
     let spare = &mut out.spare_capacity_mut()[..len];
     let extra = if len <= crate::host_ops::INLINE {
-        spare.chunks_mut(step).enumerate().map(chunk).fold(Vec::new(), add)
+        spare.chunks_mut(step).enumerate().map(chunk).fold(Vec::new(), add_sums)
     } else {
-        spare.par_chunks_mut(step).enumerate().map(chunk).reduce(Vec::new, add)
+        spare.par_chunks_mut(step).enumerate().map(chunk).reduce(Vec::new, add_sums)
     };
     // SAFETY: the chunks cover `0..len` and each was written by `round_run` (its `y` is as
     // long as the chunk, asserted).
@@ -146,17 +148,10 @@ pub fn through_f32(
 pub fn sum_through_f32(x: &[bf16], n: usize, f: impl Fn(&[f32]) -> Vec<f32> + Sync) -> Vec<f32> {
     let step = (WORKING / n.max(1)).max(1) * n.max(1);
     let part = |chunk: &[bf16]| f(&to_f32(chunk));
-    let add = |mut a: Vec<f32>, b: Vec<f32>| {
-        if a.is_empty() {
-            return b;
-        }
-        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-        a
-    };
     if x.len() <= crate::host_ops::INLINE {
-        x.chunks(step).map(part).fold(Vec::new(), add)
+        x.chunks(step).map(part).fold(Vec::new(), add_sums)
     } else {
-        x.par_chunks(step).map(part).reduce(Vec::new, add)
+        x.par_chunks(step).map(part).reduce(Vec::new, add_sums)
     }
 }
 

@@ -244,13 +244,9 @@ impl Running {
         }
         let positions: Vec<i64> = self.rows.iter().map(|r| r.next_pos).collect();
         let valid: Vec<Vec<bool>> = self.rows.iter().map(|r| r.valid.clone()).collect();
-        let cache = &mut self.cache;
-        let logits = match cache.device() {
-            Some(device) => {
-                crate::device::on_cpu_pool(&device, || model.step(&tokens, &positions, &valid, cache))?
-            }
-            None => model.step(&tokens, &positions, &valid, cache)?,
-        };
+        let (device, cache) = (self.cache.device(), &mut self.cache);
+        let logits =
+            crate::device::on_cpu_pool(device.as_ref(), || model.step(&tokens, &positions, &valid, cache))?;
         self.logits = Some(logits);
         for r in &mut self.rows {
             r.next_pos += 1;
