@@ -77,7 +77,10 @@ fn main() {
         ("siglip-b16 out_proj, batch 8", 8 * 196, 768, 768),
     ];
     // `cargo bench --bench gemm -- prefill`: only the rows whose name contains "prefill".
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    // A second word keeps only the kernels whose name contains it (`-- fc1 Amx`).
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filter = words.first().cloned().unwrap_or_default();
+    let only = words.get(1).cloned().unwrap_or_default();
     for (what, m, n, k) in shapes.into_iter().filter(|s| s.0.contains(filter.as_str())) {
         let w: Vec<f32> =
             (0..n * k).into_par_iter().map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
@@ -89,6 +92,9 @@ fn main() {
             for &kernel in Kernel::available() {
                 if kernel == Kernel::Portable || (kernel == Kernel::Avx2 && m > 1) {
                     continue; // minutes; the AVX2 loop is timed on decode.
+                }
+                if !format!("{kernel:?}").contains(only.as_str()) {
+                    continue;
                 }
                 let s = time(|| packed.matmul_with(kernel, &a, m, &mut out));
                 let bound = packed.bytes() as f64 / bandwidth;
@@ -116,7 +122,7 @@ fn main() {
         );
         drop(rows);
         drop(w);
-        if n * k > 100_000_000 {
+        if n * k > 100_000_000 || !only.is_empty() {
             continue; // Flex would widen 0.5 G weights per call: minutes.
         }
         let device = zoo_nn::device::flex_device().expect("flex");

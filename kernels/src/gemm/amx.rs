@@ -154,6 +154,29 @@ pub unsafe fn store_to(out: *mut f32) {
     }
 }
 
+/// Stores the accumulators straight into 32 rows of 32 f32 at `out`, rows `ldc` f32 apart
+/// (a block of a product's output).
+///
+/// # Safety
+/// [`configure`] ran on this thread; `out` is valid for those writes.
+pub unsafe fn store_rows(out: *mut f32, ldc: usize) {
+    // SAFETY: four 16 x 16 f32 tiles into the four quarters of the block, `ldc` f32 a row.
+    unsafe {
+        asm!(
+            "tilestored [{o0} + {s}*1], tmm0",
+            "tilestored [{o1} + {s}*1], tmm1",
+            "tilestored [{o2} + {s}*1], tmm2",
+            "tilestored [{o3} + {s}*1], tmm3",
+            o0 = in(reg) out,
+            o1 = in(reg) out.add(16),
+            o2 = in(reg) out.add(16 * ldc),
+            o3 = in(reg) out.add(16 * ldc + 16),
+            s = in(reg) ldc * 4,
+            options(nostack),
+        );
+    }
+}
+
 /// Loads the accumulators from `c` (as [`store`] left them), to go on accumulating.
 ///
 /// # Safety

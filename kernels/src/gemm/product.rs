@@ -37,8 +37,7 @@ crate::wide_fn! {
         }
         if let Some((a, b)) = x_sigmoid {
             for d in dst.iter_mut() {
-                let x = *d;
-                *d = x / (1.0 + crate::host_ops::exp(-x * (a + b * x * x)));
+                *d = crate::host_ops::x_sigmoid_one(*d, a, b);
             }
         }
     }
@@ -384,10 +383,7 @@ impl PackedWeight {
     /// to 32 and k to 32 with zeros (any weight of this `k` can use them).
     fn amx_activations(&self, a: &[f32], m: usize) -> AmxActivations {
         let k = self.k;
-        let kp16 = self.kp2.next_multiple_of(amx::PAIRS);
-        // Rows 64 bytes more than a multiple of 4 KiB apart: 16 rows a tile would otherwise
-        // fall in one L1 set.
-        let lda = kp16 * 2 + 32;
+        let lda = self.amx_lda();
         let mp = m.next_multiple_of(amx::ROWS);
         // Every element written once (rows, their padding, the padding rows): no zeroing first.
         let mut ab: Vec<u16> = Vec::with_capacity(mp * lda);
@@ -418,7 +414,8 @@ impl PackedWeight {
     /// The product on AMX tiles: weight panels read in place (bf16) or staged per panel pair
     /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
     /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
-    /// Output rows `ldc` apart; `bias` (one per column) added as each block is stored.
+    /// Output rows `ldc` apart; `bias` (one per column) the accumulators' start or added as
+    /// each block is stored.
     fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, epilogue: Epilogue<'_>) {
         let AmxActivations { ab, lda, mp } = rounded;
         let (lda, mp) = (*lda, *mp);
@@ -449,6 +446,13 @@ impl PackedWeight {
                 }
             }
         });
+    }
+
+    /// The row length of this weight's AMX activations: k padded to 32, plus 64 bytes (rows
+    /// 64 bytes more than a multiple of 4 KiB apart: 16 rows a tile would otherwise fall in
+    /// one L1 set).
+    fn amx_lda(&self) -> usize {
+        self.kp2.next_multiple_of(amx::PAIRS) * 2 + 32
     }
 
     /// One AMX task: rows `rows` (multiples of 32 of the padded activations) x panel pairs `pps`.
@@ -484,10 +488,13 @@ impl PackedWeight {
         let block_bytes = starts.len().max(1) * amx::ROWS * 64;
         let kc = if block_bytes * blocks > 2 << 20 { (CHUNK_BYTES / block_bytes).max(16) } else { blocks };
         let chunks = blocks.div_ceil(kc.max(1)).max(1);
-        let mut partial = vec![[0f32; amx::ROWS * 32]; if chunks > 1 { pps.len() * starts.len() } else { 0 }];
+        let mut partial: Vec<Block> = (0..if chunks > 1 { pps.len() * starts.len() } else { 0 })
+            .map(|_| Block([0f32; amx::ROWS * 32]))
+            .collect();
         let mut staged: Vec<u16> = Vec::new();
         let mut tail = vec![0u16; 2 * step];
-        let mut c = [0f32; amx::ROWS * 32];
+        let mut c = Block([0f32; amx::ROWS * 32]);
+        let mut init = Block([0f32; amx::ROWS * 32]);
         // SAFETY: the caller checked AMX is usable.
         unsafe { amx::configure() };
         for chunk in 0..chunks {
@@ -531,15 +538,31 @@ impl PackedWeight {
                         (staged.as_ptr(), staged[second..].as_ptr(), None)
                     }
                 };
+                let cols = (np * PANEL).min(n - p * PANEL);
+                // Unscaled f32 output of whole 32-column blocks: the bias is the accumulators'
+                // start and full row blocks are stored from the tiles straight into the output.
+                let direct = scales.is_none() && cols == 2 * PANEL;
+                let biased = match bias {
+                    Some(bias) if direct => {
+                        for row in init.0.chunks_exact_mut(2 * PANEL) {
+                            row.copy_from_slice(&bias[p * PANEL..p * PANEL + 2 * PANEL]);
+                        }
+                        true
+                    }
+                    _ => false,
+                };
                 for (ri, &r) in starts.iter().enumerate() {
                     let a = ab[r * lda + k0 * 32..].as_ptr();
+                    let live = amx::ROWS.min(m - r);
                     // SAFETY: configured above; `a` has 32 rows of `lda` (padded) from block k0,
                     // the panels the blocks described above and the tail one block.
                     unsafe {
-                        if chunk == 0 {
+                        if chunk == 0 && biased {
+                            amx::load(&init.0);
+                        } else if chunk == 0 {
                             amx::zero();
                         } else {
-                            amx::load(&partial[pi * starts.len() + ri]);
+                            amx::load(&partial[pi * starts.len() + ri].0);
                         }
                         match in_place {
                             Some(blocks) => {
@@ -552,14 +575,21 @@ impl PackedWeight {
                             None => amx::accumulate(a, lda, b0, b1, k1 - k0),
                         }
                         if !last {
-                            amx::store(&mut partial[pi * starts.len() + ri]);
+                            amx::store(&mut partial[pi * starts.len() + ri].0);
                             continue;
                         }
-                        amx::store(&mut c);
+                        if direct && live == amx::ROWS {
+                            // SAFETY: rows r..r + 32, columns p * 16..+32 are this task's
+                            // block of the checked output.
+                            amx::store_rows(out.add(r * ldc + p * PANEL), ldc);
+                            continue;
+                        }
+                        amx::store(&mut c.0);
                     }
-                    let cols = (np * PANEL).min(n - p * PANEL);
-                    for i in 0..amx::ROWS.min(m - r) {
-                        let src = &c[i * 32..i * 32 + cols];
+                    // The bias when it was not the accumulators' start.
+                    let bias = if biased { None } else { bias };
+                    for i in 0..live {
+                        let src = &c.0[i * 32..i * 32 + cols];
                         // SAFETY: row r + i, columns p * 16.. + cols are this task's block of
                         // the checked output, written by no one else.
                         let dst = unsafe {
@@ -629,6 +659,11 @@ impl Out {
         Self { ptr: SyncPtr(unsafe { self.ptr.0.add(at) }), len: self.len - at }
     }
 }
+
+/// One 32 x 32 f32 block of accumulators, aligned to cache lines for the tiles.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+struct Block([f32; amx::ROWS * 32]);
 
 /// Activations rounded for the AMX tiles: `mp` rows (`m` padded to 32) of `lda` bf16.
 #[cfg(target_arch = "x86_64")]
