@@ -75,6 +75,8 @@ fn main() {
         ("siglip-b16 mlp fc2, batch 8", 8 * 196, 768, 3072),
         ("siglip-b16 qkv, batch 8", 8 * 196, 2304, 768),
         ("siglip-b16 out_proj, batch 8", 8 * 196, 768, 768),
+        ("clip-b32 mlp fc1, batch 8", 8 * 50, 3072, 768),
+        ("clip-b32 mlp fc2, batch 8", 8 * 50, 768, 3072),
     ];
     // `cargo bench --bench gemm -- prefill`: only the rows whose name contains "prefill".
     // A second word keeps only the kernels whose name contains it (`-- fc1 Amx`).

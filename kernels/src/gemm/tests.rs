@@ -241,8 +241,8 @@ fn products_side_by_side_equal_each_alone() {
     }
     let weights = [
         PackedWeight::pack(
-            &Matrix { data: &data(40 * k, 21), cols: k, transposed: false },
-            40,
+            &Matrix { data: &data(72 * k, 21), cols: k, transposed: false },
+            72,
             k,
             WeightFormat::Bf16,
         ),
@@ -256,7 +256,9 @@ fn products_side_by_side_equal_each_alone() {
     ];
     let refs: Vec<(&PackedWeight, Epilogue)> = weights.iter().map(|w| (w, Epilogue::default())).collect();
     let width: usize = weights.iter().map(|w| w.n()).sum();
-    for m in [1, 3, 5, 40] {
+    // 40 and 70 rows: on AMX whole 32-row blocks are stored from the tiles (the bias their
+    // start), the rest through the block's scratch.
+    for m in [1, 3, 5, 40, 70] {
         let a = data(m * k, 31 + m as u32);
         let mut many = vec![0f32; m * width];
         PackedWeight::matmul_many(&refs, &a, m, &mut many);
@@ -314,7 +316,7 @@ fn products_side_by_side_equal_each_alone() {
 }
 
 /// AMX products whose activations exceed L2 run their reduction in chunks (the accumulators
-/// kept between chunks): with a partial last block of k, a partial row block and an odd panel
+/// kept between chunks) or in smaller row blocks: with a partial last block of k, a partial row block and an odd panel
 /// count, each weight format equals the reference.
 #[test]
 fn chunked_reductions_equal_the_scalar_reference() {
@@ -323,14 +325,16 @@ fn chunked_reductions_equal_the_scalar_reference() {
     }
     // 33 rows are two row blocks: 4 KiB of bf16 activations per block of 32 k, so k = 16400
     // (513 blocks, the last half full) is over the 2 MiB that chunks.
-    let (m, n, k) = (33, 40, 16400);
-    let (a, w) = (data(m * k, 3), data(n * k, 4));
-    for (packed, stored) in every_format(&w, n, k) {
-        let want = reference_on(Kernel::Amx, &a, &stored, m, n, k);
-        let mut got = vec![f32::NAN; m * n];
-        packed.matmul_with(Kernel::Amx, &a, m, &mut got);
-        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-4 * (k as f32).sqrt(), "{packed:?}: {worst}");
+    // And 300 rows of k = 3000 (1.9 MiB): split into two row blocks that fit in L2 instead.
+    for (m, n, k) in [(33, 40, 16400), (300, 40, 3000)] {
+        let (a, w) = (data(m * k, 3), data(n * k, 4));
+        for (packed, stored) in every_format(&w, n, k) {
+            let want = reference_on(Kernel::Amx, &a, &stored, m, n, k);
+            let mut got = vec![f32::NAN; m * n];
+            packed.matmul_with(Kernel::Amx, &a, m, &mut got);
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4 * (k as f32).sqrt(), "{m} x {k}, {packed:?}: {worst}");
+        }
     }
 }
 
