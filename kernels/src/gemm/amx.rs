@@ -137,21 +137,8 @@ pub unsafe fn store(out: &mut [f32; ROWS * 32]) {
 /// # Safety
 /// [`configure`] ran on this thread; `out` is valid for `ROWS * 32` f32 writes.
 pub unsafe fn store_to(out: *mut f32) {
-    // SAFETY: four 16 x 16 f32 tiles into the four quarters of `out`, 128 bytes a row.
-    unsafe {
-        asm!(
-            "tilestored [{o0} + {s}*1], tmm0",
-            "tilestored [{o1} + {s}*1], tmm1",
-            "tilestored [{o2} + {s}*1], tmm2",
-            "tilestored [{o3} + {s}*1], tmm3",
-            o0 = in(reg) out,
-            o1 = in(reg) out.add(16),
-            o2 = in(reg) out.add(16 * 32),
-            o3 = in(reg) out.add(16 * 32 + 16),
-            s = in(reg) 32usize * 4,
-            options(nostack),
-        );
-    }
+    // SAFETY: the caller's contract: 32 rows of 32 f32.
+    unsafe { store_rows(out, 32) }
 }
 
 /// Stores the accumulators straight into 32 rows of 32 f32 at `out`, rows `ldc` f32 apart
