@@ -50,11 +50,13 @@ fn main() {
         rayon::current_num_threads()
     );
     // The FLOP bound: the AMX tiles' peak, and what steps that load their tiles reach.
-    if let Some([products, with_loads]) = zoo_nn::kernels::gemm::amx_peak() {
+    if let Some([products, with_loads, i8_products, i8_with_loads]) = zoo_nn::kernels::gemm::amx_peak() {
         println!(
-            "{{\"row\":\"amx peak\",\"GFLOP/s\":{:.1},\"GFLOP/s with tile loads\":{:.1},\"threads\":{}}}",
+            "{{\"row\":\"amx peak\",\"GFLOP/s\":{:.1},\"GFLOP/s with tile loads\":{:.1},\"int8 GOP/s\":{:.1},\"int8 GOP/s with tile loads\":{:.1},\"threads\":{}}}",
             products / 1e9,
             with_loads / 1e9,
+            i8_products / 1e9,
+            i8_with_loads / 1e9,
             rayon::current_num_threads()
         );
     }

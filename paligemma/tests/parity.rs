@@ -144,16 +144,19 @@ fn batched_left_padded_generation_equals_one_at_a_time() {
 /// kernels that also round the product's inputs to bf16 (AMX, `vdpbf16ps`: what PyTorch's bf16
 /// does) 3.66e-1 (3.7%). With AMX, attention (q, k, probabilities and v in bf16, as PyTorch's
 /// bf16 attention), q/k/v in one product and the patch embedding packed as well: 3.83e-1 (3.9%;
-/// 4.64e-1 with the attention alone); q8 6.8e-1 of 9.8 and 8.2e-1 of 10.6 (7.8%). Which kernel
-/// runs depends on the CPU (`zoo_nn::kernels::gemm::Choice`), so the bounds hold for all of
-/// them; greedy ids are not compared.
+/// 4.64e-1 with the attention alone); q8 with int16 activations (AVX512-VNNI) 7.1e-1 of 9.8 and
+/// 7.9e-1 of 10.6 (7.5%), with the prompt's and the image's products on AMX-INT8 (activations
+/// quantised to int8 per row and group of 256 k, as llama.cpp's Q8_0 products quantise theirs)
+/// 8.8e-1 of 9.8 and 1.14 of 10.6 (10.8%). Which kernel runs depends on the CPU
+/// (`zoo_nn::kernels::gemm::Choice`), so the bounds hold for all of them; greedy ids are not
+/// compared.
 #[test]
 fn packed_cpu_weights_follow_the_f32_reference() {
     let dev = device();
     let dir = fixture("paligemma-a");
     let r = Reference::read(&dir.join("reference.safetensors"));
     for (format, rel) in
-        [(zoo_nn::kernels::gemm::WeightFormat::Bf16, 0.05), (zoo_nn::kernels::gemm::WeightFormat::Q8, 0.08)]
+        [(zoo_nn::kernels::gemm::WeightFormat::Bf16, 0.05), (zoo_nn::kernels::gemm::WeightFormat::Q8, 0.12)]
     {
         let (model, _) = load_paligemma(&dir, DType::BF16, &dev).unwrap();
         let model = zoo_nn::packed::pack(model, format);

@@ -3,6 +3,11 @@
 //! one 16 x 32 weight tile read in place. Activations are bf16 rows (k padded to 32 with
 //! zeros), 16 rows a tile. One step multiplies two activation tiles by two weight tiles into
 //! four f32 accumulator tiles: 32 rows x 32 outputs.
+//!
+//! AMX-INT8 (`tdpbssd`, int8 x int8 into int32) runs int8 weights ([`accumulate_i8`]): a
+//! weight tile row is 16 outputs x 4 k (two pair rows interleaved when a panel is staged), an
+//! activation tile 16 rows of 64 int8; one step is 32 rows x 32 outputs x 64 k, twice the
+//! products of a bf16 step for the same four tile loads.
 
 use super::PANEL;
 use std::arch::asm;
@@ -12,15 +17,16 @@ pub const PAIRS: usize = 16;
 /// Rows of one step (two activation tiles).
 pub const ROWS: usize = 32;
 
-/// Whether the CPU has AMX-TILE and AMX-BF16 and the OS lets this process use the tile data
+/// Whether the CPU has AMX-TILE, AMX-BF16 and AMX-INT8 and the OS lets this process use the tile data
 /// (Linux grants it per process on request: `arch_prctl(ARCH_REQ_XCOMP_PERM,
 /// XFEATURE_XTILEDATA)`; until then the first tile instruction faults).
 pub fn usable() -> bool {
     // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that can run this code.
     #[allow(unused_unsafe)]
     let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-    let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-    if !(amx_bf16 && amx_tile) {
+    let (amx_bf16, amx_tile, amx_int8) =
+        (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 25) != 0);
+    if !(amx_bf16 && amx_tile && amx_int8) {
         return false;
     }
     request_tile_data()
@@ -123,6 +129,41 @@ pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u
     }
 }
 
+/// Accumulates `A · B` in int32 over `blocks` of 64 k: `a` points to 32 int8 rows `lda` bytes
+/// apart, `b0` and `b1` to two panels' runs of `blocks * 16` quad rows (64 bytes: 16 outputs x
+/// 4 k).
+///
+/// # Safety
+/// [`configure`] ran on this thread; the pointers cover what is described above.
+pub unsafe fn accumulate_i8(a: *const i8, lda: usize, b0: *const i8, b1: *const i8, blocks: usize) {
+    for kb in 0..blocks {
+        // SAFETY: as in `accumulate`.
+        unsafe {
+            let a0 = a.add(kb * 64);
+            let a1 = a0.add(16 * lda);
+            let w0 = b0.add(kb * 1024);
+            let w1 = b1.add(kb * 1024);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{w0} + {sb}*1]",
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{w1} + {sb}*1]",
+                "tdpbssd tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbssd tmm2, tmm5, tmm6",
+                "tdpbssd tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                w0 = in(reg) w0,
+                w1 = in(reg) w1,
+                sa = in(reg) lda,
+                sb = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
 /// Stores the accumulators to `out`: 32 rows of 32 f32.
 ///
 /// # Safety
@@ -142,7 +183,7 @@ pub unsafe fn store_to(out: *mut f32) {
 }
 
 /// Stores the accumulators straight into 32 rows of 32 f32 at `out`, rows `ldc` f32 apart
-/// (a block of a product's output).
+/// (a block of a product's output; after [`accumulate_i8`] the 4-byte values are int32).
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `out` is valid for those writes.
@@ -187,19 +228,20 @@ pub unsafe fn load(c: &[f32; ROWS * 32]) {
     }
 }
 
-/// FLOP/s of this core's tiles, measured over `steps` 32 x 32 steps of 32 k: with
+/// Operations per second of this core's tiles (a multiply-add counts two), measured over
+/// `steps` 32 x 32 steps of 32 k (bf16, `tdpbf16ps`) or 64 k (`int8`, `tdpbssd`): with
 /// `with_loads`, each step loads its two activation and two weight tiles from buffers in L1
-/// first ([`accumulate`], the products' inner loop); without, the four tile products run on
-/// tiles already loaded (the units' peak).
+/// first ([`accumulate`] / [`accumulate_i8`], the products' inner loops); without, the four
+/// tile products run on tiles already loaded (the units' peak).
 ///
 /// # Safety
 /// [`usable`] returned true in this process.
-pub unsafe fn throughput(with_loads: bool, steps: usize) -> f64 {
-    // bf16 1.0 everywhere; eight 32-k blocks of 32 activation rows (rows as the products lay
-    // them out: 256 + 32 apart) and of two weight panels.
-    let lda = 8 * 32 + 32;
-    let a = vec![0x3f80u16; 32 * lda];
-    let b = vec![0x3f80u16; 2 * 8 * PAIRS * PANEL * 2];
+pub unsafe fn throughput(with_loads: bool, int8: bool, steps: usize) -> f64 {
+    // bf16 1.0 / int8 1 everywhere; eight k blocks of 32 activation rows (rows as the products
+    // lay them out: 64 bytes more than the blocks apart) and of two weight panels.
+    let lda = 8 * 64 + 64;
+    let a = vec![if int8 { 0x0101u16 } else { 0x3f80 }; 32 * lda / 2];
+    let b = vec![if int8 { 0x0101u16 } else { 0x3f80 }; 2 * 8 * 1024 / 2];
     let mut sink = [0f32; ROWS * 32];
     let start = std::time::Instant::now();
     // SAFETY: the caller's contract; the pointers stay inside `a` and `b`.
@@ -208,22 +250,35 @@ pub unsafe fn throughput(with_loads: bool, steps: usize) -> f64 {
         zero();
         for s in 0..steps {
             let kb = s % 8;
-            if with_loads {
-                let w = b.as_ptr().add(kb * PAIRS * PANEL * 2);
-                accumulate(a.as_ptr().add(kb * 32), lda, w, w.add(8 * PAIRS * PANEL * 2), 1);
-            } else {
-                asm!(
+            match (with_loads, int8) {
+                (true, false) => {
+                    let w = b.as_ptr().add(kb * 512);
+                    accumulate(a.as_ptr().add(kb * 32), lda / 2, w, w.add(8 * 512), 1);
+                }
+                (true, true) => {
+                    let (a, w) = (a.as_ptr().cast::<i8>(), b.as_ptr().cast::<i8>().add(kb * 1024));
+                    accumulate_i8(a.add(kb * 64), lda, w, w.add(8 * 1024), 1);
+                }
+                (false, false) => asm!(
                     "tdpbf16ps tmm0, tmm4, tmm6",
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     options(nostack, nomem)
-                );
+                ),
+                (false, true) => asm!(
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                ),
             }
         }
         store(&mut sink);
         release();
     }
     std::hint::black_box(&sink);
-    (steps * 4 * 16 * 16 * 32 * 2) as f64 / start.elapsed().as_secs_f64()
+    let k = if int8 { 64 } else { 32 };
+    (steps * 4 * 16 * 16 * k * 2) as f64 / start.elapsed().as_secs_f64()
 }

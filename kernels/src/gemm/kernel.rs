@@ -8,7 +8,10 @@ use std::time::Instant;
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// AMX-BF16 tiles (`tdpbf16ps`, 16 x 16 x 32 per instruction) on activations rounded to bf16.
+    /// AMX tiles: over bf16 weights AMX-BF16 (`tdpbf16ps`, 16 x 16 x 32 per instruction) on
+    /// activations rounded to bf16; over int8 weights AMX-INT8 (`tdpbssd`, 16 x 16 x 64) on
+    /// activations quantised to int8 per row and group of 256 k (scale `max |x| / 127`, as
+    /// llama.cpp's Q8_0 products quantise theirs per 32), twice the products per tile load.
     Amx,
     /// AVX-512 f32 FMAs on weights widened in registers (bf16: a shift; int8: sign extension),
     /// activations in f32.
@@ -370,23 +373,23 @@ fn measure(has: &[Kernel]) -> (Pair, Pair, String) {
     (pairs[0], pairs[1], format!("measured: {}", how.join("; ")))
 }
 
-/// The AMX tiles' FLOP/s on all cores at once (one measuring thread per rayon thread, ~0.2 s):
-/// `[the tile products alone (the units' peak), 32 x 32 steps that load their four tiles
-/// from L1 (what a product's inner loop can reach)]`; `None` without AMX.
-pub fn amx_peak() -> Option<[f64; 2]> {
+/// The AMX tiles' operations per second on all cores at once (one measuring thread per rayon
+/// thread, ~0.4 s): `[bf16 tile products alone (the units' peak), bf16 32 x 32 steps that load
+/// their four tiles from L1 (what a product's inner loop can reach), the same two for int8]`;
+/// `None` without AMX.
+pub fn amx_peak() -> Option<[f64; 4]> {
     if !available().contains(&Kernel::Amx) {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let rate = |with_loads: bool| -> f64 {
+        let rate = |with_loads: bool, int8: bool| -> f64 {
             // SAFETY: `available` lists Amx only when the tiles are usable.
-            rayon::broadcast(|_| unsafe { super::amx::throughput(with_loads, 1 << 20) }).iter().sum()
+            rayon::broadcast(|_| unsafe { super::amx::throughput(with_loads, int8, 1 << 20) }).iter().sum()
         };
-        // One run first, as the products' timing does (the rate of a VM's core moves between
-        // runs: 1.1-3.3 TFLOP/s a core for the same loop here, from process to process).
-        rate(false);
-        return Some([rate(false), rate(true)]);
+        // One run first, as the products' timing does.
+        rate(false, false);
+        return Some([rate(false, false), rate(true, false), rate(false, true), rate(true, true)]);
     }
     #[allow(unreachable_code)]
     None

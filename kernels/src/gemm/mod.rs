@@ -12,7 +12,9 @@
 //! zeros. Int8 panels have the same layout.
 //!
 //! Kernels ([`Kernel`]): AMX-BF16 tiles (`tdpbf16ps`; the panel layout is AMX's weight-tile
-//! layout, so bf16 panels are read in place), `vdpbf16ps` on bf16 activations (AVX512-BF16),
+//! layout, so bf16 panels are read in place) and AMX-INT8 tiles for int8 panels (`tdpbssd`,
+//! pair rows interleaved into quad rows as a task stages them, activations quantised to int8
+//! per row and group of 256 k), `vdpbf16ps` on bf16 activations (AVX512-BF16),
 //! AVX-512 FMAs on weights widened in registers, and a portable loop compiled for AVX2+FMA or
 //! the baseline. Which one runs is chosen per CPU and per class of product (decode GEMV,
 //! prefill/encode GEMM) by timing them once and caching the result ([`Choice`]): the fastest
@@ -83,6 +85,22 @@ fn max_abs(x: &[f32]) -> f32 {
     for c in chunks {
         for l in 0..16 {
             acc[l] = acc[l].max(c[l].abs());
+        }
+    }
+    acc.iter().fold(tail, |m, v| m.max(*v))
+}
+
+/// The largest `|x|` as its bits (0 for an empty slice): an integer max over the sign-cleared
+/// bits, in 16 lanes, so a NaN or an infinity shows as bits >= `0x7f80_0000` (the float
+/// [`max_abs`] skips NaNs).
+#[inline(always)]
+fn max_abs_bits(x: &[f32]) -> u32 {
+    let mut acc = [0u32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = acc[l].max(c[l].to_bits() & 0x7fff_ffff);
         }
     }
     acc.iter().fold(tail, |m, v| m.max(*v))

@@ -44,10 +44,31 @@ crate::wide_fn! {
 }
 
 crate::wide_fn! {
-    /// Int8 weights as bf16 (exact for |q| <= 127: the f32's top half), for the AMX tiles.
-    fn widen_q8(dst: &mut [u16], src: &[i8]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = ((*s as f32).to_bits() >> 16) as u16;
+    /// One activation row for AMX-INT8: `src` (k values) quantised into `dst` (the padded row,
+    /// zeros past k) in groups of [`Q8_GROUP`] k, each with its scale `s = max |x| / 127` in
+    /// `scales`: `dst = round(x * 127 / max)`, ties to even. A group holding a NaN or an
+    /// infinity gets a NaN scale (the row's products come out NaN, as f32 ones would not be
+    /// finite either); an all-zero group, or one so small that `127 / max` overflows, scale 0.
+    fn quantize_i8_row(src: &[f32], dst: &mut [i8], scales: &mut [f32]) {
+        dst[src.len()..].fill(0);
+        for ((part, d), s) in src.chunks(Q8_GROUP).zip(dst.chunks_mut(Q8_GROUP)).zip(scales.iter_mut()) {
+            let bits = super::max_abs_bits(part);
+            if bits >= 0x7f80_0000 {
+                *s = f32::NAN;
+                d[..part.len()].fill(0);
+                continue;
+            }
+            let max = f32::from_bits(bits);
+            let inv = 127.0 / max;
+            if !inv.is_finite() {
+                *s = 0.0;
+                d[..part.len()].fill(0);
+                continue;
+            }
+            for (d, v) in d.iter_mut().zip(part) {
+                *d = super::quantize(v * inv);
+            }
+            *s = max / 127.0;
         }
     }
 }
@@ -116,16 +137,18 @@ impl PackedWeight {
         #[cfg(target_arch = "x86_64")]
         if products.iter().all(|(w, _)| {
             Kernel::for_product(m, w.format()) == Kernel::Amx && w.rows_bytes().is_none_or(|_| m > 4)
-        }) && let Some((w, _)) = products.first()
-        {
-            let rounded = w.amx_activations(a, m);
+        }) {
+            // Rounded once per format (bf16, or int8 for int8 weights).
+            let (mut bf16, mut int8) = (None, None);
             let mut at = 0;
             for (w, epilogue) in products {
+                let slot = if w.q8().is_some() { &mut int8 } else { &mut bf16 };
+                let rounded = slot.get_or_insert_with(|| w.amx_activations(a, m));
                 // The bias in the store; the activation over each task's block once its tiles
                 // are done (still in L2): in the store, between tile products, it took 1.5x as
                 // long (SigLIP-B/16's fc1: 7.2 against 5.0 ms), and as a pass over the whole
                 // product after it, it read the output back from memory.
-                w.amx_product(&rounded, m, out.from(at), ldc, *epilogue);
+                w.amx_product(rounded, m, out.from(at), ldc, *epilogue);
                 at += w.n;
             }
             return;
@@ -379,12 +402,24 @@ impl PackedWeight {
 
 #[cfg(target_arch = "x86_64")]
 impl PackedWeight {
-    /// The activations for [`PackedWeight::amx_product`]: rounded to bf16 once, rows padded
-    /// to 32 and k to 32 with zeros (any weight of this `k` can use them).
+    /// The activations for [`PackedWeight::amx_product`]: rounded to bf16 once (bf16 weights)
+    /// or quantised to int8 per row and group of [`Q8_GROUP`] k (int8 weights), rows padded to
+    /// 32 and k to the tile's block with zeros (any weight of this `k` and format can use them).
     fn amx_activations(&self, a: &[f32], m: usize) -> AmxActivations {
         let k = self.k;
         let lda = self.amx_lda();
         let mp = m.next_multiple_of(amx::ROWS);
+        if self.q8().is_some() {
+            let groups = k.div_ceil(Q8_GROUP).max(1);
+            let mut q = vec![0i8; mp * lda];
+            let mut scales = vec![0f32; mp * groups];
+            q.par_chunks_mut(lda)
+                .zip(scales.par_chunks_mut(groups))
+                .take(m)
+                .enumerate()
+                .for_each(|(i, (row, scales))| quantize_i8_row(&a[i * k..(i + 1) * k], row, scales));
+            return AmxActivations { values: AmxValues::Int8 { q, scales, groups }, lda, mp };
+        }
         // Every element written once (rows, their padding, the padding rows): no zeroing first.
         let mut ab: Vec<u16> = Vec::with_capacity(mp * lda);
         let vector = std::arch::is_x86_feature_detected!("avx512bf16");
@@ -408,16 +443,17 @@ impl PackedWeight {
         });
         // SAFETY: each of the `mp * lda` elements was written above.
         unsafe { ab.set_len(mp * lda) };
-        AmxActivations { ab, lda, mp }
+        AmxActivations { values: AmxValues::Bf16(ab), lda, mp }
     }
 
-    /// The product on AMX tiles: weight panels read in place (bf16) or staged per panel pair
-    /// into a task's buffer (int8 widened to bf16, exactly; bf16 rows laid out as panels).
+    /// The product on AMX tiles: bf16 weight panels read in place or staged per panel pair
+    /// into a task's buffer (bf16 rows laid out as panels), int8 ones staged as AMX-INT8
+    /// tiles ([`PackedWeight::amx_task_q8`]).
     /// Tasks are (row block, run of panel pairs); each stages a pair once for all its rows.
     /// Output rows `ldc` apart; `bias` (one per column) the accumulators' start or added as
     /// each block is stored.
     fn amx_product(&self, rounded: &AmxActivations, m: usize, out: Out, ldc: usize, epilogue: Epilogue<'_>) {
-        let AmxActivations { ab, lda, mp } = rounded;
+        let AmxActivations { values, lda, mp } = rounded;
         let (lda, mp) = (*lda, *mp);
         let n = self.n;
         let panels = n.div_ceil(PANEL);
@@ -429,7 +465,7 @@ impl PackedWeight {
         // chunking the reduction (each block then reads the weights again, which is cheaper
         // here: 1.65-1.94 -> 2.24-2.53 TFLOP/s on that product). Larger ones (Gemma-2B's down
         // projection, k = 16384) stay chunked, as a split would read the weights many times.
-        let row_bytes = lda * 2;
+        let row_bytes = if matches!(values, AmxValues::Int8 { .. }) { lda } else { lda * 2 };
         let mc = if mc * row_bytes > ROWS_BYTES && mc * row_bytes <= 4 * ROWS_BYTES {
             let blocks = mp.div_ceil((ROWS_BYTES / row_bytes).max(amx::ROWS));
             mp.div_ceil(blocks).next_multiple_of(amx::ROWS)
@@ -440,15 +476,31 @@ impl PackedWeight {
         let per_task = (pairs * row_blocks).div_ceil(4 * threads).div_ceil(row_blocks).max(1);
         let pair_blocks = pairs.div_ceil(per_task);
         let out_ptr = out.ptr;
-        let ab = &ab[..];
         (0..row_blocks * pair_blocks).into_par_iter().for_each(|task| {
             let (rb, pb) = (task / pair_blocks, task % pair_blocks);
             let rows = rb * mc..((rb + 1) * mc).min(mp);
             let pps = pb * per_task..((pb + 1) * per_task).min(pairs);
             let out = out_ptr;
             // SAFETY: `available` listed Amx, so tiles are usable; tasks write disjoint
-            // (row, panel) blocks of `out`, whose length was checked.
-            unsafe { self.amx_task(ab, lda, m, rows.clone(), pps.clone(), out.0, ldc, epilogue.bias) };
+            // (row, panel) blocks of `out`, whose length was checked; the activations are
+            // those of this weight's format (`amx_activations`).
+            unsafe {
+                match values {
+                    AmxValues::Bf16(ab) => {
+                        self.amx_task(ab, lda, m, rows.clone(), pps.clone(), out.0, ldc, epilogue.bias)
+                    }
+                    AmxValues::Int8 { q, scales, groups } => self.amx_task_q8(
+                        (q, scales, *groups),
+                        lda,
+                        m,
+                        rows.clone(),
+                        pps.clone(),
+                        out.0,
+                        ldc,
+                        epilogue.bias,
+                    ),
+                }
+            };
             if let Some(act) = epilogue.x_sigmoid {
                 let (c0, c1) = (pps.start * 2 * PANEL, (pps.end * 2 * PANEL).min(n));
                 for r in rows.start..rows.end.min(m) {
@@ -460,11 +512,15 @@ impl PackedWeight {
         });
     }
 
-    /// The row length of this weight's AMX activations: k padded to 32, plus 64 bytes (rows
-    /// 64 bytes more than a multiple of 4 KiB apart: 16 rows a tile would otherwise fall in
-    /// one L1 set).
+    /// The row length of this weight's AMX activations, in values: k padded to the tile's block
+    /// (32 bf16, 64 int8), plus 64 bytes (rows 64 bytes more than a multiple of 4 KiB apart:
+    /// 16 rows a tile would otherwise fall in one L1 set).
     fn amx_lda(&self) -> usize {
-        self.kp2.next_multiple_of(amx::PAIRS) * 2 + 32
+        if self.q8().is_some() {
+            (self.kp2 * 2).next_multiple_of(64) + 64
+        } else {
+            self.kp2.next_multiple_of(amx::PAIRS) * 2 + 32
+        }
     }
 
     /// One AMX task: rows `rows` (multiples of 32 of the padded activations) x panel pairs `pps`.
@@ -491,7 +547,6 @@ impl PackedWeight {
         let (blocks, full, rem) = (kp16 / amx::PAIRS, kp2 / amx::PAIRS, kp2 % amx::PAIRS);
         let step = amx::PAIRS * PANEL * 2;
         let panels = n.div_ceil(PANEL);
-        let scales = self.q8().map(|(_, s)| s);
         let starts: Vec<usize> = rows.clone().step_by(amx::ROWS).filter(|&r| r < m).collect();
         // The reduction in chunks when the task's rows of activations would not stay in L2
         // (over 2 MiB; Gemma-2B's down projection, k = 16384): a chunk of CHUNK_BYTES of them
@@ -537,23 +592,13 @@ impl PackedWeight {
                         (staged.as_ptr(), staged[second..].as_ptr(), None)
                     }
                     Values::Q8 { .. } | Values::Q8Mapped { .. } => {
-                        let (q, _) = self.q8().unwrap_or_default();
-                        let len = (k1 - k0) * step;
-                        staged.clear();
-                        staged.resize(np * len, 0);
-                        for j in 0..np {
-                            let from = (p + j) * panel_len;
-                            let src = &q[from + k0 * step..from + (k1 * step).min(panel_len)];
-                            widen_q8(&mut staged[j * len..j * len + src.len()], src);
-                        }
-                        let second = if np == 2 { len } else { 0 };
-                        (staged.as_ptr(), staged[second..].as_ptr(), None)
+                        unreachable!("int8 weights run amx_task_q8")
                     }
                 };
                 let cols = (np * PANEL).min(n - p * PANEL);
-                // Unscaled f32 output of whole 32-column blocks: the bias is the accumulators'
-                // start and full row blocks are stored from the tiles straight into the output.
-                let direct = scales.is_none() && cols == 2 * PANEL;
+                // Whole 32-column blocks: the bias is the accumulators' start and full row
+                // blocks are stored from the tiles straight into the output.
+                let direct = cols == 2 * PANEL;
                 let biased = match bias {
                     Some(bias) if direct => {
                         for row in init.0.chunks_exact_mut(2 * PANEL) {
@@ -607,14 +652,7 @@ impl PackedWeight {
                         let dst = unsafe {
                             std::slice::from_raw_parts_mut(out.add((r + i) * ldc + p * PANEL), cols)
                         };
-                        match scales {
-                            Some(s) => {
-                                for ((d, v), s) in dst.iter_mut().zip(src).zip(&s[p * PANEL..]) {
-                                    *d = v * s;
-                                }
-                            }
-                            None => dst.copy_from_slice(src),
-                        }
+                        dst.copy_from_slice(src);
                         if let Some(bias) = bias {
                             finish_row(dst, Some(&bias[p * PANEL..]), None);
                         }
@@ -625,7 +663,144 @@ impl PackedWeight {
         // SAFETY: configured above.
         unsafe { amx::release() };
     }
+
+    /// One AMX-INT8 task over int8 weights: rows `rows` (multiples of 32 of the padded
+    /// activations) x panel pairs `pps`. Each panel pair's blocks are staged as weight tiles
+    /// (pair rows interleaved into quad rows); each group of [`Q8_GROUP`] k is summed in int32
+    /// on the tiles, then added into f32 accumulators scaled by each row's scale of that
+    /// group; the output is those times the weight's per-column scales, plus the bias.
+    ///
+    /// # Safety
+    /// AMX is usable; `q` holds the padded int8 activations (`lda` bytes a row) and `scales`
+    /// their `groups` scales a row; `out` points to `m` rows of `n` f32, `ldc` apart, and no
+    /// other task writes this block.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn amx_task_q8(
+        &self,
+        (q, scales, groups): (&[i8], &[f32], usize),
+        lda: usize,
+        m: usize,
+        rows: std::ops::Range<usize>,
+        pps: std::ops::Range<usize>,
+        out: *mut f32,
+        ldc: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let Some((w, w_scale)) = self.q8() else { unreachable!("amx_task_q8 runs int8 weights") };
+        let (n, kp2) = (self.n, self.kp2);
+        // Bytes of a panel (pairs of k, 32 bytes each); blocks of 64 k (16 quad rows).
+        let panel_len = kp2 * PANEL * 2;
+        let blocks = (kp2 * 2).div_ceil(64);
+        const GROUP_BLOCKS: usize = Q8_GROUP / 64;
+        let panels = n.div_ceil(PANEL);
+        let starts: Vec<usize> = rows.clone().step_by(amx::ROWS).filter(|&r| r < m).collect();
+        // As in `amx_task`: the reduction in chunks (whole groups) when the task's rows of
+        // activations would not stay in L2, the f32 accumulators kept between chunks.
+        let block_bytes = starts.len().max(1) * amx::ROWS * 64;
+        let gc = if block_bytes * blocks > 2 << 20 {
+            (CHUNK_BYTES / (block_bytes * GROUP_BLOCKS)).max(1)
+        } else {
+            groups
+        };
+        let chunks = groups.div_ceil(gc.max(1)).max(1);
+        let mut partial: Vec<Block> = (0..if chunks > 1 { pps.len() * starts.len() } else { 0 })
+            .map(|_| Block([0f32; amx::ROWS * 32]))
+            .collect();
+        let mut staged: Vec<Line> = Vec::new();
+        let mut acc = Block([0f32; amx::ROWS * 32]);
+        let mut ints = Block([0f32; amx::ROWS * 32]);
+        let mut row_scales = [0f32; amx::ROWS];
+        // SAFETY: the caller checked AMX is usable.
+        unsafe { amx::configure() };
+        for chunk in 0..chunks {
+            let (g0, g1) = (chunk * gc, ((chunk + 1) * gc).min(groups));
+            let (kb0, kb1) = (g0 * GROUP_BLOCKS, (g1 * GROUP_BLOCKS).min(blocks));
+            let last = chunk + 1 == chunks;
+            let len = (kb1 - kb0) * 16;
+            for (pi, pp) in pps.clone().enumerate() {
+                let p = pp * 2;
+                let np = (panels - p).min(2);
+                // The two panels' blocks kb0..kb1 as weight tiles, zeros past k.
+                staged.clear();
+                staged.resize(np * len, Line([0; 64]));
+                for j in 0..np {
+                    let panel = &w[(p + j) * panel_len..(p + j + 1) * panel_len];
+                    let from = kb0 * 1024;
+                    let whole = (panel_len.saturating_sub(from) / 64).min(len);
+                    let dst = &mut staged[j * len..(j + 1) * len];
+                    // SAFETY: AVX512BW comes with AMX here (`available`); `whole` lines of the
+                    // panel from `from` and of `dst`.
+                    unsafe { x86::pairs_to_quads(panel[from..].as_ptr(), dst.as_mut_ptr().cast(), whole) };
+                    let rest = panel_len.saturating_sub(from + whole * 64).min(64);
+                    if whole < len && rest > 0 {
+                        let mut line = [0i8; 64];
+                        line[..rest].copy_from_slice(&panel[from + whole * 64..from + whole * 64 + rest]);
+                        // SAFETY: as above, one line.
+                        unsafe { x86::pairs_to_quads(line.as_ptr(), dst[whole..].as_mut_ptr().cast(), 1) };
+                    }
+                }
+                let b0 = staged.as_ptr().cast::<i8>();
+                // SAFETY: inside `staged` (np * len lines).
+                let b1 = unsafe { b0.add(if np == 2 { len * 64 } else { 0 }) };
+                let cols = (np * PANEL).min(n - p * PANEL);
+                for (ri, &r) in starts.iter().enumerate() {
+                    let live = amx::ROWS.min(m - r);
+                    let acc = if chunks > 1 { &mut partial[pi * starts.len() + ri] } else { &mut acc };
+                    for g in g0..g1 {
+                        let (kb, kbe) = (g * GROUP_BLOCKS, ((g + 1) * GROUP_BLOCKS).min(blocks));
+                        for (i, s) in row_scales.iter_mut().enumerate() {
+                            *s = scales[(r + i) * groups + g];
+                        }
+                        // SAFETY: configured above; `q` has 32 rows of `lda` from row `r`, the
+                        // staged panels `len` quad rows from block kb0.
+                        unsafe {
+                            amx::zero();
+                            let a = q.as_ptr().add(r * lda + kb * 64);
+                            let off = (kb - kb0) * 1024;
+                            amx::accumulate_i8(a, lda, b0.add(off), b1.add(off), kbe - kb);
+                            amx::store_to(ints.0.as_mut_ptr());
+                        }
+                        // SAFETY: the tiles stored int32 sums in the block's 4-byte slots.
+                        let ints = unsafe { &*ints.0.as_ptr().cast::<[i32; 1024]>() };
+                        if last && g + 1 == g1 {
+                            // SAFETY: AVX-512 comes with AMX here (`available`); rows r..r + live,
+                            // columns p * 16.. + cols are this task's block of the checked
+                            // output; the scales are padded to whole panels, the bias has n.
+                            unsafe {
+                                let bias = bias.map_or(std::ptr::null(), |b| b[p * PANEL..].as_ptr());
+                                let acc = (g > 0).then_some(&acc.0);
+                                let out = out.add(r * ldc + p * PANEL);
+                                let ws = w_scale[p * PANEL..].as_ptr();
+                                x86::store_scaled_block(
+                                    out,
+                                    ldc,
+                                    live,
+                                    cols,
+                                    acc,
+                                    ints,
+                                    &row_scales,
+                                    ws,
+                                    bias,
+                                );
+                            }
+                        } else {
+                            // SAFETY: AVX-512 comes with AMX here (`available`).
+                            unsafe { x86::add_scaled_block(&mut acc.0, ints, &row_scales, g == 0) };
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: configured above.
+        unsafe { amx::release() };
+    }
 }
+
+/// 64 bytes on a cache line: one AMX tile row of a staged int8 panel.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
 
 /// `epilogue` over the written `m x n` product at `out`, rows `ldc` apart, rows split over the
 /// cores.
@@ -682,13 +857,26 @@ impl Out {
 #[repr(C, align(64))]
 struct Block([f32; amx::ROWS * 32]);
 
-/// Activations rounded for the AMX tiles: `mp` rows (`m` padded to 32) of `lda` bf16.
+/// Activations rounded for the AMX tiles: `mp` rows (`m` padded to 32), `lda` values apart.
 #[cfg(target_arch = "x86_64")]
 pub(super) struct AmxActivations {
-    ab: Vec<u16>,
+    values: AmxValues,
     lda: usize,
     mp: usize,
 }
+
+/// What [`AmxActivations`] holds: bf16 (for bf16 weights), or int8 with one scale per row and
+/// group of [`Q8_GROUP`] k (for int8 weights; row `r`, group `g` at `r * groups + g`).
+#[cfg(target_arch = "x86_64")]
+enum AmxValues {
+    Bf16(Vec<u16>),
+    Int8 { q: Vec<i8>, scales: Vec<f32>, groups: usize },
+}
+
+/// k per scale of the int8 activations of AMX-INT8 products (four 64-k tile blocks): each
+/// group's int32 sums are scaled into f32 accumulators as the group ends.
+#[cfg(target_arch = "x86_64")]
+pub(super) const Q8_GROUP: usize = 256;
 
 /// Activations laid out for the tiles (see [`PackedWeight::pack_activations`]).
 pub(super) enum Activations {

@@ -2,18 +2,47 @@ use super::*;
 use half::bf16;
 
 fn reference(format: WeightFormat, a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    reference_on(Kernel::for_product(m, format), a, w, m, n, k)
+    reference_on(Kernel::for_product(m, format), format, a, w, m, n, k)
 }
 
-/// The f64 product of the values `kernel` multiplies (activations rounded to bf16 where it
-/// rounds them).
-fn reference_on(kernel: Kernel, a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+/// The activations as `kernel` multiplies them by weights stored as `format`: rounded to
+/// bf16, quantised to int8 per row and group of `Q8_GROUP` k with the scale `max |x| / 127` (AMX over
+/// int8 weights), or as they are.
+fn multiplied(kernel: Kernel, format: WeightFormat, a: &[f32], k: usize) -> Vec<f64> {
+    if kernel == Kernel::Amx && format == WeightFormat::Q8 {
+        let mut out = Vec::with_capacity(a.len());
+        for row in a.chunks(k.max(1)) {
+            for group in row.chunks(product::Q8_GROUP) {
+                let max = group.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let (inv, s) = if max > 0.0 { (127.0 / max, max / 127.0) } else { (0.0, 0.0) };
+                out.extend(
+                    group.iter().map(|x| (x * inv).round_ties_even().clamp(-127.0, 127.0) as f64 * s as f64),
+                );
+            }
+        }
+        return out;
+    }
     let round = |x: f32| if kernel.rounds_activations() { bf16::from_f32(x).to_f32() } else { x };
+    a.iter().map(|x| round(*x) as f64).collect()
+}
+
+/// The f64 product of the values `kernel` multiplies (activations rounded or quantised where
+/// it does so: [`multiplied`]).
+#[allow(clippy::too_many_arguments)]
+fn reference_on(
+    kernel: Kernel,
+    format: WeightFormat,
+    a: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let a = multiplied(kernel, format, a, k);
     let mut out = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] =
-                (0..k).map(|kk| round(a[i * k + kk]) as f64 * w[j * k + kk] as f64).sum::<f64>() as f32;
+            out[i * n + j] = (0..k).map(|kk| a[i * k + kk] * w[j * k + kk] as f64).sum::<f64>() as f32;
         }
     }
     out
@@ -157,12 +186,13 @@ fn every_kernel_equals_the_scalar_reference_on_edge_shapes() {
         (33, 50, 96),
         (40, 80, 100),
         (67, 47, 129),
+        (40, 48, 600),
     ];
     for &(m, n, k) in &shapes {
         let (a, w) = (data(m * k, 5 + m as u32), data(n * k, 9 + k as u32));
         for (packed, stored) in every_format(&w, n, k) {
             for &kernel in Kernel::available() {
-                let want = reference_on(kernel, &a, &stored, m, n, k);
+                let want = reference_on(kernel, packed.format(), &a, &stored, m, n, k);
                 let mut got = vec![f32::NAN; m * n];
                 packed.matmul_with(kernel, &a, m, &mut got);
                 let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
@@ -315,6 +345,35 @@ fn products_side_by_side_equal_each_alone() {
     }
 }
 
+/// On AMX over int8 weights (activations quantised per row and group of 256 k), a NaN or an
+/// infinity in a row makes that row's outputs NaN and leaves the other rows as they were; an
+/// all-zero row gives zeros.
+#[test]
+fn int8_activations_keep_non_finite_rows_apart() {
+    if !Kernel::available().contains(&Kernel::Amx) {
+        return;
+    }
+    let (m, n, k) = (40, 32, 300);
+    let w = data(n * k, 8);
+    let packed = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, WeightFormat::Q8);
+    let mut a = data(m * k, 9);
+    let mut clean = vec![0f32; m * n];
+    packed.matmul_with(Kernel::Amx, &a, m, &mut clean);
+    a[3 * k + 270] = f32::NAN;
+    a[5 * k + 1] = f32::INFINITY;
+    a[7 * k..8 * k].fill(0.0);
+    let mut got = vec![0f32; m * n];
+    packed.matmul_with(Kernel::Amx, &a, m, &mut got);
+    for i in 0..m {
+        let row = &got[i * n..(i + 1) * n];
+        match i {
+            3 | 5 => assert!(row.iter().all(|x| x.is_nan()), "row {i}: {row:?}"),
+            7 => assert!(row.iter().all(|&x| x == 0.0), "row {i}: {row:?}"),
+            _ => assert_eq!(row, &clean[i * n..(i + 1) * n], "row {i}"),
+        }
+    }
+}
+
 /// AMX products whose activations exceed L2 run their reduction in chunks (the accumulators
 /// kept between chunks) or in smaller row blocks: with a partial last block of k, a partial row block and an odd panel
 /// count, each weight format equals the reference.
@@ -326,10 +385,14 @@ fn chunked_reductions_equal_the_scalar_reference() {
     // 33 rows are two row blocks: 4 KiB of bf16 activations per block of 32 k, so k = 16400
     // (513 blocks, the last half full) is over the 2 MiB that chunks.
     // And 300 rows of k = 3000 (1.9 MiB): split into two row blocks that fit in L2 instead.
-    for (m, n, k) in [(33, 40, 16400), (300, 40, 3000)] {
+    // Int8 activations are half the bytes: 300 rows of k = 20000 (6.1 MiB) chunk.
+    for (m, n, k) in [(33, 40, 16400), (300, 40, 3000), (300, 40, 20000)] {
         let (a, w) = (data(m * k, 3), data(n * k, 4));
         for (packed, stored) in every_format(&w, n, k) {
-            let want = reference_on(Kernel::Amx, &a, &stored, m, n, k);
+            if k == 20000 && packed.format() != WeightFormat::Q8 {
+                continue;
+            }
+            let want = reference_on(Kernel::Amx, packed.format(), &a, &stored, m, n, k);
             let mut got = vec![f32::NAN; m * n];
             packed.matmul_with(Kernel::Amx, &a, m, &mut got);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);

@@ -364,6 +364,105 @@ pub unsafe fn round_bf16_to(src: &[f32], dst: *mut u16) {
     }
 }
 
+/// Int8 panel rows in pairs (64 bytes: two pair rows of 16 outputs x 2 k) as AMX-INT8 weight
+/// tile rows (16 outputs x 4 k): output `c`'s two k of the first pair row, then its two of the
+/// second. `lines` rows of 64 bytes from `src` to `dst`, one `vpermw` each.
+///
+/// # Safety
+/// The CPU has AVX512F and AVX512BW; `src` and `dst` are valid for `lines * 64` bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn pairs_to_quads(src: *const i8, dst: *mut i8, lines: usize) {
+    // 16-bit lane 2c takes lane c (the first row's output c), lane 2c + 1 lane 16 + c.
+    let mut index = [0i16; 32];
+    for c in 0..16 {
+        index[2 * c] = c as i16;
+        index[2 * c + 1] = 16 + c as i16;
+    }
+    // SAFETY: as the caller vouches; unaligned loads and stores.
+    unsafe {
+        let index = _mm512_loadu_si512(index.as_ptr() as *const _);
+        for l in 0..lines {
+            let v = _mm512_loadu_si512(src.add(l * 64) as *const _);
+            _mm512_storeu_si512(dst.add(l * 64) as *mut _, _mm512_permutexvar_epi16(index, v));
+        }
+    }
+}
+
+/// `acc[i][j] = (first ? 0 : acc[i][j]) + ints[i][j] * scales[i]` over a 32 x 32 block (the
+/// int32 tile sums of one group of k; each row's activation scale of that group), two vectors
+/// a row. (Plain loops let the compiler vectorise across rows with gathers: 0.4x as fast.)
+///
+/// # Safety
+/// The CPU has AVX512F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn add_scaled_block(acc: &mut [f32; 1024], ints: &[i32; 1024], scales: &[f32; 32], first: bool) {
+    let (a, x) = (acc.as_mut_ptr(), ints.as_ptr());
+    for (i, s) in scales.iter().enumerate() {
+        let s = _mm512_set1_ps(*s);
+        for at in [i * 32, i * 32 + 16] {
+            // SAFETY: `at + 16 <= 1024` in both arrays.
+            unsafe {
+                let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(x.add(at) as *const _));
+                let base = if first { _mm512_setzero_ps() } else { _mm512_loadu_ps(a.add(at)) };
+                _mm512_storeu_ps(a.add(at), _mm512_fmadd_ps(v, s, base));
+            }
+        }
+    }
+}
+
+/// The last group of an int8 product's 32 x 32 block into the output: row `i < live`, column
+/// `j < cols` of `out` (rows `ldc` apart) is `(acc[i][j] + ints[i][j] * scales[i]) *
+/// w_scale[j] + bias[j]` (`acc` 0 when `None`, no bias when `bias` is null).
+///
+/// # Safety
+/// The CPU has AVX512F; `out` is valid for those writes, `w_scale` (and `bias`, unless null)
+/// for `cols <= 32` reads.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn store_scaled_block(
+    out: *mut f32,
+    ldc: usize,
+    live: usize,
+    cols: usize,
+    acc: Option<&[f32; 1024]>,
+    ints: &[i32; 1024],
+    scales: &[f32; 32],
+    w_scale: *const f32,
+    bias: *const f32,
+) {
+    let mask = |from: usize| -> u16 {
+        let c = cols.saturating_sub(from).min(16);
+        if c == 16 { u16::MAX } else { (1u16 << c) - 1 }
+    };
+    let masks = [mask(0), mask(16)];
+    // SAFETY: masked loads read only the `cols` valid columns; the caller vouches for the rest.
+    unsafe {
+        let ws = [_mm512_maskz_loadu_ps(masks[0], w_scale), _mm512_maskz_loadu_ps(masks[1], w_scale.add(16))];
+        let b = if bias.is_null() {
+            [_mm512_setzero_ps(); 2]
+        } else {
+            [_mm512_maskz_loadu_ps(masks[0], bias), _mm512_maskz_loadu_ps(masks[1], bias.add(16))]
+        };
+        for i in 0..live {
+            let s = _mm512_set1_ps(scales[i]);
+            for h in 0..2 {
+                if masks[h] == 0 {
+                    continue;
+                }
+                let at = i * 32 + h * 16;
+                let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(ints.as_ptr().add(at) as *const _));
+                let base = match acc {
+                    Some(acc) => _mm512_loadu_ps(acc.as_ptr().add(at)),
+                    None => _mm512_setzero_ps(),
+                };
+                let sum = _mm512_fmadd_ps(v, s, base);
+                let y = _mm512_fmadd_ps(sum, ws[h], b[h]);
+                _mm512_mask_storeu_ps(out.add(i * ldc + h * 16), masks[h], y);
+            }
+        }
+    }
+}
+
 /// Pairs of k per block of the int16 activations: each block has its own scale per row, and
 /// its int32 sums (at most 2 * 128 * 32767 * 127 < 2^31) are converted to f32 at its end.
 pub const I16_BLOCK: usize = 128;
