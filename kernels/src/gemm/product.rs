@@ -466,7 +466,10 @@ impl PackedWeight {
         // here: 1.65-1.94 -> 2.24-2.53 TFLOP/s on that product). Larger ones (Gemma-2B's down
         // projection, k = 16384) stay chunked, as a split would read the weights many times.
         let row_bytes = if matches!(values, AmxValues::Int8 { .. }) { lda } else { lda * 2 };
-        let mc = if mc * row_bytes > ROWS_BYTES && mc * row_bytes <= 4 * ROWS_BYTES {
+        let mc = if mc * row_bytes > ROWS_BYTES
+            && mc * row_bytes <= 4 * ROWS_BYTES
+            && self.bytes() <= SPLIT_WEIGHT_BYTES
+        {
             let blocks = mp.div_ceil((ROWS_BYTES / row_bytes).max(amx::ROWS));
             mp.div_ceil(blocks).next_multiple_of(amx::ROWS)
         } else {
@@ -821,6 +824,12 @@ fn finish_pass(out: Out, m: usize, n: usize, ldc: usize, epilogue: Epilogue<'_>)
 /// alike).
 #[cfg(target_arch = "x86_64")]
 const CHUNK_BYTES: usize = 640 * 1024;
+
+/// The largest weight whose products split their rows into L2-sized blocks (each block reads
+/// the weights again): larger ones come from memory, where reading them once and chunking the
+/// reduction is cheaper.
+#[cfg(target_arch = "x86_64")]
+const SPLIT_WEIGHT_BYTES: usize = 16 << 20;
 
 /// Bytes of a row block's activations that an AMX task keeps in L2 (of 2 MiB a core) while
 /// its panel pairs pass over them.
