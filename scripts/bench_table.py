@@ -123,6 +123,9 @@ def bounds_line():
     if amx_peak:
         parts.append(f"AMX tiles {amx_peak['GFLOP/s']:.0f} GFLOP/s (products alone), "
                      f"{amx_peak['GFLOP/s with tile loads']:.0f} GFLOP/s (steps loading their tiles from L1)")
+        if "int8 GOP/s" in amx_peak:
+            parts.append(f"AMX-INT8 tiles {amx_peak['int8 GOP/s']:.0f} GOP/s (products alone), "
+                         f"{amx_peak['int8 GOP/s with tile loads']:.0f} GOP/s (steps loading their tiles from L1)")
     if parts:
         print("Hardware bounds, same run, all cores: " + "; ".join(parts) + ".")
         print()
