@@ -31,6 +31,7 @@
 // disjoint blocks; each unsafe block states its argument.
 #![allow(unsafe_code)]
 
+mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
@@ -146,7 +147,7 @@ impl WeightFormat {
 pub type Backing = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 enum Values {
-    Bf16(Vec<u16>),
+    Bf16(aligned::Aligned<u16>),
     Q8 {
         q: Vec<i8>,
         scale: Vec<f32>,

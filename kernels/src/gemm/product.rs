@@ -1,6 +1,9 @@
 //! The products: activations packed for the tiles, output blocks split over the cores, and
 //! decode's dot products over rows used in place.
 
+use super::aligned::Aligned;
+#[cfg(target_arch = "x86_64")]
+use super::aligned::Line;
 use super::{Kernel, MR, NR, PANEL, PackedWeight, SyncPtr, Values, kernel::available, portable};
 #[cfg(target_arch = "x86_64")]
 use super::{amx, x86};
@@ -320,7 +323,7 @@ impl PackedWeight {
         let h = MR.min(m);
         let block_len = self.kp2 * h;
         debug_assert!(rows.start.is_multiple_of(h));
-        let mut scratch = Vec::new();
+        let mut scratch = Aligned::default();
         let scales = self.q8().map(|(_, s)| s);
         let mut p = ps.start;
         while p < ps.end {
@@ -411,7 +414,7 @@ impl PackedWeight {
         let mp = m.next_multiple_of(amx::ROWS);
         if self.q8().is_some() {
             let groups = k.div_ceil(Q8_GROUP).max(1);
-            let mut q = vec![0i8; mp * lda];
+            let mut q = Aligned::<i8>::zeroed(mp * lda);
             let mut scales = vec![0f32; mp * groups];
             q.par_chunks_mut(lda)
                 .zip(scales.par_chunks_mut(groups))
@@ -421,28 +424,26 @@ impl PackedWeight {
             return AmxActivations { values: AmxValues::Int8 { q, scales, groups }, lda, mp };
         }
         // Every element written once (rows, their padding, the padding rows): no zeroing first.
-        let mut ab: Vec<u16> = Vec::with_capacity(mp * lda);
         let vector = std::arch::is_x86_feature_detected!("avx512bf16");
-        let fresh = &mut ab.spare_capacity_mut()[..mp * lda];
-        fresh.par_chunks_mut(lda).enumerate().for_each(|(i, row)| {
-            let (values, pad) = row.split_at_mut(if i < m { k } else { 0 });
-            if i < m {
-                let src = &a[i * k..(i + 1) * k];
-                if vector {
-                    // SAFETY: AVX512_BF16 was detected; `values` has room for the `k` results.
-                    unsafe { x86::round_bf16_to(src, values.as_mut_ptr() as *mut u16) };
-                } else {
-                    for (d, s) in values.iter_mut().zip(src) {
-                        d.write(bf16::from_f32(*s).to_bits());
+        let ab = Aligned::<u16>::filled(mp * lda, |fresh| {
+            fresh.par_chunks_mut(lda).enumerate().for_each(|(i, row)| {
+                let (values, pad) = row.split_at_mut(if i < m { k } else { 0 });
+                if i < m {
+                    let src = &a[i * k..(i + 1) * k];
+                    if vector {
+                        // SAFETY: AVX512_BF16 was detected; `values` has room for the `k` results.
+                        unsafe { x86::round_bf16_to(src, values.as_mut_ptr() as *mut u16) };
+                    } else {
+                        for (d, s) in values.iter_mut().zip(src) {
+                            d.write(bf16::from_f32(*s).to_bits());
+                        }
                     }
                 }
-            }
-            for d in pad {
-                d.write(0);
-            }
+                for d in pad {
+                    d.write(0);
+                }
+            })
         });
-        // SAFETY: each of the `mp * lda` elements was written above.
-        unsafe { ab.set_len(mp * lda) };
         AmxActivations { values: AmxValues::Bf16(ab), lda, mp }
     }
 
@@ -561,8 +562,8 @@ impl PackedWeight {
         let mut partial: Vec<Block> = (0..if chunks > 1 { pps.len() * starts.len() } else { 0 })
             .map(|_| Block([0f32; amx::ROWS * 32]))
             .collect();
-        let mut staged: Vec<u16> = Vec::new();
-        let mut tail = vec![0u16; 2 * step];
+        let mut staged = Aligned::<u16>::default();
+        let mut tail = Aligned::<u16>::zeroed(2 * step);
         let mut c = Block([0f32; amx::ROWS * 32]);
         let mut init = Block([0f32; amx::ROWS * 32]);
         // SAFETY: the caller checked AMX is usable.
@@ -799,12 +800,6 @@ impl PackedWeight {
     }
 }
 
-/// 64 bytes on a cache line: one AMX tile row of a staged int8 panel.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// `epilogue` over the written `m x n` product at `out`, rows `ldc` apart, rows split over the
 /// cores.
 fn finish_pass(out: Out, m: usize, n: usize, ldc: usize, epilogue: Epilogue<'_>) {
@@ -878,8 +873,8 @@ pub(super) struct AmxActivations {
 /// group of [`Q8_GROUP`] k (for int8 weights; row `r`, group `g` at `r * groups + g`).
 #[cfg(target_arch = "x86_64")]
 enum AmxValues {
-    Bf16(Vec<u16>),
-    Int8 { q: Vec<i8>, scales: Vec<f32>, groups: usize },
+    Bf16(Aligned<u16>),
+    Int8 { q: Aligned<i8>, scales: Vec<f32>, groups: usize },
 }
 
 /// k per scale of the int8 activations of AMX-INT8 products (four 64-k tile blocks): each

@@ -15,7 +15,7 @@ impl PackedWeight {
         let panel_len = kp2 * PANEL * 2;
         let values = match format {
             WeightFormat::Bf16 => {
-                let mut v = vec![0u16; panels * panel_len];
+                let mut v = super::aligned::Aligned::<u16>::zeroed(panels * panel_len);
                 v.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
                     // Each output's row as bf16 bits (in place for bf16 bytes; else the
                     // panel's rows read as f32 and rounded in vector code), then into the panel.
@@ -92,12 +92,9 @@ impl PackedWeight {
         np: usize,
         pairs: std::ops::Range<usize>,
         panel_len: usize,
-        scratch: &mut Vec<u16>,
+        scratch: &mut super::aligned::Aligned<u16>,
     ) {
-        if scratch.len() != np * panel_len {
-            scratch.clear();
-            scratch.resize(np * panel_len, 0);
-        }
+        scratch.reset(np * panel_len);
         let row_bytes = self.k * 2;
         let count = pairs.end.min(self.kp2).saturating_sub(pairs.start);
         for j in 0..np {
