@@ -435,13 +435,18 @@ pub unsafe fn store_scaled_block(
         if c == 16 { u16::MAX } else { (1u16 << c) - 1 }
     };
     let masks = [mask(0), mask(16)];
-    // SAFETY: masked loads read only the `cols` valid columns; the caller vouches for the rest.
+    // SAFETY: masked loads read only the `cols` valid columns (the second half's address is
+    // formed with `wrapping_add`: past a bias of fewer than 32 columns it is never read); the
+    // caller vouches for the rest.
     unsafe {
-        let ws = [_mm512_maskz_loadu_ps(masks[0], w_scale), _mm512_maskz_loadu_ps(masks[1], w_scale.add(16))];
+        let ws = [
+            _mm512_maskz_loadu_ps(masks[0], w_scale),
+            _mm512_maskz_loadu_ps(masks[1], w_scale.wrapping_add(16)),
+        ];
         let b = if bias.is_null() {
             [_mm512_setzero_ps(); 2]
         } else {
-            [_mm512_maskz_loadu_ps(masks[0], bias), _mm512_maskz_loadu_ps(masks[1], bias.add(16))]
+            [_mm512_maskz_loadu_ps(masks[0], bias), _mm512_maskz_loadu_ps(masks[1], bias.wrapping_add(16))]
         };
         for i in 0..live {
             let s = _mm512_set1_ps(scales[i]);
