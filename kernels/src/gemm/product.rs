@@ -725,7 +725,7 @@ impl PackedWeight {
                 let p = pp * 2;
                 let np = (panels - p).min(2);
                 // The two panels' blocks kb0..kb1 as weight tiles, zeros past k.
-                staged.clear();
+                // Every line is written below (quads, or zeros past k): no clearing first.
                 staged.resize(np * len, Line([0; 64]));
                 for j in 0..np {
                     let panel = &w[(p + j) * panel_len..(p + j + 1) * panel_len];
@@ -742,6 +742,8 @@ impl PackedWeight {
                         // SAFETY: as above, one line.
                         unsafe { x86::pairs_to_quads(line.as_ptr(), dst[whole..].as_mut_ptr().cast(), 1) };
                     }
+                    let written = if whole < len && rest > 0 { whole + 1 } else { whole };
+                    dst[written..].fill(Line([0; 64]));
                 }
                 let b0 = staged.as_ptr().cast::<i8>();
                 // SAFETY: inside `staged` (np * len lines).
