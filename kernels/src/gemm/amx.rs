@@ -205,6 +205,29 @@ pub unsafe fn store_rows(out: *mut f32, ldc: usize) {
     }
 }
 
+/// Asks for the lines of a 32 x 32 f32 output block at `out` (rows `ldc` f32 apart) in a
+/// writable state ahead of its store (`prefetchw`), as the block's tile products start: a
+/// store of the tiles to lines that are not in the cache holds up the next block's products
+/// while they are fetched. Measured on SigLIP-B/16's products at batch 8 (2 cores, bf16):
+/// 1-5% faster, 14% on one core with the output not in L2. (Prefetching the task's next
+/// weight pair into L2 the same way was 10% slower.) `out` is only used as an address: a
+/// prefetch never faults.
+pub fn prefetch_block_for_write(out: *const f32, ldc: usize) {
+    for r in 0..ROWS {
+        let row = out.wrapping_add(r * ldc);
+        // SAFETY: prefetches do not fault or change memory, whatever the address.
+        unsafe {
+            asm!(
+                "prefetchw [{0}]",
+                "prefetchw [{1}]",
+                in(reg) row,
+                in(reg) row.wrapping_add(31),
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+    }
+}
+
 /// Loads the accumulators from `c` (as [`store`] left them), to go on accumulating.
 ///
 /// # Safety

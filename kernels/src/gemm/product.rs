@@ -625,6 +625,9 @@ impl PackedWeight {
                         } else {
                             amx::load(&partial[pi * starts.len() + ri].0);
                         }
+                        if last && direct && live == amx::ROWS {
+                            amx::prefetch_block_for_write(out.add(r * ldc + p * PANEL), ldc);
+                        }
                         match in_place {
                             Some(blocks) => {
                                 amx::accumulate(a, lda, b0, b1, blocks);
@@ -752,6 +755,9 @@ impl PackedWeight {
                 for (ri, &r) in starts.iter().enumerate() {
                     let live = amx::ROWS.min(m - r);
                     let acc = if chunks > 1 { &mut partial[pi * starts.len() + ri] } else { &mut acc };
+                    if last && live == amx::ROWS {
+                        amx::prefetch_block_for_write(out.wrapping_add(r * ldc + p * PANEL), ldc);
+                    }
                     for g in g0..g1 {
                         let (kb, kbe) = (g * GROUP_BLOCKS, ((g + 1) * GROUP_BLOCKS).min(blocks));
                         for (i, s) in row_scales.iter_mut().enumerate() {
