@@ -98,6 +98,31 @@ pub unsafe fn zero() {
 /// # Safety
 /// [`configure`] ran on this thread; the pointers cover what is described above.
 pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u16, blocks: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { accumulate_rows::<true>(a, lda, b0, b1, blocks) }
+}
+
+/// [`accumulate`] for 16 rows or fewer: the first activation tile only, into the first two
+/// accumulators (half the products; the last two are left as they were).
+///
+/// # Safety
+/// As [`accumulate`], for 16 rows from `a`.
+pub unsafe fn accumulate_16(a: *const u16, lda: usize, b0: *const u16, b1: *const u16, blocks: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { accumulate_rows::<false>(a, lda, b0, b1, blocks) }
+}
+
+/// [`accumulate`] (`BOTH`: 32 rows) or [`accumulate_16`].
+///
+/// # Safety
+/// As those.
+unsafe fn accumulate_rows<const BOTH: bool>(
+    a: *const u16,
+    lda: usize,
+    b0: *const u16,
+    b1: *const u16,
+    blocks: usize,
+) {
     let stride_a = lda * 2;
     let stride_b = PANEL * 2 * 2;
     for kb in 0..blocks {
@@ -105,26 +130,41 @@ pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u
         // ranges the caller vouches for.
         unsafe {
             let a0 = a.add(kb * 32);
-            let a1 = a0.add(16 * lda);
             let w0 = b0.add(kb * PAIRS * PANEL * 2);
             let w1 = b1.add(kb * PAIRS * PANEL * 2);
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{w0} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{w1} + {sb}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                w0 = in(reg) w0,
-                w1 = in(reg) w1,
-                sa = in(reg) stride_a,
-                sb = in(reg) stride_b,
-                options(nostack, readonly),
-            );
+            if BOTH {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{w0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.add(16 * lda),
+                    w0 = in(reg) w0,
+                    w1 = in(reg) w1,
+                    sa = in(reg) stride_a,
+                    sb = in(reg) stride_b,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{w0} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w1} + {sb}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    a0 = in(reg) a0,
+                    w0 = in(reg) w0,
+                    w1 = in(reg) w1,
+                    sa = in(reg) stride_a,
+                    sb = in(reg) stride_b,
+                    options(nostack, readonly),
+                );
+            }
         }
     }
 }
@@ -136,30 +176,69 @@ pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u
 /// # Safety
 /// [`configure`] ran on this thread; the pointers cover what is described above.
 pub unsafe fn accumulate_i8(a: *const i8, lda: usize, b0: *const i8, b1: *const i8, blocks: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { accumulate_i8_rows::<true>(a, lda, b0, b1, blocks) }
+}
+
+/// [`accumulate_i8`] for 16 rows or fewer (as [`accumulate_16`]).
+///
+/// # Safety
+/// As [`accumulate_i8`], for 16 rows from `a`.
+pub unsafe fn accumulate_i8_16(a: *const i8, lda: usize, b0: *const i8, b1: *const i8, blocks: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { accumulate_i8_rows::<false>(a, lda, b0, b1, blocks) }
+}
+
+/// [`accumulate_i8`] (`BOTH`: 32 rows) or [`accumulate_i8_16`].
+///
+/// # Safety
+/// As those.
+unsafe fn accumulate_i8_rows<const BOTH: bool>(
+    a: *const i8,
+    lda: usize,
+    b0: *const i8,
+    b1: *const i8,
+    blocks: usize,
+) {
     for kb in 0..blocks {
-        // SAFETY: as in `accumulate`.
+        // SAFETY: as in `accumulate_rows`.
         unsafe {
             let a0 = a.add(kb * 64);
-            let a1 = a0.add(16 * lda);
             let w0 = b0.add(kb * 1024);
             let w1 = b1.add(kb * 1024);
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{w0} + {sb}*1]",
-                "tdpbssd tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{w1} + {sb}*1]",
-                "tdpbssd tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbssd tmm2, tmm5, tmm6",
-                "tdpbssd tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                w0 = in(reg) w0,
-                w1 = in(reg) w1,
-                sa = in(reg) lda,
-                sb = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            if BOTH {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{w0} + {sb}*1]",
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w1} + {sb}*1]",
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbssd tmm2, tmm5, tmm6",
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.add(16 * lda),
+                    w0 = in(reg) w0,
+                    w1 = in(reg) w1,
+                    sa = in(reg) lda,
+                    sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{w0} + {sb}*1]",
+                    "tdpbssd tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{w1} + {sb}*1]",
+                    "tdpbssd tmm1, tmm4, tmm7",
+                    a0 = in(reg) a0,
+                    w0 = in(reg) w0,
+                    w1 = in(reg) w1,
+                    sa = in(reg) lda,
+                    sb = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
         }
     }
 }

@@ -615,6 +615,8 @@ impl PackedWeight {
                 for (ri, &r) in starts.iter().enumerate() {
                     let a = ab[r * lda + k0 * 32..].as_ptr();
                     let live = amx::ROWS.min(m - r);
+                    // 16 live rows or fewer (a product's last block): the first tile's only.
+                    let accumulate = if live <= 16 { amx::accumulate_16 } else { amx::accumulate };
                     // SAFETY: configured above; `a` has 32 rows of `lda` (padded) from block k0,
                     // the panels the blocks described above and the tail one block.
                     unsafe {
@@ -630,13 +632,13 @@ impl PackedWeight {
                         }
                         match in_place {
                             Some(blocks) => {
-                                amx::accumulate(a, lda, b0, b1, blocks);
+                                accumulate(a, lda, b0, b1, blocks);
                                 if rem > 0 && k1 > full {
                                     let t = tail.as_ptr();
-                                    amx::accumulate(a.add(blocks * 32), lda, t, t.add(step), 1);
+                                    accumulate(a.add(blocks * 32), lda, t, t.add(step), 1);
                                 }
                             }
-                            None => amx::accumulate(a, lda, b0, b1, k1 - k0),
+                            None => accumulate(a, lda, b0, b1, k1 - k0),
                         }
                         if !last {
                             amx::store(&mut partial[pi * starts.len() + ri].0);
@@ -754,6 +756,8 @@ impl PackedWeight {
                 let cols = (np * PANEL).min(n - p * PANEL);
                 for (ri, &r) in starts.iter().enumerate() {
                     let live = amx::ROWS.min(m - r);
+                    // 16 live rows or fewer (a product's last block): the first tile's only.
+                    let accumulate = if live <= 16 { amx::accumulate_i8_16 } else { amx::accumulate_i8 };
                     let acc = if chunks > 1 { &mut partial[pi * starts.len() + ri] } else { &mut acc };
                     if last && live == amx::ROWS {
                         amx::prefetch_block_for_write(out.wrapping_add(r * ldc + p * PANEL), ldc);
@@ -769,7 +773,7 @@ impl PackedWeight {
                             amx::zero();
                             let a = q.as_ptr().add(r * lda + kb * 64);
                             let off = (kb - kb0) * 1024;
-                            amx::accumulate_i8(a, lda, b0.add(off), b1.add(off), kbe - kb);
+                            accumulate(a, lda, b0.add(off), b1.add(off), kbe - kb);
                             amx::store_to(ints.0.as_mut_ptr());
                         }
                         // SAFETY: the tiles stored int32 sums in the block's 4-byte slots.
