@@ -3,43 +3,22 @@
 //! buffer larger than the caches), then the decode GEMVs (bound: weight bytes / bandwidth) and
 //! prefill/encode GEMMs (FLOP/s) of the bench models' shapes, beside Flex's f32 and bf16
 //! matmuls on the same shapes; where the CPU has AMX, the tiles' FLOP/s first (the units'
-//! peak, and 32 x 32 steps that load their tiles as the products do). One JSON line per row;
+//! peak, and 32 x 32 steps that load their tiles as the products do). The rows "decode from
+//! memory" cycle through copies of a weight (1 GiB) so that, as in a model, each product reads
+//! its weight from memory; the other rows repeat one weight, which a large L3 may keep. One
+//! JSON line per row;
 //! `--bandwidth` measures only those bounds; a word keeps only the rows whose name contains it.
 
 use burn::prelude::*;
 use rayon::prelude::*;
-use std::time::Instant;
 use zoo_nn::kernels::gemm::{Choice, Kernel, Matrix, PackedWeight, WeightFormat};
 
 mod common;
 use common::time;
 
-zoo_nn::kernels::wide_fn! {
-    /// The wrapping sum of `c`, in 16 lanes compiled for the widest vectors the CPU has (a
-    /// 2-lane SSE sum is slower than memory on some CPUs and would understate the bound).
-    fn sum(c: &[u64]) -> u64 {
-        let mut acc = [0u64; 16];
-        for x in c.chunks_exact(16) {
-            for i in 0..16 {
-                acc[i] = acc[i].wrapping_add(x[i]);
-            }
-        }
-        acc.iter().fold(0u64, |a, &x| a.wrapping_add(x))
-    }
-}
-
-/// Read bandwidth in bytes/s: all cores summing a 2 GiB buffer (best of 5 passes).
+/// Read bandwidth in bytes/s ([`zoo_nn::kernels::gemm::read_bandwidth`]).
 fn read_bandwidth() -> f64 {
-    let words = (2usize << 30) / 8;
-    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let s: u64 = buf.par_chunks(1 << 16).map(sum).sum();
-        std::hint::black_box(s);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (words * 8) as f64 / best
+    zoo_nn::kernels::gemm::read_bandwidth()
 }
 
 fn main() {

@@ -373,6 +373,75 @@ fn measure(has: &[Kernel]) -> (Pair, Pair, String) {
     (pairs[0], pairs[1], format!("measured: {}", how.join("; ")))
 }
 
+crate::wide_fn! {
+    /// The wrapping sum of `c`, in 16 lanes compiled for the widest vectors the CPU has, its
+    /// four quarters read side by side (four streams).
+    fn sum_streams(c: &[u64]) -> u64 {
+        let q = c.len() / 4 / 16 * 16;
+        let (a, rest) = c.split_at(q);
+        let (b, rest) = rest.split_at(q);
+        let (d, rest) = rest.split_at(q);
+        let (e, rest) = rest.split_at(q);
+        let mut acc = [0u64; 16];
+        for (((a, b), d), e) in a.chunks_exact(16).zip(b.chunks_exact(16)).zip(d.chunks_exact(16)).zip(e.chunks_exact(16)) {
+            for i in 0..16 {
+                acc[i] = acc[i].wrapping_add(a[i]).wrapping_add(b[i]).wrapping_add(d[i]).wrapping_add(e[i]);
+            }
+        }
+        rest.iter().chain(acc.iter()).fold(0u64, |s, &x| s.wrapping_add(x))
+    }
+}
+
+/// The memory's read bandwidth in bytes/s, the bound of products that read their weights
+/// from memory: all cores summing a 2 GiB buffer in 8 MiB chunks, four streams a core (as the
+/// decode kernels read several panels at once), best of 5 passes. Where the CPU has AVX-512 the
+/// sum is written with its intrinsics: the compiled loop above read 23-24 GB/s on the 2-core
+/// Xeon of docs/bench.md, where these (and a C probe) read 30-32.5.
+pub fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let words = (2usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).into_par_iter().map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let s: u64 = buf.par_chunks(1 << 20).map(sum_lines).sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best
+}
+
+/// [`sum_streams`], with AVX-512 intrinsics where the CPU has them.
+fn sum_lines(c: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { sum_streams_avx512(c) };
+    }
+    sum_streams(c)
+}
+
+/// [`sum_streams`] in AVX-512 registers.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_streams_avx512(c: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let q = c.len() / 4 / 8 * 8;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for i in (0..q).step_by(8) {
+        for (part, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `part * q + i + 8 <= 4 * q <= c.len()`.
+            let v = unsafe { _mm512_loadu_si512(c.as_ptr().add(part * q + i) as *const _) };
+            *acc = _mm512_add_epi64(*acc, v);
+        }
+    }
+    let total = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+    c[4 * q..].iter().fold(_mm512_reduce_add_epi64(total) as u64, |s, &x| s.wrapping_add(x))
+}
+
 /// The AMX tiles' operations per second on all cores at once (one measuring thread per rayon
 /// thread, ~0.4 s): `[bf16 tile products alone (the units' peak), bf16 32 x 32 steps that load
 /// their four tiles from L1 (what a product's inner loop can reach), the same two for int8]`;

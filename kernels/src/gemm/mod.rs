@@ -48,7 +48,7 @@ mod x86;
 
 pub use attention::{AttentionMask, AttentionShape, Heads, attention_bf16, attention_bf16_available};
 pub use dense::{StridedBf16, matmul_bf16, matmul_bf16_available};
-pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair, amx_peak};
+pub use kernel::{Choice, GEMV_ROWS, Kernel, Pair, amx_peak, read_bandwidth};
 pub use product::Epilogue;
 pub use source::{Matrix, RawDtype, RawMatrix, Source};
 
