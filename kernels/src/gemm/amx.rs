@@ -9,7 +9,6 @@
 //! activation tile 16 rows of 64 int8; one step is 32 rows x 32 outputs x 64 k, twice the
 //! products of a bf16 step for the same four tile loads.
 
-use super::PANEL;
 use std::arch::asm;
 
 /// Pairs of k in one tile (32 k).
@@ -99,7 +98,7 @@ pub unsafe fn zero() {
 /// [`configure`] ran on this thread; the pointers cover what is described above.
 pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u16, blocks: usize) {
     // SAFETY: the caller's contract.
-    unsafe { accumulate_rows::<true>(a, lda, b0, b1, blocks) }
+    unsafe { bf16_steps::<true>(a.cast(), lda * 2, b0.cast(), b1.cast(), blocks) }
 }
 
 /// [`accumulate`] for 16 rows or fewer: the first activation tile only, into the first two
@@ -109,64 +108,7 @@ pub unsafe fn accumulate(a: *const u16, lda: usize, b0: *const u16, b1: *const u
 /// As [`accumulate`], for 16 rows from `a`.
 pub unsafe fn accumulate_16(a: *const u16, lda: usize, b0: *const u16, b1: *const u16, blocks: usize) {
     // SAFETY: the caller's contract.
-    unsafe { accumulate_rows::<false>(a, lda, b0, b1, blocks) }
-}
-
-/// [`accumulate`] (`BOTH`: 32 rows) or [`accumulate_16`].
-///
-/// # Safety
-/// As those.
-unsafe fn accumulate_rows<const BOTH: bool>(
-    a: *const u16,
-    lda: usize,
-    b0: *const u16,
-    b1: *const u16,
-    blocks: usize,
-) {
-    let stride_a = lda * 2;
-    let stride_b = PANEL * 2 * 2;
-    for kb in 0..blocks {
-        // SAFETY: tile loads and products on the caller's configured tiles, reading the
-        // ranges the caller vouches for.
-        unsafe {
-            let a0 = a.add(kb * 32);
-            let w0 = b0.add(kb * PAIRS * PANEL * 2);
-            let w1 = b1.add(kb * PAIRS * PANEL * 2);
-            if BOTH {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{w0} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{w1} + {sb}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a0.add(16 * lda),
-                    w0 = in(reg) w0,
-                    w1 = in(reg) w1,
-                    sa = in(reg) stride_a,
-                    sb = in(reg) stride_b,
-                    options(nostack, readonly),
-                );
-            } else {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{w0} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{w1} + {sb}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    a0 = in(reg) a0,
-                    w0 = in(reg) w0,
-                    w1 = in(reg) w1,
-                    sa = in(reg) stride_a,
-                    sb = in(reg) stride_b,
-                    options(nostack, readonly),
-                );
-            }
-        }
-    }
+    unsafe { bf16_steps::<false>(a.cast(), lda * 2, b0.cast(), b1.cast(), blocks) }
 }
 
 /// Accumulates `A · B` in int32 over `blocks` of 64 k: `a` points to 32 int8 rows `lda` bytes
@@ -177,7 +119,7 @@ unsafe fn accumulate_rows<const BOTH: bool>(
 /// [`configure`] ran on this thread; the pointers cover what is described above.
 pub unsafe fn accumulate_i8(a: *const i8, lda: usize, b0: *const i8, b1: *const i8, blocks: usize) {
     // SAFETY: the caller's contract.
-    unsafe { accumulate_i8_rows::<true>(a, lda, b0, b1, blocks) }
+    unsafe { int8_steps::<true>(a.cast(), lda, b0.cast(), b1.cast(), blocks) }
 }
 
 /// [`accumulate_i8`] for 16 rows or fewer (as [`accumulate_16`]).
@@ -186,62 +128,64 @@ pub unsafe fn accumulate_i8(a: *const i8, lda: usize, b0: *const i8, b1: *const 
 /// As [`accumulate_i8`], for 16 rows from `a`.
 pub unsafe fn accumulate_i8_16(a: *const i8, lda: usize, b0: *const i8, b1: *const i8, blocks: usize) {
     // SAFETY: the caller's contract.
-    unsafe { accumulate_i8_rows::<false>(a, lda, b0, b1, blocks) }
+    unsafe { int8_steps::<false>(a.cast(), lda, b0.cast(), b1.cast(), blocks) }
 }
 
-/// [`accumulate_i8`] (`BOTH`: 32 rows) or [`accumulate_i8_16`].
-///
-/// # Safety
-/// As those.
-unsafe fn accumulate_i8_rows<const BOTH: bool>(
-    a: *const i8,
-    lda: usize,
-    b0: *const i8,
-    b1: *const i8,
-    blocks: usize,
-) {
-    for kb in 0..blocks {
-        // SAFETY: as in `accumulate_rows`.
-        unsafe {
-            let a0 = a.add(kb * 64);
-            let w0 = b0.add(kb * 1024);
-            let w1 = b1.add(kb * 1024);
-            if BOTH {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{w0} + {sb}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{w1} + {sb}*1]",
-                    "tdpbssd tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbssd tmm2, tmm5, tmm6",
-                    "tdpbssd tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a0.add(16 * lda),
-                    w0 = in(reg) w0,
-                    w1 = in(reg) w1,
-                    sa = in(reg) lda,
-                    sb = in(reg) 64usize,
-                    options(nostack, readonly),
-                );
-            } else {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{w0} + {sb}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{w1} + {sb}*1]",
-                    "tdpbssd tmm1, tmm4, tmm7",
-                    a0 = in(reg) a0,
-                    w0 = in(reg) w0,
-                    w1 = in(reg) w1,
-                    sa = in(reg) lda,
-                    sb = in(reg) 64usize,
-                    options(nostack, readonly),
-                );
+/// One tile loop, `$tdp` the product instruction (`tdpbf16ps` or `tdpbssd`): over `blocks`
+/// steps, two activation tiles (16 rows each, `lda` bytes apart; the second only with `BOTH`)
+/// and two weight tiles (64-byte rows) into four accumulators (two without `BOTH`). A step
+/// reads 64 bytes of each activation row and 1 KiB of each weight run, in either format.
+macro_rules! tile_loop {
+    ($name:ident, $tdp:literal) => {
+        /// # Safety
+        /// [`configure`] ran on this thread; the pointers cover `blocks` steps as described.
+        unsafe fn $name<const BOTH: bool>(a: *const u8, lda: usize, b0: *const u8, b1: *const u8, blocks: usize) {
+            for kb in 0..blocks {
+                // SAFETY: tile loads and products on the caller's configured tiles, reading the
+                // ranges the caller vouches for.
+                unsafe {
+                    let (a0, w0, w1) = (a.add(kb * 64), b0.add(kb * 1024), b1.add(kb * 1024));
+                    if BOTH {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{w0} + {sb}*1]",
+                            concat!($tdp, " tmm0, tmm4, tmm6"),
+                            "tileloadd tmm7, [{w1} + {sb}*1]",
+                            concat!($tdp, " tmm1, tmm4, tmm7"),
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            concat!($tdp, " tmm2, tmm5, tmm6"),
+                            concat!($tdp, " tmm3, tmm5, tmm7"),
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a0.add(16 * lda),
+                            w0 = in(reg) w0,
+                            w1 = in(reg) w1,
+                            sa = in(reg) lda,
+                            sb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{w0} + {sb}*1]",
+                            concat!($tdp, " tmm0, tmm4, tmm6"),
+                            "tileloadd tmm7, [{w1} + {sb}*1]",
+                            concat!($tdp, " tmm1, tmm4, tmm7"),
+                            a0 = in(reg) a0,
+                            w0 = in(reg) w0,
+                            w1 = in(reg) w1,
+                            sa = in(reg) lda,
+                            sb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+tile_loop!(bf16_steps, "tdpbf16ps");
+tile_loop!(int8_steps, "tdpbssd");
 
 /// Stores the accumulators to `out`: 32 rows of 32 f32.
 ///
