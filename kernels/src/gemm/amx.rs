@@ -145,36 +145,26 @@ macro_rules! tile_loop {
                 // ranges the caller vouches for.
                 unsafe {
                     let (a0, w0, w1) = (a.add(kb * 64), b0.add(kb * 1024), b1.add(kb * 1024));
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{w0} + {sb}*1]",
+                        concat!($tdp, " tmm0, tmm4, tmm6"),
+                        "tileloadd tmm7, [{w1} + {sb}*1]",
+                        concat!($tdp, " tmm1, tmm4, tmm7"),
+                        a0 = in(reg) a0,
+                        w0 = in(reg) w0,
+                        w1 = in(reg) w1,
+                        sa = in(reg) lda,
+                        sb = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
                     if BOTH {
                         asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm6, [{w0} + {sb}*1]",
-                            concat!($tdp, " tmm0, tmm4, tmm6"),
-                            "tileloadd tmm7, [{w1} + {sb}*1]",
-                            concat!($tdp, " tmm1, tmm4, tmm7"),
                             "tileloadd tmm5, [{a1} + {sa}*1]",
                             concat!($tdp, " tmm2, tmm5, tmm6"),
                             concat!($tdp, " tmm3, tmm5, tmm7"),
-                            a0 = in(reg) a0,
                             a1 = in(reg) a0.add(16 * lda),
-                            w0 = in(reg) w0,
-                            w1 = in(reg) w1,
                             sa = in(reg) lda,
-                            sb = in(reg) 64usize,
-                            options(nostack, readonly),
-                        );
-                    } else {
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm6, [{w0} + {sb}*1]",
-                            concat!($tdp, " tmm0, tmm4, tmm6"),
-                            "tileloadd tmm7, [{w1} + {sb}*1]",
-                            concat!($tdp, " tmm1, tmm4, tmm7"),
-                            a0 = in(reg) a0,
-                            w0 = in(reg) w0,
-                            w1 = in(reg) w1,
-                            sa = in(reg) lda,
-                            sb = in(reg) 64usize,
                             options(nostack, readonly),
                         );
                     }
