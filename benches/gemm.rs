@@ -99,6 +99,25 @@ fn main() {
                 one.bytes() as f64 / bandwidth / s
             );
         }
+        // The same as a mapped checkpoint's bf16 rows, read in place (PaliGemma's bf16 decode).
+        let bytes: Vec<u8> = w.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        let copies = ((1usize << 30) / bytes.len()).max(2);
+        let all: Vec<PackedWeight> = (0..copies)
+            .map(|_| PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes.clone()), 0, n, k))
+            .collect();
+        let mut out = vec![0f32; n];
+        let kernel = Kernel::for_product(1, WeightFormat::Bf16);
+        let mut at = 0;
+        let s = time(|| {
+            all[at % copies].matmul_with(kernel, &a, 1, &mut out);
+            at += 1;
+        });
+        println!(
+            "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm bf16 rows {kernel:?}\",\"ms\":{:.3},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
+            s * 1e3,
+            bytes.len() as f64 / s / 1e9,
+            bytes.len() as f64 / bandwidth / s
+        );
     }
     for (what, m, n, k) in shapes.into_iter().filter(|s| s.0.contains(filter.as_str())) {
         let w: Vec<f32> =
