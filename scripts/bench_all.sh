@@ -9,8 +9,11 @@
 # scripts/make_bench_models.py. PYTHON (default python3) must have scripts/requirements.txt.
 # THREADS (default 2) is PyTorch's thread count; vlm-zoo uses every core (run on a machine
 # with exactly THREADS cores, or pin both with taskset). ONLY="gemma-100m paligemma-3b" runs
-# just those benchmarks and appends to OUT.
+# just those benchmarks and appends to OUT. NO_AMX=1 measures both sides as on a CPU without AMX
+# (Zen 4, Ice Lake): vlm-zoo with VLM_ZOO_AMX=0, PyTorch's oneDNN held to AVX512-BF16
+# (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16); the hardware bounds are still this CPU's.
 set -euo pipefail
+if [ -n "${NO_AMX:-}" ]; then export VLM_ZOO_AMX=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16; fi
 out=${1:-bench.jsonl}
 models=${2:-/tmp}
 py=${PYTHON:-python3}

@@ -92,7 +92,8 @@ fn detect_available() -> Vec<Kernel> {
             if is_x86_feature_detected!("avx512bf16") {
                 has.push(Kernel::Avx512Bf16);
             }
-            if super::amx::usable() {
+            // `VLM_ZOO_AMX=0` leaves the AMX tiles unused (as on CPUs without them: Zen 4).
+            if super::amx::usable() && std::env::var("VLM_ZOO_AMX").as_deref() != Ok("0") {
                 has.push(Kernel::Amx);
             }
         }
@@ -232,8 +233,9 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Raised whenever a kernel changes enough to reorder the timings (choices cached by an earlier
-/// revision are measured again): 2 = decode GEMVs that prefetch.
-const KERNELS_REVISION: u32 = 2;
+/// revision are measured again): 2 = decode GEMVs that prefetch, 3 = FMA GEMM tiles that keep
+/// their accumulators in registers.
+const KERNELS_REVISION: u32 = 3;
 
 /// What identifies this CPU to the cache: its model name, the kernels it can run, and the build.
 fn cpu_key(has: &[Kernel]) -> String {

@@ -382,18 +382,20 @@ impl PackedWeight {
                     }
                     _ => unreachable!("a weight is bf16 or q8; bf16 activations go with Avx512Bf16"),
                 }
-                // Store, scaled for int8, clipped to the real columns.
+                // Store, scaled for int8, clipped to the real columns (slices, so that the
+                // loops vectorise: SigLIP-B/16's fc1 on the FMA tiles 21.3-21.5 -> 20.1-20.9 ms).
+                let (c0, cols) = (p * PANEL, (self.n - p * PANEL).min(np * PANEL));
                 for (i, acc_row) in acc.iter().enumerate().take(mr) {
-                    for j in 0..np * PANEL {
-                        let col = p * PANEL + j;
-                        if col >= self.n {
-                            break;
+                    // SAFETY: row `r + i` < m, columns `c0..c0 + cols` <= n <= ldc: this task's
+                    // block of the checked output, which no other task writes.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * ldc + c0), cols) };
+                    match scales {
+                        Some(scale) => {
+                            for ((d, v), s) in dst.iter_mut().zip(acc_row).zip(&scale[c0..c0 + cols]) {
+                                *d = v * s;
+                            }
                         }
-                        let v = match scales {
-                            Some(scale) => acc_row[j] * scale[col],
-                            None => acc_row[j],
-                        };
-                        unsafe { *out.add((r + i) * ldc + col) = v };
+                        None => dst.copy_from_slice(&acc_row[..cols]),
                     }
                 }
                 r += h;
