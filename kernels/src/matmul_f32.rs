@@ -133,9 +133,65 @@ pub fn matmul_f32(
     Some(out)
 }
 
+/// `out[b] = lhs[b] · rhs[b]` for bf16 operands on CPUs without AMX: both buffers widened to
+/// f32 (exactly) and read in place, with the same offsets and strides, by [`matmul_f32`]; the
+/// f32 sums rounded to bf16 once (as the AMX tiles' are). `None` as for `matmul_f32`.
+pub fn matmul_bf16_widened(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: Strided<half::bf16>,
+    rhs: Strided<half::bf16>,
+) -> Option<Vec<half::bf16>> {
+    fn wide<'b>(op: &Strided<'b, half::bf16>, data: &'b [f32]) -> Strided<'b, f32> {
+        Strided { data, offsets: op.offsets, row_stride: op.row_stride, col_stride: op.col_stride }
+    }
+    let (lw, rw) = (crate::convert::to_f32(lhs.data), crate::convert::to_f32(rhs.data));
+    let out = matmul_f32(batch, m, k, n, wide(&lhs, &lw), wide(&rhs, &rw))?;
+    Some(crate::convert::to_bf16(&out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The widened bf16 product equals the f32 product of the same (bf16) values, rounded once:
+    /// a batch against a shared transposed rhs, and one large product (every core).
+    #[test]
+    fn widened_bf16_products_round_the_f32_product_once() {
+        use half::bf16;
+        for (batch, m, k, n) in [(3, 17, 33, 9), (1, 150, 130, 140)] {
+            let a: Vec<bf16> =
+                (0..batch * m * k).map(|i| bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 5.3)).collect();
+            let b: Vec<bf16> =
+                (0..k * n).map(|i| bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 4.1)).collect();
+            let a_off: Vec<usize> = (0..batch).map(|i| i * m * k).collect();
+            let got = matmul_bf16_widened(
+                batch,
+                m,
+                k,
+                n,
+                Strided { data: &a, offsets: &a_off, row_stride: k, col_stride: 1 },
+                Strided { data: &b, offsets: &[0], row_stride: 1, col_stride: k },
+            )
+            .expect("in bounds");
+            for bi in 0..batch {
+                for r in 0..m {
+                    for c in 0..n {
+                        let want: f64 =
+                            (0..k).map(|j| a[bi * m * k + r * k + j].to_f64() * b[c * k + j].to_f64()).sum();
+                        let v = got[(bi * m + r) * n + c].to_f64();
+                        // bf16's rounding of the output (2^-8 relative) and f32 sums.
+                        assert!(
+                            (v - want).abs() <= 4e-3 * want.abs() + 1e-3,
+                            "{batch}x{m}x{k}x{n} [{bi},{r},{c}]: {v} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// `matmul_f32` on each of its three schedules (one large product on every core, a batch of
     /// small ones split over the cores, small work inline) against a plain triple loop, with a
