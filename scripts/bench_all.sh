@@ -11,9 +11,9 @@
 # with exactly THREADS cores, or pin both with taskset). ONLY="gemma-100m paligemma-3b" runs
 # just those benchmarks and appends to OUT. NO_AMX=1 measures both sides as on a CPU without AMX
 # (Zen 4, Ice Lake): vlm-zoo with VLM_ZOO_AMX=0, PyTorch's oneDNN held to AVX512-BF16
-# (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16); the hardware bounds are still this CPU's.
+# (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16); the read bandwidth is still this CPU's (no AMX peak row).
 set -euo pipefail
-if [ -n "${NO_AMX:-}" ]; then export VLM_ZOO_AMX=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16; fi
+if [ "${NO_AMX:-0}" != 0 ]; then export VLM_ZOO_AMX=0 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16; fi
 out=${1:-bench.jsonl}
 models=${2:-/tmp}
 py=${PYTHON:-python3}

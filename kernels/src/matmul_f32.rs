@@ -157,11 +157,11 @@ mod tests {
     use super::*;
 
     /// The widened bf16 product equals the f32 product of the same (bf16) values, rounded once:
-    /// a batch against a shared transposed rhs, and one large product (every core).
+    /// a batch against a shared transposed rhs, and one large product (on every core).
     #[test]
     fn widened_bf16_products_round_the_f32_product_once() {
         use half::bf16;
-        for (batch, m, k, n) in [(3, 17, 33, 9), (1, 150, 130, 140)] {
+        for (batch, m, k, n) in [(3, 17, 33, 9), (1, 200, 200, 200)] {
             let a: Vec<bf16> =
                 (0..batch * m * k).map(|i| bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 5.3)).collect();
             let b: Vec<bf16> =

@@ -150,8 +150,8 @@ fn host_matmul(lhs: &FloatTensor<Flex>, rhs: &FloatTensor<Flex>) -> Option<Float
         // Without AMX: widened through the f32 product. Flex's own bf16 product made SigLIP-B/16
         // training (VLM_ZOO_AMX=0) 0.65x as fast as f32; this 0.89x. Views of a much larger
         // buffer are left to Flex.
-        let views = batch * m * k + rhs_op.offsets.len() * k * n;
-        if lhs_op.data.len() + rhs_op.data.len() > 4 * views {
+        let views = batch.saturating_mul(m).saturating_mul(k).saturating_add(rhs_op.offsets.len() * k * n);
+        if lhs_op.data.len().saturating_add(rhs_op.data.len()) > views.saturating_mul(4) {
             return None;
         }
         let out = crate::matmul_f32::matmul_bf16_widened(pb, pm, k, n, lhs_op, rhs_op)?;

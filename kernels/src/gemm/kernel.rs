@@ -233,9 +233,9 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Raised whenever a kernel changes enough to reorder the timings (choices cached by an earlier
-/// revision are measured again): 2 = decode GEMVs that prefetch, 3 = FMA GEMM tiles that keep
-/// their accumulators in registers.
-const KERNELS_REVISION: u32 = 3;
+/// revision are measured again): 2 = decode GEMVs that prefetch, 4 = FMA GEMM tiles that keep
+/// their accumulators in registers, no AMX for the GEMV class.
+const KERNELS_REVISION: u32 = 4;
 
 /// What identifies this CPU to the cache: its model name, the kernels it can run, and the build.
 fn cpu_key(has: &[Kernel]) -> String {

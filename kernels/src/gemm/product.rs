@@ -387,15 +387,25 @@ impl PackedWeight {
                 let (c0, cols) = (p * PANEL, (self.n - p * PANEL).min(np * PANEL));
                 for (i, acc_row) in acc.iter().enumerate().take(mr) {
                     // SAFETY: row `r + i` < m, columns `c0..c0 + cols` <= n <= ldc: this task's
-                    // block of the checked output, which no other task writes.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.add((r + i) * ldc + c0), cols) };
+                    // block of the checked output, which no other task writes (it may not be
+                    // initialised yet: `matmul_many_new`).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.add((r + i) * ldc + c0) as *mut std::mem::MaybeUninit<f32>,
+                            cols,
+                        )
+                    };
                     match scales {
                         Some(scale) => {
                             for ((d, v), s) in dst.iter_mut().zip(acc_row).zip(&scale[c0..c0 + cols]) {
-                                *d = v * s;
+                                d.write(v * s);
                             }
                         }
-                        None => dst.copy_from_slice(&acc_row[..cols]),
+                        None => {
+                            for (d, v) in dst.iter_mut().zip(acc_row) {
+                                d.write(*v);
+                            }
+                        }
                     }
                 }
                 r += h;

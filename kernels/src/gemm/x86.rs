@@ -124,7 +124,7 @@ macro_rules! fma_tile {
                         let a0 = _mm512_set1_ps(*a.add((t * R + i) * 2));
                         let a1 = _mm512_set1_ps(*a.add((t * R + i) * 2 + 1));
                         for j in 0..P {
-                            if R >= 4 {
+                            if R * P >= 12 {
                                 // Enough chains already: one accumulator a column block, so
                                 // that they and the weights fit the 32 registers (even and
                                 // odd apart, 8 x 2 x 2 do not). SigLIP-B/16's fc1 at batch 8
