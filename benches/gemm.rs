@@ -78,12 +78,21 @@ fn main() {
         let w: Vec<f32> =
             (0..n * k).into_par_iter().map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
         let a: Vec<f32> = (0..k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0).collect();
-        for format in [WeightFormat::Bf16, WeightFormat::Q8] {
-            let one = PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
+        // Packed bf16 and int8 panels, and a mapped checkpoint's bf16 rows read in place
+        // (PaliGemma's bf16 decode).
+        let bytes: Vec<u8> = w.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        let packed =
+            |format| PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format);
+        let rows = || PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes.clone()), 0, n, k);
+        let variants: [(&str, WeightFormat, &dyn Fn() -> PackedWeight); 3] = [
+            ("bf16", WeightFormat::Bf16, &|| packed(WeightFormat::Bf16)),
+            ("q8", WeightFormat::Q8, &|| packed(WeightFormat::Q8)),
+            ("bf16 rows", WeightFormat::Bf16, &rows),
+        ];
+        for (name, format, make) in variants {
+            let one = make();
             let copies = ((1usize << 30) / one.bytes()).max(2);
-            let all: Vec<PackedWeight> = (0..copies)
-                .map(|_| PackedWeight::pack(&Matrix { data: &w, cols: k, transposed: false }, n, k, format))
-                .collect();
+            let all: Vec<PackedWeight> = (0..copies).map(|_| make()).collect();
             let mut out = vec![0f32; n];
             let kernel = Kernel::for_product(1, format);
             let mut at = 0;
@@ -92,32 +101,12 @@ fn main() {
                 at += 1;
             });
             println!(
-                "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm {} {kernel:?}\",\"ms\":{:.3},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
-                format.name(),
+                "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm {name} {kernel:?}\",\"ms\":{:.3},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
                 s * 1e3,
                 one.bytes() as f64 / s / 1e9,
                 one.bytes() as f64 / bandwidth / s
             );
         }
-        // The same as a mapped checkpoint's bf16 rows, read in place (PaliGemma's bf16 decode).
-        let bytes: Vec<u8> = w.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
-        let copies = ((1usize << 30) / bytes.len()).max(2);
-        let all: Vec<PackedWeight> = (0..copies)
-            .map(|_| PackedWeight::from_bf16_rows(std::sync::Arc::new(bytes.clone()), 0, n, k))
-            .collect();
-        let mut out = vec![0f32; n];
-        let kernel = Kernel::for_product(1, WeightFormat::Bf16);
-        let mut at = 0;
-        let s = time(|| {
-            all[at % copies].matmul_with(kernel, &a, 1, &mut out);
-            at += 1;
-        });
-        println!(
-            "{{\"row\":\"{what}\",\"impl\":\"cpu_gemm bf16 rows {kernel:?}\",\"ms\":{:.3},\"weight GB/s\":{:.2},\"of bandwidth bound\":{:.2}}}",
-            s * 1e3,
-            bytes.len() as f64 / s / 1e9,
-            bytes.len() as f64 / bandwidth / s
-        );
     }
     for (what, m, n, k) in shapes.into_iter().filter(|s| s.0.contains(filter.as_str())) {
         let w: Vec<f32> =
